@@ -1,0 +1,1 @@
+"""fuse_overlay: an overlay filesystem in userspace (pyfuse3), fuse-overlayfs compatible."""

@@ -1,0 +1,1 @@
+"""rootless: containers for ordinary users."""
