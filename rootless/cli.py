@@ -1,0 +1,223 @@
+"""The ``rootless`` command line: argument types and a call into the engine per command.
+
+Errors: a ``RootlessError`` is printed as one sentence and exits with its code (125
+unless the container's command failed: 126, 127); a wrong flag exits 125 as in
+Docker; tracebacks only with ``--debug``.  Engine modules are imported inside each
+command so that start-up pays only for what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .errors import RootlessError
+
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--root", metavar="DIR", envvar="ROOTLESS_ROOT",
+              help="Image store directory (default $XDG_DATA_HOME/rootless).")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, debug: bool) -> None:
+    """Run containers as an ordinary user: no root, no daemon."""
+    if debug:
+        os.environ["ROOTLESS_DEBUG"] = "1"
+    ctx.obj = {"root": root}
+
+
+def _store(ctx: click.Context):
+    from .paths import store_root
+    from .store import Store
+    return Store(store_root(ctx.obj["root"]))
+
+
+@cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.option("--rm", is_flag=True, help="Remove the container when it exits.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (pass it to the container).")
+@click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal.")
+@click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
+@click.option("--env-file", "env_files", multiple=True, metavar="FILE", help="Read environment variables from FILE.")
+@click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the container.")
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="User (name or uid) and group to run as.")
+@click.option("-h", "--hostname", metavar="NAME", help="Container host name (default: its short id).")
+@click.option("--entrypoint", metavar="CMD", help="Override the image's ENTRYPOINT ('' clears it).")
+@click.option("--name", metavar="NAME", help="Name the container.")
+@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
+@click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> None:
+    """Run COMMAND in a new container from IMAGE."""
+    from .run import RunOptions, run as run_container
+    opts = RunOptions(image=image, command=list(command),
+                      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()})
+    sys.exit(run_container(_store(ctx), opts))
+
+
+@cli.command("import", context_settings=CONTEXT)
+@click.option("-c", "--change", multiple=True, metavar="INSTRUCTION",
+              help="Apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE).")
+@click.option("-m", "--message", default="", help="Commit message for the image's history.")
+@click.argument("file", metavar="FILE|-")
+@click.argument("ref", metavar="NAME[:TAG]")
+@click.pass_context
+def import_(ctx: click.Context, file: str, ref: str, change: tuple[str, ...], message: str) -> None:
+    """Create an image from a root filesystem tarball (plain, gzip, bzip2 or xz)."""
+    from .importer import import_rootfs
+    from .sandbox import idmap
+    image, devices = import_rootfs(_store(ctx), idmap.detect(), file, ref, list(change), message)
+    if devices:
+        click.echo(f"rootless: warning: {len(devices)} device node(s) cannot be created in a user "
+                   f"namespace and were left out (e.g. {devices[0]})", err=True)
+    click.echo(image.id)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
+    """List images."""
+    import json
+    rows = []
+    store = _store(ctx)
+    for img in store.images():
+        name, _, tag = (img.ref or "<none>:<none>").rpartition(":")
+        size = sum(_layer_size(store, d) for d in img.diff_ids)
+        rows.append({"Repository": name, "Tag": tag, "Id": img.id.removeprefix("sha256:")[:12],
+                     "Created": img.config.get("created", ""), "Size": size})
+    if quiet:
+        for r in dict.fromkeys(r["Id"] for r in rows):
+            click.echo(r)
+    elif fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(f"{'REPOSITORY':<30} {'TAG':<12} {'IMAGE ID':<14} {'CREATED':<22} SIZE")
+        for r in rows:
+            click.echo(f"{r['Repository']:<30} {r['Tag']:<12} {r['Id']:<14} {r['Created'][:19]:<22} "
+                       f"{_human(r['Size'])}")
+
+
+def _layer_size(store, diff_id: str) -> int:
+    import os
+    try:
+        return os.path.getsize(store.blob_path(diff_id))
+    except OSError:
+        return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}TB"
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers (default: running).")
+@click.option("-q", "--quiet", is_flag=True, help="Only container ids.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def ps(ctx: click.Context, show_all: bool, quiet: bool, fmt: str) -> None:
+    """List containers."""
+    import json
+    import time
+    from .containers import Containers, _alive
+    rows = []
+    for r in Containers(_store(ctx)).all():
+        running = r.state == "running" and _alive(r.pid)
+        if not (show_all or running):
+            continue
+        if running:
+            status = "Up"
+        elif r.state == "running":
+            status = "Exited (unknown): its process is gone"
+        else:
+            ago = int(time.time() - (r.finished or r.created))
+            status = f"Exited ({r.exit_code}) {ago}s ago" if r.exit_code is not None else "Created"
+        rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
+                     "Status": status, "Names": r.name})
+    if quiet:
+        click.echo("\n".join(r["Id"] for r in rows) if rows else "", nl=bool(rows))
+    elif fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(f"{'CONTAINER ID':<14} {'IMAGE':<24} {'COMMAND':<24} {'STATUS':<24} NAMES")
+        for r in rows:
+            cmd = r["Command"] if len(r["Command"]) <= 22 else r["Command"][:21] + "…"
+            click.echo(f"{r['Id']:<14} {r['Image']:<24} {cmd:<24} {r['Status']:<24} {r['Names']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, containers: tuple[str, ...], force: bool) -> None:
+    """Remove containers."""
+    from .containers import Containers
+    from .sandbox import idmap
+    store = _store(ctx)
+    recs = Containers(store)
+    maps = idmap.detect()
+    failed = False
+    for key in containers:
+        try:
+            rec = recs.find(key)
+            recs.remove(rec, maps, force)
+            click.echo(key)
+        except RootlessError as e:
+            click.echo(f"rootless: {e}", err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def unshare(command: tuple[str, ...]) -> None:
+    """Run COMMAND (default: your shell) in rootless's user namespace, as its root.
+
+    Files owned by sub-ids (image layers, container trees) can be inspected and removed there.
+    """
+    from .unshare import unshare as run_unshare
+    sys.exit(run_unshare(list(command) or [os.environ.get("SHELL", "/bin/sh")]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="rootless", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f"See '{e.ctx.command_path} --help'." if e.ctx else "See 'rootless --help'."
+        click.echo(f"rootless: {e.format_message()}\n{hint}", err=True)
+        return 125
+    except click.Abort:
+        click.echo("rootless: aborted", err=True)
+        return 130
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except RootlessError as e:
+        if os.environ.get("ROOTLESS_DEBUG"):
+            import traceback
+            traceback.print_exc()
+        click.echo(f"rootless: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - a sentence for the user, the traceback only on request
+        if os.environ.get("ROOTLESS_DEBUG"):
+            raise
+        click.echo(f"rootless: {e} (this looks like a bug in rootless; run with --debug for "
+                   "a traceback and report it)" if not isinstance(e, OSError) else f"rootless: {e}", err=True)
+        return 125
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Container records in the store: ``containers/ID/config.json``, names, ids, removal."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import RootlessError, UsageError
+from .layers import remove_tree
+from .sandbox import idmap
+from .store import Store
+
+_ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+               "nimble", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen")
+_NOUNS = ("otter", "lynx", "heron", "badger", "falcon", "panda", "beaver", "gecko", "marten", "orca",
+          "puffin", "raven", "stoat", "tapir", "wombat", "yak", "zebu", "ibis")
+
+
+@dataclass
+class Record:
+    id: str
+    name: str
+    image: str
+    image_id: str
+    command: list[str]
+    created: float
+    state: str = "created"            # created, running, exited
+    pid: int = 0
+    exit_code: int | None = None
+    finished: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class Containers:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def _path(self, cid: str) -> str:
+        return os.path.join(self.store.container_dir(cid), "config.json")
+
+    def all(self) -> list[Record]:
+        out = []
+        base = os.path.join(self.store.root, "containers")
+        for cid in os.listdir(base):
+            try:
+                with open(self._path(cid)) as f:
+                    out.append(Record(**json.load(f)))
+            except (OSError, ValueError, TypeError):
+                continue
+        return sorted(out, key=lambda r: r.created, reverse=True)
+
+    def save(self, rec: Record) -> None:
+        path = self._path(rec.id)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(asdict(rec), f)
+        os.rename(tmp, path)
+
+    def create(self, image: str, image_id: str, command: list[str], name: str | None) -> Record:
+        """Reserve an id and a unique name (call with the store locked)."""
+        taken = {r.name: r.id for r in self.all()}
+        if name:
+            if not _valid_name(name):
+                raise UsageError(f"invalid container name '{name}': use letters, digits, '_', '.' and '-', "
+                                 "starting with a letter or digit")
+            if name in taken:
+                raise RootlessError(f"the container name '{name}' is already in use by container "
+                                    f"{taken[name][:12]}: remove it with 'rootless rm {name}' or choose another name")
+        else:
+            name = next(n for n in (f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
+                                    for _ in range(100)) if n not in taken) if len(taken) < 300 else None
+            name = name or f"c_{secrets.token_hex(4)}"
+        cid = secrets.token_hex(32)
+        os.makedirs(self.store.container_dir(cid), mode=0o700)
+        rec = Record(cid, name, image, image_id, command, time.time())
+        self.save(rec)
+        return rec
+
+    def find(self, key: str) -> Record:
+        recs = self.all()
+        for r in recs:
+            if r.name == key or r.id == key:
+                return r
+        matches = [r for r in recs if r.id.startswith(key)] if len(key) >= 3 else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UsageError(f"container id prefix '{key}' is ambiguous: give more characters")
+        raise RootlessError(f"no such container: '{key}' ('rootless ps -a' lists them)")
+
+    def remove(self, rec: Record, maps: idmap.IdMaps, force: bool = False) -> None:
+        if rec.state == "running" and _alive(rec.pid) and not force:
+            raise RootlessError(f"container {rec.name} is running: stop it first, or use 'rootless rm -f'")
+        if rec.state == "running" and _alive(rec.pid):
+            os.kill(rec.pid, 9)
+        remove_tree(maps, self.store.container_dir(rec.id))
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _valid_name(name: str) -> bool:
+    import re
+    return bool(re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name))

@@ -1,0 +1,48 @@
+"""The errors a user can meet, as one tree.  Each message names the problem and the fix.
+
+    RootlessError                 exit 125 unless said otherwise
+     ├── UsageError               a flag or argument is wrong
+     ├── StoreError               the image store cannot be read or written
+     │    └── ImageNotFound
+     ├── SandboxError             the kernel refused part of the sandbox
+     │    └── UserNamespaceUnavailable
+     └── CommandError             the container's command could not start (126, 127)
+
+The CLI prints ``rootless: <message>`` and exits with ``exit_code``; tracebacks are
+shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class RootlessError(Exception):
+    exit_code = 125
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(RootlessError):
+    pass
+
+
+class StoreError(RootlessError):
+    pass
+
+
+class ImageNotFound(StoreError):
+    pass
+
+
+class SandboxError(RootlessError):
+    pass
+
+
+class UserNamespaceUnavailable(SandboxError):
+    pass
+
+
+class CommandError(RootlessError):
+    """The container's own command could not be executed (Docker's 126/127)."""

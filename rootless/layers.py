@@ -1,0 +1,92 @@
+"""Unpacking a layer tarball into the store, safely, through the user namespace.
+
+The extraction runs as root of a user namespace with the caller's id maps, so that
+files get the owners the archive says (container uid 1000 becomes a sub-uid on the
+host), and *chrooted into the new layer directory*: every path the archive names —
+``../..``, absolute paths, symlinked parents, hard-link targets — is resolved by the
+kernel inside the layer, so nothing can land outside it (the class of bug behind
+CVE-2018-15664 and CVE-2019-14271).  The layer is built in a temporary directory and
+renamed into place, so a failed unpack leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import uuid
+
+from .errors import StoreError
+from .sandbox import channel, idmap
+from .sandbox.userns import run_as_root
+from .store import Store
+
+
+def remove_tree(maps: idmap.IdMaps, path: str) -> None:
+    """Remove a tree that may hold files owned by sub-ids (so only the namespace's root can)."""
+    if not os.path.lexists(path):
+        return
+    try:
+        shutil.rmtree(path)
+        return
+    except PermissionError:
+        pass
+    try:
+        run_as_root(maps, lambda: shutil.rmtree(path, ignore_errors=False), name="rootless-rm")
+    except channel.ChildError as e:
+        raise StoreError(f"cannot remove {path}: {e}") from None
+
+
+def check_owners(tar_path: str, maps: idmap.IdMaps) -> list[str]:
+    """Refuse an archive whose owners do not fit in the id maps; the device nodes it has."""
+    devices = []
+    limit_u, limit_g = maps.size("uid"), maps.size("gid")
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            if maps.single:
+                pass  # owners other than 0 cannot be kept without a range: files become root's
+            elif m.uid >= limit_u or m.gid >= limit_g:
+                kind, value = ("uid", m.uid) if m.uid >= limit_u else ("gid", m.gid)
+                raise StoreError(
+                    f"'{m.name}' in the image is owned by {kind} {value}, which does not fit in your "
+                    f"subordinate {kind} range (container {kind}s 0-{(limit_u if kind == 'uid' else limit_g) - 1}). "
+                    f"Ask an administrator for a range of at least {value + 1} ids in /etc/sub{kind}")
+            if (m.ischr() or m.isblk()) and (m.devmajor, m.devminor) != (0, 0):
+                devices.append(m.name)
+    return devices
+
+
+def _extract_chrooted(tar_path: str, layer: str) -> None:
+    with open(tar_path, "rb") as f:
+        os.chroot(layer)
+        os.chdir("/")
+        with tarfile.open(fileobj=f) as tar:
+            members = [m for m in tar
+                       if not ((m.ischr() or m.isblk()) and (m.devmajor, m.devminor) != (0, 0))]
+            tar.extractall("/", members=members, numeric_owner=True)
+
+
+def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str) -> list[str]:
+    """Unpack ``tar_path`` (uncompressed) as layer ``diff_id``; returns the device nodes skipped."""
+    try:
+        devices = check_owners(tar_path, maps)
+    except tarfile.TarError as e:
+        raise StoreError(f"the archive is not a valid tar file ({e})") from None
+    final = store.layer_dir(diff_id)
+    tmp = os.path.join(store.root, "layers", f".tmp-{uuid.uuid4().hex}")
+    os.mkdir(tmp, 0o755)
+    try:
+        run_as_root(maps, lambda: _extract_chrooted(tar_path, tmp), name="rootless-unpack")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+            remove_tree(maps, tmp)  # another command unpacked the same layer meanwhile
+    except channel.ChildError as e:
+        remove_tree(maps, tmp)
+        raise StoreError(f"cannot unpack the layer: {e}") from None
+    except BaseException:
+        remove_tree(maps, tmp)
+        raise
+    return devices

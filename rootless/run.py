@@ -1,0 +1,176 @@
+"""``rootless run``: from an image and Docker's flags to a sandbox spec, then run it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import paths
+from .containers import Containers
+from .errors import CommandError, RootlessError, SandboxError, UsageError
+from .rootfs import CopyRootfs
+from .sandbox import caps, channel, container, idmap, mounts
+from .store import Store
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class RunOptions:
+    image: str
+    command: list[str] = field(default_factory=list)
+    rm: bool = False
+    interactive: bool = False
+    tty: bool = False
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    entrypoint: str | None = None
+    name: str | None = None
+    read_only: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+
+
+def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
+    """Docker's ``--env-file`` then ``-e`` entries; ``KEY`` alone takes the caller's value if set."""
+    lines: list[str] = []
+    for path in env_files:
+        try:
+            with open(path) as f:
+                lines += [ln.rstrip("\n") for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            raise UsageError(f"cannot read env file {path}: {e.strerror}") from None
+    out = []
+    for item in lines + list(items):
+        key, sep, value = item.partition("=")
+        key = key.strip() if not sep else key
+        if not key or any(c.isspace() for c in key):
+            raise UsageError(f"invalid environment variable '{item}': use KEY=VALUE")
+        if not sep:
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        out.append((key, value))
+    return out
+
+
+def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str, tty: bool) -> dict[str, str]:
+    env: dict[str, str] = {"PATH": DEFAULT_PATH}
+    for item in image_env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    env["HOSTNAME"] = hostname
+    if tty:
+        env["TERM"] = "xterm"
+    for key, value in extra:
+        env[key] = value
+    return env
+
+
+def _etc_files(directory: str, hostname: str) -> tuple[tuple[str, str], ...]:
+    hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+             f"127.0.1.1\t{hostname}\n")
+    try:
+        with open("/etc/resolv.conf") as f:
+            resolv = "".join(ln for ln in f
+                             if not (ln.startswith("nameserver") and ln.split()[1:2] and
+                                     (ln.split()[1].startswith("127.") or ln.split()[1] == "::1")))
+    except OSError:
+        resolv = ""
+    out = []
+    for target, text in (("/etc/hosts", hosts), ("/etc/hostname", hostname + "\n"),
+                         ("/etc/resolv.conf", resolv)):
+        path = os.path.join(directory, os.path.basename(target))
+        with open(path, "w") as f:
+            f.write(text)
+        out.append((target, path))
+    return tuple(out)
+
+
+def warn_single(maps: idmap.IdMaps) -> None:
+    if maps.single and not os.environ.get("ROOTLESS_NO_SINGLE_UID_WARNING"):
+        print(f"rootless: warning: {maps.why_single}; the container gets a single uid/gid mapping "
+              "(only uid 0 exists inside). For the full range, an administrator can run "
+              "'usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER' "
+              "(see docs/troubleshooting.md)", file=sys.stderr)
+
+
+def run(store: Store, opts: RunOptions) -> int:
+    if opts.tty and opts.interactive and not os.isatty(0):
+        raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
+    maps = idmap.detect()
+    image = store.resolve(opts.image)
+    cfg = image.run_config
+    if opts.entrypoint is not None:
+        entrypoint = [opts.entrypoint] if opts.entrypoint else []
+        cmd = list(opts.command)           # Docker: --entrypoint resets the image's CMD
+    else:
+        entrypoint = list(cfg.get("Entrypoint") or [])
+        cmd = list(opts.command) or list(cfg.get("Cmd") or [])
+    args = entrypoint + cmd
+    if not args:
+        raise UsageError(f"no command specified: give one after the image name, e.g. "
+                         f"'rootless run {opts.image} sh', or set CMD when importing")
+    wanted_caps = caps.resolve(opts.cap_add, opts.cap_drop)
+    extra_env = parse_env(opts.env, opts.env_files)
+    paths.runtime_dir()  # fail early, with the fix, if the run-time directory is unusable
+    warn_single(maps)
+
+    records = Containers(store)
+    with store.lock():
+        rec = records.create(image.ref or image.id, image.id, args, opts.name)
+    directory = store.container_dir(rec.id)
+    hostname = opts.hostname or rec.id[:12]
+    try:
+        missing = [d for d in image.diff_ids if not store.has_layer(d)]
+        if missing:
+            raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
+                                "remove the image and import or pull it again")
+        rootfs = CopyRootfs([store.layer_dir(d) for d in image.diff_ids], os.path.join(directory, "rootfs"),
+                            remove_after=opts.rm)
+        spec = container.SandboxSpec(
+            process=container.ProcessSpec(
+                args=args,
+                env=merge_env(cfg.get("Env") or [], extra_env, hostname, opts.tty),
+                cwd=opts.workdir or cfg.get("WorkingDir") or "/",
+                user=opts.user if opts.user is not None else (cfg.get("User") or ""),
+                caps=wanted_caps, tty=opts.tty, stdin=opts.interactive),
+            rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
+                                     etc_files=_etc_files(directory, hostname),
+                                     ptmx_gid=5 if maps.size("gid") > 5 else None),
+            hostname=hostname, maps=maps,
+            prepare_rootfs=rootfs.prepare, cleanup_rootfs=rootfs.cleanup)
+        try:
+            started = container.start(spec)
+        except channel.ChildError as e:
+            cls = CommandError if e.kind == "exec" else SandboxError
+            raise cls(str(e), e.exit_code) from None
+        rec.state, rec.pid = "running", started.intermediate_pid
+        records.save(rec)
+        code = container.wait(started)
+    except BaseException:
+        rec.state, rec.finished = "exited", time.time()
+        if opts.rm:
+            _remove(records, rec, maps)
+        else:
+            rec.exit_code = 125
+            records.save(rec)
+        raise
+    rec.state, rec.exit_code, rec.finished = "exited", code, time.time()
+    if opts.rm:
+        _remove(records, rec, maps)
+    else:
+        records.save(rec)
+    return code
+
+
+def _remove(records: Containers, rec, maps: idmap.IdMaps) -> None:
+    try:
+        records.remove(rec, maps, force=True)
+    except RootlessError as e:
+        print(f"rootless: warning: {e}", file=sys.stderr)

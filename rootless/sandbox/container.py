@@ -1,0 +1,248 @@
+"""The chain of processes that becomes a container.
+
+    rootless (P, host namespaces)          the CLI: writes the id maps, forwards signals,
+     │                                     relays the pty, returns the exit status
+     └─ rootless-intermediate (C)          new user ns (maps written by P), then new mount ns:
+         │                                 prepares the root filesystem, then unshares UTS, IPC,
+         │                                 network, cgroup and PID namespaces and forks:
+         └─ container PID 1 (B)            a nested mount ns of its own, mounts /proc /dev /sys,
+                                           pivot_root, hostname, loopback, user, capabilities,
+                                           no_new_privs, then execs the command.
+
+Why two processes: ``unshare(CLONE_NEWPID)`` only puts the *children* of the caller in
+the new PID namespace, so the command needs a fork after it; and ``pivot_root``
+changes the root of every process of the mount namespace, so B takes a nested mount
+namespace of its own and C (which may serve the root filesystem, and cleans it up)
+keeps seeing the host's paths.  C ignores terminal signals: P decides what reaches
+the container.  Every child reports a failure over the channel before it exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import struct
+import termios
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, NoReturn
+
+from . import caps, channel, idmap, libc, mounts, net, users
+from .userns import exit_code, fork_into_userns
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+_IGNORED_IN_C = FORWARDED_SIGNALS + (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE)
+NAMESPACES = (libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWNET | libc.CLONE_NEWCGROUP
+              | libc.CLONE_NEWPID)
+
+
+@dataclass
+class ProcessSpec:
+    args: list[str]
+    env: dict[str, str]
+    cwd: str = "/"
+    user: str = ""            # Docker's -u: "", UID[:GID] or NAME[:GROUP]
+    caps: frozenset[str] = caps.DEFAULT
+    tty: bool = False
+    stdin: bool = False
+
+
+@dataclass
+class SandboxSpec:
+    process: ProcessSpec
+    rootfs: mounts.RootfsPlan
+    hostname: str
+    maps: idmap.IdMaps
+    # Run in C as root of the user namespace, in its new mount namespace:
+    prepare_rootfs: Callable[[], None] = lambda: None
+    cleanup_rootfs: Callable[[], None] = lambda: None
+    on_started: Callable[[int], None] = field(default=lambda pid: None)
+
+
+@dataclass
+class Started:
+    """What P holds for a running container."""
+    intermediate_pid: int
+    init_pid: int
+    tty_master: int | None
+    forward_input: bool = False
+
+
+def start(spec: SandboxSpec) -> Started:
+    """Create the container and exec its command; raise ``ChildError`` with the child's reason."""
+    pid, sock = fork_into_userns(spec.maps, lambda s: _intermediate(spec, s), name="rootless-intermediate")
+    with sock:
+        try:
+            msg, _ = channel.expect(sock, "pid")
+            master = None
+            if spec.process.tty:
+                _, fds = channel.expect(sock, "tty")
+                master = fds[0]
+            channel.expect(sock, "eof")  # B's channel is close-on-exec: EOF means the command runs
+        except channel.ChildError:
+            _reap(pid)
+            raise
+        except BaseException:
+            _kill(pid)
+            raise
+    return Started(pid, msg["pid"], master, spec.process.stdin)
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            return exit_code(os.waitpid(pid, 0)[1])
+        except ChildProcessError:
+            return 125
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+def wait(started: Started) -> int:
+    """Forward the user's signals to the container's PID 1 until it ends; its exit status."""
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(started.init_pid, signum)
+        except ProcessLookupError:
+            pass
+    old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        if started.tty_master is not None:
+            from .tty import relay
+            relay(started.tty_master, started.forward_input)
+        return _reap(started.intermediate_pid)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# --- C: the intermediate process -------------------------------------------------------
+
+def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
+    for s in _IGNORED_IN_C:
+        signal.signal(s, signal.SIG_IGN)
+    libc.unshare(libc.CLONE_NEWNS)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    spec.prepare_rootfs()
+    try:
+        libc.unshare(NAMESPACES)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _init(spec, sock)
+            except BaseException as e:  # noqa: BLE001 - report, never unwind into C's code
+                code = e.errno_exit if isinstance(e, _ExecFailed) else 125
+                channel.send_error(sock, str(e), code, "exec" if code != 125 else "sandbox")
+                os._exit(code)
+        channel.send(sock, "pid", pid=pid)
+        sock.close()
+        spec.on_started(pid)
+        code = _reap(pid)
+    finally:
+        try:
+            spec.cleanup_rootfs()
+        except Exception as e:  # noqa: BLE001
+            os.write(2, f"rootless: warning: cleaning up the container's root filesystem: {e}\n".encode())
+    os._exit(code)
+
+
+# --- B: the container's PID 1 before exec ----------------------------------------------
+
+class _ExecFailed(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.errno_exit = code
+
+
+def _init(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
+    proc = spec.process
+    libc.set_pdeathsig(signal.SIGKILL)
+    for s in _IGNORED_IN_C:
+        signal.signal(s, signal.SIG_DFL)  # ignored signals would stay ignored across exec
+    os.setsid()
+    libc.unshare(libc.CLONE_NEWNS)
+    mounts.enter_rootfs(spec.rootfs)
+    libc.sethostname(spec.hostname)
+    net.loopback_up()
+
+    try:
+        ident = users.resolve(proc.user)
+    except LookupError as e:
+        raise RuntimeError(str(e)) from None
+    for kind, value in (("uid", ident.uid), ("gid", ident.gid)):
+        if value >= spec.maps.size(kind):
+            why = spec.maps.why_single or f"the range in /etc/sub{kind} is too small"
+            raise RuntimeError(
+                f"{kind} {value} does not exist in this container: it has {kind}s 0-{spec.maps.size(kind) - 1} "
+                f"only ({why}). Ask an administrator for a subordinate id range: "
+                f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER")
+
+    if proc.tty:
+        _attach_pty(sock)
+    elif not proc.stdin:
+        fd = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(fd, 0)
+        os.close(fd)
+
+    env = dict(proc.env)
+    env.setdefault("HOME", ident.home)
+    cwd = proc.cwd or "/"
+    os.makedirs(cwd, exist_ok=True)  # Docker creates a missing WORKDIR
+
+    caps.limit_bounding_set(proc.caps)
+    _set_identity(ident)
+    libc.set_no_new_privs()
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise _ExecFailed(f"chdir to working directory {cwd}: {e.strerror}", 126) from None
+    _exec(proc.args, env)
+
+
+def _set_identity(ident: users.Identity) -> None:
+    with open("/proc/self/setgroups") as f:
+        setgroups_allowed = f.read().strip() == "allow"
+    if setgroups_allowed:
+        os.setgroups([g for g in ident.groups])
+    os.setresgid(ident.gid, ident.gid, ident.gid)
+    os.setresuid(ident.uid, ident.uid, ident.uid)
+
+
+def _attach_pty(sock: socket.socket) -> None:
+    """Open a pty in the container's own devpts; the slave becomes our terminal, P gets the master."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, termios.TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, termios.TIOCGPTN, struct.pack("I", 0)))[0]
+    slave = os.open(f"/dev/pts/{number}", os.O_RDWR)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    channel.send(sock, "tty", fds=[master])
+    os.close(master)
+
+
+def _exec(args: list[str], env: dict[str, str]) -> NoReturn:
+    if not args:
+        raise _ExecFailed("no command specified: give one after the image name, or set CMD in the image", 125)
+    prog = args[0]
+    try:
+        os.execvpe(prog, args, env)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            where = "executable file not found in $PATH" if "/" not in prog else "no such file or directory"
+            raise _ExecFailed(f'exec: "{prog}": {where}', 127) from None
+        if e.errno in (errno.EACCES, errno.ENOEXEC, errno.EISDIR):
+            reason = "permission denied" if e.errno != errno.ENOEXEC else "exec format error"
+            raise _ExecFailed(f'exec: "{prog}": {reason}', 126) from None
+        raise _ExecFailed(f'exec: "{prog}": {e.strerror}', 126) from None

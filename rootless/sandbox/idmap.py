@@ -1,0 +1,132 @@
+"""User and group id maps for a new user namespace.
+
+Two modes (user_namespaces(7)):
+
+* **range**: container id 0 is the caller, container ids 1..N are the caller's
+  ``/etc/subuid`` (``/etc/subgid``) ranges, written by the setuid helpers
+  ``newuidmap`` / ``newgidmap`` — an unprivileged process may not write more
+  than its own id.
+* **single**: only container id 0 exists, mapped to the caller.  The parent
+  writes the maps itself; for ``gid_map`` the kernel first requires
+  ``setgroups`` to be denied (CVE-2014-8989), so ``setgroups(2)`` is refused in
+  such a container.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class IdRange:
+    inside: int
+    outside: int
+    count: int
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    uids: tuple[IdRange, ...]
+    gids: tuple[IdRange, ...]
+    why_single: str = ""  # empty in range mode; else the reason a single mapping is used
+    helpers: tuple[str, str] | None = field(default=None)  # (newuidmap, newgidmap) in range mode
+
+    @property
+    def single(self) -> bool:
+        return self.helpers is None
+
+    def size(self, kind: str = "uid") -> int:
+        """How many ids exist in the container (container ids 0..size-1)."""
+        ranges = self.uids if kind == "uid" else self.gids
+        return max((r.inside + r.count for r in ranges), default=0)
+
+    def to_host(self, container_id: int, kind: str = "uid") -> int | None:
+        for r in self.uids if kind == "uid" else self.gids:
+            if r.inside <= container_id < r.inside + r.count:
+                return r.outside + container_id - r.inside
+        return None
+
+
+def read_subid_ranges(path: str, user: str, uid: int) -> list[tuple[int, int]]:
+    """The (start, count) ranges of ``path`` (subuid(5) format) for ``user`` or ``uid``."""
+    ranges = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) != 3 or parts[0] not in (user, str(uid)):
+                    continue
+                try:
+                    start, count = int(parts[1]), int(parts[2])
+                except ValueError:
+                    continue
+                if count > 0:
+                    ranges.append((start, count))
+    except FileNotFoundError:
+        pass
+    return ranges
+
+
+def _stack(own: int, ranges: list[tuple[int, int]]) -> tuple[IdRange, ...]:
+    out = [IdRange(0, own, 1)]
+    inside = 1
+    for start, count in ranges:
+        out.append(IdRange(inside, start, count))
+        inside += count
+    return tuple(out)
+
+
+def detect(subuid_file: str = "/etc/subuid", subgid_file: str = "/etc/subgid") -> IdMaps:
+    """The maps this caller can have: range mode when it has ranges and the helpers exist."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    single = IdMaps((IdRange(0, uid, 1),), (IdRange(0, gid, 1),))
+    sub_u = read_subid_ranges(subuid_file, user, uid)
+    sub_g = read_subid_ranges(subgid_file, user, uid)
+    if not sub_u or not sub_g:
+        missing = " and ".join(f for f, r in ((subuid_file, sub_u), (subgid_file, sub_g)) if not r)
+        return IdMaps(single.uids, single.gids,
+                      why_single=f"user {user} has no range in {missing}")
+    helpers = shutil.which("newuidmap"), shutil.which("newgidmap")
+    if not all(helpers):
+        return IdMaps(single.uids, single.gids,
+                      why_single="newuidmap/newgidmap are not installed (Debian package uidmap)")
+    return IdMaps(_stack(uid, sub_u), _stack(gid, sub_g), helpers=(helpers[0], helpers[1]))
+
+
+def _lines(ranges: tuple[IdRange, ...]) -> str:
+    return "".join(f"{r.inside} {r.outside} {r.count}\n" for r in ranges)
+
+
+def write(pid: int, maps: IdMaps) -> None:
+    """Write ``maps`` for the user namespace of process ``pid`` (called from the parent namespace)."""
+    if maps.single:
+        _write_file(f"/proc/{pid}/uid_map", _lines(maps.uids))
+        _write_file(f"/proc/{pid}/setgroups", "deny")
+        _write_file(f"/proc/{pid}/gid_map", _lines(maps.gids))
+        return
+    assert maps.helpers is not None
+    for helper, ranges in zip(maps.helpers, (maps.uids, maps.gids)):
+        args = [helper, str(pid)]
+        for r in ranges:
+            args += [str(r.inside), str(r.outside), str(r.count)]
+        proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            detail = proc.stderr.strip() or f"exit status {proc.returncode}"
+            raise OSError(f"{os.path.basename(helper)} {pid}: {detail}")
+
+
+def _write_file(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise OSError(e.errno, f"write {path}: {e.strerror}") from None

@@ -1,0 +1,152 @@
+"""The container's mount table, built inside its own mount namespace.
+
+Order matters:
+1. ``/`` is made recursively private so nothing we mount leaks back to the host
+   (mounts copied from a more privileged namespace are slaves already; this makes
+   it explicit).
+2. The new root is made a mount point (bind onto itself) — ``pivot_root(2)``
+   requires one — and remounted read-only for ``--read-only``.
+3. ``/proc`` (a fresh instance: this process is PID 1 of the new PID namespace,
+   and procfs shows the mounter's PID namespace), ``/dev`` (a tmpfs with device
+   nodes bind-mounted from the host: ``mknod`` is not allowed in a user
+   namespace), a new ``devpts`` instance, ``/dev/shm``, ``/sys`` (a fresh sysfs,
+   allowed because we own the network namespace), and the generated ``/etc``
+   files are mounted under the new root.
+4. ``pivot_root(".", ".")`` then a lazy unmount of the old root: the host's
+   tree is no longer reachable (a bare ``chroot`` could be escaped).
+5. The OCI runtime spec's default masked and read-only paths are applied.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from . import libc
+from .libc import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, MS_PRIVATE
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+# The OCI runtime spec's defaults (as Docker, Podman and runc apply them).
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+@dataclass(frozen=True)
+class RootfsPlan:
+    rootfs: str                      # host path of the container's root (already populated)
+    readonly: bool = False
+    etc_files: tuple[tuple[str, str], ...] = ()   # (container path, host file) bind-mounted
+    ptmx_gid: int | None = 5         # gid for devpts' new ptys, when that gid is mapped
+
+
+def _ensure(path: str, kind: str, mode: int = 0o755) -> None:
+    """Create a mount point (a dir or an empty file) when it is missing."""
+    if os.path.lexists(path):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if kind == "dir":
+        os.mkdir(path, mode)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+
+
+def _inside(root: str, path: str) -> str:
+    """``path`` (absolute, in the container) under ``root``, refusing symlinks that leave it.
+
+    The image controls its own tree; a symlinked ``/etc`` or ``/proc`` pointing to
+    ``/`` on the host would otherwise make us mount over host paths.
+    """
+    full = os.path.join(root, path.lstrip("/"))
+    real = os.path.realpath(full)
+    if real != root and not real.startswith(root.rstrip("/") + "/"):
+        raise OSError(f"{path} in the image is a symlink leading out of the container ({real})")
+    return full
+
+
+def enter_rootfs(plan: RootfsPlan) -> None:
+    """Build the container's mounts under ``plan.rootfs`` and pivot into it (see module doc)."""
+    root = os.path.realpath(plan.rootfs)
+    libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    libc.mount(root, root, None, MS_BIND | MS_REC)
+
+    proc = _inside(root, "/proc")
+    _ensure(proc, "dir")
+    libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    _mount_dev(root, plan.ptmx_gid)
+
+    sys_dir = _inside(root, "/sys")
+    _ensure(sys_dir, "dir")
+    try:
+        libc.mount("sysfs", sys_dir, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+    except OSError:
+        # No sysfs of our own (e.g. sharing the host's network namespace): the host's, read-only.
+        libc.mount("/sys", sys_dir, None, MS_BIND | MS_REC)
+        libc.mount(None, sys_dir, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    for target, source in plan.etc_files:
+        dest = os.path.join(_inside(root, os.path.dirname(target)), os.path.basename(target))
+        if os.path.islink(dest):
+            os.unlink(dest)  # e.g. /etc/resolv.conf -> ../run/...: replace with our file
+        _ensure(dest, "file")
+        libc.mount(source, dest, None, MS_BIND)
+
+    if plan.readonly:
+        libc.mount(None, root, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+    os.chdir(root)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+    _mask_paths()
+
+
+def _mount_dev(root: str, ptmx_gid: int | None) -> None:
+    dev = _inside(root, "/dev")
+    _ensure(dev, "dir")
+    libc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | libc.MS_STRICTATIME, "mode=755,size=65536k")
+    for name in DEVICES:
+        target = os.path.join(dev, name)
+        _ensure(target, "file")
+        libc.mount(f"/dev/{name}", target, None, MS_BIND)
+    pts = os.path.join(dev, "pts")
+    os.mkdir(pts, 0o755)
+    opts = "newinstance,ptmxmode=0666,mode=0620" + (f",gid={ptmx_gid}" if ptmx_gid is not None else "")
+    libc.mount("devpts", pts, "devpts", MS_NOSUID | MS_NOEXEC, opts)
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    shm = os.path.join(dev, "shm")
+    os.mkdir(shm, 0o1777)
+    libc.mount("shm", shm, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    mqueue = os.path.join(dev, "mqueue")
+    os.mkdir(mqueue, 0o755)
+    try:
+        libc.mount("mqueue", mqueue, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        os.rmdir(mqueue)  # optional: POSIX message queues are rarely used
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("core", "/proc/kcore")):
+        os.symlink(target, os.path.join(dev, name))
+
+
+def _mask_paths() -> None:
+    for path in MASKED_PATHS:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            libc.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        else:
+            libc.mount("/dev/null", path, None, MS_BIND)
+    for path in READONLY_PATHS:
+        if not os.path.exists(path):
+            continue
+        libc.mount(path, path, None, MS_BIND | MS_REC)
+        libc.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

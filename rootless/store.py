@@ -1,0 +1,172 @@
+"""The image store on disk.
+
+    ROOT/
+      blobs/sha256/HEX        content-addressed blobs: layer tars, image configs, manifests
+      layers/HEX/             each layer unpacked once (HEX = its diff id), shared read-only
+      tags.json               {"name:tag": "sha256:MANIFEST"}
+      containers/ID/          one per container: config.json, its root filesystem, etc files
+      lock                    flock(2) held by commands that change the store
+
+Blob writes are verified against their digest and atomic (temp file + rename); tags.json
+is replaced atomically.  Files inside ``layers/`` and container root filesystems are owned
+through the user namespace (sub-ids), so only code running in it may remove them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from . import reference
+from .errors import ImageNotFound, StoreError
+
+
+@dataclass(frozen=True)
+class Image:
+    ref: str | None
+    manifest_digest: str
+    id: str                   # the config's digest, as Docker shows it
+    config: dict[str, Any]
+    diff_ids: tuple[str, ...]
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        return self.config.get("config") or {}
+
+
+def _hex(digest: str) -> str:
+    algo, _, value = digest.partition(":")
+    if algo != "sha256" or len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+        raise StoreError(f"invalid digest '{digest}'")
+    return value
+
+
+class Store:
+    def __init__(self, root: str):
+        self.root = root
+        try:
+            for sub in ("blobs/sha256", "layers", "containers", "tmp"):
+                os.makedirs(os.path.join(root, sub), mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the store at {root}: {e.strerror}. "
+                             "Point --root (or ROOTLESS_ROOT) at a directory you can write") from None
+
+    # --- locking and atomic files ---
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:
+                raise StoreError(f"cannot lock the store at {self.root} ({e.strerror}): file locks do not "
+                                 "work on this filesystem (NFS or Lustre without locking?). Put the store on "
+                                 "local disk: --root /tmp/$USER/rootless or ROOTLESS_ROOT") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    # --- blobs ---
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.root, "blobs", "sha256", _hex(digest))
+
+    def put_blob(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not os.path.exists(path):
+            self._write_atomic(path, data)
+        return digest
+
+    def adopt_blob(self, tmp_path: str, digest: str) -> None:
+        """Move a verified temp file into place as blob ``digest``."""
+        os.rename(tmp_path, self.blob_path(digest))
+
+    def read_json(self, digest: str) -> dict[str, Any]:
+        path = self.blob_path(digest)
+        with open(path, "rb") as f:
+            data = f.read()
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise StoreError(f"blob {digest} is corrupt ({path}): remove the image and import or pull it again")
+        return json.loads(data)
+
+    # --- layers ---
+    def layer_dir(self, diff_id: str) -> str:
+        return os.path.join(self.root, "layers", _hex(diff_id))
+
+    def has_layer(self, diff_id: str) -> bool:
+        return os.path.isdir(self.layer_dir(diff_id))
+
+    # --- tags and images ---
+    def _tags_path(self) -> str:
+        return os.path.join(self.root, "tags.json")
+
+    def tags(self) -> dict[str, str]:
+        try:
+            with open(self._tags_path()) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot read {self._tags_path()}: {e}") from None
+
+    def set_tag(self, ref: str, manifest_digest: str) -> None:
+        """Point ``ref`` at a manifest.  Call with the store locked."""
+        tags = self.tags()
+        tags[reference.normalize(ref)] = manifest_digest
+        self._write_atomic(self._tags_path(), json.dumps(tags, indent=1, sort_keys=True).encode())
+
+    def image(self, manifest_digest: str, ref: str | None = None) -> Image:
+        manifest = self.read_json(manifest_digest)
+        config_digest = manifest["config"]["digest"]
+        config = self.read_json(config_digest)
+        diff_ids = tuple((config.get("rootfs") or {}).get("diff_ids") or ())
+        return Image(ref, manifest_digest, config_digest, config, diff_ids)
+
+    def resolve(self, ref: str) -> Image:
+        """An image by ``name[:tag]`` or by (a unique prefix of) its id."""
+        tags = self.tags()
+        try:
+            normalized = reference.normalize(ref)
+        except Exception:
+            normalized = None
+        if normalized and normalized in tags:
+            return self.image(tags[normalized], normalized)
+        prefix = ref.removeprefix("sha256:")
+        if len(prefix) >= 3 and all(c in "0123456789abcdef" for c in prefix):
+            matches = {}
+            for tag, digest in tags.items():
+                img = self.image(digest, tag)
+                if _hex(img.id).startswith(prefix):
+                    matches.setdefault(img.id, img)
+            if len(matches) == 1:
+                return next(iter(matches.values()))
+            if len(matches) > 1:
+                raise StoreError(f"image id prefix '{ref}' is ambiguous: give more characters")
+        raise ImageNotFound(f"image '{normalized or ref}' is not in the local store ({self.root}). "
+                            f"'rootless images' lists what you have; make one from a root filesystem "
+                            f"tarball with 'rootless import ROOTFS.tar {ref}'")
+
+    def images(self) -> list[Image]:
+        return [self.image(d, t) for t, d in sorted(self.tags().items())]
+
+    def container_dir(self, cid: str) -> str:
+        return os.path.join(self.root, "containers", cid)
