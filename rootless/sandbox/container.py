@@ -23,7 +23,6 @@ import errno
 import fcntl
 import os
 import signal
-import struct
 import termios
 import socket
 from dataclasses import dataclass, field
@@ -72,8 +71,18 @@ class Started:
 
 
 def start(spec: SandboxSpec) -> Started:
-    """Create the container and exec its command; raise ``ChildError`` with the child's reason."""
-    pid, sock = fork_into_userns(spec.maps, lambda s: _intermediate(spec, s), name="rootless-intermediate")
+    """Create the container and exec its command; raise ``ChildError`` with the child's reason.
+
+    The signals P forwards stay blocked from here until ``wait`` has its handlers in
+    place: one sent while the container starts is delivered then, not lost and not
+    fatal to P.  Call ``wait`` (or ``unblock_signals``) afterwards.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    try:
+        pid, sock = fork_into_userns(spec.maps, lambda s: _intermediate(spec, s), name="rootless-intermediate")
+    except BaseException:
+        unblock_signals()
+        raise
     with sock:
         try:
             msg, _ = channel.expect(sock, "pid")
@@ -84,11 +93,17 @@ def start(spec: SandboxSpec) -> Started:
             channel.expect(sock, "eof")  # B's channel is close-on-exec: EOF means the command runs
         except channel.ChildError:
             _reap(pid)
+            unblock_signals()
             raise
         except BaseException:
             _kill(pid)
+            unblock_signals()
             raise
     return Started(pid, msg["pid"], master, spec.process.stdin)
+
+
+def unblock_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
 
 
 def _reap(pid: int) -> int:
@@ -115,6 +130,7 @@ def wait(started: Started) -> int:
         except ProcessLookupError:
             pass
     old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    unblock_signals()
     try:
         if started.tty_master is not None:
             from .tty import relay
@@ -130,6 +146,7 @@ def wait(started: Started) -> int:
 def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     for s in _IGNORED_IN_C:
         signal.signal(s, signal.SIG_IGN)
+    unblock_signals()  # blocked by P around the fork; ignored here, default again in B
     libc.unshare(libc.CLONE_NEWNS)
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     spec.prepare_rootfs()
@@ -219,10 +236,7 @@ def _set_identity(ident: users.Identity) -> None:
 
 def _attach_pty(sock: socket.socket) -> None:
     """Open a pty in the container's own devpts; the slave becomes our terminal, P gets the master."""
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, termios.TIOCSPTLCK, struct.pack("i", 0))
-    number = struct.unpack("I", fcntl.ioctl(master, termios.TIOCGPTN, struct.pack("I", 0)))[0]
-    slave = os.open(f"/dev/pts/{number}", os.O_RDWR)
+    master, slave = os.openpty()  # after pivot_root: /dev/ptmx is the container's own devpts
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)

@@ -1,0 +1,108 @@
+"""Fixtures for the engine's tests: a private image store with a busybox image, and the CLI.
+
+Everything is real: the tests run the installed ``rootless`` command as the
+unprivileged user running pytest, in real namespaces.  The store is removed at the
+end through ``rootless unshare`` (files in it may be owned by sub-ids).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_script = Path(sys.executable).parent / "rootless"
+ROOTLESS = [str(_script)] if _script.exists() else [sys.executable, "-m", "rootless"]
+
+
+def subid_range(kind: str = "uid") -> tuple[int, int] | None:
+    """This user's first sub-id range (start, count), or None (single-uid mode)."""
+    if not shutil.which("newuidmap") or not shutil.which("newgidmap"):
+        return None
+    user = pwd.getpwuid(os.getuid()).pw_name
+    found = {}
+    for k in ("uid", "gid"):
+        try:
+            lines = Path(f"/etc/sub{k}").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            parts = line.split(":")
+            if len(parts) == 3 and parts[0] in (user, str(os.getuid())) and int(parts[2]) > 0:
+                found[k] = (int(parts[1]), int(parts[2]))
+                break
+    if len(found) != 2:
+        return None
+    return found[kind]
+
+
+RANGE_MODE = subid_range() is not None
+needs_range = pytest.mark.skipif(not RANGE_MODE, reason="this user has no subordinate id range (/etc/subuid)")
+needs_single = pytest.mark.skipif(RANGE_MODE, reason="this user has a subordinate id range: single-uid mode not in use")
+
+
+class Rootless:
+    """Runs the CLI against one store."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = {**os.environ, "ROOTLESS_ROOT": str(root)}
+
+    def __call__(self, *args: str, input: str | bytes | None = None, timeout: float = 60,
+                 check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        text = not isinstance(input, bytes)
+        proc = subprocess.run([*ROOTLESS, *args], input=input, capture_output=True, text=text,
+                              timeout=timeout, env={**self.env, **(env or {})},
+                              stdin=subprocess.DEVNULL if input is None else None)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"rootless {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+        return proc
+
+    def popen(self, *args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen([*ROOTLESS, *args], env={**self.env, **kw.pop("env", {})}, **kw)
+
+    def container_dir(self, name: str) -> Path:
+        import json
+        for d in (self.root / "containers").iterdir():
+            cfg = d / "config.json"
+            if cfg.exists() and json.loads(cfg.read_text())["name"] == name:
+                return d
+        raise LookupError(name)
+
+
+def make_busybox_tar(path: Path) -> Path:
+    subprocess.run([sys.executable, str(REPO / "scripts" / "busybox-rootfs"), str(path)], check=True,
+                   capture_output=True, timeout=60)
+    return path
+
+
+@pytest.fixture(scope="session")
+def store_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    yield root
+    # Layers and container trees hold files owned by sub-ids: remove them as the namespace's root.
+    subprocess.run([*ROOTLESS, "unshare", "rm", "-rf", str(root)], timeout=120,
+                   env={**os.environ, "ROOTLESS_NO_SINGLE_UID_WARNING": "1"})
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory) -> Path:
+    return make_busybox_tar(tmp_path_factory.mktemp("images") / "busybox.tar")
+
+
+@pytest.fixture(scope="session")
+def rl_session(store_root: Path, busybox_tar: Path) -> Rootless:
+    rl = Rootless(store_root)
+    rl("import", "-c", 'CMD ["/bin/sh"]', str(busybox_tar), "busybox", check=True)
+    return rl
+
+
+@pytest.fixture
+def rl(rl_session: Rootless) -> Rootless:
+    return rl_session
