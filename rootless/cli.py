@@ -50,6 +50,8 @@ def _store(ctx: click.Context):
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
 @click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
+@click.option("--storage-driver", default="auto", envvar="ROOTLESS_STORAGE_DRIVER", show_default=True,
+              type=click.Choice(["auto", "overlay", "vfs"]), help="How the root filesystem is assembled.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from . import paths
 from .containers import Containers
 from .errors import CommandError, RootlessError, SandboxError, UsageError
-from .rootfs import CopyRootfs
+from .rootfs import ContainerRootfs
 from .sandbox import caps, channel, container, idmap, mounts
 from .store import Store
 
@@ -34,6 +34,7 @@ class RunOptions:
     read_only: bool = False
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
+    storage_driver: str = "auto"
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -131,8 +132,8 @@ def run(store: Store, opts: RunOptions) -> int:
         if missing:
             raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
                                 "remove the image and import or pull it again")
-        rootfs = CopyRootfs([store.layer_dir(d) for d in image.diff_ids], os.path.join(directory, "rootfs"),
-                            remove_after=opts.rm)
+        rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
+                                 opts.storage_driver, remove_after=opts.rm)
         spec = container.SandboxSpec(
             process=container.ProcessSpec(
                 args=args,

@@ -52,12 +52,13 @@ def test_root_inside(rl):
     assert run_ok(rl, "busybox", "id").startswith("uid=0(root) gid=0(root)")
 
 
-def test_files_created_inside_are_owned_by_mapped_ids_on_host(rl):
+@pytest.mark.parametrize("driver, changes", [("overlay", "upper"), ("vfs", "rootfs")])
+def test_files_created_inside_are_owned_by_mapped_ids_on_host(rl, driver, changes):
     script = "touch /by-root" + ("; touch /by-1000; chown 1000:1000 /by-1000" if RANGE_MODE else "")
-    proc = rl("run", "--name", "owner-check", "busybox", "sh", "-c", script)
+    proc = rl("run", "--storage-driver", driver, "--name", "owner-check", "busybox", "sh", "-c", script)
     assert proc.returncode == 0, proc.stderr
     try:
-        rootfs = rl.container_dir("owner-check") / "rootfs"
+        rootfs = rl.container_dir("owner-check") / changes
         st = os.lstat(rootfs / "by-root")
         assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
         if RANGE_MODE:
