@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import RootlessError, UsageError
-from .layers import remove_tree
+from .remove import remove_tree
 from .sandbox import idmap
 from .store import Store
 
@@ -71,10 +70,9 @@ class Containers:
                 raise RootlessError(f"the container name '{name}' is already in use by container "
                                     f"{taken[name][:12]}: remove it with 'rootless rm {name}' or choose another name")
         else:
-            name = next(n for n in (f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
-                                    for _ in range(100)) if n not in taken) if len(taken) < 300 else None
-            name = name or f"c_{secrets.token_hex(4)}"
-        cid = secrets.token_hex(32)
+            name = next((n for n in (_random_name() for _ in range(100)) if n not in taken), None)
+            name = name or f"c_{os.urandom(4).hex()}"
+        cid = os.urandom(32).hex()
         os.makedirs(self.store.container_dir(cid), mode=0o700)
         rec = Record(cid, name, image, image_id, command, time.time())
         self.save(rec)
@@ -110,6 +108,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def _random_name() -> str:
+    a, b = os.urandom(2)
+    return f"{_ADJECTIVES[a % len(_ADJECTIVES)]}_{_NOUNS[b % len(_NOUNS)]}"
 
 
 def _valid_name(name: str) -> bool:

@@ -12,29 +12,13 @@ renamed into place, so a failed unpack leaves nothing behind.
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
-import uuid
 
 from .errors import StoreError
+from .remove import remove_tree
 from .sandbox import channel, idmap
 from .sandbox.userns import run_as_root
 from .store import Store
-
-
-def remove_tree(maps: idmap.IdMaps, path: str) -> None:
-    """Remove a tree that may hold files owned by sub-ids (so only the namespace's root can)."""
-    if not os.path.lexists(path):
-        return
-    try:
-        shutil.rmtree(path)
-        return
-    except PermissionError:
-        pass
-    try:
-        run_as_root(maps, lambda: shutil.rmtree(path, ignore_errors=False), name="rootless-rm")
-    except channel.ChildError as e:
-        raise StoreError(f"cannot remove {path}: {e}") from None
 
 
 def check_owners(tar_path: str, maps: idmap.IdMaps) -> list[str]:
@@ -73,7 +57,7 @@ def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str) -> lis
     except tarfile.TarError as e:
         raise StoreError(f"the archive is not a valid tar file ({e})") from None
     final = store.layer_dir(diff_id)
-    tmp = os.path.join(store.root, "layers", f".tmp-{uuid.uuid4().hex}")
+    tmp = os.path.join(store.root, "layers", f".tmp-{os.urandom(16).hex()}")
     os.mkdir(tmp, 0o755)
     try:
         run_as_root(maps, lambda: _extract_chrooted(tar_path, tmp), name="rootless-unpack")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
 
 from .errors import UsageError
 from .sandbox import libc
@@ -62,6 +61,7 @@ class ContainerRootfs:
                    f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
 
     def _copy(self) -> None:
+        import subprocess
         for layer in self.layer_dirs:
             proc = subprocess.run(["cp", "-a", "--reflink=auto", f"{layer}/.", self.target],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -73,6 +72,7 @@ class Store:
             os.close(fd)
 
     def _write_atomic(self, path: str, data: bytes) -> None:
+        import tempfile
         fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
         try:
             with os.fdopen(fd, "wb") as f:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -87,9 +87,9 @@ def umount2(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
-        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {os.uname().machine}")
     if _libc.syscall(nr, _b(new_root), _b(put_old)) != 0:
         raise _fail("pivot_root", new_root)
 
