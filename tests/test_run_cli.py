@@ -260,14 +260,15 @@ def test_rm_removes_the_container(rl):
     assert set(os.listdir(rl.root / "containers")) == before
 
 
-def test_userns_disabled_is_explained(rl):
+def test_userns_disabled_is_explained(rl, tmp_path):
     # A user namespace of our own whose user.max_user_namespaces is 0: exactly what an
     # administrator's switch does, without touching the host.
     script = ('echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"')
     proc = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh",
                            *ROOTLESS,
                            "run", "--rm", "busybox", "true"],
-                          capture_output=True, text=True, timeout=60, env=rl.env)
+                          capture_output=True, text=True, timeout=60,
+                          env={**rl.env, "XDG_RUNTIME_DIR": str(tmp_path)})
     assert proc.returncode == 125, proc.stderr
     assert "user.max_user_namespaces is 0" in proc.stderr
     assert "sysctl -w user.max_user_namespaces" in proc.stderr
