@@ -65,7 +65,7 @@ def run(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> No
 
 @cli.command("import", context_settings=CONTEXT)
 @click.option("-c", "--change", multiple=True, metavar="INSTRUCTION",
-              help="Apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE).")
+              help="Apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, STOPSIGNAL).")
 @click.option("-m", "--message", default="", help="Commit message for the image's history.")
 @click.argument("file", metavar="FILE|-")
 @click.argument("ref", metavar="NAME[:TAG]")

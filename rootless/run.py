@@ -43,7 +43,7 @@ def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
     for path in env_files:
         try:
             with open(path) as f:
-                lines += [ln.rstrip("\n") for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+                lines += [ln.lstrip().rstrip("\n") for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
         except OSError as e:
             raise UsageError(f"cannot read env file {path}: {e.strerror}") from None
     out = []
@@ -61,13 +61,13 @@ def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
 
 
 def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str, tty: bool) -> dict[str, str]:
-    env: dict[str, str] = {"PATH": DEFAULT_PATH}
+    """Docker's order: the engine's defaults, then the image's ENV, then -e/--env-file."""
+    env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
+    if tty:
+        env["TERM"] = "xterm"
     for item in image_env:
         key, _, value = item.partition("=")
         env[key] = value
-    env["HOSTNAME"] = hostname
-    if tty:
-        env["TERM"] = "xterm"
     for key, value in extra:
         env[key] = value
     return env
@@ -117,6 +117,9 @@ def run(store: Store, opts: RunOptions) -> int:
     if not args:
         raise UsageError(f"no command specified: give one after the image name, e.g. "
                          f"'rootless run {opts.image} sh', or set CMD when importing")
+    workdir = opts.workdir or cfg.get("WorkingDir") or "/"
+    if not workdir.startswith("/"):
+        raise UsageError(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
     wanted_caps = caps.resolve(opts.cap_add, opts.cap_drop)
     extra_env = parse_env(opts.env, opts.env_files)
     paths.runtime_dir()  # fail early, with the fix, if the run-time directory is unusable
@@ -131,16 +134,17 @@ def run(store: Store, opts: RunOptions) -> int:
         missing = [d for d in image.diff_ids if not store.has_layer(d)]
         if missing:
             raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
-                                "remove the image and import or pull it again")
+                                "import the image again")
         rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
                                  opts.storage_driver, remove_after=opts.rm)
         spec = container.SandboxSpec(
             process=container.ProcessSpec(
                 args=args,
                 env=merge_env(cfg.get("Env") or [], extra_env, hostname, opts.tty),
-                cwd=opts.workdir or cfg.get("WorkingDir") or "/",
+                cwd=workdir,
                 user=opts.user if opts.user is not None else (cfg.get("User") or ""),
-                caps=wanted_caps, tty=opts.tty, stdin=opts.interactive),
+                caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
+                winsize=_user_winsize() if opts.tty else None),
             rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
                                      etc_files=_etc_files(directory, hostname),
                                      ptmx_gid=5 if maps.size("gid") > 5 else None),
@@ -154,12 +158,12 @@ def run(store: Store, opts: RunOptions) -> int:
         rec.state, rec.pid = "running", started.intermediate_pid
         records.save(rec)
         code = container.wait(started)
-    except BaseException:
+    except BaseException as e:
         rec.state, rec.finished = "exited", time.time()
         if opts.rm:
             _remove(records, rec, maps)
         else:
-            rec.exit_code = 125
+            rec.exit_code = getattr(e, "exit_code", 125)
             records.save(rec)
         raise
     rec.state, rec.exit_code, rec.finished = "exited", code, time.time()
@@ -168,6 +172,11 @@ def run(store: Store, opts: RunOptions) -> int:
     else:
         records.save(rec)
     return code
+
+
+def _user_winsize() -> bytes | None:
+    from .sandbox.tty import winsize
+    return winsize(0)
 
 
 def _remove(records: Containers, rec, maps: idmap.IdMaps) -> None:

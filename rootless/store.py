@@ -105,7 +105,7 @@ class Store:
         with open(path, "rb") as f:
             data = f.read()
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-            raise StoreError(f"blob {digest} is corrupt ({path}): remove the image and import or pull it again")
+            raise StoreError(f"blob {digest} is corrupt ({path}): import the image again")
         return json.loads(data)
 
     # --- layers ---

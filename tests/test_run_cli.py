@@ -196,6 +196,21 @@ def test_tty_session(rl):
         os.close(master)
 
 
+def test_tty_window_size_is_set_before_the_command_starts(rl):
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 27, 93, 0, 0))
+    p = rl.popen("run", "--rm", "-t", "busybox", "stty", "size", stdin=slave, stdout=slave, stderr=slave,
+                 start_new_session=True)
+    os.close(slave)
+    try:
+        assert b"27 93" in _read_until(master, b"27 93")
+        assert p.wait(timeout=20) == 0
+    finally:
+        p.kill()
+        p.wait()
+        os.close(master)
+
+
 def test_it_without_a_terminal_is_refused(rl):
     proc = rl("run", "--rm", "-it", "busybox", "true", input="")
     assert proc.returncode == 125
@@ -204,7 +219,7 @@ def test_it_without_a_terminal_is_refused(rl):
 
 def test_env_flags_and_env_file(rl, tmp_path):
     env_file = tmp_path / "env"
-    env_file.write_text("# comment\nFROM_FILE=yes\nOVERRIDDEN=file\n\n")
+    env_file.write_text("# comment\n  FROM_FILE=yes\nOVERRIDDEN=file\n\n")
     proc = rl("run", "--rm", "--env-file", str(env_file), "-e", "OVERRIDDEN=flag", "-e", "PASSED",
               "-e", "UNSET_ON_HOST", "busybox", "sh", "-c",
               'echo "$FROM_FILE $OVERRIDDEN $PASSED ${UNSET_ON_HOST-unset} $HOME $PATH"',
@@ -217,6 +232,8 @@ def test_env_flags_and_env_file(rl, tmp_path):
 
 def test_workdir_is_created(rl):
     assert rl("run", "--rm", "-w", "/srv/app", "busybox", "pwd").stdout == "/srv/app\n"
+    proc = rl("run", "--rm", "-w", "relative", "busybox", "pwd")
+    assert proc.returncode == 125 and "needs to be an absolute path" in proc.stderr
 
 
 def test_entrypoint_override_resets_cmd(rl):
@@ -226,22 +243,31 @@ def test_entrypoint_override_resets_cmd(rl):
 
 
 def test_image_config_is_honoured(rl, busybox_tar):
-    changes = ['ENTRYPOINT ["/bin/sh", "-c"]', 'CMD ["echo $GREETING from $(pwd) as $(id -u)"]',
-               "ENV GREETING=hello", "WORKDIR /work"]
+    changes = ['ENTRYPOINT ["/bin/sh", "-c"]', 'CMD ["echo $GREETING from $(pwd) as $(id -u) on $HOSTNAME"]',
+               "ENV GREETING=hello HOSTNAME=from-image", "WORKDIR /work"]
     if RANGE_MODE:
         changes.append("USER 1000")
     args = [a for c in changes for a in ("-c", c)]
     assert rl("import", *args, str(busybox_tar), "configured", check=True).returncode == 0
     expected_uid = "1000" if RANGE_MODE else "0"
-    assert rl("run", "--rm", "configured").stdout == f"hello from /work as {expected_uid}\n"
+    assert rl("run", "--rm", "configured").stdout == f"hello from /work as {expected_uid} on from-image\n"
     # Flags override the image.
-    assert rl("run", "--rm", "-u", "0", "-w", "/", "-e", "GREETING=hi", "configured").stdout == "hi from / as 0\n"
+    assert rl("run", "--rm", "-u", "0", "-w", "/", "-e", "GREETING=hi", "configured").stdout \
+        == "hi from / as 0 on from-image\n"
 
 
 def test_image_without_command(rl, busybox_tar):
     rl("import", str(busybox_tar), "nocmd", check=True)
     proc = rl("run", "--rm", "nocmd")
     assert proc.returncode == 125 and "no command specified" in proc.stderr
+
+
+def test_ps_shows_why_a_start_failed(rl):
+    assert rl("run", "--name", "failed-start", "busybox", "nosuchcommand").returncode == 127
+    try:
+        assert "Exited (127)" in rl("ps", "-a", "--format", "json").stdout
+    finally:
+        rl("rm", "failed-start")
 
 
 def test_name_must_be_unique(rl):

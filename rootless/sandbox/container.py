@@ -47,6 +47,7 @@ class ProcessSpec:
     caps: frozenset[str] = caps.DEFAULT
     tty: bool = False
     stdin: bool = False
+    winsize: bytes | None = None  # struct winsize of the user's terminal, set on the pty before exec
 
 
 @dataclass
@@ -204,7 +205,7 @@ def _init(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
                 f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER")
 
     if proc.tty:
-        _attach_pty(sock)
+        _attach_pty(sock, proc.winsize)
     elif not proc.stdin:
         fd = os.open("/dev/null", os.O_RDONLY)
         os.dup2(fd, 0)
@@ -234,9 +235,14 @@ def _set_identity(ident: users.Identity) -> None:
     os.setresuid(ident.uid, ident.uid, ident.uid)
 
 
-def _attach_pty(sock: socket.socket) -> None:
-    """Open a pty in the container's own devpts; the slave becomes our terminal, P gets the master."""
+def _attach_pty(sock: socket.socket, winsize: bytes | None) -> None:
+    """Open a pty in the container's own devpts; the slave becomes our terminal, P gets the master.
+
+    The window size is set here, before exec, so a command asking for it at once sees the user's.
+    """
     master, slave = os.openpty()  # after pivot_root: /dev/ptmx is the container's own devpts
+    if winsize:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize)
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)

@@ -18,12 +18,21 @@ import termios
 import tty as _tty
 
 
-def _copy_winsize(src: int, dst: int) -> None:
+def winsize(fd: int) -> bytes | None:
+    """The window size of terminal ``fd`` (a struct winsize), or None when it is not a terminal."""
     try:
-        size = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
-        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+        return fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
     except OSError:
-        pass
+        return None
+
+
+def _copy_winsize(src: int, dst: int) -> None:
+    size = winsize(src)
+    if size:
+        try:
+            fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+        except OSError:
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
