@@ -1,0 +1,28 @@
+"""All ctypes use of fuse_overlay lives here.
+
+Only the few system calls the standard library lacks are wrapped.  Every
+wrapper raises ``OSError`` whose message names the call and the path.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+MNT_DETACH = 2
+
+_libc = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def umount2(path: str, flags: int = MNT_DETACH) -> None:
+    """umount2(2) ``path``; raises OSError naming the call and path."""
+    if _lib().umount2(os.fsencode(path), ctypes.c_int(flags)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount2({path!r}): {os.strerror(err)}", path)

@@ -1,0 +1,747 @@
+"""The pyfuse3 Operations of the overlay.
+
+Error handling: every handler is wrapped by :func:`_handler`, so only
+``pyfuse3.FUSEError`` leaves it (OSError becomes its errno, anything else is
+logged and becomes EIO); ``forget`` and ``init`` never raise.
+
+Lookup counts: each EntryAttributes handed to the kernel (lookup, create,
+mkdir, mknod, symlink, link, readdir entries accepted by readdir_reply)
+adds one reference to the node; ``forget`` subtracts.
+
+State and awaits: the only awaits are copy-up of big files (in a worker
+thread, under the node's copy lock) and the locks themselves.  Node state is
+changed only after the backing operation succeeded, with no await between the
+backing change and the bookkeeping, so every await sees a consistent table.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyfuse3
+import trio
+
+from . import copyup, ownership
+from .inodes import ROOT_INODE, InodeMap, Node, NodeTable
+from .layers import WH_PREFIX, Found, Layers, hidden_xattr
+
+log = logging.getLogger("fuse_overlay")
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_THREAD_COPY_MIN = 1 << 20   # copy-ups at least this big run in a worker thread
+_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "O_DIRECT", 0)
+
+
+def _handler(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any) -> Any:
+        try:
+            return await fn(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _err(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+@dataclass
+class FileHandle:
+    fd: int
+    node: Node
+    layer: int      # layer the fd points into (reopened if the node is copied up)
+    flags: int
+
+
+@dataclass
+class DirHandle:
+    node: Node
+    entries: list[tuple[bytes, int]] | None = None
+
+
+@dataclass
+class Config:
+    upper: bytes | None
+    lowers: list[bytes]
+    work: bytes | None          # private work directory (already emptied)
+    timeout: float = 86400.0
+    xattr_permissions: bool = False
+    writeback: bool = False
+
+
+class OverlayFS(pyfuse3.Operations):
+    """Overlay of ``Config.lowers`` under ``Config.upper``."""
+
+    supports_dot_lookup = False
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.enable_writeback_cache = cfg.writeback
+        self.layers = Layers(cfg.upper, cfg.lowers)
+        devs = [os.stat(r).st_dev for r in self.layers.roots if r is not None]
+        self.inomap = InodeMap(devs)
+        self.table = NodeTable()
+        top = 0 if cfg.upper is not None else 1
+        root_st = os.lstat(self.layers.real(top, b""))
+        root = Node(ROOT_INODE, top, root_st.st_mode)
+        root.dirlayers = self.layers.root_layers()
+        root.lookups = 1
+        self.table.install(root)
+        self.files: dict[int, FileHandle] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self._fh = itertools.count(1)
+        self._tmp = itertools.count(1)
+
+    # ------------------------------------------------------------ helpers
+
+    def _node(self, ino: int) -> Node:
+        node = self.table.get(ino)
+        if node is None:
+            raise _err(errno.ENOENT)
+        return node
+
+    def _stat(self, node: Node) -> tuple[os.stat_result, bytes | None]:
+        """lstat of the node's backing object and its path (None when the
+        object has no name left and is reached through an open fd)."""
+        try:
+            path = node.path()
+        except KeyError:
+            for fd in node.fds:
+                return os.fstat(fd), None
+            raise _err(errno.ENOENT) from None
+        real = self.layers.real(node.layer, path)
+        return os.lstat(real), real
+
+    def _attr(self, node: Node, st: os.stat_result, real: bytes | None) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = node.generation
+        mode, uid, gid, rdev = st.st_mode, st.st_uid, st.st_gid, st.st_rdev
+        if self.cfg.xattr_permissions and real is not None:
+            ov = ownership.read(real, st)
+            if ov is not None:
+                mode, uid, gid, rdev = ov.mode, ov.uid, ov.gid, ov.rdev
+        e.st_mode = mode
+        e.st_nlink = 1 if node.merged else st.st_nlink
+        e.st_uid = uid
+        e.st_gid = gid
+        e.st_rdev = rdev
+        e.st_size = st.st_size
+        e.st_blksize = st.st_blksize
+        e.st_blocks = st.st_blocks
+        e.st_atime_ns = st.st_atime_ns
+        e.st_mtime_ns = st.st_mtime_ns
+        e.st_ctime_ns = st.st_ctime_ns
+        e.entry_timeout = self.cfg.timeout
+        e.attr_timeout = self.cfg.timeout
+        return e
+
+    def _node_attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        st, real = self._stat(node)
+        return self._attr(node, st, real)
+
+    def _ino_for(self, found: Found, path: bytes, fresh: bool = False) -> int:
+        st = found.st
+        if found.layer == 0:
+            if not fresh:
+                try:
+                    return int(os.getxattr(self.layers.real(0, path), copyup.INO_XATTR,
+                                           follow_symlinks=False))
+                except (OSError, ValueError):
+                    pass
+        elif st.st_nlink > 1 and not stat_mod.S_ISDIR(st.st_mode):
+            return self.inomap.for_path(found.layer, path)
+        ino = self.inomap.encode(st.st_dev, st.st_ino)
+        if ino == ROOT_INODE:
+            ino = self.inomap.for_path(found.layer, path)
+        return ino
+
+    def _register(self, parent: Node, name: bytes, found: Found, fresh: bool = False) -> Node:
+        """The node for ``found`` at ``parent/name``, created or refreshed.
+        Its lookup count is not changed."""
+        path = parent.path() + b"/" + name
+        ino = self._ino_for(found, path, fresh)
+        node = self.table.get(ino)
+        mode = found.st.st_mode
+        if node is None:
+            node = Node(ino, found.layer, mode)
+            self.table.install(node)
+        elif node.dead or stat_mod.S_IFMT(node.mode) != stat_mod.S_IFMT(mode):
+            # The backing inode number was reused: a new object.
+            for key in list(node.links):
+                if self.table.dentries.get(key) is node:
+                    del self.table.dentries[key]
+            node.links.clear()
+            node.generation += 1
+            node.dead = False
+            node.layer = found.layer
+            node.mode = mode
+            node.is_dir = stat_mod.S_ISDIR(mode)
+        else:
+            node.layer = found.layer
+        node.dirlayers = found.dirlayers
+        if node.is_dir:
+            for key in list(node.links):
+                if key != (parent.ino, name):
+                    self.table.remove_link(node.links[key], key[1])
+        self.table.add_link(node, parent, name)
+        return node
+
+    def _probe(self, parent: Node, name: bytes, from_layer: int | None = None) -> Found | None:
+        if not parent.is_dir:
+            raise _err(errno.ENOTDIR)
+        if name.startswith(WH_PREFIX):
+            return None
+        layers = parent.dirlayers
+        if from_layer is not None and from_layer in layers:
+            layers = layers[layers.index(from_layer):]
+        return self.layers.probe(layers, parent.path(), name)
+
+    def _lookup(self, parent: Node, name: bytes, from_layer: int | None = None
+                ) -> tuple[Node, pyfuse3.EntryAttributes]:
+        found = self._probe(parent, name, from_layer)
+        if found is None:
+            raise _err(errno.ENOENT)
+        node = self._register(parent, name, found)
+        real = self.layers.real(found.layer, parent.path() + b"/" + name)
+        return node, self._attr(node, found.st, real)
+
+    def _lower_has(self, parent: Node, name: bytes) -> bool:
+        lowers = tuple(layer for layer in parent.dirlayers if layer > 0)
+        return bool(lowers) and self.layers.probe(lowers, parent.path(), name) is not None
+
+    def _tmpname(self) -> bytes:
+        if self.cfg.work is None:
+            raise _err(errno.EROFS)
+        return self.cfg.work + b"/#%d" % next(self._tmp)
+
+    def _visible_stat(self, node: Node) -> tuple[int, int, int]:
+        """(mode, uid, gid) as processes see them."""
+        st, real = self._stat(node)
+        if self.cfg.xattr_permissions and real is not None:
+            ov = ownership.read(real, st)
+            if ov is not None:
+                return ov.mode, ov.uid, ov.gid
+        return st.st_mode, st.st_uid, st.st_gid
+
+    def _new_owner(self, parent: Node, ctx: pyfuse3.RequestContext) -> tuple[int, int, bool]:
+        """(uid, gid, parent is setgid) for an object created by ``ctx``."""
+        pmode, _puid, pgid = self._visible_stat(parent)
+        if pmode & stat_mod.S_ISGID:
+            return ctx.uid, pgid, True
+        return ctx.uid, ctx.gid, False
+
+    def _own_new(self, real: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
+                 fd: int | None = None) -> None:
+        """Give a just-created upper object its owner (and keep set-id bits)."""
+        if self.cfg.xattr_permissions:
+            st = os.fstat(fd) if fd is not None else os.lstat(real)
+            if (uid, gid) != (st.st_uid, st.st_gid) or stat_mod.S_IFMT(mode) != stat_mod.S_IFMT(st.st_mode):
+                if not stat_mod.S_ISLNK(st.st_mode):
+                    ownership.write(real, ownership.Override(uid, gid, mode, rdev))
+            return
+        if fd is not None:
+            os.fchown(fd, uid, gid)
+            if mode & (stat_mod.S_ISUID | stat_mod.S_ISGID):
+                os.fchmod(fd, stat_mod.S_IMODE(mode))
+        else:
+            os.lchown(real, uid, gid)
+            if mode & (stat_mod.S_ISUID | stat_mod.S_ISGID) and not stat_mod.S_ISLNK(mode):
+                os.chmod(real, stat_mod.S_IMODE(mode))
+
+    # ----------------------------------------------------------- copy-up
+
+    async def _ensure_upper_dir(self, node: Node) -> None:
+        """Make sure directory ``node`` exists in the upper layer."""
+        if 0 in node.dirlayers:
+            return
+        if self.cfg.upper is None:
+            raise _err(errno.EROFS)
+        await self._copy_up(node)
+
+    async def _copy_up(self, node: Node) -> None:
+        """Copy ``node`` to the upper layer (parents first) unless it is there.
+
+        Runs under the node's copy lock; big files are copied in a worker
+        thread into the work directory, then renamed into place here."""
+        if node.layer == 0 and (not node.is_dir or 0 in node.dirlayers):
+            return
+        if self.cfg.upper is None:
+            raise _err(errno.EROFS)
+        if node.copy_lock is None:
+            node.copy_lock = trio.Lock()
+        async with node.copy_lock:
+            if node.layer == 0 and (not node.is_dir or 0 in node.dirlayers):
+                return
+            parent, _name = node.first_link()
+            await self._ensure_upper_dir(parent)
+            path = node.path()
+            src = self.layers.real(node.layer, path)
+            st = os.lstat(src)
+            keep_ino = node.ino if not stat_mod.S_ISLNK(st.st_mode) else None
+            tmp = self._tmpname()
+            if stat_mod.S_ISREG(st.st_mode) and st.st_size >= _THREAD_COPY_MIN:
+                await trio.to_thread.run_sync(copyup.copy_up, src, tmp, st, keep_ino)
+                try:
+                    path = node.path()      # may have moved while copying
+                except KeyError:
+                    copyup.remove_tree(tmp)
+                    raise _err(errno.ENOENT) from None
+            else:
+                copyup.copy_up(src, tmp, st, keep_ino)
+            try:
+                os.rename(tmp, self.layers.real(0, path))
+            except OSError:
+                copyup.remove_tree(tmp)
+                raise
+            node.layer = 0
+            if node.is_dir:
+                node.dirlayers = (0,) + tuple(layer for layer in node.dirlayers if layer != 0)
+
+    # -------------------------------------------------------- operations
+
+    def init(self) -> None:
+        pass
+
+    @_handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+                     ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        node, attr = self._lookup(parent, name)
+        node.lookups += 1
+        return attr
+
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:  # type: ignore[override]
+        for ino, n in inode_list:
+            try:
+                self.table.forget(ino, n)
+            except Exception:       # forget must never raise
+                log.exception("forget(%d)", ino)
+
+    @_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
+                      ) -> pyfuse3.EntryAttributes:
+        return self._node_attr(self._node(inode))
+
+    @_handler
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        handle = self.files.get(fh) if fh is not None else None
+        if node.links or handle is None:
+            await self._copy_up(node)
+        try:
+            real: bytes | None = self.layers.real(0, node.path())
+        except KeyError:
+            real = None
+        if fields.update_size:
+            if handle is not None and handle.layer == 0:
+                os.ftruncate(handle.fd, attr.st_size)
+            elif real is not None:
+                os.truncate(real, attr.st_size)
+        if real is None:
+            return self._node_attr(node)
+        st = os.lstat(real)
+        if fields.update_uid or fields.update_gid or fields.update_mode:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            if self.cfg.xattr_permissions and not stat_mod.S_ISLNK(st.st_mode):
+                ov = ownership.read(real, st) or ownership.Override(
+                    st.st_uid, st.st_gid, st.st_mode, st.st_rdev)
+                mode = ov.mode
+                if fields.update_mode:
+                    mode = stat_mod.S_IFMT(ov.mode) | stat_mod.S_IMODE(attr.st_mode)
+                elif (uid != -1 or gid != -1) and not stat_mod.S_ISDIR(ov.mode):
+                    mode &= ~(stat_mod.S_ISUID | stat_mod.S_ISGID)   # as chown(2) does
+                ov = ownership.Override(ov.uid if uid == -1 else uid, ov.gid if gid == -1 else gid,
+                                        mode, ov.rdev)
+                ownership.write(real, ov)
+                if fields.update_mode:
+                    os.chmod(real, stat_mod.S_IMODE(attr.st_mode))
+            else:
+                if uid != -1 or gid != -1:
+                    os.lchown(real, uid, gid)
+                if fields.update_mode and not stat_mod.S_ISLNK(st.st_mode):
+                    os.chmod(real, stat_mod.S_IMODE(attr.st_mode))
+        if fields.update_atime or fields.update_mtime:
+            st = os.lstat(real)
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(real, ns=(atime, mtime), follow_symlinks=False)
+        return self._node_attr(node)
+
+    @_handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        return os.readlink(self.layers.real(node.layer, node.path()))
+
+    async def _prepare_create(self, parent_inode: int, name: bytes) -> tuple[Node, bytes, bool]:
+        """Parent node, upper path for ``name`` and whether a whiteout was
+        replaced, for an object about to be created."""
+        parent = self._node(parent_inode)
+        if name.startswith(WH_PREFIX):
+            raise _err(errno.EPERM)
+        await self._ensure_upper_dir(parent)
+        ppath = parent.path()
+        replaced = self.layers.clear_whiteout(ppath, name)
+        return parent, self.layers.real(0, ppath + b"/" + name), replaced
+
+    def _finish_create(self, parent: Node, name: bytes, real: bytes,
+                       dirlayers: tuple[int, ...] = ()) -> tuple[Node, pyfuse3.EntryAttributes]:
+        st = os.lstat(real)
+        node = self._register(parent, name, Found(0, st, dirlayers), fresh=True)
+        node.lookups += 1
+        return node, self._attr(node, st, real)
+
+    @_handler
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if stat_mod.S_ISCHR(mode) and rdev == 0:
+            raise _err(errno.EPERM)     # would read back as a whiteout
+        parent, real, _ = await self._prepare_create(parent_inode, name)
+        uid, gid, _sg = self._new_owner(parent, ctx)
+        try:
+            os.mknod(real, mode, rdev)
+        except PermissionError:
+            if not (self.cfg.xattr_permissions and (stat_mod.S_ISCHR(mode) or stat_mod.S_ISBLK(mode))):
+                raise
+            # Device node stored as an empty file described by the override xattr.
+            os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            ownership.write(real, ownership.Override(uid, gid, mode, rdev))
+        else:
+            self._own_new(real, mode, uid, gid, rdev)
+        return self._finish_create(parent, name, real)[1]
+
+    @_handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+                    ) -> pyfuse3.EntryAttributes:
+        parent, real, replaced = await self._prepare_create(parent_inode, name)
+        uid, gid, setgid = self._new_owner(parent, ctx)
+        mode = stat_mod.S_IMODE(mode) | (stat_mod.S_ISGID if setgid else 0)
+        os.mkdir(real, mode)
+        try:
+            if setgid:
+                os.chmod(real, mode)
+            self._own_new(real, stat_mod.S_IFDIR | mode, uid, gid)
+            if replaced or self._lower_has(parent, name):
+                self.layers.set_opaque(parent.path() + b"/" + name)
+        except OSError:
+            copyup.remove_tree(real)
+            raise
+        return self._finish_create(parent, name, real, (0,))[1]
+
+    @_handler
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent, real, _ = await self._prepare_create(parent_inode, name)
+        uid, gid, _sg = self._new_owner(parent, ctx)
+        os.symlink(target, real)
+        self._own_new(real, stat_mod.S_IFLNK | 0o777, uid, gid)
+        return self._finish_create(parent, name, real)[1]
+
+    @_handler
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent, real, _ = await self._prepare_create(parent_inode, name)
+        uid, gid, _sg = self._new_owner(parent, ctx)
+        oflags = self._open_flags(flags) | os.O_CREAT | os.O_EXCL
+        fd = os.open(real, oflags, stat_mod.S_IMODE(mode))
+        try:
+            self._own_new(real, stat_mod.S_IFREG | stat_mod.S_IMODE(mode), uid, gid, fd=fd)
+            node, attr = self._finish_create(parent, name, real)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._new_handle(fd, node, flags, keep_cache=True), attr
+
+    @_handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        if node.is_dir:
+            raise _err(errno.EPERM)
+        await self._copy_up(node)
+        src = self.layers.real(0, node.path())
+        parent, real, _ = await self._prepare_create(new_parent_inode, new_name)
+        os.link(src, real)
+        st = os.lstat(real)
+        self.table.add_link(node, parent, new_name)
+        node.lookups += 1
+        return self._attr(node, st, real)
+
+    def _unlinked(self, parent: Node, name: bytes, nlink_left: int) -> None:
+        node = self.table.remove_link(parent, name)
+        if node is not None and not node.links and nlink_left <= 0:
+            node.dead = True
+
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._node(parent_inode)
+        found = self._probe(parent, name)
+        if found is None:
+            raise _err(errno.ENOENT)
+        if stat_mod.S_ISDIR(found.st.st_mode):
+            raise _err(errno.EISDIR)
+        await self._ensure_upper_dir(parent)
+        ppath = parent.path()
+        if found.layer == 0:
+            os.unlink(self.layers.real(0, ppath + b"/" + name))
+            if self._lower_has(parent, name):
+                self.layers.make_whiteout(ppath, name)
+            left = found.st.st_nlink - 1
+        else:
+            self.layers.make_whiteout(ppath, name)
+            left = 0
+        self._unlinked(parent, name, left)
+
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._node(parent_inode)
+        found = self._probe(parent, name)
+        if found is None:
+            raise _err(errno.ENOENT)
+        if not stat_mod.S_ISDIR(found.st.st_mode):
+            raise _err(errno.ENOTDIR)
+        ppath = parent.path()
+        cpath = ppath + b"/" + name
+        if self.layers.list_merged(found.dirlayers, cpath):
+            raise _err(errno.ENOTEMPTY)
+        await self._ensure_upper_dir(parent)
+        if found.layer == 0:
+            self.layers.clear_dir_for_removal(cpath)
+            os.rmdir(self.layers.real(0, cpath))
+            if self._lower_has(parent, name):
+                self.layers.make_whiteout(ppath, name)
+        else:
+            self.layers.make_whiteout(ppath, name)
+        self._unlinked(parent, name, 0)
+
+    @_handler
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _err(errno.EINVAL)
+        pold = self._node(parent_inode_old)
+        pnew = self._node(parent_inode_new)
+        src = self._probe(pold, name_old)
+        if src is None:
+            raise _err(errno.ENOENT)
+        if name_new.startswith(WH_PREFIX):
+            raise _err(errno.EPERM)
+        dst = self._probe(pnew, name_new)
+        if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise _err(errno.EEXIST)
+        src_is_dir = stat_mod.S_ISDIR(src.st.st_mode)
+        if src_is_dir and src.dirlayers != (0,):
+            raise _err(errno.EXDEV)     # merged or lower directory, as the kernel without redirect_dir
+        if dst is not None and stat_mod.S_ISDIR(dst.st.st_mode):
+            if not src_is_dir:
+                raise _err(errno.EISDIR)
+            dpath = pnew.path() + b"/" + name_new
+            if self.layers.list_merged(dst.dirlayers, dpath):
+                raise _err(errno.ENOTEMPTY)
+        elif dst is not None and src_is_dir:
+            raise _err(errno.ENOTDIR)
+        node = self.table.dentries.get((pold.ino, name_old))
+        if node is None:
+            node = self._register(pold, name_old, src)
+        try:
+            await self._rename_backing(pold, name_old, pnew, name_new, node, src, dst)
+        finally:
+            if node.lookups <= 0:
+                self.table.drop(node)
+
+    async def _rename_backing(self, pold: Node, name_old: bytes, pnew: Node, name_new: bytes,
+                              node: Node, src: Found, dst: Found | None) -> None:
+        src_is_dir = stat_mod.S_ISDIR(src.st.st_mode)
+        if not src_is_dir:
+            await self._copy_up(node)
+        await self._ensure_upper_dir(pnew)
+        await self._ensure_upper_dir(pold)
+        opath, npath = pold.path(), pnew.path()
+        if dst is not None and dst.layer == 0 and stat_mod.S_ISDIR(dst.st.st_mode):
+            self.layers.clear_dir_for_removal(npath + b"/" + name_new)
+        if src_is_dir:
+            self.layers.clear_whiteout(npath, name_new)
+        else:
+            try:
+                os.unlink(self.layers.real(0, npath + b"/" + WH_PREFIX + name_new))
+            except FileNotFoundError:
+                pass
+        dst_lower = self._lower_has(pnew, name_new)
+        src_lower = self._lower_has(pold, name_old)
+        os.rename(self.layers.real(0, opath + b"/" + name_old),
+                  self.layers.real(0, npath + b"/" + name_new))
+        if src_is_dir and dst_lower:
+            self.layers.set_opaque(npath + b"/" + name_new)
+        if src_lower:
+            self.layers.make_whiteout(opath, name_old)
+        # bookkeeping (no awaits from here on)
+        if dst is not None:
+            left = dst.st.st_nlink - 1 if dst.layer == 0 and not stat_mod.S_ISDIR(dst.st.st_mode) else 0
+            self._unlinked(pnew, name_new, left)
+        self.table.remove_link(pold, name_old)
+        self.table.add_link(node, pnew, name_new)
+
+    # -------------------------------------------------------------- files
+
+    def _open_flags(self, flags: int) -> int:
+        oflags = (flags & ~_STRIP_OPEN) | os.O_CLOEXEC | os.O_NOFOLLOW
+        if self.cfg.writeback and flags & os.O_ACCMODE == os.O_WRONLY:
+            oflags = (oflags & ~os.O_ACCMODE) | os.O_RDWR
+        return oflags
+
+    def _new_handle(self, fd: int, node: Node, flags: int, keep_cache: bool) -> pyfuse3.FileInfo:
+        fh = next(self._fh)
+        self.files[fh] = FileHandle(fd, node, node.layer, flags)
+        node.fds.add(fd)
+        fi = pyfuse3.FileInfo(fh=fh)
+        fi.keep_cache = keep_cache
+        return fi
+
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            await self._copy_up(node)
+        fd = os.open(self.layers.real(node.layer, node.path()), self._open_flags(flags))
+        return self._new_handle(fd, node, flags, keep_cache=not flags & os.O_TRUNC)
+
+    def _handle(self, fh: int) -> FileHandle:
+        h = self.files.get(fh)
+        if h is None:
+            raise _err(errno.EBADF)
+        return h
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handle(fh)
+        if h.layer != h.node.layer and h.node.links:
+            # Copied up since it was opened: read the upper copy from now on.
+            fd = os.open(self.layers.real(h.node.layer, h.node.path()),
+                         os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            h.node.fds.discard(h.fd)
+            os.close(h.fd)
+            h.fd, h.layer = fd, h.node.layer
+            h.node.fds.add(fd)
+        return os.pread(h.fd, size, off)
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return os.pwrite(self._handle(fh).fd, buf, off)
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_handler
+    async def release(self, fh: int) -> None:
+        h = self.files.pop(fh, None)
+        if h is not None:
+            h.node.fds.discard(h.fd)
+            os.close(h.fd)
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        fd = self._handle(fh).fd
+        if datasync:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
+
+    # -------------------------------------------------------- directories
+
+    @_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        fh = next(self._fh)
+        self.dirs[fh] = DirHandle(node)
+        return fh
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        h = self.dirs.get(fh)
+        if h is None:
+            raise _err(errno.EBADF)
+        d = h.node
+        if h.entries is None or start_id == 0:
+            h.entries = self.layers.list_merged(d.dirlayers, d.path())
+        entries = h.entries
+        for i in range(start_id, len(entries)):
+            name, layer = entries[i]
+            try:
+                node, attr = self._lookup(d, name, layer)
+            except pyfuse3.FUSEError:
+                continue            # vanished since the listing was taken
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+                if node.lookups <= 0:
+                    self.table.drop(node)
+                break
+            node.lookups += 1
+
+    @_handler
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    @_handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        root = self.layers.roots[0] if self.layers.roots[0] is not None else self.layers.roots[1]
+        s = os.statvfs(root)  # type: ignore[arg-type]
+        out = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                     "f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(out, attr, getattr(s, attr))
+        return out
+
+    # ------------------------------------------------------------- xattrs
+
+    def _real_of(self, node: Node) -> bytes:
+        return self.layers.real(node.layer, node.path())
+
+    @_handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if hidden_xattr(name):
+            raise _err(pyfuse3.ENOATTR)
+        return os.getxattr(self._real_of(self._node(inode)), name, follow_symlinks=False)
+
+    @_handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        names = os.listxattr(self._real_of(self._node(inode)), follow_symlinks=False)
+        return [n for n in map(os.fsencode, names) if not hidden_xattr(n)]
+
+    @_handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if hidden_xattr(name):
+            raise _err(errno.EPERM)
+        node = self._node(inode)
+        await self._copy_up(node)
+        os.setxattr(self._real_of(node), name, value, follow_symlinks=False)
+
+    @_handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if hidden_xattr(name):
+            raise _err(pyfuse3.ENOATTR)
+        node = self._node(inode)
+        await self._copy_up(node)
+        os.removexattr(self._real_of(node), name, follow_symlinks=False)

@@ -1,0 +1,142 @@
+"""Mounting, readiness, daemonizing and clean shutdown.
+
+:func:`serve` mounts (pyfuse3.init, which calls mount(2) directly when the
+process is root in its user namespace and falls back to fusermount3
+otherwise), reports readiness, runs the FUSE loop until SIGTERM/SIGINT/SIGHUP
+or an external unmount, then unmounts.  Readiness is reported by writing
+``ready\\n`` to the notify fd and closing it; on failure the fd is closed
+without data (the reader sees EOF) and the error goes to stderr.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from typing import Callable
+
+from . import _sys
+
+WORK_SUBDIR = b"fuse-overlay.work"
+
+
+class MountError(Exception):
+    """A problem that stops the mount; its message is a sentence for users."""
+
+
+def prepare_workdir(workdir: bytes) -> bytes:
+    """Create ``workdir/fuse-overlay.work`` and empty it of leftovers from a
+    previous daemon (half-done copy-ups).  Returns its path."""
+    from .copyup import remove_tree
+    work = workdir + b"/" + WORK_SUBDIR
+    try:
+        os.mkdir(work, 0o700)
+    except FileExistsError:
+        for name in os.listdir(work):
+            remove_tree(work + b"/" + name)
+    except OSError as e:
+        raise MountError(f"cannot create work directory {os.fsdecode(work)}: {e.strerror}") from None
+    return work
+
+
+def clear_stale_mount(mountpoint: str) -> None:
+    """Detach a dead FUSE mount (ENOTCONN) left at ``mountpoint`` by a daemon
+    that died, so the same directories can be mounted again."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            return
+        try:
+            _sys.umount2(mountpoint, _sys.MNT_DETACH)
+        except OSError as e2:
+            raise MountError(f"{mountpoint} has a dead FUSE mount that cannot be detached: "
+                             f"{e2.strerror}") from None
+
+
+def fuse_options(read_only: bool, fsname: str) -> set[str]:
+    opts = {"default_permissions", f"fsname={fsname}", "subtype=fuse-overlay", "noatime"}
+    if os.geteuid() == 0:
+        opts.add("allow_other")
+    if read_only:
+        opts.add("ro")
+    return opts
+
+
+def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], None]) -> int:
+    """Mount ``ops`` at ``mountpoint``, call ``ready()``, serve until told to
+    stop, unmount.  Returns the exit status."""
+    import pyfuse3
+    import trio
+
+    clear_stale_mount(mountpoint)
+    try:
+        pyfuse3.init(ops, mountpoint, options)
+    except RuntimeError as e:
+        raise MountError(f"cannot mount on {mountpoint}: {e}") from None
+    ready()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async def on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                    async for _ in sigs:
+                        pyfuse3.terminate()
+                        return
+            nursery.start_soon(on_signal)
+            await pyfuse3.main(min_tasks=2, max_tasks=64)
+            nursery.cancel_scope.cancel()
+
+    status = 0
+    try:
+        trio.run(main)
+    except BaseException as e:  # the loop failed: still unmount
+        print(f"fuse-overlay: main loop ended with an error: {e!r}", file=sys.stderr)
+        status = 1
+    finally:
+        pyfuse3.close(unmount=True)
+    return status
+
+
+def notify(fd: int | None) -> None:
+    """Write the readiness line to ``fd`` and close it.  Never raises."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"ready\n")
+    except OSError:
+        pass
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def daemonize() -> tuple[int, int]:
+    """Fork; the parent waits for the child's readiness and exits.
+
+    Returns (write end of the status pipe, ) in the child.  The parent exits
+    0 once the child wrote a byte, 1 (with the child's message already on
+    stderr) if the pipe closed without one."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        data = b""
+        while True:
+            chunk = os.read(r, 64)
+            if not chunk:
+                break
+            data += chunk
+        os._exit(0 if data.startswith(b"ready") else 1)
+    os.close(r)
+    os.setsid()
+    return w, os.getpid()
+
+
+def detach_stdio() -> None:
+    fd = os.open("/dev/null", os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
