@@ -303,14 +303,27 @@ class OverlayFS(pyfuse3.Operations):
                     raise _err(errno.ENOENT) from None
             else:
                 copyup.copy_up(src, tmp, st, keep_ino)
+            pst = os.lstat(self.layers.real(0, parent.path()))
             try:
                 os.rename(tmp, self.layers.real(0, path))
             except OSError:
                 copyup.remove_tree(tmp)
                 raise
             node.layer = 0
+            # Like the kernel, copy-up leaves the parent's times unchanged;
+            # its ctime did change, so drop the kernel's cached attributes.
+            os.utime(self.layers.real(0, parent.path()), ns=(pst.st_atime_ns, pst.st_mtime_ns))
+            self._invalidate(parent.ino)
+            self._invalidate(node.ino)
             if node.is_dir:
                 node.dirlayers = (0,) + tuple(layer for layer in node.dirlayers if layer != 0)
+
+    def _invalidate(self, ino: int) -> None:
+        """Drop the kernel's cached attributes of ``ino``.  Never raises."""
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except Exception:   # not known to the kernel, or not mounted (unit use)
+            pass
 
     # -------------------------------------------------------- operations
 
@@ -684,13 +697,22 @@ class OverlayFS(pyfuse3.Operations):
         if h.entries is None or start_id == 0:
             h.entries = self.layers.list_merged(d.dirlayers, d.path())
         entries = h.entries
-        for i in range(start_id, len(entries)):
+        # Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].  The kernel takes
+        # no reference for "." and "..", so neither do we.
+        if start_id < 1:
+            if not pyfuse3.readdir_reply(token, b".", self._node_attr(d), 1):
+                return
+        if start_id < 2:
+            parent = d if d.ino == ROOT_INODE or not d.links else d.first_link()[0]
+            if not pyfuse3.readdir_reply(token, b"..", self._node_attr(parent), 2):
+                return
+        for i in range(max(start_id - 2, 0), len(entries)):
             name, layer = entries[i]
             try:
                 node, attr = self._lookup(d, name, layer)
             except pyfuse3.FUSEError:
                 continue            # vanished since the listing was taken
-            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+            if not pyfuse3.readdir_reply(token, name, attr, i + 3):
                 if node.lookups <= 0:
                     self.table.drop(node)
                 break
