@@ -1,0 +1,120 @@
+"""Command line, readiness, daemon mode, clean shutdown, read-only mounts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import mode_available
+from .nsutil import REPO, run_in_ns
+
+pytestmark = pytest.mark.skipif(not mode_available("single"),
+                                reason="cannot create a user namespace here")
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "mount point"),
+    (["m"], "lowerdir"),
+    (["-o", "lowerdir=/nonexistent", "/tmp"], "/nonexistent"),
+    (["-o", "lowerdir=/tmp,upperdir=/tmp", "/tmp"], "together"),
+    (["-o", "lowerdir=/tmp,bogus=1", "/tmp"], "bogus"),
+    (["-o", "lowerdir=/tmp::/tmp", "/tmp"], "empty"),
+    (["-o", "lowerdir=/tmp,notify_fd=x", "/tmp"], "notify_fd"),
+    (["-o", "lowerdir=/tmp,notify_fd=987", "/tmp"], "987"),
+    (["-x", "/tmp"], "-x"),
+    (["-o", "lowerdir=/etc/passwd", "/tmp"], "not a directory"),
+])
+def test_bad_command_lines(args, words):
+    p = subprocess.run([sys.executable, "-m", "fuse_overlay.cli"] + args, capture_output=True,
+                       text=True, timeout=30, cwd=REPO)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    assert p.stderr.startswith("fuse-overlay: ") and words in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_daemon_mode_returns_when_mounted_and_sigterm_unmounts():
+    r = run_in_ns("""
+mkdir -p $T/l $T/u $T/w $T/m; echo hi > $T/l/f
+$FO -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,pidfile=$T/pid $T/m
+cat $T/m/f                                   # mounted when the command returns
+grep -q " $T/m " /proc/self/mountinfo && echo mounted
+kill -TERM $(cat $T/pid)
+for i in $(seq 100); do grep -q " $T/m " /proc/self/mountinfo || break; sleep 0.1; done
+grep -q " $T/m " /proc/self/mountinfo && echo still-mounted || echo unmounted
+for i in $(seq 100); do kill -0 $(cat $T/pid) 2>/dev/null || break; sleep 0.1; done
+kill -0 $(cat $T/pid) 2>/dev/null && echo alive || echo exited
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["hi", "mounted", "unmounted", "exited"]
+
+
+def test_foreground_notify_fd_and_sigint():
+    r = run_in_ns("""
+mkdir -p $T/l $T/u $T/w $T/m; echo hi > $T/l/f
+mkfifo $T/ready
+$FO -f -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,notify_fd=4 $T/m 4>$T/ready &
+pid=$!
+read -t 30 line < $T/ready
+echo "$line"
+echo new > $T/m/g; cat $T/u/g
+kill -INT $pid; wait $pid; echo status=$?
+grep -q " $T/m " /proc/self/mountinfo && echo still-mounted || echo unmounted
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ready", "new", "status=0", "unmounted"]
+
+
+def test_mount_failure_closes_notify_fd_without_data():
+    r = run_in_ns("""
+mkdir -p $T/l $T/u $T/w; mkfifo $T/ready
+$FO -f -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,notify_fd=4 $T/missing 4>$T/ready &
+pid=$!
+if read -t 30 line < $T/ready; then echo "got:$line"; else echo eof; fi
+wait $pid || echo failed=$?
+""")
+    assert r.stdout.split() == ["eof", "failed=1"], (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+
+
+def test_read_only_without_upper():
+    r = run_in_ns("""
+mkdir -p $T/l1 $T/l2 $T/m; echo 1 > $T/l1/a; echo 2 > $T/l2/b
+$FO -o lowerdir=$T/l1:$T/l2,pidfile=$T/pid $T/m
+cat $T/m/a $T/m/b
+echo x > $T/m/c 2>/dev/null && echo wrote || echo refused
+rm $T/m/a 2>/dev/null && echo removed || echo refused
+kill $(cat $T/pid)
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "2", "refused", "refused"]
+
+
+def test_busybox_shell_tools_as_root_filesystem():
+    """A container-like use: a shell running commands inside the mount."""
+    r = run_in_ns("""
+mkdir -p $T/l/bin $T/l/etc $T/u $T/w $T/m; cp /bin/busybox $T/l/bin/ 2>/dev/null || cp /bin/ls $T/l/bin/
+echo root:x:0:0::/root:/bin/sh > $T/l/etc/passwd
+$FO -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,pidfile=$T/pid $T/m
+cd $T/m
+mkdir -p tmp/a/b && cp etc/passwd tmp/a/b/p && mv tmp/a tmp/c && ln -s b tmp/c/lb && ln tmp/c/b/p tmp/c/hp
+chmod 600 tmp/c/hp && tar cf tmp.tar tmp && rm -rf tmp && tar xf tmp.tar && rm tmp.tar
+ls -l tmp/c/b/p | cut -c1-10; cat tmp/c/lb/p; stat -c %h tmp/c/hp
+cd /; kill $(cat $T/pid)
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["-rw-------", "root:x:0:0::/root:/bin/sh", "2"]
+
+
+def test_startup_time():
+    r = run_in_ns("""
+mkdir -p $T/l $T/u $T/w $T/m
+s=$(date +%s%N)
+$FO -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,pidfile=$T/pid $T/m
+e=$(date +%s%N)
+echo $(( (e - s) / 1000000 ))
+kill $(cat $T/pid)
+""")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.strip()) < 2000
