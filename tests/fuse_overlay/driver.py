@@ -234,6 +234,12 @@ def op_utime(m, path, atime, mtime):
     return [int(st.st_atime), int(st.st_mtime)]
 
 
+def op_raw_upper_xattr(m, path, name):
+    """An xattr of the object in the upper dir behind mount ``m``."""
+    up = m[:-1] + "u"
+    return os.getxattr(os.path.join(up, path), name, follow_symlinks=False).decode()
+
+
 def op_mtime(m, path):
     return os.lstat(os.path.join(m, path)).st_mtime_ns
 
