@@ -190,7 +190,7 @@ class TokenServer:
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, name="token-server", daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="token-server", daemon=True).start()
 
     def stop(self) -> None:
         if self._httpd is not None:
@@ -350,7 +350,7 @@ class LyingServer:
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self._httpd.serve_forever, name="lying-server", daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="lying-server", daemon=True).start()
 
     def requests(self, method: str, path: str) -> list[dict[str, str]]:
         return [h for m, p, h in self.log if m == method and p == path]

@@ -204,7 +204,9 @@ class RegistryClient:
                 return base
         hint = ("" if self.allow_http else
                 f"; if it serves plain HTTP or a self-signed certificate, use --tls-verify=false")
-        raise RegistryUnreachable(f"cannot reach registry {self.registry} ({self.host}): {last}{hint}") from last
+        where = self.registry if self.host == self.registry else f"{self.registry} ({self.host})"
+        raise RegistryUnreachable(f"cannot reach registry {where}: {last or 'no answer'}; check the address "
+                                  f"and that it is running{hint}") from last
 
     def _request(self, method: str, url: str, *, repo: str | None, scopes: Iterable[str],
                  what: str, params: Any = None, headers: dict[str, str] | None = None,
@@ -269,6 +271,10 @@ class RegistryClient:
         status = resp.status_code
         detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if status == 401 or code == "UNAUTHORIZED":
+            if self.auth.credentials is not None and self.auth.scheme == "basic":
+                return AuthenticationRequired(f"the credentials of '{self.auth.credentials.username}' for "
+                                              f"{self.registry} were rejected: {self._login_hint()} again",
+                                              status=status, code=code)
             if self.auth.credentials is None:
                 return AuthenticationRequired(f"authentication required for {what} (or it does not exist): "
                                               f"{self._login_hint()}", status=status, code=code)
@@ -516,7 +522,7 @@ class RegistryClient:
                     total = done + int(resp.headers["Content-Length"])
                 if progress:
                     progress(done, total)
-                for chunk in resp.iter_bytes(_CHUNK):
+                for chunk in resp.iter_bytes():
                     if cancel is not None and cancel.is_set():
                         raise _Cancelled()
                     f.write(chunk)
