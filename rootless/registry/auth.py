@@ -346,12 +346,13 @@ class Authenticator:
             had = self._tokens.pop(key, None)
             if old is None or old.scheme != "bearer" or had is None:
                 return True
-            # We sent a token and were refused: retry only if the registry asks for a scope we
-            # did not request (then ask for it too); otherwise the answer will not change.
+            # We sent a token and were refused.  If the registry asks for a scope we did not
+            # request, ask for it too; if it says the token is bad (expired, clock skew), get a
+            # new one; if the scope was simply not granted, the answer will not change.
             if extra and any(s not in key for s in extra.split(" ")):
                 self._tokens[key] = self._fetch_token(new, tuple(sorted(set(key) | set(extra.split(" ")))))
                 return True
-            return False
+            return new.params.get("error") != "insufficient_scope"
 
     def _fetch_token(self, ch: Challenge, scopes: tuple[str, ...]) -> _Token:
         realm = ch.realm

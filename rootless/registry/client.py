@@ -179,17 +179,11 @@ class RegistryClient:
             for attempt in range(self.retries + 1):
                 try:
                     r = self._http.get(f"{base}/v2/", timeout=min(self.timeout, 10.0))
-                except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                    last = exc
-                    if i + 1 < len(schemes):
-                        break          # TLS refused or not spoken: try plain HTTP
-                    if isinstance(exc, httpx.ConnectError) and attempt < self.retries:
-                        self._sleep(attempt)
-                        continue
-                    break
                 except httpx.TransportError as exc:
                     last = exc
-                    if attempt < self.retries:
+                    if i + 1 < len(schemes):
+                        break          # TLS refused, not spoken or stuck: try plain HTTP
+                    if not isinstance(exc, httpx.RemoteProtocolError) and attempt < self.retries:
                         self._sleep(attempt)
                         continue
                     break
@@ -256,10 +250,15 @@ class RegistryClient:
         try:
             raw = resp.content
         except httpx.ResponseNotRead:
-            try:
-                raw = resp.read() if not resp.is_closed else b""
-            except (httpx.HTTPError, httpx.StreamError):
-                raw = b""
+            raw = b""
+            if not resp.is_closed:
+                try:
+                    for chunk in resp.iter_bytes():
+                        raw += chunk
+                        if len(raw) >= 65536:
+                            break
+                except (httpx.HTTPError, httpx.StreamError):
+                    pass
         resp.close()
         code = message = None
         try:

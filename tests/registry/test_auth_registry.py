@@ -92,3 +92,16 @@ def test_tokens_are_cached_per_scope(token_registry, tmp_path):
         assert c.mount_blob("cache/y", img.layers[0].digest, "cache/x")
     assert any(u == USER and sorted(s) == ["repository:cache/x:pull", "repository:cache/y:pull,push"]
                for u, s in token_registry.token.requests)
+
+
+def test_expired_token_is_replaced(token_registry, tmp_path):
+    img = make_image("expired", layers=1)
+    with RegistryClient(token_registry.host, credentials=GOOD, backoff=0.01) as c:
+        push_image(c, "expired/x", "latest", img, tmp_path)
+    token_registry.token.expire_next = 1
+    try:
+        with RegistryClient(token_registry.host, credentials=GOOD, backoff=0.01) as c:
+            assert c.get_manifest("expired/x", "latest").digest == img.digest
+            assert c.auth.token_requests == 2
+    finally:
+        token_registry.token.expire_next = 0

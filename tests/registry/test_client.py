@@ -14,7 +14,7 @@ from rootless.registry import (BlobUnknown, DigestMismatch, ManifestUnknown, Pla
 from rootless.registry import manifest as mt
 from rootless.registry.reference import InvalidReference
 
-from .images import Image, digest_of, make_image, make_index, push_image, tree
+from .images import digest_of, make_image, make_index, push_image, tree
 
 
 @pytest.fixture
