@@ -11,6 +11,24 @@ caller decides where they go.  Modules:
     errors.py           ``RegistryError`` and its subclasses (under ``RootlessError``)
 
 Only 127.0.0.0/8, ::1 and localhost are spoken to in plain HTTP unless told otherwise.
+
+How the engine uses it (``pull``)::
+
+    ref = Reference.parse("busybox")                      # docker.io/library/busybox:latest
+    with RegistryClient(ref.registry, insecure=None if tls_verify else True) as c:
+        m = c.get_manifest(ref.repository, ref.reference, platform)   # verified, index resolved
+        image = parse_image_manifest(m.data)              # config + layer descriptors
+        config = c.get_blob(ref.repository, image.config.digest)
+        c.fetch_blobs(ref.repository, [(l.digest, tmp_path_for(l), l.size) for l in image.layers
+                                       if not already_in_store(l.digest)])
+        # store m.data under m.digest (the bytes as received keep the digest), the config,
+        # the layers; tag -> m.digest; m.index_digest is Docker's RepoDigest when not None.
+
+``push``: for each layer and the config, skip if ``blob_exists``, else try ``mount_blob``
+from a repository of the same registry known to hold it, else ``push_blob``; then
+``put_manifest(repo, tag, manifest_bytes, media_type)``.  ``login``: check the credentials
+with ``RegistryClient(host, credentials=Credentials(u, p)).check_login()``, then
+``save_credentials``; ``logout``: ``remove_credentials``.
 """
 
 from .auth import (Credentials, default_auth_file, find_credentials, parse_www_authenticate,

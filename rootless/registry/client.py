@@ -202,6 +202,23 @@ class RegistryClient:
         raise RegistryUnreachable(f"cannot reach registry {where}: {last or 'no answer'}; check the address "
                                   f"and that it is running{hint}") from last
 
+    def check_login(self) -> None:
+        """Verify the client's credentials (for ``rootless login``): for Basic, ``/v2/`` must
+        accept them; for Bearer, the token server must issue a token for them and ``/v2/``
+        accept it.  Raises ``AuthenticationRequired`` if they are rejected (or missing when
+        the registry wants some); returns quietly for a registry without authentication."""
+        self.ping()
+        if self.auth.scheme is None:
+            return
+        if self.auth.credentials is None:
+            raise AuthenticationRequired(f"{self.registry} wants credentials: give a user name and "
+                                         "password", status=401)
+        resp = self._request("GET", "/v2/", repo=None, scopes=(), what=self.registry)
+        resp.close()
+        if resp.status_code == 200:
+            return
+        raise self._fail(resp, self.registry, "log in to")
+
     def _request(self, method: str, url: str, *, repo: str | None, scopes: Iterable[str],
                  what: str, params: Any = None, headers: dict[str, str] | None = None,
                  content: Callable[[], Any] | bytes | None = None, stream: bool = False,

@@ -105,3 +105,19 @@ def test_expired_token_is_replaced(token_registry, tmp_path):
             assert c.auth.token_requests == 2
     finally:
         token_registry.token.expire_next = 0
+
+
+@pytest.mark.parametrize("mode", ["anonymous", "basic", "token"])
+def test_check_login(mode, registry, basic_registry, token_registry):
+    reg = {"anonymous": registry, "basic": basic_registry, "token": token_registry}[mode]
+    with RegistryClient(reg.host, credentials=GOOD, backoff=0.01) as c:
+        c.check_login()
+    if mode == "anonymous":
+        return
+    with RegistryClient(reg.host, credentials=BAD, backoff=0.01) as c:
+        with pytest.raises(AuthenticationRequired) as e:
+            c.check_login()
+        assert "rejected" in str(e.value) and f"rootless login {reg.host}" in str(e.value)
+    with RegistryClient(reg.host, credentials=None, backoff=0.01) as c:
+        with pytest.raises(AuthenticationRequired):
+            c.check_login()

@@ -75,3 +75,40 @@ def test_invalid_file(tmp_path):
     with pytest.raises(RegistryError) as e:
         registries_conf.load(p)
     assert "insecure" in str(e.value)
+
+
+def test_mirror_then_primary(registry, tmp_path):
+    """What the engine's pull does with registries.conf: try each source in order."""
+    from tests.registry_server import running_registry
+
+    from rootless.registry import ManifestUnknown
+
+    from .images import make_image, push_image
+
+    conf_path = tmp_path / "registries.conf"
+    with running_registry("anonymous") as mirror:
+        conf_path.write_text(f'[[registry]]\nlocation = "{registry.host}"\n'
+                             f'[[registry.mirror]]\nlocation = "{mirror.host}/cache"\n')
+        conf = registries_conf.load(conf_path)
+        in_mirror = make_image("in-mirror", layers=1)
+        only_primary = make_image("only-primary", layers=1)
+        with RegistryClient(mirror.host) as c:
+            push_image(c, "cache/app/one", "latest", in_mirror, tmp_path)
+        with RegistryClient(registry.host) as c:
+            push_image(c, "app/two", "latest", only_primary, tmp_path)
+
+        def pull(repo):
+            for src in conf.pull_sources(registry.host, repo):
+                with RegistryClient(src.registry, insecure=src.insecure or None, registries_conf=conf) as c:
+                    try:
+                        return src, c.get_manifest(src.repository, "latest")
+                    except ManifestUnknown:
+                        continue
+            raise AssertionError("not found anywhere")
+
+        src, m = pull("app/one")
+        assert (src.registry, src.repository, src.mirror) == (mirror.host, "cache/app/one", True)
+        assert m.digest == in_mirror.digest
+        src, m = pull("app/two")
+        assert (src.registry, src.repository, src.mirror) == (registry.host, "app/two", False)
+        assert m.digest == only_primary.digest
