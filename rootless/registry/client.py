@@ -617,6 +617,19 @@ class RegistryClient:
             return False
         raise self._fail(resp, what, "mount blob")
 
+    def ensure_blob(self, repo: str, digest: str, path: str | os.PathLike[str], *,
+                    mount_from: Iterable[str] = (), progress: Progress | None = None) -> str:
+        """Make ``digest`` present in ``repo`` the cheapest way: ``"exists"`` if it already
+        is, ``"mounted"`` if a repository of ``mount_from`` (same registry) lent it, else
+        ``"pushed"`` after uploading ``path``."""
+        if self.blob_exists(repo, digest):
+            return "exists"
+        for other in mount_from:
+            if other != repo and self.mount_blob(repo, digest, other):
+                return "mounted"
+        self.push_blob(repo, digest, path, progress)
+        return "pushed"
+
     def push_blob(self, repo: str, digest: str, path: str | os.PathLike[str],
                   progress: Progress | None = None, *, chunk_size: int | None = None) -> None:
         """Upload the file ``path`` as blob ``digest`` of ``repo``: POST an upload session,

@@ -216,3 +216,16 @@ def test_put_manifest_missing_blobs_refused(client):
     with pytest.raises(RegistryError) as e:
         client.put_manifest("dangling/x", "latest", img.manifest, img.media_type)
     assert "dangling/x" in str(e.value)
+
+
+def test_ensure_blob(client, tmp_path):
+    img = make_image("ensure", layers=1)
+    layer = img.layers[0]
+    path = tmp_path / "layer"
+    path.write_bytes(layer.data)
+    assert client.ensure_blob("ensure/a", layer.digest, path) == "pushed"
+    assert client.ensure_blob("ensure/a", layer.digest, path) == "exists"
+    assert client.ensure_blob("ensure/b", layer.digest, path, mount_from=["ensure/none", "ensure/a"]) == "mounted"
+    other = tmp_path / "other"
+    other.write_bytes(b"fresh")
+    assert client.ensure_blob("ensure/b", digest_of(b"fresh"), other, mount_from=["ensure/a"]) == "pushed"

@@ -217,3 +217,26 @@ def test_tls_required_when_insecure_false(liar):
         c.ping()
     assert "--tls-verify=false" in str(e.value)
     assert liar.log == []
+
+
+def test_redirect_to_other_host_drops_credentials(liar, tmp_path):
+    """Blob storage behind a redirect (S3, a CDN) must not receive the registry credentials."""
+    storage = LyingServer()
+    try:
+        storage.routes[("GET", "/bucket/blob")] = lambda h: send(h, 200, BLOB)
+
+        def blob(h):
+            if not h.headers.get("Authorization"):
+                send(h, 401, b"", {"WWW-Authenticate": 'Basic realm="liar"'})
+            else:
+                send(h, 307, b"", {"Location": f"http://{storage.host}/bucket/blob"})
+        liar.routes[("GET", PATH)] = blob
+        from rootless.registry import Credentials
+        with client_for(liar, credentials=Credentials("u", "p")) as c:
+            c.fetch_blob("x", DIGEST, tmp_path / "blob", len(BLOB))
+        assert (tmp_path / "blob").read_bytes() == BLOB
+        [headers] = storage.requests("GET", "/bucket/blob")
+        assert "Authorization" not in headers and "authorization" not in {k.lower() for k in headers}
+        assert any(h.get("Authorization", "").startswith("Basic ") for h in liar.requests("GET", PATH))
+    finally:
+        storage.close()

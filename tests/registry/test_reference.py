@@ -69,3 +69,25 @@ def test_invalid(text, part):
         Reference.parse(text)
     assert part in str(e.value)
     assert isinstance(e.value, ValueError) and isinstance(e.value, UsageError)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+_comp = st.from_regex(r"\A[a-z0-9]{1,5}(?:[._-][a-z0-9]{1,4}){0,2}\Z")
+_host = st.one_of(st.just(""), st.from_regex(r"\A[a-z]{1,6}\.[a-z]{2,4}(?::[0-9]{2,5})?\Z"),
+                  st.just("localhost:5000"), st.just("127.0.0.1:5000"))
+_tag = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}\Z")
+
+
+@given(host=_host, comps=st.lists(_comp, min_size=1, max_size=3), tag=st.one_of(st.none(), _tag),
+       digest=st.one_of(st.none(), st.from_regex(r"\A[a-f0-9]{64}\Z")))
+def test_round_trip(host, comps, tag, digest):
+    text = (host + "/" if host else "") + "/".join(comps)
+    text += f":{tag}" if tag else ""
+    text += f"@sha256:{digest}" if digest else ""
+    ref = Reference.parse(text)
+    assert Reference.parse(str(ref)) == ref
+    assert Reference.parse(ref.familiar) == ref
+    assert ref.tag == (tag or (None if digest else "latest"))
+    if host:
+        assert ref.registry == host and ref.repository == "/".join(comps)
