@@ -52,7 +52,7 @@ from .errors import (AccessDenied, AuthenticationRequired, BlobUnknown, DigestMi
 from .manifest import (ACCEPT, DOCKER_SCHEMA1, IMAGE_MANIFESTS, INDEXES, MAX_MANIFEST_SIZE,
                        Platform, detect_media_type, index_entries, load_json, select_platform,
                        sha256_digest)
-from .reference import api_host, normalize_registry, validate_digest, validate_repository
+from .reference import api_host, normalize_registry, validate_digest, validate_repository, validate_tag
 
 Progress = Callable[[int, int | None], None]
 """Called with (bytes done, total bytes or None) as a transfer advances."""
@@ -278,10 +278,16 @@ class RegistryClient:
                     pass
         resp.close()
         code = message = None
+        missing: list[str] = []
         try:
             errs = json.loads(raw[:65536]).get("errors") or []
             if errs:
                 code, message = errs[0].get("code"), errs[0].get("message")
+            for e in errs:                  # detail is a digest string, or {"digest": ...}
+                d = e.get("detail")
+                d = d.get("digest") if isinstance(d, dict) else d
+                if isinstance(d, str) and d.startswith("sha256:") and d not in missing:
+                    missing.append(d)
         except (ValueError, AttributeError, TypeError):
             pass
         status = resp.status_code
@@ -303,6 +309,10 @@ class RegistryClient:
         if code in ("DIGEST_INVALID", "SIZE_INVALID"):
             return DigestMismatch(f"{action} {what}: the registry refused the content ({detail})",
                                   status=status, code=code)
+        if code == "MANIFEST_BLOB_UNKNOWN" or (code == "MANIFEST_UNKNOWN" and action == "put manifest"):
+            return BlobUnknown(f"{action} {what}: the registry lacks "
+                               f"{', '.join(missing) or 'a blob or manifest it refers to'}; push that first",
+                               status=status, code=code)
         if status == 404 or code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"):
             if kind == "blob":
                 return BlobUnknown(f"{what}: blob not found ({detail})", status=status, code=code)
@@ -352,8 +362,7 @@ class RegistryClient:
 
     def _fetch_manifest(self, repo: str, reference: str) -> tuple[bytes, str, str]:
         by_digest = ":" in reference
-        if by_digest:
-            validate_digest(reference)
+        validate_digest(reference) if by_digest else validate_tag(reference)
         what = self._what(repo, reference)
         resp = self._request("GET", f"/v2/{repo}/manifests/{reference}", repo=repo, scopes=self._pull(repo),
                              what=what, headers={"Accept": ACCEPT}, stream=True)
@@ -393,11 +402,13 @@ class RegistryClient:
 
     def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
         """Upload a manifest under ``reference`` (tag, or its own digest); return its digest.
-        Blobs it refers to must be in ``repo`` first (the registry checks: ``NotFound``
-        names them otherwise)."""
+        Blobs (and, for an index, manifests) it refers to must be in ``repo`` first: the
+        registry checks, and ``BlobUnknown`` names the missing one otherwise."""
         validate_repository(repo)
         digest = sha256_digest(data)
-        if ":" in reference and reference != digest:
+        if ":" not in reference:
+            validate_tag(reference)
+        elif reference != digest:
             raise DigestMismatch(f"put manifest {self._what(repo, reference)}: the manifest's digest is "
                                  f"{digest}, not {reference}")
         what = self._what(repo, reference)

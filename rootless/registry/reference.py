@@ -46,6 +46,14 @@ def validate_digest(digest: str) -> str:
     raise InvalidReference(f"invalid digest '{digest}': expected sha256: and 64 lower-case hex digits")
 
 
+def validate_tag(tag: str) -> str:
+    """Return ``tag`` if valid (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``), else raise."""
+    if not _TAG.match(tag):
+        raise InvalidReference(f"invalid tag '{tag}': use A-Z a-z 0-9 _ . - (not first), at most 128 "
+                               "characters")
+    return tag
+
+
 def validate_repository(repository: str) -> str:
     """Return ``repository`` (path components only, e.g. ``library/busybox``) or raise."""
     if not repository:

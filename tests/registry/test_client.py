@@ -213,9 +213,17 @@ def test_parallel_fetch_blobs_stops_on_error(client, tmp_path):
 
 def test_put_manifest_missing_blobs_refused(client):
     img = make_image("dangling", layers=1)
-    with pytest.raises(RegistryError) as e:
+    with pytest.raises(BlobUnknown) as e:
         client.put_manifest("dangling/x", "latest", img.manifest, img.media_type)
-    assert "dangling/x" in str(e.value)
+    assert "dangling/x" in str(e.value) and "push that first" in str(e.value)
+    assert img.config.digest in str(e.value) or any(l.digest in str(e.value) for l in img.layers)
+    index, media_type = make_index([img])
+    with pytest.raises(BlobUnknown):
+        client.put_manifest("dangling/x", "multi", index, media_type)
+    with pytest.raises(InvalidReference):
+        client.put_manifest("dangling/x", "../etc", img.manifest, img.media_type)
+    with pytest.raises(InvalidReference):
+        client.get_manifest("dangling/x", "a/b")
 
 
 def test_ensure_blob(client, tmp_path):
