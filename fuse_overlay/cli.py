@@ -25,6 +25,7 @@ usage: fuse-overlay [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPT
   -o pidfile=PATH    write the daemon's PID to PATH once mounted
   -o xattr_permissions=2   keep owners/modes in user.fuseoverlayfs.override_stat
   -o timeout=SECONDS kernel attribute/entry cache time (default 86400)
+  -o writeback=0|1   kernel write-back caching (default 1)
   -o ro              read-only mount
 """
 
@@ -53,7 +54,7 @@ class Options:
     xattr_permissions: bool = False
     timeout: float = 86400.0
     fsname: str = "fuse-overlay"
-    writeback: bool = False
+    writeback: bool = True
 
 
 def _split_lowers(value: str) -> list[str]:
@@ -128,7 +129,9 @@ def _apply(opts: Options, item: str) -> None:
     elif key == "fsname":
         opts.fsname = value
     elif key == "writeback":
-        opts.writeback = value in ("", "1", "yes")
+        if value not in ("", "0", "1"):
+            raise UsageError(f"option writeback has a bad value {value!r}; use 0 or 1.")
+        opts.writeback = value != "0"
     elif key in _IGNORED:
         if key == "debug":
             opts.debug = True

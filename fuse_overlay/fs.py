@@ -105,6 +105,7 @@ class OverlayFS(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self._tmp = itertools.count(1)
+        self._rbuf = bytearray(1 << 20)
 
     # ------------------------------------------------------------ helpers
 
@@ -652,15 +653,20 @@ class OverlayFS(pyfuse3.Operations):
             os.close(h.fd)
             h.fd, h.layer = fd, h.node.layer
             h.node.fds.add(fd)
-        return os.pread(h.fd, size, off)
+        # One buffer serves every read: pyfuse3 copies it into the reply
+        # before any other handler can run (no await after this point).
+        if size > len(self._rbuf):
+            self._rbuf = bytearray(size)
+        view = memoryview(self._rbuf)
+        n = os.preadv(h.fd, [view[:size]], off)
+        return view[:n]
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return os.pwrite(self._handle(fh).fd, buf, off)
 
-    @_handler
-    async def flush(self, fh: int) -> None:
-        return None
+    # flush is not implemented: pyfuse3 answers ENOSYS and the kernel then
+    # stops sending FLUSH on every close (nothing needs doing there).
 
     @_handler
     async def release(self, fh: int) -> None:
