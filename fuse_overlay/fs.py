@@ -356,12 +356,18 @@ class OverlayFS(pyfuse3.Operations):
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         handle = self.files.get(fh) if fh is not None else None
-        if node.links or handle is None:
-            await self._copy_up(node)
-        try:
-            real: bytes | None = self.layers.real(0, node.path())
-        except KeyError:
-            real = None
+        if not node.links:
+            # No name left (unlinked while open; e.g. write-back of times
+            # after an unlink): change what an open upper fd can reach.
+            fd = handle.fd if handle is not None else next(iter(node.fds), None)
+            if node.layer == 0 and fd is not None:
+                if fields.update_size:
+                    os.ftruncate(fd, attr.st_size)
+                if fields.update_mode:
+                    os.fchmod(fd, stat_mod.S_IMODE(attr.st_mode))
+            return self._node_attr(node)
+        await self._copy_up(node)
+        real: bytes | None = self.layers.real(0, node.path())
         if fields.update_size:
             if handle is not None and handle.layer == 0:
                 os.ftruncate(handle.fd, attr.st_size)
