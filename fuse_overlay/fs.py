@@ -171,10 +171,12 @@ class OverlayFS(pyfuse3.Operations):
             ino = self.inomap.for_path(found.layer, path)
         return ino
 
-    def _register(self, parent: Node, name: bytes, found: Found, fresh: bool = False) -> Node:
+    def _register(self, parent: Node, name: bytes, found: Found, fresh: bool = False,
+                  ppath: bytes | None = None) -> Node:
         """The node for ``found`` at ``parent/name``, created or refreshed.
-        Its lookup count is not changed."""
-        path = parent.path() + b"/" + name
+        Its lookup count is not changed.  ``ppath``: the parent's path, if
+        the caller has it already."""
+        path = (parent.path() if ppath is None else ppath) + b"/" + name
         ino = self._ino_for(found, path, fresh)
         node = self.table.get(ino)
         mode = found.st.st_mode
@@ -202,7 +204,8 @@ class OverlayFS(pyfuse3.Operations):
         self.table.add_link(node, parent, name)
         return node
 
-    def _probe(self, parent: Node, name: bytes, from_layer: int | None = None) -> Found | None:
+    def _probe(self, parent: Node, name: bytes, from_layer: int | None = None,
+               ppath: bytes | None = None) -> Found | None:
         if not parent.is_dir:
             raise _err(errno.ENOTDIR)
         if name.startswith(WH_PREFIX):
@@ -210,15 +213,17 @@ class OverlayFS(pyfuse3.Operations):
         layers = parent.dirlayers
         if from_layer is not None and from_layer in layers:
             layers = layers[layers.index(from_layer):]
-        return self.layers.probe(layers, parent.path(), name)
+        return self.layers.probe(layers, parent.path() if ppath is None else ppath, name)
 
-    def _lookup(self, parent: Node, name: bytes, from_layer: int | None = None
-                ) -> tuple[Node, pyfuse3.EntryAttributes]:
-        found = self._probe(parent, name, from_layer)
+    def _lookup(self, parent: Node, name: bytes, from_layer: int | None = None,
+                ppath: bytes | None = None) -> tuple[Node, pyfuse3.EntryAttributes]:
+        if ppath is None:
+            ppath = parent.path()
+        found = self._probe(parent, name, from_layer, ppath)
         if found is None:
             raise _err(errno.ENOENT)
-        node = self._register(parent, name, found)
-        real = self.layers.real(found.layer, parent.path() + b"/" + name)
+        node = self._register(parent, name, found, ppath=ppath)
+        real = self.layers.real(found.layer, ppath + b"/" + name)
         return node, self._attr(node, found.st, real)
 
     def _lower_has(self, parent: Node, name: bytes) -> bool:
@@ -718,10 +723,11 @@ class OverlayFS(pyfuse3.Operations):
             parent = d if d.ino == ROOT_INODE or not d.links else d.first_link()[0]
             if not pyfuse3.readdir_reply(token, b"..", self._node_attr(parent), 2):
                 return
+        dpath = d.path()
         for i in range(max(start_id - 2, 0), len(entries)):
             name, layer = entries[i]
             try:
-                node, attr = self._lookup(d, name, layer)
+                node, attr = self._lookup(d, name, layer, dpath)
             except pyfuse3.FUSEError:
                 continue            # vanished since the listing was taken
             if not pyfuse3.readdir_reply(token, name, attr, i + 3):
