@@ -50,6 +50,12 @@ def _store(ctx: click.Context):
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
 @click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
+@click.option("--network", "--net", "network", metavar="MODE",
+              help="pasta, slirp4netns, none or host (default: pasta if installed, else slirp4netns).")
+@click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
+              help="Publish a container port on the host.")
+@click.option("--add-host", multiple=True, metavar="NAME:ADDRESS",
+              help="Add a line to /etc/hosts (NAME:host-gateway reaches the host's loopback).")
 @click.option("--storage-driver", default="auto", envvar="ROOTLESS_STORAGE_DRIVER", show_default=True,
               type=click.Choice(["auto", "overlay", "vfs"]), help="How the root filesystem is assembled.")
 @click.argument("image")

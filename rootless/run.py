@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from . import paths
 from .containers import Containers
 from .errors import CommandError, RootlessError, SandboxError, UsageError
+from .network import NetworkSpec
 from .rootfs import ContainerRootfs
 from .sandbox import caps, channel, container, idmap, mounts
 from .store import Store
@@ -35,6 +36,9 @@ class RunOptions:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     storage_driver: str = "auto"
+    network: str | None = None
+    publish: list[str] = field(default_factory=list)
+    add_host: list[str] = field(default_factory=list)
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -73,16 +77,25 @@ def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str,
     return env
 
 
-def _etc_files(directory: str, hostname: str) -> tuple[tuple[str, str], ...]:
+def _etc_files(directory: str, hostname: str, net: "NetworkSpec",
+               extra_hosts: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    from .network import CONTAINER_IP
+    own_ip = CONTAINER_IP if net.needs_helper else "127.0.1.1"
     hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-             f"127.0.1.1\t{hostname}\n")
+             f"{own_ip}\t{hostname}\n" + "".join(f"{addr}\t{name}\n" for name, addr in extra_hosts))
     try:
         with open("/etc/resolv.conf") as f:
-            resolv = "".join(ln for ln in f
-                             if not (ln.startswith("nameserver") and ln.split()[1:2] and
-                                     (ln.split()[1].startswith("127.") or ln.split()[1] == "::1")))
+            host_resolv = f.readlines()
     except OSError:
-        resolv = ""
+        host_resolv = []
+    if net.mode == "host":
+        resolv = "".join(host_resolv)
+    else:
+        # The host's search domains and options; its nameservers are unreachable from the
+        # container (a loopback one) or replaced by the stack's DNS forwarder.
+        resolv = "".join(ln for ln in host_resolv if not ln.startswith("nameserver"))
+        if net.dns_server:
+            resolv += f"nameserver {net.dns_server}\n"
     out = []
     for target, text in (("/etc/hosts", hosts), ("/etc/hostname", hostname + "\n"),
                          ("/etc/resolv.conf", resolv)):
@@ -122,7 +135,12 @@ def run(store: Store, opts: RunOptions) -> int:
         raise UsageError(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
     wanted_caps = caps.resolve(opts.cap_add, opts.cap_drop)
     extra_env = parse_env(opts.env, opts.env_files)
-    paths.runtime_dir()  # fail early, with the fix, if the run-time directory is unusable
+    from . import network
+    net, extra_hosts = network.parse(opts.network, opts.publish, opts.add_host)
+    if net.ports:
+        from .network.ports import check_available
+        check_available(net.ports)
+    run_base = paths.runtime_dir()  # fail early, with the fix, if the run-time directory is unusable
     warn_single(maps)
 
     records = Containers(store)
@@ -130,6 +148,8 @@ def run(store: Store, opts: RunOptions) -> int:
         rec = records.create(image.ref or image.id, image.id, args, opts.name)
     directory = store.container_dir(rec.id)
     hostname = opts.hostname or rec.id[:12]
+    helpers: list = []
+    run_dir = os.path.join(run_base, rec.id[:32])
     try:
         missing = [d for d in image.diff_ids if not store.has_layer(d)]
         if missing:
@@ -146,10 +166,12 @@ def run(store: Store, opts: RunOptions) -> int:
                 caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
                 winsize=_user_winsize() if opts.tty else None),
             rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
-                                     etc_files=_etc_files(directory, hostname),
+                                     etc_files=_etc_files(directory, hostname, net, extra_hosts),
                                      ptmx_gid=5 if maps.size("gid") > 5 else None),
             hostname=hostname, maps=maps,
-            prepare_rootfs=rootfs.prepare, cleanup_rootfs=rootfs.cleanup)
+            prepare_rootfs=rootfs.prepare, cleanup_rootfs=rootfs.cleanup,
+            own_network=net.own_namespace,
+            network_setup=_network_setup(net, run_dir, helpers) if net.needs_helper else None)
         try:
             started = container.start(spec)
         except channel.ChildError as e:
@@ -159,6 +181,7 @@ def run(store: Store, opts: RunOptions) -> int:
         records.save(rec)
         code = container.wait(started)
     except BaseException as e:
+        _stop(helpers, run_dir)
         rec.state, rec.finished = "exited", time.time()
         if opts.rm:
             _remove(records, rec, maps)
@@ -166,12 +189,29 @@ def run(store: Store, opts: RunOptions) -> int:
             rec.exit_code = getattr(e, "exit_code", 125)
             records.save(rec)
         raise
+    _stop(helpers, run_dir)
     rec.state, rec.exit_code, rec.finished = "exited", code, time.time()
     if opts.rm:
         _remove(records, rec, maps)
     else:
         records.save(rec)
     return code
+
+
+def _network_setup(net: NetworkSpec, run_dir: str, helpers: list):
+    def setup(pid: int) -> None:
+        from .network import helpers as stacks
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        helpers.extend(stacks.start(net, pid, run_dir))
+    return setup
+
+
+def _stop(helpers: list, run_dir: str) -> None:
+    while helpers:
+        helpers.pop().stop()
+    if os.path.isdir(run_dir):
+        import shutil
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _user_winsize() -> bytes | None:

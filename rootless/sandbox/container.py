@@ -60,6 +60,10 @@ class SandboxSpec:
     prepare_rootfs: Callable[[], None] = lambda: None
     cleanup_rootfs: Callable[[], None] = lambda: None
     on_started: Callable[[int], None] = field(default=lambda pid: None)
+    own_network: bool = True          # False: share the host's network namespace
+    # Run in P with PID 1's host pid once its namespaces exist; the command is executed only
+    # after it returns (B waits for "network-ready"), so it starts with its network configured.
+    network_setup: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -87,6 +91,9 @@ def start(spec: SandboxSpec) -> Started:
     with sock:
         try:
             msg, _ = channel.expect(sock, "pid")
+            if spec.network_setup is not None:
+                spec.network_setup(msg["pid"])
+                channel.send(sock, "network-ready")
             master = None
             if spec.process.tty:
                 _, fds = channel.expect(sock, "tty")
@@ -152,7 +159,7 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     spec.prepare_rootfs()
     try:
-        libc.unshare(NAMESPACES)
+        libc.unshare(NAMESPACES if spec.own_network else NAMESPACES & ~libc.CLONE_NEWNET)
         pid = os.fork()
         if pid == 0:
             try:
@@ -190,7 +197,10 @@ def _init(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     libc.unshare(libc.CLONE_NEWNS)
     mounts.enter_rootfs(spec.rootfs)
     libc.sethostname(spec.hostname)
-    net.loopback_up()
+    if spec.own_network:
+        net.loopback_up()
+    if spec.network_setup is not None:
+        channel.expect(sock, "network-ready")
 
     try:
         ident = users.resolve(proc.user)

@@ -19,6 +19,8 @@ import pwd
 import shutil
 from dataclasses import dataclass, field
 
+from .spawn import read_all, spawn, wait
+
 
 @dataclass(frozen=True)
 class IdRange:
@@ -113,33 +115,16 @@ def write(pid: int, maps: IdMaps) -> None:
         return
     assert maps.helpers is not None
     # Both helpers at once: each is a setuid exec of a few milliseconds.
-    running = [_spawn([helper, str(pid)] + [str(n) for r in ranges for n in (r.inside, r.outside, r.count)])
+    running = [spawn([helper, str(pid)] + [str(n) for r in ranges for n in (r.inside, r.outside, r.count)])
                for helper, ranges in zip(maps.helpers, (maps.uids, maps.gids))]
     errors = []
     for helper, (child, err_fd) in zip(maps.helpers, running):
-        with os.fdopen(err_fd, "rb") as f:
-            detail = f.read().decode(errors="replace").strip()
-        status = os.waitpid(child, 0)[1]
+        detail = read_all(err_fd)
+        status = wait(child)
         if status != 0:
-            errors.append(f"{os.path.basename(helper)} {pid}: {detail or f'wait status {status}'}")
+            errors.append(f"{os.path.basename(helper)} {pid}: {detail or f'exit status {status}'}")
     if errors:
         raise OSError("; ".join(errors))
-
-
-def _spawn(args: list[str]) -> tuple[int, int]:
-    """Start ``args`` with stdin/stdout on /dev/null and stderr on a pipe; (pid, pipe's read end)."""
-    r, w = os.pipe()
-    try:
-        pid = os.posix_spawn(args[0], args, os.environ, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-            (os.POSIX_SPAWN_DUP2, w, 2)])
-    except BaseException:
-        os.close(r)
-        raise
-    finally:
-        os.close(w)
-    return pid, r
 
 
 def _write_file(path: str, text: str) -> None:

@@ -1,0 +1,92 @@
+"""Starting helper programs (newuidmap, slirp4netns, pasta) from the engine's process.
+
+``posix_spawn`` with an empty signal mask and default dispositions: the engine blocks the
+signals it forwards while a container starts, and a blocked mask is inherited across
+``execve`` — a helper started then would never see SIGTERM.  No ``subprocess`` import on
+the start path either.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                    signal.SIGUSR2, signal.SIGPIPE)
+
+
+def spawn(args: list[str], pass_fds: tuple[int, ...] = (), capture_stderr: bool = True,
+          stdout_fd: int | None = None, die_with_parent: bool = False) -> tuple[int, int | None]:
+    """Start ``args`` (stdin and stdout on /dev/null unless ``stdout_fd``); (pid, stderr read end or None).
+
+    ``pass_fds`` stay open in the child under the same numbers.  ``die_with_parent``: the
+    child gets SIGKILL when this process dies (``PR_SET_PDEATHSIG``), for helpers that must
+    not outlive the engine; that needs a fork rather than ``posix_spawn``.
+    """
+    if die_with_parent:
+        return _fork_exec(args, pass_fds, capture_stderr, stdout_fd)
+    r = w = None
+    if capture_stderr:
+        r, w = os.pipe()
+    actions: list[tuple] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    actions.append((os.POSIX_SPAWN_DUP2, stdout_fd, 1) if stdout_fd is not None
+                   else (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0))
+    if w is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, w, 2))
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    try:
+        pid = os.posix_spawnp(args[0], args, os.environ, file_actions=actions, setsigmask=(),
+                              setsigdef=_DEFAULT_SIGNALS)
+    except BaseException:
+        if r is not None:
+            os.close(r)
+        raise
+    finally:
+        if w is not None:
+            os.close(w)
+        for fd in pass_fds:
+            os.set_inheritable(fd, False)
+    return pid, r
+
+
+def _fork_exec(args: list[str], pass_fds: tuple[int, ...], capture_stderr: bool,
+               stdout_fd: int | None) -> tuple[int, int | None]:
+    from . import libc
+    r, w = os.pipe() if capture_stderr else (None, None)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)  # the parent died before we could ask to follow it
+            for sig in _DEFAULT_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(stdout_fd if stdout_fd is not None else null, 1)
+            if w is not None:
+                os.dup2(w, 2)
+            for fd in pass_fds:
+                os.set_inheritable(fd, True)
+            os.execvp(args[0], args)
+        except BaseException as e:  # noqa: BLE001
+            os.write(2, f"exec {args[0]}: {e}\n".encode())
+        finally:
+            os._exit(127)
+    if w is not None:
+        os.close(w)
+    return pid, r
+
+
+def read_all(fd: int) -> str:
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode(errors="replace").strip()
+
+
+def wait(pid: int) -> int:
+    """The exit status as a shell reports it."""
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])

@@ -1,0 +1,238 @@
+"""Networking: modes, published ports (TCP and UDP) through pasta and slirp4netns, host loopback.
+
+All traffic stays on this machine: the host side uses 127.0.0.1 only; the container side
+uses addresses inside the network namespaces these tests create.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.both_modes
+
+STACKS = [pytest.param(s, marks=pytest.mark.skipif(not shutil.which(s), reason=f"{s} is not installed"))
+          for s in ("pasta", "slirp4netns")]
+
+UDP_ECHO_C = r"""
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0) return 1;
+    for (;;) {
+        char buf[2048]; struct sockaddr_in from; socklen_t len = sizeof from;
+        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+        if (n > 0) sendto(s, buf, n, 0, (struct sockaddr *)&from, len);
+    }
+}
+"""
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 15) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class Running:
+    """A container started in the background, stopped by PID at the end."""
+
+    def __init__(self, rl, *args: str):
+        self.proc = rl.popen("run", "--rm", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+WEB = 'mkdir -p /www; echo "hello from $HOSTNAME" > /www/index.html; trap "exit 0" TERM; httpd -f -p 8080 -h /www & wait'
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_published_tcp_port(rl, stack):
+    port = free_port()
+    with Running(rl, "--network", stack, "-h", "web1", "-p", f"127.0.0.1:{port}:8080", "busybox", "sh", "-c", WEB):
+        assert http_get(f"http://127.0.0.1:{port}/") == b"hello from web1\n"
+    # The helper is gone with the container: the port is free again.
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+
+
+@pytest.fixture(scope="module")
+def udp_image(rl_session, busybox_tar, tmp_path_factory):
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed (needed to build the UDP echo server)")
+    work = tmp_path_factory.mktemp("udp")
+    (work / "echo.c").write_text(UDP_ECHO_C)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(work / "udpecho"), str(work / "echo.c")], check=True,
+                   timeout=120)
+    tar_path = work / "udp.tar"
+    with tarfile.open(busybox_tar) as src, tarfile.open(tar_path, "w") as out:
+        for m in src:
+            out.addfile(m, src.extractfile(m) if m.isfile() else None)
+        info = out.gettarinfo(str(work / "udpecho"), "usr/local/bin/udpecho")
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        with open(work / "udpecho", "rb") as f:
+            out.addfile(info, f)
+    rl_session("import", str(tar_path), "udpecho", check=True)
+    return "udpecho"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_published_udp_port(rl, stack, udp_image):
+    port = free_port(socket.SOCK_DGRAM)
+    with Running(rl, "--network", stack, "-p", f"127.0.0.1:{port}:7007/udp", udp_image, "udpecho", "7007"):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            deadline = time.monotonic() + 15
+            while True:
+                s.sendto(b"ping", ("127.0.0.1", port))
+                try:
+                    assert s.recvfrom(100)[0] == b"ping"
+                    break
+                except (socket.timeout, ConnectionRefusedError):
+                    if time.monotonic() > deadline:
+                        raise
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"host says hi")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def host_server():
+    server = HTTPServer(("127.0.0.1", 0), _Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_host_loopback_only_when_allowed(rl, host_server):
+    # slirp4netns: the gateway 10.0.2.2 is slirp's own address; it reaches the host's loopback
+    # only with --add-host NAME:host-gateway, and is refused inside slirp otherwise.
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    # nc by address: busybox-static's wget crashes in static glibc's resolver.
+    fetch = (f"grep hostbox /etc/hosts; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | "
+             f"nc -w 3 10.0.2.2 {host_server} 2>&1")
+    allowed = rl("run", "--rm", "--network", "slirp4netns", "--add-host", "hostbox:host-gateway",
+                 "busybox", "sh", "-c", fetch)
+    assert "10.0.2.2\thostbox" in allowed.stdout
+    assert "host says hi" in allowed.stdout
+    denied = rl("run", "--rm", "--network", "slirp4netns", "--add-host", "hostbox:10.0.2.2",
+                "busybox", "sh", "-c", fetch)
+    assert "host says hi" not in denied.stdout
+
+
+def test_none_has_loopback_only(rl):
+    out = rl("run", "--rm", "--network", "none", "busybox", "sh", "-c", "ls /sys/class/net").stdout.split()
+    assert out == ["lo"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_configures_the_container(rl, stack):
+    out = rl("run", "--rm", "--network", stack, "busybox", "sh", "-c",
+             "ip -o -4 addr; ip route; cat /etc/resolv.conf; grep $HOSTNAME /etc/hosts").stdout
+    assert "10.0.2.100/24" in out
+    assert "default via 10.0.2.2" in out
+    assert "nameserver" in out
+    assert "10.0.2.100\t" in out
+
+
+def test_host_network(rl):
+    ours = sorted(os.listdir("/sys/class/net"))
+    out = rl("run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net").stdout.split()
+    assert sorted(out) == ours
+
+
+def test_port_errors_are_clear(rl):
+    cases = {
+        ("-p", "80:80"): "ports below",
+        ("-p", "99999:80"): "ports go from 1 to 65535",
+        ("-p", "abc"): "use [HOST_IP:]HOST_PORT:CONTAINER_PORT",
+        ("-p", "8080:80/sctp"): "use tcp or udp",
+        ("-p", "8000-8002:80-81"): "ranges differ in length",
+        ("--network", "none", "-p", "18000:80"): "-p needs a network stack",
+        ("--network", "bogus"): "unknown network mode 'bogus'",
+        ("--add-host", "nocolon"): "invalid --add-host",
+    }
+    for args, text in cases.items():
+        proc = rl("run", "--rm", *args, "busybox", "true")
+        assert proc.returncode == 125, (args, proc.stderr)
+        assert text in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_port_in_use_is_refused_before_start(rl):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        before = set(os.listdir(rl.root / "containers"))
+        proc = rl("run", "--rm", "-p", f"127.0.0.1:{port}:80", "busybox", "true")
+        assert proc.returncode == 125
+        assert f"port {port}/tcp is already in use" in proc.stderr
+        assert set(os.listdir(rl.root / "containers")) == before
+
+
+def test_port_range(rl):
+    a, b = free_port(), None
+    # two consecutive free ports
+    for _ in range(50):
+        a = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", a + 1))
+            b = a + 1
+            break
+        except OSError:
+            continue
+    assert b
+    script = ('mkdir -p /a /b; echo A > /a/index.html; echo B > /b/index.html; trap "exit 0" TERM; '
+              'httpd -f -p 8080 -h /a & httpd -f -p 8081 -h /b & wait')
+    with Running(rl, "-p", f"127.0.0.1:{a}-{b}:8080-8081", "busybox", "sh", "-c", script):
+        assert http_get(f"http://127.0.0.1:{a}/") == b"A\n"
+        assert http_get(f"http://127.0.0.1:{b}/") == b"B\n"
