@@ -77,12 +77,13 @@ def _copy_data(fin: int, fout: int, size: int) -> None:
     os.ftruncate(fout, size)
 
 
-def copy_up(src: bytes, tmp: bytes, st: os.stat_result, ino: int | None) -> None:
+def copy_up(src: bytes, tmp: bytes, st: os.stat_result, ino: int | None, data: bool = True) -> None:
     """Create at ``tmp`` a copy of ``src`` (whose lstat is ``st``).
 
-    Directories are copied without their entries.  ``ino`` (if given) is
-    stored in the ``user.fuse_overlay.ino`` xattr so that the object keeps its
-    inode number."""
+    Directories are copied without their entries; with ``data`` False a
+    regular file is copied empty (it is about to be truncated).  ``ino`` (if
+    given) is stored in the ``user.fuse_overlay.ino`` xattr so that the
+    object keeps its inode number."""
     mode = st.st_mode
     try:
         if stat_mod.S_ISREG(mode):
@@ -90,7 +91,8 @@ def copy_up(src: bytes, tmp: bytes, st: os.stat_result, ino: int | None) -> None
             try:
                 fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
-                    _copy_data(fin, fout, st.st_size)
+                    if data:
+                        _copy_data(fin, fout, st.st_size)
                     os.fchown(fout, st.st_uid, st.st_gid)
                     os.fchmod(fout, stat_mod.S_IMODE(mode))
                     copy_xattrs(src, fout)

@@ -279,7 +279,7 @@ class OverlayFS(pyfuse3.Operations):
             raise _err(errno.EROFS)
         await self._copy_up(node)
 
-    async def _copy_up(self, node: Node) -> None:
+    async def _copy_up(self, node: Node, data: bool = True) -> None:
         """Copy ``node`` to the upper layer (parents first) unless it is there.
 
         Runs under the node's copy lock; big files are copied in a worker
@@ -300,7 +300,7 @@ class OverlayFS(pyfuse3.Operations):
             st = os.lstat(src)
             keep_ino = node.ino if not stat_mod.S_ISLNK(st.st_mode) else None
             tmp = self._tmpname()
-            if stat_mod.S_ISREG(st.st_mode) and st.st_size >= _THREAD_COPY_MIN:
+            if data and stat_mod.S_ISREG(st.st_mode) and st.st_size >= _THREAD_COPY_MIN:
                 await trio.to_thread.run_sync(copyup.copy_up, src, tmp, st, keep_ino)
                 try:
                     path = node.path()      # may have moved while copying
@@ -308,7 +308,7 @@ class OverlayFS(pyfuse3.Operations):
                     copyup.remove_tree(tmp)
                     raise _err(errno.ENOENT) from None
             else:
-                copyup.copy_up(src, tmp, st, keep_ino)
+                copyup.copy_up(src, tmp, st, keep_ino, data)
             pst = os.lstat(self.layers.real(0, parent.path()))
             try:
                 os.rename(tmp, self.layers.real(0, path))
@@ -371,7 +371,7 @@ class OverlayFS(pyfuse3.Operations):
                 if fields.update_mode:
                     os.fchmod(fd, stat_mod.S_IMODE(attr.st_mode))
             return self._node_attr(node)
-        await self._copy_up(node)
+        await self._copy_up(node, data=not (fields.update_size and attr.st_size == 0))
         real: bytes | None = self.layers.real(0, node.path())
         if fields.update_size:
             if handle is not None and handle.layer == 0:
@@ -643,7 +643,7 @@ class OverlayFS(pyfuse3.Operations):
         node = self._node(inode)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
-            await self._copy_up(node)
+            await self._copy_up(node, data=not flags & os.O_TRUNC)
         fd = os.open(self.layers.real(node.layer, node.path()), self._open_flags(flags))
         return self._new_handle(fd, node, flags, keep_cache=not flags & os.O_TRUNC)
 

@@ -84,7 +84,7 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
                         pyfuse3.terminate()
                         return
             nursery.start_soon(on_signal)
-            await pyfuse3.main(min_tasks=2, max_tasks=64)
+            await pyfuse3.main(min_tasks=1, max_tasks=64)
             nursery.cancel_scope.cancel()
 
     status = 0

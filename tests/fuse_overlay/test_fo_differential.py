@@ -259,3 +259,13 @@ def test_inode_numbers_stable(make_pair):
     res = p.call("sh", "find . -xdev -printf '%i\\n' | sort | uniq -d")
     # Only lower hard links may share a number: none in fuse-overlay.
     assert res["f"]["ok"] == [0, ""]
+
+
+def test_truncating_open_of_a_big_lower_file(make_pair):
+    """O_TRUNC copy-up skips the data (like the kernel); result identical."""
+    spec = {"layers": [[{"path": "big", "type": "file", "data": "z" * 300000, "mode": 0o640,
+                         "xattrs": {"user.k": "v"}}]]}
+    p = make_pair(spec)
+    p.same("write", "big", "short\n", "w")
+    p.same("truncate", "big", 0)
+    check(p, remount=True)
