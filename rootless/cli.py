@@ -51,7 +51,7 @@ def _store(ctx: click.Context):
 @click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
 @click.option("--network", "--net", "network", metavar="MODE",
-              help="pasta, slirp4netns, none or host (default: pasta if installed, else slirp4netns).")
+              help="slirp4netns, pasta, none or host (default: slirp4netns if installed, else pasta).")
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
               help="Publish a container port on the host.")
 @click.option("--add-host", multiple=True, metavar="NAME:ADDRESS",

@@ -144,7 +144,7 @@ def test_masked_and_readonly_paths(rl):
 
 
 def test_loopback_is_up(rl):
-    out = run_ok(rl, "busybox", "sh", "-c", "ip -o link; cat /proc/net/dev | grep -c :")
+    out = run_ok(rl, "--network", "none", "busybox", "sh", "-c", "ip -o link; cat /proc/net/dev | grep -c :")
     assert "lo:" in out and "UP" in out
     assert out.strip().endswith("1")  # loopback only: a network namespace of its own
 

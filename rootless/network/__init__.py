@@ -8,7 +8,7 @@ Modes (``--network``):
 * ``none``: its own network namespace with loopback only.
 * ``host``: the host's network namespace.
 
-The default is the faster installed stack (see ``default_mode``); ``none`` when neither is.
+The default is slirp4netns when installed (see ``default_mode``), else pasta, else ``none``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,13 @@ class NetworkSpec:
 
 
 def default_mode() -> str:
-    """pasta, else slirp4netns, else none: pasta moves data with fewer copies (measured in scripts/bench)."""
-    for mode in ("pasta", "slirp4netns"):
+    """slirp4netns, else pasta, else none.
+
+    Measured here (scripts/bench, Debian 12's slirp4netns 1.2.0 and pasta 2023): slirp4netns
+    starts faster (+30 ms against +57 ms), forwards a published port faster, and delivers every
+    byte, while this pasta lost the tail of TCP streams forwarded from the host's loopback.
+    """
+    for mode in ("slirp4netns", "pasta"):
         if shutil.which(mode):
             return mode
     return "none"
