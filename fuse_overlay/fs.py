@@ -340,7 +340,17 @@ class OverlayFS(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
-        node, attr = self._lookup(parent, name)
+        try:
+            node, attr = self._lookup(parent, name)
+        except pyfuse3.FUSEError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            # Negative entry: the kernel caches "no such name" (node id 0, no
+            # reference taken).  Safe because every change goes through us.
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = self.cfg.timeout
+            return neg
         node.lookups += 1
         return attr
 
