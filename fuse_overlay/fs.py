@@ -737,14 +737,32 @@ class OverlayFS(pyfuse3.Operations):
         for i in range(max(start_id - 2, 0), len(entries)):
             name, layer = entries[i]
             try:
-                node, attr = self._lookup(d, name, layer, dpath)
-            except pyfuse3.FUSEError:
+                node, attr = self._readdir_entry(d, dpath, name, layer)
+            except (pyfuse3.FUSEError, FileNotFoundError, NotADirectoryError):
                 continue            # vanished since the listing was taken
             if not pyfuse3.readdir_reply(token, name, attr, i + 3):
                 if node.lookups <= 0:
                     self.table.drop(node)
                 break
             node.lookups += 1
+
+    def _readdir_entry(self, d: Node, dpath: bytes, name: bytes, layer: int
+                       ) -> tuple[Node, pyfuse3.EntryAttributes]:
+        """Like :meth:`_lookup` for a name the listing found first in
+        ``layer``; a fast path for the common case of a plain lower file the
+        kernel already knows under this name."""
+        real = self.layers.roots[layer] + dpath + b"/" + name  # type: ignore[operator]
+        st = os.lstat(real)
+        mode = st.st_mode
+        if layer == 0 or stat_mod.S_ISDIR(mode) or st.st_nlink > 1 or stat_mod.S_ISCHR(mode):
+            return self._lookup(d, name, layer, dpath)
+        ino = self.inomap.encode(st.st_dev, st.st_ino)
+        node = self.table.nodes.get(ino)
+        if (node is None or node.dead or node.layer != layer or ino == ROOT_INODE
+                or stat_mod.S_IFMT(node.mode) != stat_mod.S_IFMT(mode)
+                or (d.ino, name) not in node.links):
+            node = self._register(d, name, Found(layer, st, ()), ppath=dpath)
+        return node, self._attr(node, st, real)
 
     @_handler
     async def releasedir(self, fh: int) -> None:

@@ -226,13 +226,19 @@ def main() -> int:
         os.makedirs(lower)
         make_big(f"{lower}/big", a.big_mib)
         make_small(f"{lower}/small", a.small_files, a.dirs)
+        os.sync()                       # no writeback of the trees during the runs
+        read_all(f"{lower}/big")        # backing files in the page cache for everyone
+        stat_tree(f"{lower}/small")
         mo = Mounter(base, lower)
         results: dict[str, dict[str, float]] = {}
         for name in names:
-            results[name] = {}
-            for impl in impls:
-                times = [WORKLOADS[name](mo, impl, a) for _ in range(a.reps)]
-                results[name][impl] = statistics.median(times)
+            times: dict[str, list[float]] = {impl: [] for impl in impls}
+            for rep in range(a.reps):
+                # rotate the order so that no implementation always goes first
+                for impl in impls[rep % len(impls):] + impls[:rep % len(impls)]:
+                    times[impl].append(WORKLOADS[name](mo, impl, a))
+                    os.sync()
+            results[name] = {impl: statistics.median(t) for impl, t in times.items()}
     finally:
         shutil.rmtree(base, ignore_errors=True)
     report(a, results, impls)
