@@ -106,6 +106,7 @@ class OverlayFS(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self._tmp = itertools.count(1)
         self._rbuf = bytearray(1 << 20)
+        self.kernel_notify = False
 
     # ------------------------------------------------------------ helpers
 
@@ -325,7 +326,10 @@ class OverlayFS(pyfuse3.Operations):
                 node.dirlayers = (0,) + tuple(layer for layer in node.dirlayers if layer != 0)
 
     def _invalidate(self, ino: int) -> None:
-        """Drop the kernel's cached attributes of ``ino``.  Never raises."""
+        """Drop the kernel's cached attributes of ``ino`` (only once mounted:
+        ``kernel_notify`` is set by the mount code).  Never raises."""
+        if not self.kernel_notify:
+            return
         try:
             pyfuse3.invalidate_inode(ino, attr_only=True)
         except Exception:   # not known to the kernel, or not mounted (unit use)

@@ -74,6 +74,7 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as e:
         raise MountError(f"cannot mount on {mountpoint}: {e}") from None
+    setattr(ops, "kernel_notify", True)
     ready()
 
     async def main() -> None:

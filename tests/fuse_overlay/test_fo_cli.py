@@ -118,3 +118,20 @@ kill $(cat $T/pid)
 """)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.strip()) < 2000
+
+
+def test_sigterm_with_busy_mount_detaches_and_exits():
+    r = run_in_ns("""
+mkdir -p $T/l/d $T/u $T/w $T/m
+$FO -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,pidfile=$T/pid $T/m
+( cd $T/m/d && exec sleep 30 ) &
+busy=$!
+sleep 0.3
+kill -TERM $(cat $T/pid)
+for i in $(seq 100); do kill -0 $(cat $T/pid) 2>/dev/null || break; sleep 0.1; done
+kill -0 $(cat $T/pid) 2>/dev/null && echo alive || echo exited
+grep -q " $T/m " /proc/self/mountinfo && echo still-mounted || echo unmounted
+kill $busy
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["exited", "unmounted"]

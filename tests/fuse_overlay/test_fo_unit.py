@@ -1,0 +1,90 @@
+"""In-process checks of the Operations without mounting: lookup counts and
+node bookkeeping, command line parsing, the ownership xattr format."""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from types import SimpleNamespace
+
+import pyfuse3
+import pytest
+
+from fuse_overlay import cli, ownership
+from fuse_overlay.fs import Config, OverlayFS
+
+CTX = SimpleNamespace(uid=os.getuid(), gid=os.getgid(), pid=0, umask=0o022)
+
+
+@pytest.fixture
+def ops(tmp_path):
+    low, up, work = tmp_path / "l", tmp_path / "u", tmp_path / "w"
+    for d in (low / "d", up, work):
+        d.mkdir(parents=True)
+    (low / "d" / "f").write_text("lower\n")
+    (low / "g").write_text("g\n")
+    return OverlayFS(Config(upper=os.fsencode(up), lowers=[os.fsencode(low)], work=os.fsencode(work)))
+
+
+async def test_lookup_counts_and_forget(ops):
+    d = await ops.lookup(pyfuse3.ROOT_INODE, b"d", CTX)
+    f1 = await ops.lookup(d.st_ino, b"f", CTX)
+    f2 = await ops.lookup(d.st_ino, b"f", CTX)
+    assert f1.st_ino == f2.st_ino
+    assert ops.table.get(f1.st_ino).lookups == 2
+    ops.forget([(f1.st_ino, 1)])
+    assert ops.table.get(f1.st_ino).lookups == 1
+    ops.forget([(f1.st_ino, 1), (d.st_ino, 1)])
+    assert set(ops.table.nodes) == {pyfuse3.ROOT_INODE}
+    assert not ops.table.dentries
+    ops.forget([(12345, 1)])          # unknown: ignored, never raises
+
+
+async def test_errors_are_fuse_errors(ops):
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.getattr(999999, CTX)
+    assert e.value.errno == errno.ENOENT
+    neg = await ops.lookup(pyfuse3.ROOT_INODE, b"nope", CTX)
+    assert neg.st_ino == 0              # negative entry, no reference
+    assert set(ops.table.nodes) == {pyfuse3.ROOT_INODE}
+    assert (await ops.lookup(pyfuse3.ROOT_INODE, b".wh.g", CTX)).st_ino == 0
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.rmdir(pyfuse3.ROOT_INODE, b"g", CTX)
+    assert e.value.errno == errno.ENOTDIR
+
+
+async def test_create_unlink_copy_up_bookkeeping(ops, tmp_path):
+    fi, attr = await ops.create(pyfuse3.ROOT_INODE, b"new", stat.S_IFREG | 0o600,
+                                os.O_WRONLY | os.O_CREAT, CTX)
+    assert ops.table.get(attr.st_ino).lookups == 1
+    await ops.write(fi.fh, 0, b"abc")
+    await ops.release(fi.fh)
+    assert (tmp_path / "u" / "new").read_bytes() == b"abc"
+    d = await ops.lookup(pyfuse3.ROOT_INODE, b"d", CTX)
+    f = await ops.lookup(d.st_ino, b"f", CTX)
+    fi = await ops.open(f.st_ino, os.O_RDWR, CTX)            # copy-up
+    assert (tmp_path / "u" / "d" / "f").read_text() == "lower\n"
+    assert (await ops.getattr(f.st_ino, CTX)).st_ino == f.st_ino   # number kept
+    await ops.release(fi.fh)
+    await ops.unlink(d.st_ino, b"f", CTX)
+    st = os.lstat(tmp_path / "u" / "d" / "f")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 or (tmp_path / "u" / "d" / ".wh.f").exists()
+    assert ops.table.get(f.st_ino).dead
+    assert not os.listdir(tmp_path / "w")
+
+
+def test_cli_parsing():
+    o = cli.parse_args(["-f", "-o", r"lowerdir=/a\:b:/c,upperdir=/u", "-oworkdir=/w,notify_fd=0", "/m"])
+    assert o.lowers == ["/a:b", "/c"] and o.upper == "/u" and o.work == "/w"
+    assert o.foreground and o.notify_fd == 0 and o.mountpoint == "/m"
+    with pytest.raises(cli.UsageError):
+        cli.parse_args(["-o", "lowerdir=/a,writeback=maybe", "/m"])
+
+
+def test_ownership_format_round_trip():
+    for mode, rdev in [(stat.S_IFREG | 0o4755, 0), (stat.S_IFDIR | 0o1777, 0),
+                       (stat.S_IFCHR | 0o620, os.makedev(5, 1)), (stat.S_IFBLK | 0o660, os.makedev(8, 3))]:
+        v = ownership.format_value(33, 44, mode, rdev)
+        assert ownership.parse(v, stat.S_IFREG | 0o600, 0) == ownership.Override(33, 44, mode, rdev)
+    assert ownership.parse(b"0:0:0755", stat.S_IFDIR | 0o700, 0).mode == stat.S_IFDIR | 0o755
+    assert ownership.parse(b"garbage", stat.S_IFREG, 0) is None
