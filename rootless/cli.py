@@ -56,6 +56,14 @@ def _store(ctx: click.Context):
               help="Publish a container port on the host.")
 @click.option("--add-host", multiple=True, metavar="NAME:ADDRESS",
               help="Add a line to /etc/hosts (NAME:host-gateway reaches the host's loopback).")
+@click.option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m, 2g).")
+@click.option("--memory-swap", metavar="BYTES", help="Memory plus swap limit (-1: unlimited swap).")
+@click.option("--cpus", metavar="N", help="Number of CPUs (e.g. 1.5).")
+@click.option("-c", "--cpu-shares", metavar="N", help="CPU shares (relative weight, default 1024).")
+@click.option("--pids-limit", metavar="N", help="Maximum number of processes (-1: unlimited).")
+@click.option("--cpuset-cpus", metavar="LIST", help="CPUs the container may use (e.g. 0-1, 0,2).")
+@click.option("--cgroup-parent", metavar="DIRS", envvar="ROOTLESS_CGROUP_PARENT",
+              help="Delegated cgroup directories to create containers in (colon-separated, one per hierarchy).")
 @click.option("--storage-driver", default="auto", envvar="ROOTLESS_STORAGE_DRIVER", show_default=True,
               type=click.Choice(["auto", "overlay", "vfs"]), help="How the root filesystem is assembled.")
 @click.argument("image")
@@ -185,6 +193,17 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool) -> None:
             click.echo(f"rootless: {e}", err=True)
             failed = True
     sys.exit(1 if failed else 0)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.argument("containers", nargs=-1)
+@click.pass_context
+def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool, fmt: str) -> None:
+    """CPU, memory and process use of running containers, from their cgroups."""
+    from .stats import show
+    sys.exit(show(_store(ctx), list(containers), stream=not no_stream, fmt=fmt))
 
 
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})

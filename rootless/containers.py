@@ -32,6 +32,8 @@ class Record:
     exit_code: int | None = None
     finished: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    oom_killed: bool = False
+    cgroup_paths: list[str] = field(default_factory=list)
 
 
 class Containers:

@@ -39,6 +39,13 @@ class RunOptions:
     network: str | None = None
     publish: list[str] = field(default_factory=list)
     add_host: list[str] = field(default_factory=list)
+    memory: str | None = None
+    memory_swap: str | None = None
+    cpus: str | None = None
+    cpu_shares: str | None = None
+    pids_limit: str | None = None
+    cpuset_cpus: str | None = None
+    cgroup_parent: str | None = None
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -141,6 +148,11 @@ def run(store: Store, opts: RunOptions) -> int:
         from .network.ports import check_available
         check_available(net.ports)
     run_base = paths.runtime_dir()  # fail early, with the fix, if the run-time directory is unusable
+    from . import cgroups
+    cg_setup = cgroups.detect(opts.cgroup_parent or os.environ.get(cgroups.ENV))
+    limits = cgroups.Limits.parse(memory=opts.memory, memory_swap=opts.memory_swap, cpus=opts.cpus,
+                                  cpu_shares=opts.cpu_shares, pids=opts.pids_limit, cpuset_cpus=opts.cpuset_cpus)
+    cg_setup.check(limits)  # refuse a limit that cannot be enforced before anything exists
     warn_single(maps)
 
     records = Containers(store)
@@ -150,7 +162,11 @@ def run(store: Store, opts: RunOptions) -> int:
     hostname = opts.hostname or rec.id[:12]
     helpers: list = []
     run_dir = os.path.join(run_base, rec.id[:32])
+    cg = None
     try:
+        cg_setup.sweep("rootless-")  # leftovers of engines that were killed
+        cg = cg_setup.create(f"rootless-{rec.id[:32]}", limits)
+        rec.cgroup_paths = list(cg.paths)
         missing = [d for d in image.diff_ids if not store.has_layer(d)]
         if missing:
             raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
@@ -171,7 +187,8 @@ def run(store: Store, opts: RunOptions) -> int:
             hostname=hostname, maps=maps,
             prepare_rootfs=rootfs.prepare, cleanup_rootfs=rootfs.cleanup,
             own_network=net.own_namespace,
-            network_setup=_network_setup(net, run_dir, helpers) if net.needs_helper else None)
+            network_setup=_network_setup(net, run_dir, helpers) if net.needs_helper else None,
+            join_cgroup=cg.add if cg.paths else None)
         try:
             started = container.start(spec)
         except channel.ChildError as e:
@@ -180,8 +197,10 @@ def run(store: Store, opts: RunOptions) -> int:
         rec.state, rec.pid = "running", started.intermediate_pid
         records.save(rec)
         code = container.wait(started)
+        rec.oom_killed = cg.oom_killed()
     except BaseException as e:
         _stop(helpers, run_dir)
+        _remove_cgroup(cg)
         rec.state, rec.finished = "exited", time.time()
         if opts.rm:
             _remove(records, rec, maps)
@@ -190,6 +209,7 @@ def run(store: Store, opts: RunOptions) -> int:
             records.save(rec)
         raise
     _stop(helpers, run_dir)
+    _remove_cgroup(cg)
     rec.state, rec.exit_code, rec.finished = "exited", code, time.time()
     if opts.rm:
         _remove(records, rec, maps)
@@ -212,6 +232,16 @@ def _stop(helpers: list, run_dir: str) -> None:
     if os.path.isdir(run_dir):
         import shutil
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _remove_cgroup(cg) -> None:
+    if cg is None:
+        return
+    from .cgroups import CgroupError
+    try:
+        cg.remove()
+    except CgroupError as e:
+        print(f"rootless: warning: {e}", file=sys.stderr)
 
 
 def _user_winsize() -> bytes | None:

@@ -70,6 +70,26 @@ class Setup:
         from .create import check
         check(self, limits)
 
+    def sweep(self, prefix: str, older_than: float = 60.0) -> None:
+        """Remove empty container cgroups named ``prefix...`` left by an engine that was killed.
+
+        Only those older than ``older_than`` seconds: a neighbour's cgroup that exists but does
+        not hold its process yet must not be taken.
+        """
+        import time
+        now = time.time()
+        for h in self.hierarchies:
+            try:
+                entries = [e for e in os.scandir(h.parent) if e.name.startswith(prefix) and e.is_dir()]
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if now - e.stat().st_mtime > older_than and not has_processes(e.path):
+                        os.rmdir(e.path)
+                except OSError:
+                    pass  # in use, or gone meanwhile
+
     def create(self, name: str, limits: Limits):
         """A new cgroup for a container, limits applied; LimitUnavailable before creating anything."""
         from .create import create

@@ -64,6 +64,8 @@ class SandboxSpec:
     # Run in P with PID 1's host pid once its namespaces exist; the command is executed only
     # after it returns (B waits for "network-ready"), so it starts with its network configured.
     network_setup: Callable[[int], None] | None = None
+    # Run in P with C's host pid before C may unshare anything: put it in the container's cgroup.
+    join_cgroup: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -84,7 +86,8 @@ def start(spec: SandboxSpec) -> Started:
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
-        pid, sock = fork_into_userns(spec.maps, lambda s: _intermediate(spec, s), name="rootless-intermediate")
+        pid, sock = fork_into_userns(spec.maps, lambda s: _intermediate(spec, s), name="rootless-intermediate",
+                                     before_release=spec.join_cgroup)
     except BaseException:
         unblock_signals()
         raise

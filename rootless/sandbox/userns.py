@@ -66,8 +66,12 @@ def explain_failure(err: OSError) -> str:
 
 
 def fork_into_userns(maps: idmap.IdMaps, child: Callable[[socket.socket], NoReturn],
-                     name: str = "rootless") -> tuple[int, socket.socket]:
+                     name: str = "rootless",
+                     before_release: Callable[[int], None] | None = None) -> tuple[int, socket.socket]:
     """Fork a child into a new user namespace with ``maps`` written; it then runs ``child(sock)``.
+
+    ``before_release(pid)`` runs in the parent while the child still waits for its maps
+    (e.g. to put it in a cgroup before it can unshare its cgroup namespace).
 
     Returns the child's pid and the parent's end of the channel.  Raises
     ``UserNamespaceUnavailable`` (the child's reason) if the namespace could not be made.
@@ -106,6 +110,8 @@ def fork_into_userns(maps: idmap.IdMaps, child: Callable[[socket.socket], NoRetu
             idmap.write(pid, maps)
         except OSError as e:
             raise UserNamespaceUnavailable(f"cannot write the id maps of the new user namespace: {e}") from e
+        if before_release is not None:
+            before_release(pid)
         channel.send(parent_sock, "maps")
     except channel.ChildError as e:
         _reap(pid)
