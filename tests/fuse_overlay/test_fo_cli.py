@@ -101,10 +101,11 @@ cd $T/m
 mkdir -p tmp/a/b && cp etc/passwd tmp/a/b/p && mv tmp/a tmp/c && ln -s b tmp/c/lb && ln tmp/c/b/p tmp/c/hp
 chmod 600 tmp/c/hp && tar cf tmp.tar tmp && rm -rf tmp && tar xf tmp.tar && rm tmp.tar
 ls -l tmp/c/b/p | cut -c1-10; cat tmp/c/lb/p; stat -c %h tmp/c/hp
+./bin/$(ls bin) --help > /dev/null 2>&1; echo exec=$?     # binaries run from the mount
 cd /; kill $(cat $T/pid)
 """)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["-rw-------", "root:x:0:0::/root:/bin/sh", "2"]
+    assert r.stdout.split() == ["-rw-------", "root:x:0:0::/root:/bin/sh", "2", "exec=0"]
 
 
 def test_startup_time():
