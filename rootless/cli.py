@@ -65,7 +65,8 @@ def _store(ctx: click.Context):
 @click.option("--cgroup-parent", metavar="DIRS", envvar="ROOTLESS_CGROUP_PARENT",
               help="Delegated cgroup directories to create containers in (colon-separated, one per hierarchy).")
 @click.option("--storage-driver", default="auto", envvar="ROOTLESS_STORAGE_DRIVER", show_default=True,
-              type=click.Choice(["auto", "overlay", "vfs"]), help="How the root filesystem is assembled.")
+              type=click.Choice(["auto", "fuse-overlay", "overlay", "vfs"]),
+              help="How the root filesystem is assembled.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context

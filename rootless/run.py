@@ -172,7 +172,7 @@ def run(store: Store, opts: RunOptions) -> int:
             raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
                                 "import the image again")
         rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
-                                 opts.storage_driver, remove_after=opts.rm)
+                                 opts.storage_driver, remove_after=opts.rm, single_uid=maps.single)
         spec = container.SandboxSpec(
             process=container.ProcessSpec(
                 args=args,
