@@ -26,3 +26,14 @@ def umount2(path: str, flags: int = MNT_DETACH) -> None:
     if _lib().umount2(os.fsencode(path), ctypes.c_int(flags)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"umount2({path!r}): {os.strerror(err)}", path)
+
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+
+def setns(fd: int, nstype: int, what: str) -> None:
+    """setns(2) into the namespace open at ``fd`` (``what`` names it in the error)."""
+    if _lib().setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns({what}): {os.strerror(err)}")

@@ -64,11 +64,20 @@ class Node:
         """Overlay-relative path (``b''`` for the root, else ``b'/a/b'``).
 
         Raises KeyError when the object has no name left (unlinked)."""
-        if self.ino == ROOT_INODE:
+        parts: list[bytes] = []
+        node = self
+        while node.ino != ROOT_INODE:
+            for (_pino, name), parent in node.links.items():
+                parts.append(name)
+                node = parent
+                break
+            else:
+                raise KeyError(self.ino)
+        if not parts:
             return b""
-        for (_pino, name), parent in self.links.items():
-            return parent.path() + b"/" + name
-        raise KeyError(self.ino)
+        parts.append(b"")
+        parts.reverse()
+        return b"/".join(parts)
 
     def first_link(self) -> tuple["Node", bytes]:
         for (_pino, name), parent in self.links.items():

@@ -1,0 +1,148 @@
+"""A pre-forked fuse-overlay server: one resident process per user, a forked child per mount.
+
+Starting a fuse-overlay daemon costs an interpreter and the pyfuse3/trio imports (~150 ms
+on our machines) on every container start.  This server pays that once: it imports
+everything, listens on a unix socket, and for each request forks a child that
+
+1. joins the user and mount namespaces of the requesting process (by its pid; the server
+   runs as the same user, which owns those namespaces),
+2. runs the ordinary ``fuse-overlay -f`` code path with the arguments it was sent,
+   signalling readiness on the notify fd that came with the request (SCM_RIGHTS),
+3. watches the requester through a pidfd and unmounts when it dies: a daemon that sits in
+   a mount namespace keeps it alive, so without this a killed engine would leave the mount
+   and the daemon behind.
+
+Protocol (SOCK_SEQPACKET): request ``{"pid": N, "argv": [...]}`` with one fd (the notify fd,
+named ``notify_fd=@`` in argv); reply ``{"pid": CHILD}`` or ``{"error": "..."}``.
+The server exits after ``--idle`` seconds without requests and without children.
+
+    python -m fuse_overlay.server SOCKET [--idle SECONDS]
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+IDLE = 300.0
+
+
+def _preload() -> None:
+    import pyfuse3  # noqa: F401  - the point of the server: imported once
+    import trio  # noqa: F401
+    from . import cli, copyup, fs, inodes, layers, mount, ownership  # noqa: F401
+
+
+def _watch(pid: int) -> None:
+    """SIGTERM ourselves (fuse-overlay then unmounts and exits) when process ``pid`` ends."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def wait() -> None:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=wait, name="requester-watch", daemon=True).start()
+
+
+def _child(request: dict, notify_fd: int) -> int:
+    from . import _sys, cli
+    pid = int(request["pid"])
+    for kind, flag in (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS)):
+        fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _sys.setns(fd, flag, f"/proc/{pid}/ns/{kind}")
+        finally:
+            os.close(fd)
+    os.chdir("/")
+    argv = [a.replace("notify_fd=@", f"notify_fd={notify_fd}") for a in request["argv"]]
+    _watch(pid)
+    return cli.main(argv)
+
+
+def serve(path: str, idle: float) -> int:
+    _preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    old = os.umask(0o077)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    listener.listen(64)
+    bound_inode = os.stat(path).st_ino
+    children: set[int] = set()
+    last = time.monotonic()
+    while True:
+        for pid in list(children):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    children.discard(pid)
+            except ChildProcessError:
+                children.discard(pid)
+        if not children and time.monotonic() - last > idle:
+            break
+        ready, _, _ = select.select([listener], [], [], 1.0)
+        if not ready:
+            continue
+        conn, _ = listener.accept()
+        last = time.monotonic()
+        with conn:
+            fds: list[int] = []
+            try:
+                data, fds, _, _ = socket.recv_fds(conn, 65536, 1)
+                request = json.loads(data)
+                child = os.fork()
+                if child == 0:
+                    code = 1
+                    try:
+                        listener.close()
+                        conn.close()
+                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        code = _child(request, fds[0])
+                    except BaseException as e:  # noqa: BLE001 - report, never return into the loop
+                        print(f"fuse-overlay: {e}", file=sys.stderr)
+                    finally:
+                        os._exit(code)
+                children.add(child)
+                conn.send(json.dumps({"pid": child}).encode())
+            except (OSError, ValueError, KeyError, IndexError) as e:
+                try:
+                    conn.send(json.dumps({"error": str(e)}).encode())
+                except OSError:
+                    pass
+            finally:
+                for fd in fds:
+                    os.close(fd)
+    try:
+        if os.stat(path).st_ino == bound_inode:  # not a newer server's socket
+            os.unlink(path)
+    except OSError:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-"):
+        print("usage: python -m fuse_overlay.server SOCKET [--idle SECONDS]", file=sys.stderr)
+        return 1
+    idle = IDLE
+    if "--idle" in args:
+        idle = float(args[args.index("--idle") + 1])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    return serve(args[0], idle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
