@@ -21,7 +21,7 @@ def run_in_ns(script: str, mode: str = "single", timeout: float = 120.0) -> subp
     fo = f"{sys.executable} -m fuse_overlay.cli"
     wrapped = (f"export FO='{fo}' T='{t}' PYTHONPATH='{REPO}'\n"
                "cleanup() { for m in $(awk '$5 ~ \"^'$T'\" {print $5}' /proc/self/mountinfo | sort -r); "
-               "do umount -l \"$m\" 2>/dev/null; done; rm -rf \"$T\"; }\n"
+               "do umount -l \"$m\" 2>/dev/null || true; done; rm -rf \"$T\"; }\n"
                "trap cleanup EXIT\n" + script)
     proc = subprocess.Popen(_MODES[mode] + ["bash", "-euc", wrapped], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True, text=True)
