@@ -14,7 +14,8 @@ everything, listens on a unix socket, and for each request forks a child that
 
 Protocol (SOCK_SEQPACKET): request ``{"pid": N, "argv": [...]}`` with one fd (the notify fd,
 named ``notify_fd=@`` in argv); reply ``{"pid": CHILD}`` or ``{"error": "..."}``.
-The server exits after ``--idle`` seconds without requests and without children.
+The server exits after ``--idle`` seconds without requests and without children; its pid is
+in ``SOCKET.pid`` meanwhile.
 
     python -m fuse_overlay.server SOCKET [--idle SECONDS]
 """
@@ -81,6 +82,8 @@ def serve(path: str, idle: float) -> int:
         os.umask(old)
     listener.listen(64)
     bound_inode = os.stat(path).st_ino
+    with open(path + ".pid", "w") as f:
+        f.write(f"{os.getpid()}\n")
     children: set[int] = set()
     last = time.monotonic()
     while True:
@@ -127,6 +130,7 @@ def serve(path: str, idle: float) -> int:
     try:
         if os.stat(path).st_ino == bound_inode:  # not a newer server's socket
             os.unlink(path)
+            os.unlink(path + ".pid")
     except OSError:
         pass
     return 0

@@ -29,10 +29,10 @@ from .errors import UsageError
 from .sandbox import libc
 
 DRIVERS = ("auto", "fuse-overlay", "overlay", "vfs")
-# The kernel's overlay first: it costs nothing to start, while a fuse-overlay daemon adds
-# ~200 ms to every container start (interpreter, pyfuse3/trio import, mount; scripts/bench).
-# fuse-overlay serves where the kernel cannot mount overlayfs in a user namespace (before 5.11).
-AUTO_ORDER = ("overlay", "fuse-overlay", "vfs")
+# fuse-overlay first: with the per-user server (rootless/fuse_server.py) a mount costs a fork,
+# and a start takes as long as with the kernel's overlay (scripts/bench); the kernel's overlay
+# when FUSE is not usable here, the copy as the last resort.
+AUTO_ORDER = ("fuse-overlay", "overlay", "vfs")
 READY_TIMEOUT = 30.0
 
 
@@ -40,7 +40,7 @@ class ContainerRootfs:
     """The root filesystem of one container under ``directory`` (the container's store dir)."""
 
     def __init__(self, layer_dirs: list[str], directory: str, driver: str, remove_after: bool,
-                 single_uid: bool = False):
+                 single_uid: bool = False, fuse_server: str | None = None):
         if driver not in DRIVERS:
             raise UsageError(f"unknown storage driver '{driver}': use one of {', '.join(DRIVERS)}")
         self.layer_dirs = layer_dirs            # bottom first
@@ -50,7 +50,8 @@ class ContainerRootfs:
         self.remove_after = remove_after
         self.used = ""                          # the driver that served (set by prepare)
         self.single_uid = single_uid
-        self.daemon = 0                         # fuse-overlay's pid
+        self.daemon = 0                         # fuse-overlay's pid, when our child
+        self.fuse_server = fuse_server          # socket of the per-user fuse-overlay server
 
     def prepare(self) -> None:
         os.makedirs(self.target, mode=0o755, exist_ok=True)
@@ -60,9 +61,9 @@ class ContainerRootfs:
                 {"fuse-overlay": self._mount_fuse, "overlay": self._mount_overlay, "vfs": self._copy}[driver]()
                 self.used = driver
                 return
-            except _Unavailable:
+            except _Unavailable as e:
                 if driver == order[-1]:
-                    raise
+                    raise OSError(f"storage driver {driver} cannot work here: {e}") from None
             except OSError as e:
                 if driver == order[-1] or e.errno not in (errno.EINVAL, errno.EPERM, errno.ENODEV):
                     raise
@@ -80,12 +81,20 @@ class ContainerRootfs:
         exe = os.path.join(os.path.dirname(sys.executable), "fuse-overlay")
         if not os.path.exists(exe):
             exe = shutil.which("fuse-overlay") or ""
-        if not exe or not os.path.exists("/dev/fuse"):
-            raise _Unavailable("fuse-overlay or /dev/fuse is missing")
+        if not exe or not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise _Unavailable("fuse-overlay is not installed, or /dev/fuse is missing or not usable by you")
         lower, upper, work = self._dirs()
         opts = f"lowerdir={lower.replace(',', chr(92) + ',')},upperdir={upper},workdir={work}"
         if self.single_uid:
             opts += ",xattr_permissions=2"
+        if self.fuse_server:
+            from . import fuse_server
+            try:
+                fuse_server.mount(self.fuse_server, ["-f", "-o", f"{opts},notify_fd=@", self.target],
+                                  READY_TIMEOUT)
+                return
+            except fuse_server.Unavailable:
+                pass  # start a daemon of our own below
         r, w = os.pipe()
         try:
             self.daemon, err = spawn([exe, "-f", "-o", f"{opts},notify_fd={w}", self.target],

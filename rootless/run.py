@@ -124,6 +124,11 @@ def warn_single(maps: idmap.IdMaps) -> None:
 def run(store: Store, opts: RunOptions) -> int:
     if opts.tty and opts.interactive and not os.isatty(0):
         raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
+    from .sandbox.userns import forbidden_by_sysctl
+    from .errors import UserNamespaceUnavailable
+    why = forbidden_by_sysctl()
+    if why:
+        raise UserNamespaceUnavailable(why)
     maps = idmap.detect()
     image = store.resolve(opts.image)
     cfg = image.run_config
@@ -161,7 +166,7 @@ def run(store: Store, opts: RunOptions) -> int:
     directory = store.container_dir(rec.id)
     hostname = opts.hostname or rec.id[:12]
     helpers: list = []
-    run_dir = os.path.join(run_base, rec.id[:32])
+    run_dir = os.path.join(run_base, rec.id[:16])  # short: unix socket paths hold 108 bytes
     cg = None
     try:
         cg_setup.sweep("rootless-")  # leftovers of engines that were killed
@@ -171,8 +176,13 @@ def run(store: Store, opts: RunOptions) -> int:
         if missing:
             raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
                                 "import the image again")
+        server = None
+        if _may_use_fuse(opts.storage_driver):
+            from . import fuse_server
+            server = fuse_server.ensure(run_base)
         rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
-                                 opts.storage_driver, remove_after=opts.rm, single_uid=maps.single)
+                                 opts.storage_driver, remove_after=opts.rm, single_uid=maps.single,
+                                 fuse_server=server)
         spec = container.SandboxSpec(
             process=container.ProcessSpec(
                 args=args,
@@ -232,6 +242,11 @@ def _stop(helpers: list, run_dir: str) -> None:
     if os.path.isdir(run_dir):
         import shutil
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _may_use_fuse(driver: str) -> bool:
+    from .rootfs import AUTO_ORDER
+    return driver == "fuse-overlay" or (driver == "auto" and AUTO_ORDER[0] == "fuse-overlay")
 
 
 def _remove_cgroup(cg) -> None:

@@ -50,9 +50,11 @@ needs_single = pytest.mark.skipif(RANGE_MODE, reason="this user has a subordinat
 class Rootless:
     """Runs the CLI against one store."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, run_dir: Path | None = None):
         self.root = root
         self.env = {**os.environ, "ROOTLESS_ROOT": str(root)}
+        if run_dir is not None:
+            self.env["XDG_RUNTIME_DIR"] = str(run_dir)
 
     def __call__(self, *args: str, input: str | bytes | None = None, timeout: float = 60,
                  check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -83,7 +85,7 @@ def make_busybox_tar(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def store_root(tmp_path_factory) -> Path:
+def store_root(tmp_path_factory, run_dir) -> Path:
     root = tmp_path_factory.mktemp("store")
     yield root
     # Layers and container trees hold files owned by sub-ids: remove them as the namespace's root.
@@ -96,9 +98,35 @@ def busybox_tar(tmp_path_factory) -> Path:
     return make_busybox_tar(tmp_path_factory.mktemp("images") / "busybox.tar")
 
 
+def stop_fuse_server(run_dir: Path) -> None:
+    """Stop the fuse-overlay server the tests' containers started (by the PID it recorded)."""
+    import signal
+    pidfile = run_dir / "rootless" / "fuse-overlay.sock.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(200):
+        if not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return
+        __import__("time").sleep(0.05)
+
+
 @pytest.fixture(scope="session")
-def rl_session(store_root: Path, busybox_tar: Path) -> Rootless:
-    rl = Rootless(store_root)
+def run_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("run")
+    d.chmod(0o700)
+    yield d
+    stop_fuse_server(d)
+
+
+@pytest.fixture(scope="session")
+def rl_session(store_root: Path, busybox_tar: Path, run_dir: Path) -> Rootless:
+    rl = Rootless(store_root, run_dir)
     rl("import", "-c", 'CMD ["/bin/sh"]', str(busybox_tar), "busybox", check=True)
     return rl
 

@@ -17,7 +17,8 @@ _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT
 
 
 def spawn(args: list[str], pass_fds: tuple[int, ...] = (), capture_stderr: bool = True,
-          stdout_fd: int | None = None, die_with_parent: bool = False) -> tuple[int, int | None]:
+          stdout_fd: int | None = None, die_with_parent: bool = False,
+          stderr_fd: int | None = None, new_session: bool = False) -> tuple[int, int | None]:
     """Start ``args`` (stdin and stdout on /dev/null unless ``stdout_fd``); (pid, stderr read end or None).
 
     ``pass_fds`` stay open in the child under the same numbers.  ``die_with_parent``: the
@@ -34,11 +35,13 @@ def spawn(args: list[str], pass_fds: tuple[int, ...] = (), capture_stderr: bool 
                    else (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0))
     if w is not None:
         actions.append((os.POSIX_SPAWN_DUP2, w, 2))
+    elif stderr_fd is not None:
+        actions.append((os.POSIX_SPAWN_DUP2, stderr_fd, 2))
     for fd in pass_fds:
         os.set_inheritable(fd, True)
     try:
         pid = os.posix_spawnp(args[0], args, os.environ, file_actions=actions, setsigmask=(),
-                              setsigdef=_DEFAULT_SIGNALS)
+                              setsigdef=_DEFAULT_SIGNALS, setsid=new_session)
     except BaseException:
         if r is not None:
             os.close(r)

@@ -47,6 +47,17 @@ def _read(path: str) -> str | None:
         return None
 
 
+def forbidden_by_sysctl() -> str | None:
+    """Why unprivileged user namespaces cannot work here, when a sysctl says so for certain.
+
+    (Not AppArmor's restriction: a profile may grant rootless what it denies to others.)
+    """
+    for path, bad, text in USERNS_KNOBS[:2]:
+        if _read(path) == bad:
+            return text
+    return None
+
+
 def explain_failure(err: OSError) -> str:
     """A sentence for a refused ``unshare(CLONE_NEWUSER)`` (or a refused step just after it)."""
     for path, bad, text in USERNS_KNOBS:
