@@ -97,6 +97,113 @@ def import_(ctx: click.Context, file: str, ref: str, change: tuple[str, ...], me
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to pull (default: this host's).")
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+              help="Require HTTPS with a verified certificate (a registry on 127.0.0.0/8 may use HTTP).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("image")
+@click.pass_context
+def pull(ctx: click.Context, image: str, platform: str | None, tls_verify: bool, quiet: bool) -> None:
+    """Pull an image from a registry."""
+    from .pull import pull as do_pull
+    from .sandbox import idmap
+    img = do_pull(_store(ctx), idmap.detect(), image, platform, tls_verify, quiet)
+    click.echo(img.id)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+              help="Require HTTPS with a verified certificate (a registry on 127.0.0.0/8 may use HTTP).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("image")
+@click.argument("destination", required=False)
+@click.pass_context
+def push(ctx: click.Context, image: str, destination: str | None, tls_verify: bool, quiet: bool) -> None:
+    """Push an image to a registry (to DESTINATION, default: its own name)."""
+    from .push import push as do_push
+    click.echo(do_push(_store(ctx), image, destination, tls_verify, quiet))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-u", "--username", prompt=True)
+@click.option("-p", "--password", help="The password (prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL")
+@click.argument("registry")
+def login(registry: str, username: str, password: str | None, password_stdin: bool, tls_verify: bool) -> None:
+    """Log in to a registry (credentials kept in ~/.config/containers/auth.json)."""
+    from .registry import Credentials, RegistryClient, save_credentials
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif password is None:
+        password = click.prompt("Password", hide_input=True)
+    with RegistryClient(registry, credentials=Credentials(username, password),
+                        insecure=None if tls_verify else True) as client:
+        client.check_login()
+    save_credentials(registry, username, password)
+    click.echo("Login Succeeded!")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("registry")
+def logout(registry: str) -> None:
+    """Forget the credentials for a registry."""
+    from .registry import remove_credentials
+    remove_credentials(registry)
+    click.echo(f"Removed login credentials for {registry}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("source")
+@click.argument("target")
+@click.pass_context
+def tag(ctx: click.Context, source: str, target: str) -> None:
+    """Give image SOURCE the name TARGET."""
+    store = _store(ctx)
+    img = store.resolve(source)
+    with store.lock():
+        store.set_tag(target, img.manifest_digest)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Remove even if containers use the image.")
+@click.argument("images", nargs=-1, required=True)
+@click.pass_context
+def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
+    """Remove images (the tag; then the blobs and layers no other image uses)."""
+    from .containers import Containers
+    from .remove import remove_tree
+    from .sandbox import idmap
+    store = _store(ctx)
+    maps = idmap.detect()
+    failed = False
+    for name in images:
+        try:
+            img = store.resolve(name)
+            users = [c for c in Containers(store).all() if c.image_id == img.id]
+            if users and not force:
+                raise RootlessError(f"image {name} is used by container {users[0].name}: remove it first "
+                                    "('rootless rm'), or use 'rmi -f'")
+            with store.lock():
+                digest = store.untag(img.ref or name)
+                blobs, layer_ids = store.unreferenced(digest) if not users else ([], [])
+                for diff in layer_ids:
+                    remove_tree(maps, store.layer_dir(diff))
+                for b in blobs:
+                    try:
+                        os.unlink(store.blob_path(b))
+                    except FileNotFoundError:
+                        pass
+            click.echo(f"Untagged: {img.ref or name}")
+            for diff in layer_ids:
+                click.echo(f"Deleted layer: {diff}")
+        except RootlessError as e:
+            click.echo(f"rootless: {e}", err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@cli.command(context_settings=CONTEXT)
 @click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context

@@ -50,6 +50,36 @@ def _extract_chrooted(tar_path: str, layer: str) -> None:
             # Safe by the chroot; Python 3.14's default 'data' filter would refuse absolute symlinks.
             extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
             tar.extractall("/", members=members, numeric_owner=True, **extra)
+        _convert_whiteouts("/")
+
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+def _convert_whiteouts(root: str) -> None:
+    """OCI whiteouts into the kernel overlay's format, which both overlays read.
+
+    ``.wh.NAME`` becomes a character device 0/0 named NAME; ``.wh..wh..opq`` in a directory
+    becomes its ``user.overlay.opaque=y`` xattr (the ``userxattr`` form: we are not root of
+    the host).  Where the kernel refuses the device node (before Linux 5.8 in a user
+    namespace) the OCI files are kept: fuse-overlay reads those too.
+    """
+    import stat
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if not name.startswith(WHITEOUT_PREFIX):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                if name == OPAQUE:
+                    os.setxattr(dirpath, "user.overlay.opaque", b"y")
+                else:
+                    target = os.path.join(dirpath, name[len(WHITEOUT_PREFIX):])
+                    os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str) -> list[str]:

@@ -119,13 +119,22 @@ class ContainerRootfs:
                    f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
 
     def _copy(self) -> None:
+        """Layer by layer, bottom first, applying each layer's whiteouts as an overlay would."""
         import subprocess
         for layer in self.layer_dirs:
+            whiteouts, opaque = _whiteouts(layer)
+            for rel in opaque:   # an opaque dir hides everything below it in lower layers
+                target = os.path.join(self.target, rel)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    for entry in os.listdir(target):
+                        _remove(os.path.join(target, entry))
             proc = subprocess.run(["cp", "-a", "--reflink=auto", f"{layer}/.", self.target],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise OSError(f"copying the image into the container failed: {proc.stderr.strip()}")
+            for rel in whiteouts:  # the copied whiteout and what it hides
+                _remove(os.path.join(self.target, rel))
 
     def _stop_daemon(self) -> None:
         """Wait for fuse-overlay to exit after the unmount; SIGTERM, then SIGKILL, if it lingers."""
@@ -167,6 +176,37 @@ class ContainerRootfs:
         """Where a stopped container's own files are: the overlay's upper dir, or the copy."""
         upper = os.path.join(directory, "upper")
         return upper if os.path.isdir(upper) else os.path.join(directory, "rootfs")
+
+
+def _whiteouts(layer: str) -> tuple[list[str], list[str]]:
+    """Paths (relative to ``layer``) of its whiteouts (char 0/0) and of its opaque directories."""
+    import stat
+    whiteouts, opaque = [], []
+    for dirpath, dirs, files in os.walk(layer):
+        rel = os.path.relpath(dirpath, layer)
+        try:
+            if os.getxattr(dirpath, "user.overlay.opaque") == b"y" and rel != ".":
+                opaque.append(rel)
+        except OSError:
+            pass
+        for name in files + dirs:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                whiteouts.append(os.path.normpath(os.path.join(rel, name)))
+    return whiteouts, opaque
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 class _Unavailable(Exception):

@@ -168,5 +168,29 @@ class Store:
     def images(self) -> list[Image]:
         return [self.image(d, t) for t, d in sorted(self.tags().items())]
 
+    def untag(self, ref: str) -> str:
+        """Remove tag ``ref``; the manifest digest it pointed at.  Call with the store locked."""
+        tags = self.tags()
+        key = reference.normalize(ref)
+        if key not in tags:
+            raise ImageNotFound(f"no image tagged '{key}' ('rootless images' lists them)")
+        digest = tags.pop(key)
+        self._write_atomic(self._tags_path(), json.dumps(tags, indent=1, sort_keys=True).encode())
+        return digest
+
+    def unreferenced(self, manifest_digest: str) -> tuple[list[str], list[str]]:
+        """Blobs and layers of ``manifest_digest`` that no tagged image uses: (blob digests, diff ids)."""
+        keep_blobs: set[str] = set()
+        keep_layers: set[str] = set()
+        for digest in self.tags().values():
+            img = self.image(digest)
+            keep_blobs |= {digest, img.id, *(d["digest"] for d in self.read_json(digest).get("layers", []))}
+            keep_layers |= set(img.diff_ids)
+        if manifest_digest in keep_blobs:
+            return [], []
+        img = self.image(manifest_digest)
+        blobs = [manifest_digest, img.id] + [d["digest"] for d in self.read_json(manifest_digest).get("layers", [])]
+        return ([b for b in blobs if b not in keep_blobs], [d for d in img.diff_ids if d not in keep_layers])
+
     def container_dir(self, cid: str) -> str:
         return os.path.join(self.root, "containers", cid)

@@ -1,0 +1,179 @@
+"""Images end to end against a real registry (Debian's docker-registry on 127.0.0.1):
+push, pull, layer sharing, whiteouts under every storage driver, rmi, login."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from .registry_server import PASSWORD, USER, running_registry
+
+pytestmark = [pytest.mark.both_modes,
+              pytest.mark.skipif(not shutil.which("docker-registry"),
+                                 reason="docker-registry (Debian's Distribution server) is not installed")]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    with running_registry() as reg:
+        yield reg
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _layer(entries: list[tuple[str, bytes | None]]) -> bytes:
+    """A tar layer: (path, content) files, (path/, None) directories."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in entries:
+            info = tarfile.TarInfo(path.rstrip("/"))
+            info.mtime = 946684800
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def push_image(registry, repo_tag: str, layers: list[bytes], cmd: list[str] | None = None) -> str:
+    """Push an OCI image of gzip layers with our registry client; its manifest digest."""
+    from rootless.registry import RegistryClient, Reference
+    ref = Reference.parse(f"{registry.host}/{repo_tag}")
+    blobs = [gzip.compress(layer, mtime=0) for layer in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": cmd or ["/bin/sh"], "Env": ["PATH=/bin:/usr/bin:/sbin"]},
+                         "rootfs": {"type": "layers", "diff_ids": [_digest(layer) for layer in layers]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _digest(config),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(b),
+                    "size": len(b)} for b in blobs]}).encode()
+    with RegistryClient(ref.registry) as client:
+        for data in blobs + [config]:
+            if not client.blob_exists(ref.repository, _digest(data)):
+                tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"blob-{os.getpid()}"
+                tmp.write_bytes(data)
+                try:
+                    client.push_blob(ref.repository, _digest(data), tmp)
+                finally:
+                    tmp.unlink()
+        return client.put_manifest(ref.repository, ref.tag, manifest, "application/vnd.oci.image.manifest.v1+json")
+
+
+@pytest.fixture(scope="module")
+def base_layer(busybox_tar) -> bytes:
+    return busybox_tar.read_bytes()
+
+
+def test_push_pull_run_round_trip(rl, registry):
+    name = f"{registry.host}/round/trip:1"
+    assert rl("tag", "busybox", "roundtrip:1").returncode == 0
+    pushed = rl("push", "roundtrip:1", name)
+    assert pushed.returncode == 0, pushed.stderr
+    assert rl("rmi", "roundtrip:1").returncode == 0
+    pulled = rl("pull", name)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "1 already in the store" in pulled.stderr  # busybox:latest still holds the layer
+    assert rl("run", "--rm", name, "echo", "from the registry").stdout == "from the registry\n"
+    rows = json.loads(rl("images", "--format", "json").stdout)
+    assert {"Repository": f"{registry.host}/round/trip", "Tag": "1"}.items() <= next(
+        r for r in rows if r["Repository"].endswith("/round/trip")).items()
+    assert rl("rmi", name).returncode == 0
+
+
+def test_layers_are_shared_between_images(rl, registry, base_layer):
+    push_image(registry, "shared/a:1", [base_layer, _layer([("a.txt", b"A")])])
+    push_image(registry, "shared/b:1", [base_layer, _layer([("b.txt", b"B")])])
+    first = rl("pull", f"{registry.host}/shared/a:1")
+    second = rl("pull", f"{registry.host}/shared/b:1")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "pulled 1 new layer(s), 1 already in the store" in second.stderr
+    assert rl("run", "--rm", f"{registry.host}/shared/b:1", "cat", "/b.txt").stdout == "B"
+    for tag in ("a", "b"):
+        rl("rmi", f"{registry.host}/shared/{tag}:1")
+
+
+@pytest.mark.parametrize("driver", ["fuse-overlay", "overlay", "vfs"])
+def test_whiteouts_and_opaque_directories(rl, registry, base_layer, driver):
+    name = f"{registry.host}/white/out:1"
+    push_image(registry, "white/out:1", [
+        base_layer,
+        _layer([("data/", None), ("data/keep", b"keep"), ("data/gone", b"gone"),
+                ("opq/", None), ("opq/old", b"old")]),
+        _layer([("data/.wh.gone", b""), ("opq/", None), ("opq/.wh..wh..opq", b""), ("opq/new", b"new")]),
+    ])
+    assert rl("pull", name).returncode == 0
+    out = rl("run", "--rm", "--storage-driver", driver, name, "sh", "-c", "ls -a /data /opq").stdout.split()
+    assert "keep" in out and "gone" not in out and ".wh.gone" not in out
+    assert "new" in out and "old" not in out and ".wh..wh..opq" not in out
+    rl("rmi", name)
+
+
+def test_corrupt_layer_is_refused_and_the_store_is_unchanged(rl, registry, base_layer):
+    from rootless.registry import RegistryClient, Reference  # a config whose diff id lies
+    good = _layer([("x", b"x")])
+    ref = Reference.parse(f"{registry.host}/bad/image:1")
+    blob = gzip.compress(good, mtime=0)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [_digest(b"something else")]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _digest(config),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(blob),
+                    "size": len(blob)}]}).encode()
+    tmp = Path(f"/tmp/blob-{os.getpid()}")
+    with RegistryClient(ref.registry) as client:
+        for data in (blob, config):
+            tmp.write_bytes(data)
+            client.push_blob(ref.repository, _digest(data), tmp)
+        tmp.unlink()
+        client.put_manifest(ref.repository, "1", manifest, "application/vnd.oci.image.manifest.v1+json")
+    layers_before = sorted(os.listdir(rl.root / "layers"))
+    tags_before = rl("images", "--format", "json").stdout
+    proc = rl("pull", f"{registry.host}/bad/image:1")
+    assert proc.returncode == 125
+    assert "the image config says" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(os.listdir(rl.root / "layers")) == layers_before
+    assert rl("images", "--format", "json").stdout == tags_before
+
+
+def test_rmi_refuses_an_image_in_use(rl):
+    assert rl("tag", "busybox", "inuse:1").returncode == 0
+    assert rl("run", "--name", "user-of-inuse", "inuse:1", "true").returncode == 0
+    try:
+        proc = rl("rmi", "inuse:1")
+        assert proc.returncode == 1 and "used by container user-of-inuse" in proc.stderr
+        assert rl("rmi", "-f", "inuse:1").returncode == 0
+    finally:
+        rl("rm", "user-of-inuse")
+
+
+def test_login_push_logout_with_basic_auth(rl, tmp_path):
+    with running_registry("basic") as reg:
+        env = {"HOME": str(tmp_path)}
+        assert rl("tag", "busybox", "private:1").returncode == 0
+        denied = rl("push", "private:1", f"{reg.host}/private/app:1", env=env)
+        assert denied.returncode == 125 and f"rootless login {reg.host}" in denied.stderr
+        wrong = rl("login", "-u", USER, "--password-stdin", reg.host, input="nope\n", env=env)
+        assert wrong.returncode == 125
+        ok = rl("login", "-u", USER, "--password-stdin", reg.host, input=PASSWORD + "\n", env=env)
+        assert ok.returncode == 0 and "Login Succeeded" in ok.stdout
+        assert (tmp_path / ".config/containers/auth.json").stat().st_mode & 0o077 == 0
+        assert rl("push", "private:1", f"{reg.host}/private/app:1", env=env).returncode == 0
+        assert rl("logout", reg.host, env=env).returncode == 0
+        assert rl("pull", f"{reg.host}/private/app:1", env=env).returncode == 125
+        rl("rmi", "private:1")
