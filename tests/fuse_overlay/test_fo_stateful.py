@@ -136,6 +136,17 @@ class OverlayMachine(RuleBasedStateMachine):
     def read(self, p: str) -> None:
         self.same("read", p)
 
+    @rule(p=path)
+    def mkfifo(self, p: str) -> None:
+        self.same("mkfifo", p)
+
+    @rule(n=st.integers(0, 9))
+    def remount(self, n: int) -> None:
+        if n == 0:          # rarely: both mounts are restarted on the same dirs
+            assert self.pair is not None
+            self.pair.call("remount")
+            self.pair.same("snapshot")
+
     @invariant()
     def trees_match(self) -> None:
         if self.pair is not None and self.steps % 5 == 4:
