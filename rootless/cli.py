@@ -325,6 +325,16 @@ def unshare(command: tuple[str, ...]) -> None:
     sys.exit(run_unshare(list(command) or [os.environ.get("SHELL", "/bin/sh")]))
 
 
+def _register_command_modules() -> None:
+    """Commands kept in modules of their own (cli_*.py), each with ``register(group)``."""
+    from . import cli_images, cli_volumes
+    for module in (cli_images, cli_volumes):
+        module.register(cli)
+
+
+_register_command_modules()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="rootless", standalone_mode=False)

@@ -46,6 +46,9 @@ class RunOptions:
     pids_limit: str | None = None
     cpuset_cpus: str | None = None
     cgroup_parent: str | None = None
+    volume: list[str] = field(default_factory=list)      # -v
+    mount: list[str] = field(default_factory=list)       # --mount
+    tmpfs: list[str] = field(default_factory=list)       # --tmpfs
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:

@@ -38,11 +38,22 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 
 
 @dataclass(frozen=True)
+class Bind:
+    """A mount into the container: a host path (``source``) bind-mounted, or a tmpfs."""
+    target: str                    # absolute path in the container
+    source: str = ""               # host path; "" with kind "tmpfs"
+    readonly: bool = False
+    kind: str = "bind"             # "bind" or "tmpfs"
+    options: str = ""              # tmpfs mount data, e.g. "size=64m,mode=1777"
+
+
+@dataclass(frozen=True)
 class RootfsPlan:
     rootfs: str                      # host path of the container's root (already populated)
     readonly: bool = False
     etc_files: tuple[tuple[str, str], ...] = ()   # (container path, host file) bind-mounted
     ptmx_gid: int | None = 5         # gid for devpts' new ptys, when that gid is mapped
+    binds: tuple[Bind, ...] = ()     # volumes, bind mounts, tmpfs: mounted after /etc files
 
 
 def _ensure(path: str, kind: str, mode: int = 0o755) -> None:
@@ -97,6 +108,9 @@ def enter_rootfs(plan: RootfsPlan) -> None:
         _ensure(dest, "file")
         libc.mount(source, dest, None, MS_BIND)
 
+    for bind in plan.binds:
+        _mount_bind(root, bind)
+
     if plan.readonly:
         libc.mount(None, root, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
@@ -105,6 +119,28 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
     _mask_paths()
+
+
+def _mount_bind(root: str, bind: Bind) -> None:
+    """Mount ``bind`` at its target under ``root`` (created when missing, as Docker does)."""
+    parent = _inside(root, os.path.dirname(bind.target.rstrip("/")) or "/")
+    dest = os.path.join(parent, os.path.basename(bind.target.rstrip("/")))
+    if os.path.islink(dest):
+        dest = _inside(root, bind.target)
+    if bind.kind == "tmpfs":
+        _ensure(dest, "dir")
+        libc.mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, bind.options or "mode=1777")
+        return
+    _ensure(dest, "dir" if os.path.isdir(bind.source) else "file")
+    libc.mount(bind.source, dest, None, MS_BIND | MS_REC)
+    if bind.readonly:
+        # A remount keeps the flags the kernel locked on the source mount (nosuid, nodev...).
+        flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+        st = os.statvfs(dest)
+        for bit, flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC)):
+            if st.f_flag & bit:
+                flags |= flag
+        libc.mount(None, dest, None, flags)
 
 
 def _mount_dev(root: str, ptmx_gid: int | None) -> None:
