@@ -34,6 +34,7 @@ class Record:
     config: dict[str, Any] = field(default_factory=dict)
     oom_killed: bool = False
     cgroup_paths: list[str] = field(default_factory=list)
+    init_pid: int = 0                 # host pid of the container's PID 1 while it runs
 
 
 class Containers:

@@ -205,15 +205,21 @@ def _init(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     if spec.network_setup is not None:
         channel.expect(sock, "network-ready")
 
+    _become(proc, spec.maps, sock)
+
+
+def _become(proc: ProcessSpec, maps: idmap.IdMaps, sock: socket.socket) -> NoReturn:
+    """The last steps before the command, inside the container (PID 1, or an exec'd process):
+    user lookup, pty, environment, workdir, bounding set, ids, no_new_privs, exec."""
     try:
         ident = users.resolve(proc.user)
     except LookupError as e:
         raise RuntimeError(str(e)) from None
     for kind, value in (("uid", ident.uid), ("gid", ident.gid)):
-        if value >= spec.maps.size(kind):
-            why = spec.maps.why_single or f"the range in /etc/sub{kind} is too small"
+        if value >= maps.size(kind):
+            why = maps.why_single or f"the range in /etc/sub{kind} is too small"
             raise RuntimeError(
-                f"{kind} {value} does not exist in this container: it has {kind}s 0-{spec.maps.size(kind) - 1} "
+                f"{kind} {value} does not exist in this container: it has {kind}s 0-{maps.size(kind) - 1} "
                 f"only ({why}). Ask an administrator for a subordinate id range: "
                 f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER")
 
@@ -279,3 +285,89 @@ def _exec(args: list[str], env: dict[str, str]) -> NoReturn:
             reason = "permission denied" if e.errno != errno.ENOEXEC else "exec format error"
             raise _ExecFailed(f'exec: "{prog}": {reason}', 126) from None
         raise _ExecFailed(f'exec: "{prog}": {e.strerror}', 126) from None
+
+
+# --- exec: a process joining a running container ------------------------------------------
+
+NS_ORDER = (("user", libc.CLONE_NEWUSER), ("cgroup", libc.CLONE_NEWCGROUP), ("ipc", libc.CLONE_NEWIPC),
+            ("uts", libc.CLONE_NEWUTS), ("net", libc.CLONE_NEWNET), ("pid", libc.CLONE_NEWPID),
+            ("mnt", libc.CLONE_NEWNS))
+
+
+def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
+          join_cgroup: Callable[[int], None] | None = None) -> Started:
+    """Run ``proc`` in the namespaces of the running container whose PID 1 is ``init_pid``.
+
+    X (a child of ours) is put in the container's cgroup, then joins the user namespace first
+    (that grants the capabilities the other ``setns`` calls need), the others, the mount
+    namespace last; joining a PID namespace applies to children, so X forks Y, which takes the
+    same last steps as the container's PID 1 (``_become``).  Returns like ``start``.
+    """
+    fds = []
+    try:
+        for kind, _ in NS_ORDER:
+            fds.append(os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        raise channel.ChildError(f"the container is not running (cannot open its namespaces: {e.strerror})")
+    parent_sock, child_sock = channel.pair()
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            parent_sock.close()
+            libc.set_pdeathsig(signal.SIGKILL)
+            libc.set_process_name("rootless-exec")
+            for sig in _IGNORED_IN_C:
+                signal.signal(sig, signal.SIG_IGN)
+            unblock_signals()
+            channel.expect(child_sock, "go")
+            for fd, (kind, flag) in zip(fds, NS_ORDER):
+                libc.setns(fd, flag)
+            os.chdir("/")
+            y = os.fork()
+            if y == 0:
+                try:
+                    libc.set_pdeathsig(signal.SIGKILL)
+                    for sig in _IGNORED_IN_C:
+                        signal.signal(sig, signal.SIG_DFL)
+                    os.setsid()
+                    _become(proc, maps, child_sock)
+                except BaseException as e:  # noqa: BLE001
+                    code = e.errno_exit if isinstance(e, _ExecFailed) else 125
+                    channel.send_error(child_sock, str(e), code, "exec" if code != 125 else "sandbox")
+                    os._exit(code)
+            channel.send(child_sock, "pid", pid=y)
+            child_sock.close()
+            code = _reap(y)
+        except channel.ProtocolError:
+            pass
+        except BaseException as e:  # noqa: BLE001
+            channel.send_error(child_sock, str(e))
+        finally:
+            os._exit(code)
+    child_sock.close()
+    for fd in fds:
+        os.close(fd)
+    with parent_sock as sock:
+        try:
+            if join_cgroup is not None:
+                join_cgroup(pid)
+            channel.send(sock, "go")
+            msg, _ = channel.expect(sock, "pid")
+            master = None
+            if proc.tty:
+                _, got = channel.expect(sock, "tty")
+                master = got[0]
+            channel.expect(sock, "eof")
+        except channel.ChildError:
+            _reap(pid)
+            unblock_signals()
+            raise
+        except BaseException:
+            _kill(pid)
+            unblock_signals()
+            raise
+    return Started(pid, msg["pid"], master, proc.stdin)

@@ -1,0 +1,146 @@
+"""``stop``, ``kill``, ``wait``, ``logs`` and ``exec`` on containers started with ``run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+from .containers import Containers, Record, _alive
+from .errors import CommandError, RootlessError, SandboxError, UsageError
+from .monitor import log_path
+from .store import Store
+
+
+def running(rec: Record) -> bool:
+    return rec.state == "running" and _alive(rec.pid)
+
+
+def parse_signal(raw: str) -> int:
+    name = raw.upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UsageError(f"invalid signal '{raw}': use a name such as TERM, KILL, HUP or a number") from None
+
+
+def kill(store: Store, key: str, sig: int) -> Record:
+    rec = Containers(store).find(key)
+    if not running(rec):
+        raise RootlessError(f"container {rec.name} is not running")
+    try:
+        os.kill(rec.init_pid, sig)
+    except ProcessLookupError:
+        pass
+    return rec
+
+
+def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | None:
+    """The exit code once the container has ended (None on timeout)."""
+    records = Containers(store)
+    rec = records.find(key)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        rec = records.find(rec.id)
+        if not running(rec):
+            return rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record:
+    """The stop signal (the image's STOPSIGNAL, or SIGTERM), SIGKILL after ``grace`` seconds."""
+    rec = Containers(store).find(key)
+    if not running(rec):
+        return rec
+    kill(store, rec.id, parse_signal(sig or rec.config.get("stop_signal") or "SIGTERM"))
+    if wait_exit(store, rec.id, grace) is None:
+        try:
+            os.kill(rec.init_pid, signal.SIGKILL)  # from outside, even PID 1 cannot ignore it
+        except ProcessLookupError:
+            pass
+        wait_exit(store, rec.id, 30)
+    return rec
+
+
+def logs(store: Store, key: str, follow: bool, tail: int | None, timestamps: bool, since: float | None) -> None:
+    rec = Containers(store).find(key)
+    path = log_path(store.container_dir(rec.id))
+    if not os.path.exists(path):
+        if rec.config.get("detached"):
+            return
+        raise RootlessError(f"container {rec.name} has no log: only containers started with -d keep one")
+    with open(path, "rb") as f:
+        lines = f.readlines()
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        _emit(lines, timestamps, since)
+        while follow:
+            more = f.readlines()
+            if more:
+                _emit(more, timestamps, since)
+            elif not running(Containers(store).find(rec.id)):
+                _emit(f.readlines(), timestamps, since)
+                return
+            else:
+                time.sleep(0.1)
+
+
+def _emit(lines: list[bytes], timestamps: bool, since: float | None) -> None:
+    import datetime
+    for raw in lines:
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if since is not None:
+            when = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            if when < since:
+                continue
+        out = sys.stdout if entry.get("stream") == "stdout" else sys.stderr
+        out.write((entry["time"] + " " if timestamps else "") + entry["log"])
+        out.flush()
+
+
+def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
+            user: str | None, workdir: str | None) -> int:
+    from .run import parse_env
+    from .sandbox import channel, container, idmap
+    rec = Containers(store).find(key)
+    if not running(rec) or not rec.init_pid:
+        raise RootlessError(f"container {rec.name} is not running: start one with 'rootless run -d'")
+    if not command:
+        raise UsageError("exec needs a command, e.g. 'rootless exec -it NAME sh'")
+    if tty and interactive and not os.isatty(0):
+        raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
+    cfg = rec.config
+    envs = dict(cfg.get("env") or {})
+    envs.update(dict(parse_env(env, [])))
+    if tty:
+        envs.setdefault("TERM", "xterm")
+    wd = workdir or cfg.get("cwd") or "/"
+    if not wd.startswith("/"):
+        raise UsageError(f"the working directory '{wd}' is invalid: it needs to be an absolute path")
+    from .sandbox.tty import winsize
+    proc = container.ProcessSpec(args=command, env=envs, cwd=wd,
+                                 user=user if user is not None else cfg.get("user", ""),
+                                 caps=frozenset(cfg.get("caps") or ()), tty=tty, stdin=interactive,
+                                 winsize=winsize(0) if tty else None)
+    join = None
+    if rec.cgroup_paths:
+        from .cgroups import attach
+        join = attach(rec.cgroup_paths).add
+    try:
+        started = container.enter(rec.init_pid, proc, idmap.detect(), join)
+    except channel.ChildError as e:
+        cls = CommandError if e.kind == "exec" else SandboxError
+        raise cls(str(e), e.exit_code) from None
+    return container.wait(started)

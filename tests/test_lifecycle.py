@@ -1,0 +1,164 @@
+"""Detached containers and their life: run -d, ps, logs, exec, stop, kill, wait, rm -f."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import termios
+import time
+
+import pytest
+
+pytestmark = pytest.mark.both_modes
+
+TICKER = 'trap "echo bye; exit 0" TERM; echo started; echo oops >&2; while true; do sleep 0.1; done'
+
+
+def _ps(rl) -> dict[str, dict]:
+    return {r["Names"]: r for r in json.loads(rl("ps", "-a", "--format", "json").stdout)}
+
+
+def _until(predicate, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def detached(rl):
+    names = []
+
+    def start(name: str, *args: str) -> str:
+        proc = rl("run", "-d", "--network", "none", "--name", name, *args)
+        assert proc.returncode == 0, proc.stderr
+        names.append(name)
+        return proc.stdout.strip()
+    yield start
+    for name in names:
+        rl("rm", "-f", name)
+
+
+def test_run_d_outlives_the_cli_and_logs_are_kept(rl, detached):
+    cid = detached("ticker", "busybox", "sh", "-c", TICKER)
+    assert len(cid) == 64
+    assert _ps(rl)["ticker"]["Status"] == "Up"
+    _until(lambda: "started" in rl("logs", "ticker").stdout)
+    logs = rl("logs", "ticker")
+    assert logs.stdout.startswith("started") and logs.stderr == "oops\n"
+    assert rl("logs", "-t", "ticker").stdout[:2] == "20"  # RFC 3339 time first
+    assert rl("stop", "ticker").returncode == 0
+    assert "Exited (0)" in _ps(rl)["ticker"]["Status"]
+    assert rl("logs", "--tail", "1", "ticker").stdout == "bye\n"
+
+
+def test_logs_follow_until_the_end(rl, detached):
+    detached("counter", "busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done")
+    follow = rl("logs", "-f", "counter", timeout=30)
+    assert follow.stdout.splitlines() == [f"line {i}" for i in range(1, 6)]
+    assert rl("wait", "counter").stdout.strip() == "0"
+
+
+def test_exec(rl, detached):
+    detached("target", "-e", "FROM_RUN=1", "busybox", "sh", "-c", TICKER)
+    out = rl("exec", "target", "sh", "-c", "echo $$ $FROM_RUN; hostname; cat /proc/1/cmdline | tr '\\0' ' '")
+    pid, from_run = out.stdout.split()[:2]
+    assert pid != "1" and from_run == "1"
+    assert "trap" in out.stdout  # PID 1 seen from the exec'd process is the container's command
+    assert rl("exec", "target", "sh", "-c", "exit 7").returncode == 7
+    missing = rl("exec", "target", "nosuch")
+    assert missing.returncode == 127 and "executable file not found" in missing.stderr
+    assert rl("exec", "-e", "X=y", "-w", "/tmp", "target", "sh", "-c", "echo $X $(pwd)").stdout == "y /tmp\n"
+    assert rl("exec", "-i", "target", "cat", input="piped\n").stdout == "piped\n"
+
+
+def test_exec_with_a_tty(rl, detached):
+    detached("ttytarget", "busybox", "sh", "-c", TICKER)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 77, 0, 0))
+    p = rl.popen("exec", "-it", "ttytarget", "sh", stdin=slave, stdout=slave, stderr=slave,
+                 start_new_session=True)
+    os.close(slave)
+    buf = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"# " not in buf and time.monotonic() < deadline:   # the shell's prompt
+            if select.select([master], [], [], 0.2)[0]:
+                buf += os.read(master, 4096)
+        os.write(master, b"stty size; tty; exit 3\n")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+        assert p.wait(timeout=20) == 3
+        assert b"24 77" in buf and b"/dev/pts/" in buf
+    finally:
+        p.kill()
+        p.wait()
+        os.close(master)
+
+
+def test_stop_kills_after_the_grace_period(rl, detached):
+    detached("stubborn", "busybox", "sleep", "60")  # PID 1 without a handler ignores SIGTERM
+    t0 = time.monotonic()
+    assert rl("stop", "-t", "1", "stubborn").returncode == 0
+    assert time.monotonic() - t0 < 15
+    assert "Exited (137)" in _ps(rl)["stubborn"]["Status"]
+
+
+def test_kill_sends_a_signal(rl, detached):
+    detached("killme", "busybox", "sh", "-c", 'trap "exit 42" USR1; while true; do sleep 0.1; done')
+    time.sleep(0.5)
+    assert rl("kill", "-s", "USR1", "killme").returncode == 0
+    assert rl("wait", "killme").stdout.strip() == "42"
+    assert rl("kill", "killme").returncode == 125  # not running any more
+
+
+def test_a_killed_monitor_leaves_no_container_running(rl, detached):
+    detached("orphan", "busybox", "sleep", "60")
+    intermediate = json.loads((rl.container_dir("orphan") / "config.json").read_text())["pid"]
+    monitor = int(open(f"/proc/{intermediate}/stat").read().rsplit(")", 1)[1].split()[1])
+    os.kill(monitor, signal.SIGKILL)
+    _until(lambda: _ps(rl)["orphan"]["Status"] != "Up")
+    assert "Exited" in _ps(rl)["orphan"]["Status"]
+    _until(lambda: not any("sleep 60" in line for line in subprocess.run(
+        ["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()))
+
+
+def test_many_containers_at_once(rl):
+    def start(i: int) -> subprocess.CompletedProcess:
+        return rl("run", "-d", "--network", "none", "busybox", "sleep", "30")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(start, range(12)))
+    ids = [r.stdout.strip() for r in results]
+    try:
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        names = [r["Names"] for r in json.loads(rl("ps", "--format", "json").stdout) if r["Id"] in
+                 {i[:12] for i in ids}]
+        assert len(names) == 12 and len(set(names)) == 12
+    finally:
+        for cid in ids:
+            if cid:
+                rl("rm", "-f", cid)
+
+
+def test_rm_f_removes_a_running_container(rl, detached):
+    cid = detached("doomed", "busybox", "sleep", "60")
+    assert rl("rm", "doomed").returncode == 1  # running: refused without -f
+    assert rl("rm", "-f", "doomed").returncode == 0
+    assert not (rl.root / "containers" / cid).exists()
