@@ -134,15 +134,20 @@ def snapshot(root: str) -> dict:
 
 # ------------------------------------------------------------------ ops
 
+# O_NONBLOCK everywhere: opening a fifo must not wait for a partner.
+NB = os.O_NONBLOCK
+
+
 def op_read(m, path):
-    with open(os.path.join(m, path), "rb") as f:
-        return f.read().decode("latin1")
+    fd = os.open(os.path.join(m, path), os.O_RDONLY | NB)
+    with open(fd, "rb") as f:
+        return (f.read() or b"").decode("latin1")
 
 
 def op_write(m, path, data, how="w"):
     flags = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
              "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL, "r+": os.O_RDWR}[how]
-    fd = os.open(os.path.join(m, path), flags, 0o644)
+    fd = os.open(os.path.join(m, path), flags | NB, 0o644)
     try:
         return os.write(fd, data.encode())
     finally:
@@ -150,7 +155,7 @@ def op_write(m, path, data, how="w"):
 
 
 def op_pwrite(m, path, off, data):
-    fd = os.open(os.path.join(m, path), os.O_WRONLY)
+    fd = os.open(os.path.join(m, path), os.O_WRONLY | NB)
     try:
         return os.pwrite(fd, data.encode(), off)
     finally:
@@ -214,7 +219,7 @@ def op_mknod(m, path, mode, major, minor):
 
 
 def op_mmap_write(m, path, off, data):
-    fd = os.open(os.path.join(m, path), os.O_RDWR)
+    fd = os.open(os.path.join(m, path), os.O_RDWR | NB)
     try:
         size = os.fstat(fd).st_size
         if size < off + len(data):
