@@ -146,7 +146,8 @@ def parse_args(argv: list[str]) -> Options:
     it = iter(argv)
     for arg in it:
         if arg in ("-h", "--help"):
-            raise SystemExit(USAGE)
+            sys.stdout.write(USAGE)
+            raise SystemExit(0)
         if arg == "-f":
             opts.foreground = True
         elif arg in ("-d", "--debug"):

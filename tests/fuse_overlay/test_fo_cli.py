@@ -136,3 +136,32 @@ kill $busy
 """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["exited", "unmounted"]
+
+
+def test_help():
+    p = subprocess.run([sys.executable, "-m", "fuse_overlay.cli", "--help"], capture_output=True,
+                       text=True, timeout=30, cwd=REPO)
+    assert p.returncode == 0 and "lowerdir" in p.stdout
+
+
+def test_inode_numbers_with_layers_on_two_filesystems():
+    """A lower layer on tmpfs and the upper on the disk: numbers stay unique,
+    survive copy-up and remount."""
+    r = run_in_ns("""
+mkdir -p $T/t $T/l2/d $T/u $T/w $T/m
+mount -t tmpfs tmpfs $T/t
+mkdir -p $T/t/d; for i in 1 2 3 4 5; do echo $i > $T/t/d/f$i; echo $i > $T/l2/d/g$i; done
+$FO -o lowerdir=$T/t:$T/l2,upperdir=$T/u,workdir=$T/w,pidfile=$T/pid $T/m
+find $T/m -printf '%i\\n' | sort | uniq -d | wc -l
+before=$(stat -c %i $T/m/d/f1 $T/m/d/g1)
+echo x >> $T/m/d/f1; echo y >> $T/m/d/g1; touch $T/m/d/new
+after=$(stat -c %i $T/m/d/f1 $T/m/d/g1)
+[ "$before" = "$after" ] && echo kept
+kill $(cat $T/pid); for i in $(seq 100); do kill -0 $(cat $T/pid) 2>/dev/null || break; sleep 0.1; done
+$FO -o lowerdir=$T/t:$T/l2,upperdir=$T/u,workdir=$T/w,pidfile=$T/pid $T/m
+[ "$(stat -c %i $T/m/d/f1 $T/m/d/g1)" = "$before" ] && echo stable
+find $T/m -printf '%i\\n' | sort | uniq -d | wc -l
+kill $(cat $T/pid)
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "kept", "stable", "0"]
