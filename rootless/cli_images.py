@@ -7,8 +7,240 @@ the commands, not at the top: start-up pays only for what runs.
 
 from __future__ import annotations
 
+import sys
+
 import click
+
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+
+
+def _store(ctx: click.Context):
+    from .paths import store_root
+    from .store import Store
+    return Store(store_root(ctx.find_root().obj["root"]))
+
+
+def _output(path: str | None, what: str):
+    """An opened binary output: ``path``, or stdout when it is not a terminal."""
+    from .errors import UsageError
+    if path and path != "-":
+        try:
+            return open(path, "wb")
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    if sys.stdout.isatty():
+        raise UsageError(f"refusing to write {what} to a terminal: use -o FILE or redirect the output")
+    return open(sys.stdout.fileno(), "wb", closefd=False)
+
+
+def _write_output(path: str | None, what: str, writer) -> None:
+    """Run ``writer(fileobj)``; a file given with -o is written atomically (removed on failure)."""
+    import os
+    if not path or path == "-":
+        with _output(None, what) as out:
+            writer(out)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with _output(tmp, what) as out:
+            writer(out)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(["docker-archive", "oci-archive"]),
+              default="docker-archive", show_default=True, help="Archive format.")
+@click.argument("images", nargs=-1, required=True)
+@click.pass_context
+def save(ctx: click.Context, images: tuple[str, ...], output: str | None, fmt: str) -> None:
+    """Save images to a tar archive (docker-archive or oci-archive), to stdout by default."""
+    from .archive import save as do_save
+    store = _store(ctx)
+    _write_output(output, "an archive", lambda out: do_save(store, list(images), fmt, out))
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-i", "--input", "input_", metavar="FILE", help="Read from FILE instead of stdin.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the loaded names.")
+@click.pass_context
+def load(ctx: click.Context, input_: str | None, quiet: bool) -> None:
+    """Load images from a tar archive (docker-archive or oci-archive, plain or gzip), stdin by default."""
+    from .archive import UNTAGGED_REPO, load as do_load
+    from .sandbox import idmap
+    if not input_ and sys.stdin.isatty():
+        from .errors import UsageError
+        raise UsageError("requested load from stdin, but stdin is a terminal: use -i FILE or redirect the input")
+    loaded = do_load(_store(ctx), idmap.detect(), input_ or "-")
+    for img, tags in loaded:
+        for tag in tags:
+            if tag.startswith(UNTAGGED_REPO + "/"):
+                click.echo(f"Loaded image ID: {img.id} (untagged in the archive; named {tag})")
+            elif not quiet:
+                click.echo(f"Loaded image: {tag}")
+            else:
+                click.echo(tag)
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
+@click.argument("container")
+@click.pass_context
+def export(ctx: click.Context, container: str, output: str | None) -> None:
+    """Export a container's root filesystem as a tar archive, to stdout by default."""
+    from .export import export as do_export
+    from .sandbox import idmap
+    store = _store(ctx)
+    maps = idmap.detect()
+    _write_output(output, "an archive", lambda out: do_export(store, maps, container, out))
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--type", "kind", type=click.Choice(["image", "container"]), help="Only look for this kind of object.")
+@click.option("-f", "--format", "fmt", metavar="TEMPLATE",
+              help="Format each object with a Go template ({{.Id}}, {{.Config.Cmd}}, {{json .Config}}).")
+@click.option("-s", "--size", is_flag=True, hidden=True)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def inspect(ctx: click.Context, names: tuple[str, ...], kind: str | None, fmt: str | None, size: bool) -> None:
+    """Low-level information on images and containers, as a JSON array."""
+    import json
+    from .inspect import inspect as do_inspect, render
+    found, errors = do_inspect(_store(ctx), list(names), kind)
+    if fmt and fmt != "json":
+        for obj in found:
+            click.echo(render(fmt, obj))
+    else:
+        click.echo(json.dumps(found, indent=4))
+    for e in errors:
+        click.echo(e, err=True)
+    if errors:
+        sys.exit(1)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}TB"
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
+@click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
+@click.option("-H", "--human", type=click.BOOL, default=True, metavar="BOOL",
+              help="Sizes and dates in human-readable form (default true).")
+@click.option("--format", "fmt", metavar="table|json|TEMPLATE", default="table")
+@click.argument("image")
+@click.pass_context
+def history(ctx: click.Context, image: str, no_trunc: bool, quiet: bool, human: bool, fmt: str) -> None:
+    """Show the history of an image."""
+    import json
+    from .inspect import ago, history as do_history, render
+    rows = do_history(_store(ctx), image)
+    if quiet:
+        for r in rows:
+            click.echo(r["Id"] if no_trunc or r["Id"] == "<missing>" else r["Id"][7:19])
+    elif fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif fmt != "table":
+        for r in rows:
+            click.echo(render(fmt, r))
+    else:
+        click.echo(f"{'IMAGE':<14} {'CREATED':<20} {'CREATED BY':<46} {'SIZE':<10} COMMENT")
+        for r in rows:
+            ident = r["Id"] if no_trunc or r["Id"] == "<missing>" else r["Id"][7:19]
+            by = r["CreatedBy"]
+            if not no_trunc and len(by) > 45:
+                by = by[:44] + "…"
+            created = ago(r["Created"]) if human else r["Created"]
+            size = _human(r["Size"]) if human else str(r["Size"])
+            click.echo(f"{ident:<14} {created:<20} {by:<46} {size:<10} {r['Comment']}")
+
+
+@click.command("df", context_settings=CONTEXT)
+@click.option("--format", "fmt", metavar="table|json|TEMPLATE", default="table")
+@click.pass_context
+def system_df(ctx: click.Context, fmt: str) -> None:
+    """Disk use of images, containers and local volumes."""
+    import json
+    from .gc import df
+    from .inspect import render
+    rows = df(_store(ctx))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif fmt != "table":
+        for r in rows:
+            click.echo(render(fmt, r))
+    else:
+        click.echo(f"{'TYPE':<16} {'TOTAL':<8} {'ACTIVE':<8} {'SIZE':<10} RECLAIMABLE")
+        for r in rows:
+            pct = f" ({100 * r['Reclaimable'] // r['Size']}%)" if r["Size"] else ""
+            click.echo(f"{r['Type']:<16} {r['TotalCount']:<8} {r['Active']:<8} {_human(r['Size']):<10} "
+                       f"{_human(r['Reclaimable'])}{pct}")
+
+
+@click.command("prune", context_settings=CONTEXT)
+@click.option("-a", "--all", "all_images", is_flag=True, help="Remove every image no container uses, not only garbage.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def image_prune(ctx: click.Context, all_images: bool, force: bool, fmt: str) -> None:
+    """Remove unused images: blobs and layers no image or container uses (-a: also unused images)."""
+    import json
+    from .gc import prune
+    from .sandbox import idmap
+    if not force:
+        what = ("all images without at least one container associated to them" if all_images
+                else "all dangling images (blobs and layers no image uses)")
+        if not click.confirm(f"WARNING! This will remove {what}.\nAre you sure you want to continue?",
+                             default=False):
+            return
+    out = prune(_store(ctx), idmap.detect(), all_images)
+    if fmt == "json":
+        click.echo(json.dumps({"ImagesDeleted": [{"Untagged": t} for t in out.untagged]
+                               + [{"Deleted": d} for d in out.layers],
+                               "BlobsDeleted": out.blobs, "SpaceReclaimed": out.reclaimed}, indent=2))
+        return
+    if out.untagged or out.layers:
+        click.echo("Deleted Images:")
+        for t in out.untagged:
+            click.echo(f"untagged: {t}")
+        for d in out.layers:
+            click.echo(f"deleted: {d}")
+        click.echo()
+    click.echo(f"Total reclaimed space: {_human(out.reclaimed)}")
+
+
+COMMANDS = [save, load, export, inspect, history]
+
+
+def _subgroup(group: click.Group, name: str, help_text: str) -> click.Group:
+    existing = group.commands.get(name)
+    if isinstance(existing, click.Group):
+        return existing
+    sub = click.Group(name, help=help_text, context_settings=CONTEXT)
+    group.add_command(sub)
+    return sub
 
 
 def register(group: click.Group) -> None:
-    pass
+    for command in COMMANDS:
+        group.add_command(command)
+    image = _subgroup(group, "image", "Manage images.")
+    image.add_command(image_prune)
+    for command in (save, load, inspect, history):
+        image.add_command(command)
+    if "images" in group.commands:
+        image.add_command(group.commands["images"], "ls")
+    system = _subgroup(group, "system", "Manage the store.")
+    system.add_command(system_df)
+    container = _subgroup(group, "container", "Manage containers.")
+    container.add_command(export)

@@ -194,3 +194,18 @@ class Store:
 
     def container_dir(self, cid: str) -> str:
         return os.path.join(self.root, "containers", cid)
+
+    # --- whole-store views (save/load, garbage collection, system df) ---
+    def restore_tags(self, tags: dict[str, str]) -> None:
+        """Replace tags.json with ``tags`` (undoing a failed load).  Call with the store locked."""
+        self._write_atomic(self._tags_path(), json.dumps(tags, indent=1, sort_keys=True).encode())
+
+    def blob_digests(self) -> list[str]:
+        base = os.path.join(self.root, "blobs", "sha256")
+        return ["sha256:" + n for n in sorted(os.listdir(base))
+                if len(n) == 64 and all(c in "0123456789abcdef" for c in n)]
+
+    def layer_ids(self) -> list[str]:
+        base = os.path.join(self.root, "layers")
+        return ["sha256:" + n for n in sorted(os.listdir(base))
+                if len(n) == 64 and all(c in "0123456789abcdef" for c in n)]
