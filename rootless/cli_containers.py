@@ -100,6 +100,94 @@ def wait(ctx, containers) -> None:
         click.echo(wait_exit(_store(ctx), key))
 
 
+@click.command(context_settings=CONTEXT)
+@click.option("-a", "--attach", is_flag=True, help="Follow the container's output until it ends.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def start(ctx, containers, attach) -> None:
+    """Start exited containers again (detached; their files are kept)."""
+    from .lifecycle import logs as show, start as do_start, wait_exit
+    for key in containers:
+        rec = do_start(_store(ctx), key)
+        if attach:
+            show(_store(ctx), rec.id, True, 0, False, None)
+            sys.exit(wait_exit(_store(ctx), rec.id) or 0)
+        click.echo(key)
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-t", "--time", "grace", default=10.0, show_default=True, metavar="SECONDS")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def restart(ctx, containers, grace) -> None:
+    """Stop, then start containers."""
+    from .lifecycle import start as do_start, stop as do_stop
+    for key in containers:
+        do_stop(_store(ctx), key, grace)
+        do_start(_store(ctx), key)
+        click.echo(key)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def pause(ctx, containers) -> None:
+    """Freeze every process of containers (cgroup freezer)."""
+    from .lifecycle import pause as do_pause
+    for key in containers:
+        do_pause(_store(ctx), key, True)
+        click.echo(key)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def unpause(ctx, containers) -> None:
+    """Thaw paused containers."""
+    from .lifecycle import pause as do_pause
+    for key in containers:
+        do_pause(_store(ctx), key, False)
+        click.echo(key)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("container")
+@click.pass_context
+def top(ctx, container) -> None:
+    """The processes of a running container (host pids)."""
+    from .lifecycle import top as list_processes
+    click.echo(f"{'PID':<8} {'USER':<12} COMMAND")
+    for pid, user, cmd in list_processes(_store(ctx), container):
+        click.echo(f"{pid:<8} {user:<12} {cmd}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("container")
+@click.argument("new_name")
+@click.pass_context
+def rename(ctx, container, new_name) -> None:
+    """Give a container a new name."""
+    from .lifecycle import rename as do_rename
+    do_rename(_store(ctx), container, new_name)
+
+
+@click.group("container", context_settings=CONTEXT)
+def container_group() -> None:
+    """Manage containers."""
+
+
+@container_group.command("prune", context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Do not ask.")
+@click.pass_context
+def container_prune(ctx, force) -> None:
+    """Remove all containers that are not running."""
+    from .lifecycle import prune
+    if not force and not click.confirm("Remove all stopped containers?", default=False):
+        return
+    for cid in prune(_store(ctx)):
+        click.echo(cid)
+
+
 def register(group: click.Group) -> None:
-    for command in (logs, exec_, stop, kill, wait):
+    for command in (logs, exec_, stop, kill, wait, start, restart, pause, unpause, top, rename, container_group):
         group.add_command(command)

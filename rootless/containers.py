@@ -56,6 +56,9 @@ class Containers:
         return sorted(out, key=lambda r: r.created, reverse=True)
 
     def save(self, rec: Record) -> None:
+        """Write the record atomically; nothing if the container was removed meanwhile."""
+        if not os.path.isdir(self.store.container_dir(rec.id)):
+            return
         path = self._path(rec.id)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -94,10 +97,18 @@ class Containers:
         raise RootlessError(f"no such container: '{key}' ('rootless ps -a' lists them)")
 
     def remove(self, rec: Record, maps: idmap.IdMaps, force: bool = False) -> None:
-        if rec.state == "running" and _alive(rec.pid) and not force:
+        monitor = int(rec.config.get("monitor") or 0)
+        alive = (rec.state == "running" and _alive(rec.pid)) or (monitor and _alive(monitor)
+                                                                and monitor != os.getpid())
+        if alive and not force:
             raise RootlessError(f"container {rec.name} is running: stop it first, or use 'rootless rm -f'")
-        if rec.state == "running" and _alive(rec.pid):
-            os.kill(rec.pid, 9)
+        if alive:
+            # The monitor first: the container dies with it (parent-death signals), and it must
+            # not write the record back into the directory we remove.
+            for pid in (monitor, rec.pid):
+                if pid and pid != os.getpid() and _alive(pid):
+                    os.kill(pid, 9)
+                    _wait_gone(pid)
         remove_tree(maps, self.store.container_dir(rec.id))
 
 
@@ -111,6 +122,18 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.01)
 
 
 def _random_name() -> str:

@@ -56,10 +56,18 @@ def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | Non
 
 
 def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record:
-    """The stop signal (the image's STOPSIGNAL, or SIGTERM), SIGKILL after ``grace`` seconds."""
-    rec = Containers(store).find(key)
-    if not running(rec):
+    """The stop signal (the image's STOPSIGNAL, or SIGTERM), SIGKILL after ``grace`` seconds.
+
+    Marks the record first, so that a restart policy does not bring the container back."""
+    records = Containers(store)
+    rec = records.find(key)
+    monitor = int(rec.config.get("monitor") or 0)
+    if not running(rec) and not (monitor and _alive(monitor)):
         return rec
+    rec.config["stopped"] = True
+    records.save(rec)
+    if not running(rec):
+        return rec  # between two runs of a restart policy: the monitor sees the mark
     kill(store, rec.id, parse_signal(sig or rec.config.get("stop_signal") or "SIGTERM"))
     if wait_exit(store, rec.id, grace) is None:
         try:
@@ -144,3 +152,95 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
         cls = CommandError if e.kind == "exec" else SandboxError
         raise cls(str(e), e.exit_code) from None
     return container.wait(started)
+
+
+def start(store: Store, key: str) -> Record:
+    """Run an exited container again, detached, with the options it was created with."""
+    from .run import RunOptions, run
+    records = Containers(store)
+    rec = records.find(key)
+    if running(rec):
+        return rec
+    saved = rec.config.get("options")
+    if not saved:
+        raise RootlessError(f"container {rec.name} cannot be started again: it was created by an older rootless")
+    opts = RunOptions(**{**saved, "detach": True, "name": None})
+    run(store, opts, existing=rec)
+    return records.find(rec.id)
+
+
+def _cgroup(rec: Record):
+    from .cgroups import attach
+    if not rec.cgroup_paths:
+        raise RootlessError(f"container {rec.name} has no cgroup: pause needs a delegated cgroup "
+                            "(see docs/cgroups.md)")
+    return attach(rec.cgroup_paths)
+
+
+def pause(store: Store, key: str, paused: bool) -> None:
+    records = Containers(store)
+    rec = records.find(key)
+    if not running(rec):
+        raise RootlessError(f"container {rec.name} is not running")
+    cg = _cgroup(rec)
+    cg.freeze() if paused else cg.thaw()
+    rec.config["paused"] = paused
+    records.save(rec)
+
+
+def top(store: Store, key: str) -> list[tuple[int, str, str]]:
+    """(host pid, user, command) of every process of the container: PID 1 and its descendants."""
+    rec = Containers(store).find(key)
+    if not running(rec):
+        raise RootlessError(f"container {rec.name} is not running")
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [rec.init_pid]
+    while todo:
+        pid = todo.pop(0)
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+            uid = open(f"/proc/{pid}/status").read().split("Uid:")[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        import pwd
+        try:
+            user = pwd.getpwuid(int(uid)).pw_name
+        except KeyError:
+            user = uid
+        out.append((pid, user, cmd))
+        todo += sorted(children.get(pid, []))
+    return out
+
+
+def rename(store: Store, key: str, new: str) -> None:
+    from .containers import _valid_name
+    records = Containers(store)
+    with store.lock():
+        rec = records.find(key)
+        if not _valid_name(new):
+            raise UsageError(f"invalid container name '{new}': use letters, digits, '_', '.' and '-'")
+        if any(r.name == new for r in records.all()):
+            raise RootlessError(f"the container name '{new}' is already in use")
+        rec.name = new
+        records.save(rec)
+
+
+def prune(store: Store) -> list[str]:
+    """Remove every container that is not running; their ids."""
+    from .sandbox import idmap
+    records = Containers(store)
+    maps = idmap.detect()
+    gone = []
+    for rec in records.all():
+        if not running(rec):
+            records.remove(rec, maps)
+            gone.append(rec.id)
+    return gone

@@ -130,7 +130,7 @@ class LogPump:
         self.out.close()
 
 
-def run_detached(start: Callable[["Detacher"], int]) -> int:
+def run_detached(start: Callable[["Detacher"], int], announce: bool = True) -> int:
     """Fork the monitor, which calls ``start(detacher)``; the CLI prints the id and returns."""
     d = Detacher()
     if d.fork():
@@ -145,5 +145,6 @@ def run_detached(start: Callable[["Detacher"], int]) -> int:
     if error:
         from .errors import RootlessError
         raise RootlessError(error, code)
-    print(cid)
+    if announce:
+        print(cid)
     return 0

@@ -119,8 +119,13 @@ class ContainerRootfs:
                    f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
 
     def _copy(self) -> None:
-        """Layer by layer, bottom first, applying each layer's whiteouts as an overlay would."""
+        """Layer by layer, bottom first, applying each layer's whiteouts as an overlay would.
+
+        Once: a restarted container keeps its copy, with its changes."""
         import subprocess
+        done = os.path.join(self.directory, "rootfs.copied")
+        if os.path.exists(done):
+            return
         for layer in self.layer_dirs:
             whiteouts, opaque = _whiteouts(layer)
             for rel in opaque:   # an opaque dir hides everything below it in lower layers
@@ -135,6 +140,7 @@ class ContainerRootfs:
                 raise OSError(f"copying the image into the container failed: {proc.stderr.strip()}")
             for rel in whiteouts:  # the copied whiteout and what it hides
                 _remove(os.path.join(self.target, rel))
+        open(done, "w").close()
 
     def _stop_daemon(self) -> None:
         """Wait for fuse-overlay to exit after the unmount; SIGTERM, then SIGKILL, if it lingers."""

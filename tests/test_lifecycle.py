@@ -162,3 +162,51 @@ def test_rm_f_removes_a_running_container(rl, detached):
     assert rl("rm", "doomed").returncode == 1  # running: refused without -f
     assert rl("rm", "-f", "doomed").returncode == 0
     assert not (rl.root / "containers" / cid).exists()
+
+
+def test_data_survives_stop_start_and_restart(rl, detached):
+    detached("keeper", "busybox", "sh", "-c",
+             'trap "exit 0" TERM; echo run >> /data.txt; while true; do sleep 0.1; done')
+    _until(lambda: rl("exec", "keeper", "cat", "/data.txt").stdout == "run\n")
+    assert rl("stop", "keeper").returncode == 0
+    assert rl("start", "keeper").stdout == "keeper\n"
+    _until(lambda: rl("exec", "keeper", "cat", "/data.txt").stdout == "run\nrun\n")
+    assert rl("restart", "-t", "1", "keeper").returncode == 0
+    _until(lambda: rl("exec", "keeper", "cat", "/data.txt").stdout == "run\nrun\nrun\n")
+
+
+def test_restart_policy_on_failure(rl, detached):
+    detached("flaky", "--restart", "on-failure:2", "busybox", "sh", "-c", "echo attempt; exit 3")
+    _until(lambda: rl("logs", "flaky").stdout.count("attempt") == 3 and "Exited (3)" in _ps(rl)["flaky"]["Status"])
+    time.sleep(0.5)
+    assert rl("logs", "flaky").stdout.count("attempt") == 3
+
+
+def test_restart_always_stops_when_stopped(rl, detached):
+    detached("phoenix", "--restart", "always", "busybox", "sh", "-c",
+             'echo up; trap "exit 0" TERM; sleep 0.3; exit 1')
+    _until(lambda: rl("logs", "phoenix").stdout.count("up") >= 3)
+    assert rl("stop", "-t", "2", "phoenix").returncode == 0
+    _until(lambda: _ps(rl)["phoenix"]["Status"].startswith("Exited"))
+    count = rl("logs", "phoenix").stdout.count("up")
+    time.sleep(1)
+    assert rl("logs", "phoenix").stdout.count("up") == count
+
+
+def test_restart_and_rm_conflict(rl):
+    proc = rl("run", "--rm", "--restart", "always", "busybox", "true")
+    assert proc.returncode == 125 and "conflict" in proc.stderr
+    assert rl("run", "--restart", "sometimes", "busybox", "true").returncode == 125
+
+
+def test_top_rename_prune(rl, detached):
+    detached("topme", "busybox", "sh", "-c", "sleep 30 & wait")
+    out = rl("top", "topme").stdout.splitlines()
+    assert out[0].split() == ["PID", "USER", "COMMAND"] and any("sleep 30" in line for line in out[1:])
+    assert rl("rename", "topme", "renamed").returncode == 0
+    assert "renamed" in _ps(rl)
+    assert rl("run", "--name", "exited-one", "busybox", "true").returncode == 0
+    pruned = rl("container", "prune", "-f").stdout
+    assert len(pruned.split()) >= 1 and "exited-one" not in _ps(rl)
+    assert "renamed" in _ps(rl)  # running: kept
+    rl("rm", "-f", "renamed")
