@@ -97,9 +97,10 @@ class Containers:
         raise RootlessError(f"no such container: '{key}' ('rootless ps -a' lists them)")
 
     def remove(self, rec: Record, maps: idmap.IdMaps, force: bool = False) -> None:
-        monitor = int(rec.config.get("monitor") or 0)
-        alive = (rec.state == "running" and _alive(rec.pid)) or (monitor and _alive(monitor)
-                                                                and monitor != os.getpid())
+        monitor = int(rec.config.get("monitor") or 0) if rec.config.get("monitor") != os.getpid() else 0
+        if monitor and _alive(monitor) and not (rec.state == "running" and _alive(rec.pid)):
+            _wait_gone(monitor, 5)  # finishing its clean-up, or between two runs of a restart policy
+        alive = (rec.state == "running" and _alive(rec.pid)) or bool(monitor and _alive(monitor))
         if alive and not force:
             raise RootlessError(f"container {rec.name} is running: stop it first, or use 'rootless rm -f'")
         if alive:
@@ -113,15 +114,14 @@ class Containers:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it waits only for its parent to read its status)."""
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
         return False
-    except PermissionError:
-        return True
 
 
 def _wait_gone(pid: int, timeout: float = 5.0) -> None:

@@ -49,10 +49,14 @@ def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | Non
     while True:
         rec = records.find(rec.id)
         if not running(rec):
+            monitor = int(rec.config.get("monitor") or 0)
+            if monitor and _alive(monitor) and rec.config.get("stopped"):
+                from .containers import _wait_gone
+                _wait_gone(monitor, 10)  # let it finish its clean-up before we return
             return rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
         if deadline is not None and time.monotonic() > deadline:
             return None
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record:
