@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
 
 USAGE = """\
 usage: fuse-overlay [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTION...] MOUNTPOINT
@@ -40,21 +39,24 @@ class UsageError(Exception):
     """A bad command line; the message is shown to the user."""
 
 
-@dataclass
 class Options:
-    mountpoint: str = ""
-    lowers: list[str] = field(default_factory=list)
-    upper: str | None = None
-    work: str | None = None
-    foreground: bool = False
-    debug: bool = False
-    read_only: bool = False
-    notify_fd: int | None = None
-    pidfile: str | None = None
-    xattr_permissions: bool = False
-    timeout: float = 86400.0
-    fsname: str = "fuse-overlay"
-    writeback: bool = True
+    """The parsed command line (plain class: dataclasses would import
+    inspect, which costs start-up time)."""
+
+    def __init__(self) -> None:
+        self.mountpoint = ""
+        self.lowers: list[str] = []
+        self.upper: str | None = None
+        self.work: str | None = None
+        self.foreground = False
+        self.debug = False
+        self.read_only = False
+        self.notify_fd: int | None = None
+        self.pidfile: str | None = None
+        self.xattr_permissions = False
+        self.timeout = 86400.0
+        self.fsname = "fuse-overlay"
+        self.writeback = True
 
 
 def _split_lowers(value: str) -> list[str]:

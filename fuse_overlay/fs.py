@@ -21,7 +21,6 @@ import itertools
 import logging
 import os
 import stat as stat_mod
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
@@ -58,28 +57,37 @@ def _err(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
-@dataclass
 class FileHandle:
-    fd: int
-    node: Node
-    layer: int      # layer the fd points into (reopened if the node is copied up)
-    flags: int
+    """An open file: the backing fd (owned: closed on release), its node and
+    the layer the fd points into (reopened if the node is copied up)."""
+
+    __slots__ = ("fd", "node", "layer", "flags")
+
+    def __init__(self, fd: int, node: Node, layer: int, flags: int) -> None:
+        self.fd, self.node, self.layer, self.flags = fd, node, layer, flags
 
 
-@dataclass
 class DirHandle:
-    node: Node
-    entries: list[tuple[bytes, int]] | None = None
+    """An open directory and its listing snapshot (taken at offset 0)."""
+
+    __slots__ = ("node", "entries")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.entries: list[tuple[bytes, int]] | None = None
 
 
-@dataclass
 class Config:
-    upper: bytes | None
-    lowers: list[bytes]
-    work: bytes | None          # private work directory (already emptied)
-    timeout: float = 86400.0
-    xattr_permissions: bool = False
-    writeback: bool = False
+    """What to overlay.  ``work`` is the private work directory (already
+    emptied by the mount code), None for a read-only mount."""
+
+    def __init__(self, upper: bytes | None, lowers: list[bytes], work: bytes | None,
+                 timeout: float = 86400.0, xattr_permissions: bool = False,
+                 writeback: bool = False) -> None:
+        self.upper, self.lowers, self.work = upper, lowers, work
+        self.timeout = timeout
+        self.xattr_permissions = xattr_permissions
+        self.writeback = writeback
 
 
 class OverlayFS(pyfuse3.Operations):
