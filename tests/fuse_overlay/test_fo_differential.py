@@ -269,3 +269,57 @@ def test_truncating_open_of_a_big_lower_file(make_pair):
     p.same("write", "big", "short\n", "w")
     p.same("truncate", "big", 0)
     check(p, remount=True)
+
+
+THREE = {
+    "layers": [
+        [
+            {"path": "m", "type": "opaque", "style": "marker"},   # .wh..wh..opq on the fuse side
+            {"path": "m/top", "type": "file", "data": "t"},
+            {"path": "gone_dir", "type": "whiteout"},            # hides a whole lower directory
+            {"path": "x/y", "type": "file", "data": "layer0"},
+        ],
+        [
+            {"path": "m/mid", "type": "file", "data": "m"},
+            {"path": "x/z", "type": "file", "data": "layer1"},
+            {"path": "x/y", "type": "file", "data": "hidden"},
+            {"path": "x/w", "type": "whiteout"},
+        ],
+        [
+            {"path": "gone_dir/a", "type": "file", "data": "a"},
+            {"path": "m/bottom", "type": "file", "data": "b"},
+            {"path": "x/w", "type": "file", "data": "whited"},
+            {"path": "x/v", "type": "dir"},
+            {"path": "x/v/deep", "type": "file", "data": "d"},
+        ],
+    ]
+}
+
+
+def test_three_layers_and_oci_formats(make_pair):
+    p = make_pair(THREE)
+    assert p.same("listdir", "m") == {"ok": ["top"]}
+    assert p.same("listdir", "x") == {"ok": ["v", "y", "z"]}
+    p.same("stat", "gone_dir")
+    p.same("mkdir", "gone_dir")                 # over a whiteout: opaque, empty
+    assert p.same("listdir", "gone_dir") == {"ok": []}
+    p.same("write", "x/w", "new", "x")
+    p.same("rename", "x/v", "x/v2")             # lower directory: EXDEV
+    p.same("sh", "mv x/v x/v2 && ls -R x")
+    p.same("rename", "gone_dir", "m/sub")       # upper-only dir into an opaque dir
+    p.same("mkdir", "m/mid")
+    p.same("rmdir", "m/mid")
+    check(p, remount=True)
+
+
+def test_rename_dir_over_empty_merged_dir(make_pair):
+    spec = {"layers": [[{"path": "target/f", "type": "file", "data": "f"},
+                        {"path": "other/g", "type": "file", "data": "g"}]]}
+    p = make_pair(spec)
+    p.same("unlink", "target/f")                # merged view of target is now empty
+    p.same("mkdir", "src")
+    p.same("write", "src/new", "n")
+    p.same("rename", "src", "target")           # replaces it; must hide lower target/*
+    p.same("listdir", "target")
+    p.same("rename", "target", "other")         # other is not empty
+    check(p, remount=True)
