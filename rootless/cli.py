@@ -48,6 +48,11 @@ def _store(ctx: click.Context):
 @click.option("--entrypoint", metavar="CMD", help="Override the image's ENTRYPOINT ('' clears it).")
 @click.option("--name", metavar="NAME", help="Name the container.")
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
+@click.option("-v", "--volume", multiple=True, metavar="[HOST_PATH|NAME:]PATH[:ro]",
+              help="Bind-mount a host path, or mount a volume (named or anonymous).")
+@click.option("--mount", multiple=True, metavar="type=bind|volume|tmpfs,source=..,target=..",
+              help="Mount a host path, a volume or a tmpfs (Docker's --mount keys).")
+@click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (e.g. /run:size=64m).")
 @click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
 @click.option("--network", "--net", "network", metavar="MODE",

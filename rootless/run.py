@@ -162,6 +162,8 @@ def run(store: Store, opts: RunOptions) -> int:
                                   cpu_shares=opts.cpu_shares, pids=opts.pids_limit, cpuset_cpus=opts.cpuset_cpus)
     cg_setup.check(limits)  # refuse a limit that cannot be enforced before anything exists
     warn_single(maps)
+    from . import volumes
+    vols = volumes.plan(store, opts.volume, opts.mount, opts.tmpfs)  # -v/--mount/--tmpfs, checked now
 
     records = Containers(store)
     with store.lock():
@@ -196,9 +198,11 @@ def run(store: Store, opts: RunOptions) -> int:
                 winsize=_user_winsize() if opts.tty else None),
             rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
                                      etc_files=_etc_files(directory, hostname, net, extra_hosts),
-                                     ptmx_gid=5 if maps.size("gid") > 5 else None),
+                                     ptmx_gid=5 if maps.size("gid") > 5 else None,
+                                     binds=vols.create(rec, maps)),
             hostname=hostname, maps=maps,
-            prepare_rootfs=rootfs.prepare, cleanup_rootfs=rootfs.cleanup,
+            prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
+            cleanup_rootfs=rootfs.cleanup,
             own_network=net.own_namespace,
             network_setup=_network_setup(net, run_dir, helpers) if net.needs_helper else None,
             join_cgroup=cg.add if cg.paths else None)
