@@ -174,14 +174,14 @@ def df(store: Store) -> list[dict]:
     vdir = os.path.join(store.root, "volumes")
     v_total = v_active = v_size = v_reclaim = 0
     if os.path.isdir(vdir):
-        in_use = json.dumps([r.config for r in recs])
+        in_use = {v for r in recs for v in ((r.config or {}).get("volumes") or ())}
         for name in sorted(os.listdir(vdir)):
-            if name.startswith("."):
+            if name.startswith(".") or not os.path.isdir(os.path.join(vdir, name)):
                 continue
             v_total += 1
             size = _tree_size(os.path.join(vdir, name))
             v_size += size
-            if f'"{name}"' in in_use or f"/{name}/" in in_use:
+            if name in in_use:
                 v_active += 1
             else:
                 v_reclaim += size

@@ -74,22 +74,76 @@ def _config_of(store: Store, manifest_digest: str) -> str | None:
         return None
 
 
+def _bytes(text: str | None) -> int:
+    """Docker's size strings (``512m``, ``2g``) in bytes; 0 when unset or unreadable."""
+    if not text:
+        return 0
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = str(text).strip().lower().removesuffix("b") or "0"
+    try:
+        if t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except (ValueError, IndexError):
+        return -1 if t == "-1" else 0
+
+
+def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Docker's HostConfig fields, from the run options the record keeps."""
+    o = cfg.get("options") or {}
+    restart = str(o.get("restart") or "no")
+    name, _, count = restart.partition(":")
+    try:
+        cpus = int(float(o.get("cpus")) * 1e9) if o.get("cpus") else 0
+    except ValueError:
+        cpus = 0
+    ports: dict[str, list] = {}
+    for p in o.get("publish") or []:
+        spec, _, proto = p.partition("/")
+        parts = spec.split(":")
+        ip, host, cport = (["", *parts] if len(parts) == 2 else parts if len(parts) == 3 else ["", "", parts[0]])[-3:]
+        ports.setdefault(f"{cport}/{proto or 'tcp'}", []).append({"HostIp": ip, "HostPort": host})
+    return {
+        "Binds": list(o.get("volume") or []) or None,
+        "NetworkMode": o.get("network") or "",
+        "PortBindings": ports,
+        "RestartPolicy": {"Name": name, "MaximumRetryCount": int(count) if count.isdigit() else 0},
+        "AutoRemove": bool(o.get("rm")),
+        "CapAdd": list(o.get("cap_add") or []) or None,
+        "CapDrop": list(o.get("cap_drop") or []) or None,
+        "ExtraHosts": list(o.get("add_host") or []) or None,
+        "ReadonlyRootfs": bool(o.get("read_only")),
+        "Tmpfs": {t.partition(":")[0]: t.partition(":")[2] for t in o.get("tmpfs") or []} or None,
+        "Memory": _bytes(o.get("memory")),
+        "MemorySwap": _bytes(o.get("memory_swap")),
+        "NanoCpus": cpus,
+        "CpuShares": int(o["cpu_shares"]) if str(o.get("cpu_shares") or "").isdigit() else 0,
+        "CpusetCpus": o.get("cpuset_cpus") or "",
+        "PidsLimit": int(o["pids_limit"]) if str(o.get("pids_limit") or "").lstrip("-").isdigit() else None,
+        "CgroupParent": o.get("cgroup_parent") or "",
+    }
+
+
 def container_info(store: Store, rec: Record) -> dict[str, Any]:
     running = rec.state == "running" and _alive(rec.pid)
+    cfg = rec.config or {}
     if running:
-        status = "running"
+        status = "paused" if cfg.get("paused") else "running"
     elif rec.state == "created":
         status = "created"
     else:
         status = "exited"
     image_cfg: dict[str, Any] = {}
     try:
-        image_cfg = store.resolve(rec.image_id).run_config
-    except RootlessError:
+        image_cfg = store.read_json(rec.image_id).get("config") or {}
+    except (OSError, ValueError, RootlessError):
         pass
-    cfg = rec.config or {}
+    env = cfg.get("env")
+    if isinstance(env, dict):
+        env = [f"{k}={v}" for k, v in env.items()]
     directory = store.container_dir(rec.id)
     upper = os.path.join(directory, "upper")
+    driver = "overlay" if os.path.isdir(upper) else "vfs"
     return {
         "Id": rec.id,
         "Created": _iso(rec.created),
@@ -98,33 +152,38 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
         "State": {
             "Status": status,
             "Running": running,
-            "Paused": False,
+            "Paused": bool(running and cfg.get("paused")),
             "Restarting": False,
             "OOMKilled": bool(rec.oom_killed),
             "Dead": False,
             "Pid": rec.pid if running else 0,
             "ExitCode": rec.exit_code if rec.exit_code is not None else 0,
             "Error": "",
-            "StartedAt": _iso(rec.created) if rec.state != "created" else ZERO_TIME,
+            "StartedAt": _iso(cfg.get("started") or (rec.created if rec.state != "created" else None)),
             "FinishedAt": _iso(rec.finished),
         },
         "Image": rec.image_id,
         "Name": "/" + rec.name,
-        "RestartCount": 0,
-        "Driver": "overlay" if os.path.isdir(upper) else "vfs",
-        "HostConfig": cfg.get("HostConfig") or {k: v for k, v in cfg.items() if k[:1].isupper()},
-        "GraphDriver": {"Name": "overlay" if os.path.isdir(upper) else "vfs",
-                        "Data": {"UpperDir": upper, "MergedDir": os.path.join(directory, "rootfs")}},
+        "RestartCount": int(cfg.get("restarts") or 0),
+        "Driver": driver,
+        "HostConfig": _host_config(cfg),
+        "GraphDriver": {"Name": driver,
+                        "Data": {"UpperDir": upper if driver == "overlay" else os.path.join(directory, "rootfs"),
+                                 "MergedDir": os.path.join(directory, "rootfs")}},
+        "Mounts": [{"Type": "volume", "Name": v, "Source": os.path.join(store.root, "volumes", v, "_data")}
+                   for v in cfg.get("volumes") or []],
         "Config": {
-            "Hostname": rec.id[:12],
-            "Env": cfg.get("Env", image_cfg.get("Env")),
+            "Hostname": cfg.get("hostname") or rec.id[:12],
+            "Env": env if env is not None else image_cfg.get("Env"),
             "Cmd": rec.command,
             "Image": rec.image,
-            "WorkingDir": cfg.get("WorkingDir", image_cfg.get("WorkingDir") or ""),
+            "WorkingDir": cfg.get("cwd") or image_cfg.get("WorkingDir") or "",
             "Entrypoint": image_cfg.get("Entrypoint"),
-            "User": cfg.get("User", image_cfg.get("User") or ""),
+            "User": cfg.get("user") if cfg.get("user") is not None else image_cfg.get("User") or "",
             "Labels": image_cfg.get("Labels") or {},
-            "StopSignal": image_cfg.get("StopSignal"),
+            "StopSignal": cfg.get("stop_signal") or image_cfg.get("StopSignal"),
+            "Tty": bool((cfg.get("options") or {}).get("tty")),
+            "OpenStdin": bool((cfg.get("options") or {}).get("interactive")),
         },
     }
 
