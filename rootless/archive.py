@@ -336,6 +336,9 @@ def _read_docker(archive: _Archive, store: Store, tmpdir: str) -> list[_Loaded]:
         config_raw = archive.read(config_name)
         config_digest = "sha256:" + hashlib.sha256(config_raw).hexdigest()
         base = posixpath.basename(config_name).removesuffix(".json")
+        if posixpath.normpath(config_name).startswith("blobs/sha256/") and base != config_digest[7:]:
+            raise StoreError(f"{archive.source}: config '{config_name}' has digest {config_digest}: "
+                             "the archive is corrupt or tampered with")
         if len(base) == 64 and all(c in "0123456789abcdef" for c in base) and base != config_digest[7:]:
             raise StoreError(f"{archive.source}: config '{config_name}' has digest {config_digest}: "
                              "the archive is corrupt or tampered with")

@@ -68,7 +68,7 @@ def save(ctx: click.Context, images: tuple[str, ...], output: str | None, fmt: s
 
 @click.command(context_settings=CONTEXT)
 @click.option("-i", "--input", "input_", metavar="FILE", help="Read from FILE instead of stdin.")
-@click.option("-q", "--quiet", is_flag=True, help="Only the loaded names.")
+@click.option("-q", "--quiet", is_flag=True, help="No notes on standard error.")
 @click.pass_context
 def load(ctx: click.Context, input_: str | None, quiet: bool) -> None:
     """Load images from a tar archive (docker-archive or oci-archive, plain or gzip), stdin by default."""
@@ -81,11 +81,12 @@ def load(ctx: click.Context, input_: str | None, quiet: bool) -> None:
     for img, tags in loaded:
         for tag in tags:
             if tag.startswith(UNTAGGED_REPO + "/"):
-                click.echo(f"Loaded image ID: {img.id} (untagged in the archive; named {tag})")
-            elif not quiet:
-                click.echo(f"Loaded image: {tag}")
+                click.echo(f"Loaded image ID: {img.id}")
+                if not quiet:
+                    click.echo(f"rootless: the archive gives it no name: it is {tag} until you tag it "
+                               "('rootless tag'); 'image prune' removes it", err=True)
             else:
-                click.echo(tag)
+                click.echo(f"Loaded image: {tag}")
 
 
 @click.command(context_settings=CONTEXT)

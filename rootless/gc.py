@@ -122,17 +122,20 @@ def collect(store: Store, maps: idmap.IdMaps) -> Collected:
 
 
 def prune(store: Store, maps: idmap.IdMaps, all_images: bool) -> Collected:
-    """``image prune``: unreferenced blobs and layers; with ``all_images`` also every image no
+    """``image prune``: unreferenced blobs and layers, and the dangling images (loaded without a
+    name: ``archive.UNTAGGED_REPO``) no container uses; with ``all_images``, every image no
     container uses (its tags removed first)."""
+    from .archive import UNTAGGED_REPO
     untagged = []
-    if all_images:
-        used = {r.image_id for r in Containers(store).all()}
-        with store.lock():
-            for tag, digest in sorted(store.tags().items()):
-                doc = _manifest(store, digest)
-                if doc is None or doc["config"].get("digest") not in used:
-                    store.untag(tag)
-                    untagged.append(tag)
+    used = {r.image_id for r in Containers(store).all()}
+    with store.lock():
+        for tag, digest in sorted(store.tags().items()):
+            if not (all_images or tag.startswith(UNTAGGED_REPO + "/")):
+                continue
+            doc = _manifest(store, digest)
+            if doc is None or doc["config"].get("digest") not in used:
+                store.untag(tag)
+                untagged.append(tag)
     out = collect(store, maps)
     out.untagged = untagged
     return out

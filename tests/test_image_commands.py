@@ -211,6 +211,48 @@ def test_podman_loads_our_archives_and_we_load_podmans(rl, archives):
             rl("load", "-i", str(docker), check=True)
 
 
+def test_untagged_image_is_loaded_by_id_and_pruned_as_dangling(rl, archives):
+    layer = _tar([_file(f"untagged-{uuid.uuid4().hex}")])
+    path = archives / "untagged.tar"
+    path.write_bytes(docker_archive([layer], None))
+    proc = rl("load", input=path.read_bytes())  # plain tar on stdin
+    assert proc.returncode == 0, proc.stderr
+    stdout, stderr = proc.stdout.decode(), proc.stderr.decode()
+    assert stdout.startswith("Loaded image ID: sha256:") and "until you tag it" in stderr
+    image_id = stdout.split()[-1]
+    assert rl("inspect", "-f", "{{.Id}}", image_id[7:19]).stdout.strip() == image_id
+    assert rl("history", "-q", image_id[7:19]).returncode == 0
+    out = json.loads(rl("image", "prune", "-f", "--format", "json").stdout)
+    assert any(e.get("Untagged", "").startswith("localhost/untagged/") for e in out["ImagesDeleted"])
+    assert rl("inspect", image_id[7:19]).returncode == 1
+    assert rl("inspect", "busybox").returncode == 0  # named images stay
+
+
+def test_docker_25_layout_is_read_and_checked(rl, archives):
+    """Docker 25+ names config and layers blobs/sha256/HEX in manifest.json: those names are digests."""
+    layer = _tar([_file(f"d25-{uuid.uuid4().hex}")])
+    config = json.dumps({"os": "linux", "architecture": "amd64",
+                         "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]}}).encode()
+    def archive(config_name: str, layer_name: str) -> bytes:
+        manifest = [{"Config": config_name, "RepoTags": ["d25/img:1"], "Layers": [layer_name]}]
+        return _tar([_dir("blobs/"), _dir("blobs/sha256/"), _file(config_name, config), _file(layer_name, layer),
+                     _file("manifest.json", json.dumps(manifest).encode())])
+    path = archives / "d25.tar"
+    before = snapshot(rl)
+    path.write_bytes(archive(f"blobs/sha256/{'1' * 64}", f"blobs/sha256/{_digest(layer)[7:]}"))
+    proc = rl("load", "-i", str(path))
+    assert proc.returncode == 125 and "tampered" in proc.stderr
+    path.write_bytes(archive(f"blobs/sha256/{_digest(config)[7:]}", f"blobs/sha256/{'2' * 64}"))
+    proc = rl("load", "-i", str(path))
+    assert proc.returncode == 125 and "tampered" in proc.stderr
+    assert snapshot(rl) == before
+    path.write_bytes(archive(f"blobs/sha256/{_digest(config)[7:]}", f"blobs/sha256/{_digest(layer)[7:]}"))
+    proc = rl("load", "-i", str(path))
+    assert proc.returncode == 0 and proc.stdout == "Loaded image: d25/img:1\n", proc.stderr
+    assert rl("inspect", "-f", "{{.Id}}", "d25/img:1").stdout.strip() == _digest(config)
+    rl("rmi", "d25/img:1")
+
+
 # ----------------------------------------------------------------------------- hostile archives
 
 def _escape_layer(marker: str) -> bytes:
@@ -398,9 +440,10 @@ def test_pull_keeps_escaping_paths_inside_the_layer(rl):
 
 # ----------------------------------------------------------------------------- export
 
-def test_export_has_the_containers_changes(rl, archives):
+@pytest.mark.parametrize("driver", ["auto", "vfs"])
+def test_export_has_the_containers_changes(rl, archives, driver):
     name = f"exp-{uuid.uuid4().hex[:6]}"
-    proc = rl("run", "--name", name, "busybox", "sh", "-c",
+    proc = rl("run", "--name", name, "--storage-driver", driver, "busybox", "sh", "-c",
               "echo changed > /new.txt && rm /bin/ls && rm -rf /usr && mkdir /usr && echo only > /usr/only")
     assert proc.returncode == 0, proc.stderr
     try:
