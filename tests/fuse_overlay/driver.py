@@ -140,8 +140,15 @@ NB = os.O_NONBLOCK
 
 def op_read(m, path):
     fd = os.open(os.path.join(m, path), os.O_RDONLY | NB)
-    with open(fd, "rb") as f:
-        return (f.read() or b"").decode("latin1")
+    try:
+        out = b""
+        while True:
+            chunk = os.read(fd, 1 << 16)     # EISDIR for a directory
+            if not chunk:
+                return out.decode("latin1")
+            out += chunk
+    finally:
+        os.close(fd)
 
 
 def op_write(m, path, data, how="w"):
@@ -339,7 +346,8 @@ class Pair:
     def umount(self) -> None:
         b = self.base
         if self.kernel:
-            subprocess.run(["umount", f"{b}/km"], timeout=30)
+            if subprocess.run(["umount", f"{b}/km"], timeout=30).returncode != 0:
+                subprocess.run(["umount", "-l", f"{b}/km"], timeout=30)
         if self.daemon is not None:
             self.daemon.send_signal(signal.SIGTERM)
             try:
