@@ -516,6 +516,9 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
             else:
                 raise StoreError(f"{source} is neither a docker-archive (no manifest.json) nor an "
                                  "oci-archive (no oci-layout and index.json)")
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise StoreError(f"{source}: a manifest or config of the archive is malformed "
+                             f"({type(e).__name__}: {e})") from None
         finally:
             archive.close()
         result = []

@@ -422,6 +422,18 @@ def test_not_an_archive(rl, archives):
     assert snapshot(rl) == before
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_import_of_a_truncated_tarball_is_refused(rl, archives, busybox_tar, compress):
+    data = busybox_tar.read_bytes()
+    data = (gzip.compress(data, compresslevel=1) if compress else data)
+    path = archives / "truncated-rootfs.tar"
+    path.write_bytes(data[:len(data) // 2])
+    before = snapshot(rl)
+    proc = rl("import", str(path), "hostile/truncated-import:1")
+    assert proc.returncode == 125 and "Traceback" not in proc.stderr, proc.stderr
+    assert snapshot(rl) == before
+
+
 @pytest.mark.skipif(not shutil.which("docker-registry"), reason="docker-registry is not installed")
 def test_pull_keeps_escaping_paths_inside_the_layer(rl):
     from .registry_server import running_registry
