@@ -38,6 +38,9 @@ def _store(ctx: click.Context):
 
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
 @click.option("--rm", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
+@click.option("--restart", default="no", show_default=True, metavar="POLICY",
+              help="no, always, unless-stopped or on-failure[:MAX] (with -d: the monitor restarts it).")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (pass it to the container).")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal.")
 @click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
@@ -287,9 +290,10 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, fmt: str) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.option("-v", "--volumes", is_flag=True, help="Remove its anonymous volumes too.")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
-def rm(ctx: click.Context, containers: tuple[str, ...], force: bool) -> None:
+def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove containers."""
     from .containers import Containers
     from .sandbox import idmap
@@ -301,6 +305,9 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool) -> None:
         try:
             rec = recs.find(key)
             recs.remove(rec, maps, force)
+            if volumes:
+                from .volumes import remove_container_volumes
+                remove_container_volumes(store, rec, maps)
             click.echo(key)
         except RootlessError as e:
             click.echo(f"rootless: {e}", err=True)
@@ -332,8 +339,8 @@ def unshare(command: tuple[str, ...]) -> None:
 
 def _register_command_modules() -> None:
     """Commands kept in modules of their own (cli_*.py), each with ``register(group)``."""
-    from . import cli_images, cli_volumes
-    for module in (cli_images, cli_volumes):
+    from . import cli_containers, cli_images, cli_volumes
+    for module in (cli_containers, cli_images, cli_volumes):
         module.register(cli)
 
 

@@ -35,6 +35,7 @@ class RunOptions:
     read_only: bool = False
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
+    detach: bool = False
     storage_driver: str = "auto"
     network: str | None = None
     publish: list[str] = field(default_factory=list)
@@ -46,6 +47,7 @@ class RunOptions:
     pids_limit: str | None = None
     cpuset_cpus: str | None = None
     cgroup_parent: str | None = None
+    restart: str = "no"
     volume: list[str] = field(default_factory=list)      # -v
     mount: list[str] = field(default_factory=list)       # --mount
     tmpfs: list[str] = field(default_factory=list)       # --tmpfs
@@ -124,7 +126,17 @@ def warn_single(maps: idmap.IdMaps) -> None:
               "(see docs/troubleshooting.md)", file=sys.stderr)
 
 
-def run(store: Store, opts: RunOptions) -> int:
+def parse_restart(policy: str) -> tuple[str, int]:
+    """Docker's --restart: no, always, unless-stopped, on-failure[:MAX]."""
+    name, _, count = policy.partition(":")
+    if name not in ("no", "always", "unless-stopped", "on-failure") or (count and (
+            name != "on-failure" or not count.isdigit())):
+        raise UsageError(f"invalid --restart '{policy}': use no, always, unless-stopped or on-failure[:MAX]")
+    return name, int(count or 0)
+
+
+def run(store: Store, opts: RunOptions, existing=None) -> int:
+    """Run a container; with ``existing`` (a record), run that container again (``start``)."""
     if opts.tty and opts.interactive and not os.isatty(0):
         raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
     from .sandbox.userns import forbidden_by_sysctl
@@ -164,75 +176,131 @@ def run(store: Store, opts: RunOptions) -> int:
     warn_single(maps)
     from . import volumes
     vols = volumes.plan(store, opts.volume, opts.mount, opts.tmpfs)  # -v/--mount/--tmpfs, checked now
+    policy, max_restarts = parse_restart(opts.restart)
+    if policy != "no" and opts.rm:
+        raise UsageError("--restart and --rm conflict: a container removed when it exits cannot be restarted")
 
-    records = Containers(store)
-    with store.lock():
-        rec = records.create(image.ref or image.id, image.id, args, opts.name)
-    directory = store.container_dir(rec.id)
-    hostname = opts.hostname or rec.id[:12]
-    helpers: list = []
-    run_dir = os.path.join(run_base, rec.id[:16])  # short: unix socket paths hold 108 bytes
-    cg = None
-    try:
-        cg_setup.sweep("rootless-")  # leftovers of engines that were killed
-        cg = cg_setup.create(f"rootless-{rec.id[:32]}", limits)
-        rec.cgroup_paths = list(cg.paths)
-        missing = [d for d in image.diff_ids if not store.has_layer(d)]
-        if missing:
-            raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
-                                "import the image again")
-        server = None
-        if _may_use_fuse(opts.storage_driver):
-            from . import fuse_server
-            server = fuse_server.ensure(run_base)
-        rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
-                                 opts.storage_driver, remove_after=opts.rm, single_uid=maps.single,
-                                 fuse_server=server)
-        spec = container.SandboxSpec(
-            process=container.ProcessSpec(
-                args=args,
-                env=merge_env(cfg.get("Env") or [], extra_env, hostname, opts.tty),
-                cwd=workdir,
-                user=opts.user if opts.user is not None else (cfg.get("User") or ""),
-                caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
-                winsize=_user_winsize() if opts.tty else None),
-            rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
-                                     etc_files=_etc_files(directory, hostname, net, extra_hosts),
-                                     ptmx_gid=5 if maps.size("gid") > 5 else None,
-                                     binds=vols.create(rec, maps)),
-            hostname=hostname, maps=maps,
-            prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
-            cleanup_rootfs=rootfs.cleanup,
-            own_network=net.own_namespace,
-            network_setup=_network_setup(net, run_dir, helpers) if net.needs_helper else None,
-            join_cgroup=cg.add if cg.paths else None)
+    def execute(detacher=None) -> int:
+        from dataclasses import asdict
+        records = Containers(store)
+        if existing is None:
+            with store.lock():
+                rec = records.create(image.ref or image.id, image.id, args, opts.name)
+                rec.config["options"] = {**asdict(opts), "detach": True, "tty": False, "interactive": False}
+                records.save(rec)
+        else:
+            rec = existing
+            rec.config.pop("stopped", None)
+        restarts, backoff = 0, 0.1
+        logging = detacher is not None
+        while True:
+            code = once(rec, records, detacher, logging)
+            detacher = None  # the CLI has its answer; later rounds only log
+            if policy == "no":
+                return code
+            stopped = records.find(rec.id).config.get("stopped")
+            again = (policy in ("always", "unless-stopped") or (policy == "on-failure" and code != 0 and (
+                not max_restarts or restarts < max_restarts))) and not stopped
+            if not again:
+                return code
+            restarts += 1
+            rec.config["restarts"] = restarts
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            if records.find(rec.id).config.get("stopped"):  # stopped while we waited
+                return code
+
+    def once(rec, records, detacher, logging: bool) -> int:
+        directory = store.container_dir(rec.id)
+        hostname = opts.hostname or rec.id[:12]
+        pump = None
+        if logging:
+            from .monitor import LogPump, log_path
+            pump = LogPump(log_path(directory))
+            pump.redirect()
+        helpers: list = []
+        run_dir = os.path.join(run_base, rec.id[:16])  # short: unix socket paths hold 108 bytes
+        cg = None
         try:
-            started = container.start(spec)
-        except channel.ChildError as e:
-            cls = CommandError if e.kind == "exec" else SandboxError
-            raise cls(str(e), e.exit_code) from None
-        rec.state, rec.pid = "running", started.intermediate_pid
-        records.save(rec)
-        code = container.wait(started)
-        rec.oom_killed = cg.oom_killed()
-    except BaseException as e:
+            cg_setup.sweep("rootless-")  # leftovers of engines that were killed
+            cg = cg_setup.create(f"rootless-{rec.id[:32]}", limits)
+            rec.cgroup_paths = list(cg.paths)
+            missing = [d for d in image.diff_ids if not store.has_layer(d)]
+            if missing:
+                raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
+                                    "import the image again")
+            server = None
+            if _may_use_fuse(opts.storage_driver):
+                from . import fuse_server
+                server = fuse_server.ensure(run_base)
+            rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
+                                     opts.storage_driver, remove_after=opts.rm, single_uid=maps.single,
+                                     fuse_server=server)
+            spec = container.SandboxSpec(
+                process=container.ProcessSpec(
+                    args=args,
+                    env=merge_env(cfg.get("Env") or [], extra_env, hostname, opts.tty),
+                    cwd=workdir,
+                    user=opts.user if opts.user is not None else (cfg.get("User") or ""),
+                    caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
+                    winsize=_user_winsize() if opts.tty else None),
+                rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
+                                         etc_files=_etc_files(directory, hostname, net, extra_hosts),
+                                         ptmx_gid=5 if maps.size("gid") > 5 else None,
+                                         binds=vols.create(rec, maps)),
+                hostname=hostname, maps=maps,
+                prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
+                cleanup_rootfs=rootfs.cleanup,
+                own_network=net.own_namespace,
+                network_setup=_network_setup(net, run_dir, helpers) if net.needs_helper else None,
+                join_cgroup=cg.add if cg.paths else None)
+            try:
+                started = container.start(spec)
+            except channel.ChildError as e:
+                cls = CommandError if e.kind == "exec" else SandboxError
+                raise cls(str(e), e.exit_code) from None
+            rec.state, rec.pid, rec.init_pid = "running", started.intermediate_pid, started.init_pid
+            rec.exit_code, rec.finished = None, None
+            rec.config.update({"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
+                          "caps": sorted(spec.process.caps), "hostname": hostname, "detached": opts.detach,
+                          "stop_signal": cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
+                          "monitor": os.getpid() if logging else 0})
+            records.save(rec)
+            if detacher is not None:
+                detacher.started(rec.id)
+            if pump is not None:
+                pump.start()
+            code = container.wait(started)
+            rec.oom_killed = cg.oom_killed()
+            if pump is not None:
+                pump.finish()
+        except BaseException as e:
+            _stop(helpers, run_dir)
+            _remove_cgroup(cg)
+            rec.state, rec.finished = "exited", time.time()
+            if opts.rm:
+                _remove(records, rec, maps)
+            else:
+                rec.exit_code = getattr(e, "exit_code", 125)
+                records.save(rec)
+            raise
         _stop(helpers, run_dir)
         _remove_cgroup(cg)
-        rec.state, rec.finished = "exited", time.time()
+        rec.config["stopped"] = records.find(rec.id).config.get("stopped", False)
+        rec.state, rec.exit_code, rec.finished = "exited", code, time.time()
         if opts.rm:
             _remove(records, rec, maps)
         else:
-            rec.exit_code = getattr(e, "exit_code", 125)
             records.save(rec)
-        raise
-    _stop(helpers, run_dir)
-    _remove_cgroup(cg)
-    rec.state, rec.exit_code, rec.finished = "exited", code, time.time()
-    if opts.rm:
-        _remove(records, rec, maps)
-    else:
-        records.save(rec)
-    return code
+        return code
+
+    if opts.detach:
+        if opts.tty or opts.interactive:
+            raise UsageError("-d with -i or -t is not supported yet: the container's terminal could not be "
+                             "attached later. Use -d alone, and 'rootless logs' / 'rootless exec'")
+        from .monitor import run_detached
+        return run_detached(execute, announce=existing is None)
+    return execute()
 
 
 def _network_setup(net: NetworkSpec, run_dir: str, helpers: list):
@@ -272,7 +340,10 @@ def _user_winsize() -> bytes | None:
 
 
 def _remove(records: Containers, rec, maps: idmap.IdMaps) -> None:
+    """``--rm``: the container, and its anonymous volumes (as Docker's --rm)."""
     try:
+        from .volumes import remove_container_volumes
+        remove_container_volumes(records.store, rec, maps)
         records.remove(rec, maps, force=True)
     except RootlessError as e:
         print(f"rootless: warning: {e}", file=sys.stderr)

@@ -131,13 +131,18 @@ def test_kill_sends_a_signal(rl, detached):
 
 def test_a_killed_monitor_leaves_no_container_running(rl, detached):
     detached("orphan", "busybox", "sleep", "60")
-    intermediate = json.loads((rl.container_dir("orphan") / "config.json").read_text())["pid"]
+    record = json.loads((rl.container_dir("orphan") / "config.json").read_text())
+    intermediate, pid1 = record["pid"], record["init_pid"]
     monitor = int(open(f"/proc/{intermediate}/stat").read().rsplit(")", 1)[1].split()[1])
     os.kill(monitor, signal.SIGKILL)
     _until(lambda: _ps(rl)["orphan"]["Status"] != "Up")
     assert "Exited" in _ps(rl)["orphan"]["Status"]
-    _until(lambda: not any("sleep 60" in line for line in subprocess.run(
-        ["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()))
+    def gone(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+    _until(lambda: gone(pid1))   # the container's PID 1 (and so its namespace) is gone
 
 
 def test_many_containers_at_once(rl):

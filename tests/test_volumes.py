@@ -223,7 +223,8 @@ def test_volume_rm_refuses_a_volume_in_use(rl):
 
 def test_volume_prune(rl):
     rl("volume", "create", "keepme", check=True)
-    run_ok(rl, "-v", "/anon", "busybox", "true")      # --rm leaves the anonymous volume (rm -v's job)
+    assert rl("run", "--name", "anonholder", "-v", "/anon", "busybox", "true").returncode == 0
+    assert rl("rm", "anonholder").returncode == 0       # without -v: the anonymous volume stays
     anon = [n for n in volume_names(rl) if len(n) == 64
             and "com.docker.volume.anonymous" in json.loads(rl("volume", "inspect", n).stdout)[0]["Labels"]]
     assert anon
@@ -256,3 +257,16 @@ def test_a_restarted_container_keeps_its_anonymous_volume(rl):
         assert [m["Destination"] for m in saved["mounts"]] == ["/anon", "/named", "/t"]
     finally:
         records.remove(records.find("restarted"), idmap.detect())
+
+
+def test_rm_v_and_run_rm_remove_anonymous_volumes(rl):
+    before = set(volume_names(rl))
+    assert rl("run", "--rm", "-v", "/scratch", "-v", "named-kept:/keep", "busybox", "true").returncode == 0
+    after = set(volume_names(rl))
+    assert after - before <= {"named-kept"}             # --rm took the anonymous one, kept the named
+    assert rl("run", "--name", "withanon", "-v", "/scratch2", "busybox", "true").returncode == 0
+    anon = set(volume_names(rl)) - after
+    assert len(anon) == 1
+    assert rl("rm", "-v", "withanon").returncode == 0
+    assert not anon & set(volume_names(rl))
+    rl("volume", "rm", "named-kept")
