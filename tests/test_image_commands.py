@@ -314,15 +314,16 @@ def test_import_keeps_escaping_paths_inside_the_layer(rl, archives):
         rl("rmi", "hostile/import:1")
 
 
-def test_hard_link_out_of_the_layer(rl, archives):
+@pytest.mark.parametrize("command", ["load", "import"])
+def test_hard_link_out_of_the_layer(rl, archives, command):
     marker = f"hl{uuid.uuid4().hex[:8]}"
     layer = _tar([_link(f"{marker}-passwd", "/etc/passwd", hard=True),
                   _link(f"{marker}-up", "../../../../../../etc/passwd", hard=True)])
     path = archives / "hardlink.tar"
-    path.write_bytes(docker_archive([layer], "hostile/hardlink:1"))
+    path.write_bytes(docker_archive([layer], "hostile/hardlink:1") if command == "load" else layer)
     before = snapshot(rl)
     host_passwd = os.stat("/etc/passwd")
-    proc = rl("load", "-i", str(path))
+    proc = rl("load", "-i", str(path)) if command == "load" else rl("import", str(path), "hostile/hardlink:1")
     try:
         assert os.stat("/etc/passwd").st_nlink == host_passwd.st_nlink
         if proc.returncode == 0:
