@@ -37,8 +37,8 @@ def _decompressed(raw: BinaryIO) -> BinaryIO:
     if head.startswith(b"\xfd7zXZ\x00"):
         return lzma.LZMAFile(raw)  # type: ignore[return-value]
     if head.startswith(b"\x28\xb5\x2f\xfd"):
-        raise UsageError("zstd-compressed tarballs are not supported by import yet: "
-                         "decompress it first (zstd -d FILE)")
+        import zstandard
+        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
     return raw
 
 
@@ -71,7 +71,9 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
                 raise UsageError(f"cannot read {source}: {e.strerror}") from None
             try:
                 diff_id = _copy_hashing(_decompressed(raw), out)
-            except (OSError, EOFError, lzma.LZMAError) as e:
+            except Exception as e:  # noqa: BLE001 - gzip, bz2, xz, zstd and I/O errors: unreadable
+                if isinstance(e, UsageError):
+                    raise
                 raise StoreError(f"cannot read the archive {source}: {e}") from None
             finally:
                 if raw is not sys.stdin.buffer:

@@ -101,7 +101,11 @@ def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str) -> lis
             remove_tree(maps, tmp)  # another command unpacked the same layer meanwhile
     except channel.ChildError as e:
         remove_tree(maps, tmp)
-        raise StoreError(f"cannot unpack the layer: {e}") from None
+        text = str(e)
+        if "linkname" in text and "not found" in text:
+            text = (f"{text}: a hard link in the archive points at a file that is not in the layer "
+                    "(an archive that tries to reach outside itself, or a broken one); refused")
+        raise StoreError(f"cannot unpack the layer: {text}") from None
     except BaseException:
         remove_tree(maps, tmp)
         raise

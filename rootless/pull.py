@@ -32,17 +32,21 @@ def _decompress(src: str, dst: str, media_type: str) -> str:
     h = hashlib.sha256()
     if media_type in GZIP or media_type.endswith("+gzip"):
         opener = gzip.open
+    elif media_type.endswith("+zstd"):
+        def opener(path, mode):  # noqa: ANN001 - same shape as gzip.open
+            import zstandard
+            return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
     elif media_type in PLAIN or media_type.endswith(".tar"):
         opener = open
     else:
-        raise StoreError(f"layer type {media_type} is not supported yet (zstd and foreign layers): "
-                         "pull an image with gzip or plain layers")
+        raise StoreError(f"layer type {media_type} is not supported (foreign or unknown layers): "
+                         "pull an image with gzip, zstd or plain layers")
     try:
         with opener(src, "rb") as f, open(dst, "wb") as out:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
                 out.write(chunk)
-    except (OSError, EOFError) as e:
+    except Exception as e:  # gzip, zstd and I/O errors alike: the layer is unreadable
         raise StoreError(f"layer {os.path.basename(src)} is not a valid {media_type}: {e}") from None
     return "sha256:" + h.hexdigest()
 
@@ -69,6 +73,11 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                                progress=(lambda d, done, total: progress.update(d, done, total))
                                if progress else None)
         with store.lock():
+            downloaded = {d for _, d in wanted}
+            gone = [d for d in diff_ids if d not in downloaded and not store.has_layer(d)]
+            if gone:  # removed by rmi/prune between our look and the lock
+                raise StoreError(f"layer {gone[0]} of {ref} was removed from the store while it was being "
+                                 "pulled (by rmi or image prune): pull again")
             for layer, diff_id in wanted:
                 if store.has_layer(diff_id):
                     continue

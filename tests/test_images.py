@@ -47,11 +47,16 @@ def _layer(entries: list[tuple[str, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
-def push_image(registry, repo_tag: str, layers: list[bytes], cmd: list[str] | None = None) -> str:
-    """Push an OCI image of gzip layers with our registry client; its manifest digest."""
+def push_image(registry, repo_tag: str, layers: list[bytes], cmd: list[str] | None = None,
+               compression: str = "gzip") -> str:
+    """Push an OCI image of gzip (or zstd) layers with our registry client; its manifest digest."""
     from rootless.registry import RegistryClient, Reference
     ref = Reference.parse(f"{registry.host}/{repo_tag}")
-    blobs = [gzip.compress(layer, mtime=0) for layer in layers]
+    if compression == "zstd":
+        import zstandard
+        blobs = [zstandard.ZstdCompressor().compress(layer) for layer in layers]
+    else:
+        blobs = [gzip.compress(layer, mtime=0) for layer in layers]
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "config": {"Cmd": cmd or ["/bin/sh"], "Env": ["PATH=/bin:/usr/bin:/sbin"]},
                          "rootfs": {"type": "layers", "diff_ids": [_digest(layer) for layer in layers]}}).encode()
@@ -59,7 +64,7 @@ def push_image(registry, repo_tag: str, layers: list[bytes], cmd: list[str] | No
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _digest(config),
                    "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(b),
+        "layers": [{"mediaType": f"application/vnd.oci.image.layer.v1.tar+{compression}", "digest": _digest(b),
                     "size": len(b)} for b in blobs]}).encode()
     with RegistryClient(ref.registry) as client:
         for data in blobs + [config]:
@@ -177,3 +182,43 @@ def test_login_push_logout_with_basic_auth(rl, tmp_path):
         assert rl("logout", reg.host, env=env).returncode == 0
         assert rl("pull", f"{reg.host}/private/app:1", env=env).returncode == 125
         rl("rmi", "private:1")
+
+
+def test_zstd_layers(rl, registry, base_layer):
+    name = f"{registry.host}/zstd/image:1"
+    push_image(registry, "zstd/image:1", [base_layer, _layer([("z.txt", b"zstd!")])], compression="zstd")
+    assert rl("pull", name).returncode == 0
+    assert rl("run", "--rm", name, "cat", "/z.txt").stdout == "zstd!"
+    rl("rmi", name)
+
+
+def test_import_of_a_zstd_tarball(rl, busybox_tar, tmp_path):
+    import zstandard
+    packed = tmp_path / "rootfs.tar.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(busybox_tar.read_bytes()))
+    assert rl("import", str(packed), "zstdimport:1").returncode == 0
+    assert rl("run", "--rm", "zstdimport:1", "echo", "ok").stdout == "ok\n"
+    rl("rmi", "zstdimport:1")
+
+
+def test_containers_of_one_image_share_its_layers_on_disk(rl):
+    def usage(path: Path) -> int:
+        total = 0
+        for dirpath, _, files in os.walk(path):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+                except OSError:
+                    pass
+        return total
+    layers_before = sorted(os.listdir(rl.root / "layers"))
+    ids = [rl("run", "-d", "--network", "none", "busybox", "sleep", "30").stdout.strip() for _ in range(2)]
+    try:
+        assert all(len(i) == 64 for i in ids)
+        assert sorted(os.listdir(rl.root / "layers")) == layers_before     # nothing unpacked again
+        layer_size = sum(usage(rl.root / "layers" / d) for d in layers_before)
+        for cid in ids:     # each container holds only its own changes, not a copy of the image
+            assert usage(rl.root / "containers" / cid) < min(layer_size / 10, 512 * 1024)
+    finally:
+        for cid in ids:
+            rl("rm", "-f", cid)
