@@ -222,3 +222,20 @@ def test_containers_of_one_image_share_its_layers_on_disk(rl):
     finally:
         for cid in ids:
             rl("rm", "-f", cid)
+
+
+def test_login_push_pull_with_token_auth(rl, tmp_path):
+    # The registry verifies real signed JWTs issued by a small token server of the test suite.
+    with running_registry("token") as reg:
+        env = {"HOME": str(tmp_path)}
+        assert rl("tag", "busybox", "tokenized:1").returncode == 0
+        denied = rl("push", "tokenized:1", f"{reg.host}/tok/app:1", env=env)
+        assert denied.returncode == 125 and "rootless login" in denied.stderr
+        ok = rl("login", "-u", USER, "--password-stdin", reg.host, input=PASSWORD + "\n", env=env)
+        assert ok.returncode == 0, ok.stderr
+        assert rl("push", "tokenized:1", f"{reg.host}/tok/app:1", env=env).returncode == 0
+        assert rl("rmi", "tokenized:1").returncode == 0
+        pulled = rl("pull", f"{reg.host}/tok/app:1", env=env)
+        assert pulled.returncode == 0, pulled.stderr
+        assert rl("run", "--rm", f"{reg.host}/tok/app:1", "echo", "token ok").stdout == "token ok\n"
+        rl("rmi", f"{reg.host}/tok/app:1")
