@@ -188,6 +188,24 @@ def container_prune(ctx, force) -> None:
         click.echo(cid)
 
 
+@click.command(context_settings=CONTEXT)
+@click.argument("source")
+@click.argument("destination")
+@click.pass_context
+def cp(ctx, source, destination) -> None:
+    """Copy files between a container and the host: CONTAINER:PATH HOSTPATH, or the reverse ('-': a tar on stdin/stdout)."""
+    from .copy import copy_in, copy_out, split
+    from .errors import UsageError
+    (src_c, src), (dst_c, dst) = split(source), split(destination)
+    if bool(src_c) == bool(dst_c):
+        raise UsageError("cp copies between a container and the host: give CONTAINER:PATH on exactly one side")
+    if src_c:
+        copy_out(_store(ctx), src_c, src, dst)
+    else:
+        copy_in(_store(ctx), src, dst_c, dst)
+
+
 def register(group: click.Group) -> None:
-    for command in (logs, exec_, stop, kill, wait, start, restart, pause, unpause, top, rename, container_group):
+    for command in (logs, exec_, stop, kill, wait, start, restart, pause, unpause, top, rename, cp,
+                    container_group):
         group.add_command(command)

@@ -215,3 +215,33 @@ def test_top_rename_prune(rl, detached):
     assert len(pruned.split()) >= 1 and "exited-one" not in _ps(rl)
     assert "renamed" in _ps(rl)  # running: kept
     rl("rm", "-f", "renamed")
+
+
+def test_cp_both_ways_running_and_stopped(rl, detached, tmp_path):
+    detached("cpc", "busybox", "sh", "-c",
+             'trap "exit 0" TERM; mkdir -p /data; echo inside > /data/x; ln -s /etc /data/etc-link; '
+             'while true; do sleep 0.1; done')
+    _until(lambda: rl("exec", "cpc", "cat", "/data/x").stdout == "inside\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert rl("cp", "cpc:/data", str(out)).returncode == 0
+    assert (out / "data" / "x").read_text() == "inside\n"
+    assert (out / "data" / "x").stat().st_uid == os.getuid()
+    assert os.readlink(out / "data" / "etc-link") == "/etc"          # a link, not followed
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("hello")
+    assert rl("cp", str(src), "cpc:/tmp/").returncode == 0
+    listing = rl("exec", "cpc", "sh", "-c", "ls -ln /tmp/in; cat /tmp/in/sub/f").stdout
+    assert " 0        0 " in listing and listing.endswith("hello")     # root's inside, as docker cp
+    streamed = rl("cp", "cpc:/data/x", "-")
+    assert streamed.returncode == 0 and b"inside" in streamed.stdout.encode()
+    assert rl("stop", "cpc").returncode == 0
+    assert rl("cp", "cpc:/data/x", str(out / "x-after-stop")).returncode == 0
+    assert (out / "x-after-stop").read_text() == "inside\n"
+    assert rl("cp", str(src / "sub" / "f"), "cpc:/f2").returncode == 0
+    assert rl("start", "cpc").returncode == 0
+    _until(lambda: rl("exec", "cpc", "cat", "/f2").stdout == "hello")
+    missing = rl("cp", "cpc:/nonexistent", str(out))
+    assert missing.returncode == 125 and "does not exist" in missing.stderr
+    assert rl("cp", str(src), str(out)).returncode == 125
