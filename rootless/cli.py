@@ -39,6 +39,8 @@ def _store(ctx: click.Context):
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
 @click.option("--rm", is_flag=True, help="Remove the container when it exits.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
+@click.option("--userns", default="", metavar="MODE",
+              help="keep-id: your own uid/gid inside (files you write in bind mounts stay yours).")
 @click.option("--restart", default="no", show_default=True, metavar="POLICY",
               help="no, always, unless-stopped or on-failure[:MAX] (with -d: the monitor restarts it).")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (pass it to the container).")

@@ -194,7 +194,7 @@ def container_prune(ctx, force) -> None:
 @click.pass_context
 def cp(ctx, source, destination) -> None:
     """Copy files between a container and the host: CONTAINER:PATH HOSTPATH, or the reverse ('-': a tar on stdin/stdout)."""
-    from .copy import copy_in, copy_out, split
+    from .copying import copy_in, copy_out, split
     from .errors import UsageError
     (src_c, src), (dst_c, dst) = split(source), split(destination)
     if bool(src_c) == bool(dst_c):

@@ -48,6 +48,7 @@ class RunOptions:
     cpuset_cpus: str | None = None
     cgroup_parent: str | None = None
     restart: str = "no"
+    userns: str = ""                                     # "" or "keep-id"
     volume: list[str] = field(default_factory=list)      # -v
     mount: list[str] = field(default_factory=list)       # --mount
     tmpfs: list[str] = field(default_factory=list)       # --tmpfs
@@ -145,6 +146,22 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     if why:
         raise UserNamespaceUnavailable(why)
     maps = idmap.detect()
+    passwd_entry = None
+    if opts.userns not in ("", "host-range", "keep-id"):
+        raise UsageError(f"unknown --userns '{opts.userns}': use keep-id (or leave it out)")
+    if opts.userns == "keep-id":
+        import pwd
+        try:
+            maps = idmap.keep_id(maps, os.getuid(), os.getgid())
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        try:
+            me = pwd.getpwuid(os.getuid())
+            passwd_entry = f"{me.pw_name}:x:{me.pw_uid}:{me.pw_gid}::{me.pw_dir}:/bin/sh"
+        except KeyError:
+            passwd_entry = f"user:x:{os.getuid()}:{os.getgid()}::/:/bin/sh"
+        if opts.user is None:
+            opts.user = f"{os.getuid()}:{os.getgid()}"
     image = store.resolve(opts.image)
     cfg = image.run_config
     if opts.entrypoint is not None:
@@ -243,7 +260,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                     cwd=workdir,
                     user=opts.user if opts.user is not None else (cfg.get("User") or ""),
                     caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
-                    winsize=_user_winsize() if opts.tty else None),
+                    winsize=_user_winsize() if opts.tty else None, passwd_entry=passwd_entry),
                 rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
                                          etc_files=_etc_files(directory, hostname, net, extra_hosts),
                                          ptmx_gid=5 if maps.size("gid") > 5 else None,

@@ -270,3 +270,21 @@ def test_rm_v_and_run_rm_remove_anonymous_volumes(rl):
     assert rl("rm", "-v", "withanon").returncode == 0
     assert not anon & set(volume_names(rl))
     rl("volume", "rm", "named-kept")
+
+
+def test_userns_keep_id(rl, tmp_path):
+    from .conftest import RANGE_MODE
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = rl("run", "--rm", "--userns", "keep-id", "-v", f"{work}:/work", "busybox", "sh", "-c",
+              "id -u; id -g; touch /work/made-inside; grep \":$(id -u):\" /etc/passwd | cut -d: -f1")
+    if not RANGE_MODE:
+        assert proc.returncode == 125 and "keep-id needs a subordinate id range" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    uid, gid, name = proc.stdout.split()
+    assert (int(uid), int(gid)) == (os.getuid(), os.getgid())
+    assert name == __import__("pwd").getpwuid(os.getuid()).pw_name
+    st = (work / "made-inside").stat()
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())   # yours on the host, no sub-id
+    assert rl("run", "--rm", "--userns", "bogus", "busybox", "true").returncode == 125

@@ -48,6 +48,7 @@ class ProcessSpec:
     tty: bool = False
     stdin: bool = False
     winsize: bytes | None = None  # struct winsize of the user's terminal, set on the pty before exec
+    passwd_entry: str | None = None  # "name:x:uid:gid::home:shell", added to /etc/passwd if its uid is missing
 
 
 @dataclass
@@ -211,6 +212,8 @@ def _init(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
 def _become(proc: ProcessSpec, maps: idmap.IdMaps, sock: socket.socket) -> NoReturn:
     """The last steps before the command, inside the container (PID 1, or an exec'd process):
     user lookup, pty, environment, workdir, bounding set, ids, no_new_privs, exec."""
+    if proc.passwd_entry:
+        _ensure_passwd(proc.passwd_entry)
     try:
         ident = users.resolve(proc.user)
     except LookupError as e:
@@ -243,6 +246,22 @@ def _become(proc: ProcessSpec, maps: idmap.IdMaps, sock: socket.socket) -> NoRet
     except OSError as e:
         raise _ExecFailed(f"chdir to working directory {cwd}: {e.strerror}", 126) from None
     _exec(proc.args, env)
+
+
+def _ensure_passwd(entry: str) -> None:
+    """Add ``entry`` to the container's /etc/passwd unless its uid is there (--userns keep-id)."""
+    uid = entry.split(":")[2]
+    try:
+        with open("/etc/passwd") as f:
+            if any(line.split(":")[2:3] == [uid] for line in f):
+                return
+    except OSError:
+        pass
+    try:
+        with open("/etc/passwd", "a") as f:
+            f.write(entry + "\n")
+    except OSError:
+        pass  # a read-only root: the uid still works, without a name
 
 
 def _set_identity(ident: users.Identity) -> None:

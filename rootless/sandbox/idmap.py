@@ -133,3 +133,36 @@ def _write_file(path: str, text: str) -> None:
             f.write(text)
     except OSError as e:
         raise OSError(e.errno, f"write {path}: {e.strerror}") from None
+
+
+def keep_id(maps: IdMaps, uid: int, gid: int) -> IdMaps:
+    """Podman's ``--userns keep-id``: container uid ``uid`` is the caller (and gid ``gid``), the
+    other container ids (root included) come from the sub-id range, in order around it.
+
+    Needs a range: with a single mapping, root would not exist in the container.
+    """
+    if maps.single:
+        raise ValueError(f"--userns keep-id needs a subordinate id range ({maps.why_single})")
+
+    def around(ranges: tuple[IdRange, ...], own: int, keep: int) -> tuple[IdRange, ...]:
+        subs = [(r.outside, r.count) for r in ranges if r.outside != own or r.count != 1]
+        total = sum(c for _, c in subs)
+        if total < keep + 1:
+            raise ValueError(f"--userns keep-id needs a range of more than {keep} ids, you have {total}")
+        out, inside = [], 0
+        for start, count in subs:          # container 0..keep-1, then keep+1.. from the ranges
+            while count:
+                if inside == keep:
+                    out.append(IdRange(keep, own, 1))
+                    inside += 1
+                    continue
+                span = min(count, keep - inside) if inside < keep else count
+                out.append(IdRange(inside, start, span))
+                inside += span
+                start += span
+                count -= span
+        if inside <= keep:
+            out.append(IdRange(keep, own, 1))
+        return tuple(out)
+
+    return IdMaps(around(maps.uids, uid, uid), around(maps.gids, gid, gid), maps.why_single, maps.helpers)

@@ -88,6 +88,11 @@ def fork_into_userns(maps: idmap.IdMaps, child: Callable[[socket.socket], NoRetu
     ``UserNamespaceUnavailable`` (the child's reason) if the namespace could not be made.
     """
     parent_sock, child_sock = channel.pair()
+    # Become uid/gid 0 of the namespace when 0 is the caller (the usual maps).  Under
+    # keep-id, 0 is a sub-id: staying the caller's ids keeps this process ours on the host
+    # (e.g. for the fuse-overlay server to open its namespaces); the capabilities that
+    # unshare(CLONE_NEWUSER) gave are the same either way.
+    root_is_me = maps.to_host(0, "uid") == os.getuid() and maps.to_host(0, "gid") == os.getgid()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -104,8 +109,9 @@ def fork_into_userns(maps: idmap.IdMaps, child: Callable[[socket.socket], NoRetu
                 os._exit(125)
             channel.send(child_sock, "userns")
             channel.expect(child_sock, "maps")
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
+            if root_is_me:
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
             child(child_sock)
         except channel.ProtocolError:
             pass  # the parent went away; nothing to report to
