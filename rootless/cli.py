@@ -248,11 +248,8 @@ def _layer_size(store, diff_id: str) -> int:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}TB"
+    from .units import human_size
+    return human_size(n)
 
 
 @cli.command(context_settings=CONTEXT)

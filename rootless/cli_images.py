@@ -126,11 +126,8 @@ def inspect(ctx: click.Context, names: tuple[str, ...], kind: str | None, fmt: s
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}TB"
+    from .units import human_size
+    return human_size(n)
 
 
 @click.command(context_settings=CONTEXT)

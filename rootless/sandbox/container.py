@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
 from . import caps, channel, idmap, libc, mounts, net, users
-from .userns import exit_code, fork_into_userns
+from .userns import fork_into_userns, kill as _kill, wait as _reap
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
@@ -98,40 +98,39 @@ def start(spec: SandboxSpec) -> Started:
             if spec.network_setup is not None:
                 spec.network_setup(msg["pid"])
                 channel.send(sock, "network-ready")
-            master = None
-            if spec.process.tty:
-                _, fds = channel.expect(sock, "tty")
-                master = fds[0]
-            channel.expect(sock, "eof")  # B's channel is close-on-exec: EOF means the command runs
-        except channel.ChildError:
-            _reap(pid)
-            unblock_signals()
+        except BaseException as e:
+            _abandon(pid, e)
             raise
-        except BaseException:
-            _kill(pid)
-            unblock_signals()
-            raise
-    return Started(pid, msg["pid"], master, spec.process.stdin)
+        return _until_exec(sock, pid, msg["pid"], spec.process)
+
+
+def _until_exec(sock: socket.socket, pid: int, target: int, proc: "ProcessSpec") -> "Started":
+    """After "pid": the pty master (with -t), then EOF — the channel is close-on-exec, so EOF
+    means the command runs.  On failure the child is reaped (or killed) and signals unblocked."""
+    try:
+        master = None
+        if proc.tty:
+            _, fds = channel.expect(sock, "tty")
+            master = fds[0]
+        channel.expect(sock, "eof")
+    except BaseException as e:
+        _abandon(pid, e)
+        raise
+    return Started(pid, target, master, proc.stdin)
+
+
+def _abandon(pid: int, error: BaseException) -> None:
+    """A start that failed: reap the child if it reported its error (it is ending), else kill it;
+    unblock the forwarded signals."""
+    if isinstance(error, channel.ChildError):
+        _reap(pid)
+    else:
+        _kill(pid)
+    unblock_signals()
 
 
 def unblock_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-
-
-def _reap(pid: int) -> int:
-    while True:
-        try:
-            return exit_code(os.waitpid(pid, 0)[1])
-        except ChildProcessError:
-            return 125
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _reap(pid)
 
 
 def wait(started: Started) -> int:
@@ -376,17 +375,7 @@ def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
                 join_cgroup(pid)
             channel.send(sock, "go")
             msg, _ = channel.expect(sock, "pid")
-            master = None
-            if proc.tty:
-                _, got = channel.expect(sock, "tty")
-                master = got[0]
-            channel.expect(sock, "eof")
-        except channel.ChildError:
-            _reap(pid)
-            unblock_signals()
+        except BaseException as e:
+            _abandon(pid, e)
             raise
-        except BaseException:
-            _kill(pid)
-            unblock_signals()
-            raise
-    return Started(pid, msg["pid"], master, proc.stdin)
+        return _until_exec(sock, pid, msg["pid"], proc)

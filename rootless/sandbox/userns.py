@@ -165,7 +165,13 @@ def exit_code(status: int) -> int:
 
 
 def wait(pid: int) -> int:
+    """Wait for child ``pid``; its exit status as a shell reports it."""
     return _reap(pid)
+
+
+def kill(pid: int) -> None:
+    """SIGKILL child ``pid`` and reap it."""
+    _kill(pid)
 
 
 def run_as_root(maps: idmap.IdMaps, fn: Callable[[], object], name: str = "rootless-unshare") -> None:
