@@ -189,6 +189,17 @@ def container_prune(ctx, force) -> None:
 
 
 @click.command(context_settings=CONTEXT)
+@click.option("--sig-proxy/--no-sig-proxy", default=True, show_default=True,
+              help="Forward SIGINT, SIGTERM and SIGHUP to the container.")
+@click.argument("container")
+@click.pass_context
+def attach(ctx, container, sig_proxy) -> None:
+    """Follow a running detached container's output until it ends (its exit status)."""
+    from .lifecycle import attach as follow
+    sys.exit(follow(_store(ctx), container, sig_proxy))
+
+
+@click.command(context_settings=CONTEXT)
 @click.argument("source")
 @click.argument("destination")
 @click.pass_context
@@ -206,6 +217,6 @@ def cp(ctx, source, destination) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (logs, exec_, stop, kill, wait, start, restart, pause, unpause, top, rename, cp,
+    for command in (logs, exec_, stop, kill, wait, start, restart, pause, unpause, top, rename, cp, attach,
                     container_group):
         group.add_command(command)

@@ -248,3 +248,41 @@ def prune(store: Store) -> list[str]:
             records.remove(rec, maps)
             gone.append(rec.id)
     return gone
+
+
+def attach(store: Store, key: str, sig_proxy: bool = True) -> int:
+    """Follow a detached container's output from now on, forwarding the user's signals to its
+    PID 1 (Docker's ``--sig-proxy``); its exit status when it ends.
+
+    Detached containers have no stdin (``-d`` with ``-i`` is refused), so nothing is sent in.
+    """
+    records = Containers(store)
+    rec = records.find(key)
+    if not running(rec):
+        raise RootlessError(f"container {rec.name} is not running: 'rootless start -a {rec.name}' runs it "
+                            "again and follows it")
+    path = log_path(store.container_dir(rec.id))
+    old = {}
+    if sig_proxy:
+        def forward(signum: int, _frame: object) -> None:
+            try:
+                os.kill(rec.init_pid, signum)
+            except ProcessLookupError:
+                pass
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                more = f.readlines()
+                if more:
+                    _emit(more, False, None)
+                elif not running(records.find(rec.id)):
+                    _emit(f.readlines(), False, None)
+                    break
+                else:
+                    time.sleep(0.05)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return wait_exit(store, rec.id) or 0

@@ -245,3 +245,19 @@ def test_cp_both_ways_running_and_stopped(rl, detached, tmp_path):
     missing = rl("cp", "cpc:/nonexistent", str(out))
     assert missing.returncode == 125 and "does not exist" in missing.stderr
     assert rl("cp", str(src), str(out)).returncode == 125
+
+
+def test_attach_follows_and_forwards_signals(rl, detached):
+    detached("attachme", "busybox", "sh", "-c",
+             'trap "echo caught; exit 5" INT; while true; do echo beat; sleep 0.2; done')
+    p = rl.popen("attach", "attachme", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)                  # forwarded to the container's PID 1
+        out, _ = p.communicate(timeout=20)
+        assert p.returncode == 5
+        assert b"beat" in out and out.rstrip().endswith(b"caught")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
