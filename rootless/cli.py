@@ -61,7 +61,10 @@ def _store(ctx: click.Context):
 @click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
 @click.option("--network", "--net", "network", metavar="MODE",
-              help="slirp4netns, pasta, none or host (default: slirp4netns if installed, else pasta).")
+              help="slirp4netns, pasta, none, host, or a network made with 'network create' "
+                   "(default: slirp4netns if installed, else pasta).")
+@click.option("--network-alias", multiple=True, metavar="NAME",
+              help="Another name for the container on its user network.")
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
               help="Publish a container port on the host.")
 @click.option("--add-host", multiple=True, metavar="NAME:ADDRESS",
@@ -338,8 +341,8 @@ def unshare(command: tuple[str, ...]) -> None:
 
 def _register_command_modules() -> None:
     """Commands kept in modules of their own (cli_*.py), each with ``register(group)``."""
-    from . import cli_containers, cli_images, cli_volumes
-    for module in (cli_containers, cli_images, cli_volumes):
+    from . import cli_containers, cli_images, cli_networks, cli_volumes
+    for module in (cli_containers, cli_images, cli_networks, cli_volumes):
         module.register(cli)
 
 

@@ -49,6 +49,7 @@ class RunOptions:
     cgroup_parent: str | None = None
     restart: str = "no"
     userns: str = ""                                     # "" or "keep-id"
+    network_alias: list[str] = field(default_factory=list)
     volume: list[str] = field(default_factory=list)      # -v
     mount: list[str] = field(default_factory=list)       # --mount
     tmpfs: list[str] = field(default_factory=list)       # --tmpfs
@@ -91,11 +92,12 @@ def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str,
 
 
 def _etc_files(directory: str, hostname: str, net: "NetworkSpec",
-               extra_hosts: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+               extra_hosts: list[tuple[str, str]], network_hosts: str = "") -> tuple[tuple[str, str], ...]:
     from .network import CONTAINER_IP
     own_ip = CONTAINER_IP if net.needs_helper else "127.0.1.1"
     hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-             f"{own_ip}\t{hostname}\n" + "".join(f"{addr}\t{name}\n" for name, addr in extra_hosts))
+             f"{own_ip}\t{hostname}\n" + "".join(f"{addr}\t{name}\n" for name, addr in extra_hosts)
+             + network_hosts)
     try:
         with open("/etc/resolv.conf") as f:
             host_resolv = f.readlines()
@@ -180,7 +182,18 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     wanted_caps = caps.resolve(opts.cap_add, opts.cap_drop)
     extra_env = parse_env(opts.env, opts.env_files)
     from . import network
-    net, extra_hosts = network.parse(opts.network, opts.publish, opts.add_host)
+    user_net = None
+    mode = opts.network
+    if mode and mode.split(":")[0] not in network.MODES + ("bridge",):
+        from .network.user_networks import UserNetworkPlan
+        user_net = UserNetworkPlan(store, [mode], list(opts.network_alias))  # raises if it does not exist
+        # and the default stack, for traffic leaving the machine and -p; none on an internal network
+        mode = "none" if user_net.internal else None
+        if user_net.internal and opts.publish:
+            raise UsageError(f"network {opts.network} is internal (no traffic in or out): -p cannot work on it")
+    elif opts.network_alias:
+        raise UsageError("--network-alias needs a network made with 'rootless network create'")
+    net, extra_hosts = network.parse(mode, opts.publish, opts.add_host)
     if net.ports:
         from .network.ports import check_available
         check_available(net.ports)
@@ -204,10 +217,16 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             with store.lock():
                 rec = records.create(image.ref or image.id, image.id, args, opts.name)
                 rec.config["options"] = {**asdict(opts), "detach": True, "tty": False, "interactive": False}
+                if user_net:
+                    user_net.reserve(rec, records)
                 records.save(rec)
         else:
             rec = existing
             rec.config.pop("stopped", None)
+            if user_net:
+                with store.lock():
+                    user_net.reserve(rec, records)
+                    records.save(rec)
         restarts, backoff = 0, 0.1
         logging = detacher is not None
         while True:
@@ -262,20 +281,25 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                     caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
                     winsize=_user_winsize() if opts.tty else None, passwd_entry=passwd_entry),
                 rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
-                                         etc_files=_etc_files(directory, hostname, net, extra_hosts),
+                                         etc_files=_etc_files(directory, hostname, net, extra_hosts,
+                                                              user_net.hosts_for(records, rec) if user_net else ""),
                                          ptmx_gid=5 if maps.size("gid") > 5 else None,
                                          binds=vols.create(rec, maps)),
                 hostname=hostname, maps=maps,
                 prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
                 cleanup_rootfs=rootfs.cleanup,
                 own_network=net.own_namespace,
-                network_setup=_network_setup(net, run_dir, helpers) if net.needs_helper else None,
-                join_cgroup=cg.add if cg.paths else None)
+                network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
+                join_cgroup=cg.add if cg.paths else None,
+                join_userns=user_net.start_holder(maps, run_base) if user_net else None)
             try:
                 started = container.start(spec)
             except channel.ChildError as e:
                 cls = CommandError if e.kind == "exec" else SandboxError
                 raise cls(str(e), e.exit_code) from None
+            finally:
+                if spec.join_userns is not None:
+                    os.close(spec.join_userns)
             rec.state, rec.pid, rec.init_pid = "running", started.intermediate_pid, started.init_pid
             rec.exit_code, rec.finished = None, None
             rec.config.update({"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
@@ -303,6 +327,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             raise
         _stop(helpers, run_dir)
         _remove_cgroup(cg)
+        if user_net:
+            user_net.refresh_peers(records, rec.id, leaving=True)
         rec.config["stopped"] = records.find(rec.id).config.get("stopped", False)
         rec.state, rec.exit_code, rec.finished = "exited", code, time.time()
         if opts.rm:
@@ -320,11 +346,18 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     return execute()
 
 
-def _network_setup(net: NetworkSpec, run_dir: str, helpers: list):
+def _network_setup(net: NetworkSpec, run_dir: str, helpers: list, user_net=None, rec=None, records=None):
+    """What P does once PID 1's namespaces exist: the userspace stack, then the user networks."""
+    if not net.needs_helper and user_net is None:
+        return None
+
     def setup(pid: int) -> None:
-        from .network import helpers as stacks
-        os.makedirs(run_dir, mode=0o700, exist_ok=True)
-        helpers.extend(stacks.start(net, pid, run_dir))
+        if net.needs_helper:
+            from .network import helpers as stacks
+            os.makedirs(run_dir, mode=0o700, exist_ok=True)
+            helpers.extend(stacks.start(net, pid, run_dir))
+        if user_net is not None:
+            user_net.attach(rec, pid, records)
     return setup
 
 

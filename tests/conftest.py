@@ -98,10 +98,15 @@ def busybox_tar(tmp_path_factory) -> Path:
     return make_busybox_tar(tmp_path_factory.mktemp("images") / "busybox.tar")
 
 
-def stop_fuse_server(run_dir: Path) -> None:
-    """Stop the fuse-overlay server the tests' containers started (by the PID it recorded)."""
+def stop_background(run_dir: Path) -> None:
+    """Stop what the tests' containers started to outlive them: the fuse-overlay server and the
+    networks' holder (by the PIDs they recorded)."""
+    for name in ("fuse-overlay.sock.pid", "netns-holder.pid"):
+        _stop_recorded(run_dir / "rootless" / name)
+
+
+def _stop_recorded(pidfile: Path) -> None:
     import signal
-    pidfile = run_dir / "rootless" / "fuse-overlay.sock.pid"
     try:
         pid = int(pidfile.read_text())
     except (OSError, ValueError):
@@ -121,7 +126,7 @@ def run_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("run")
     d.chmod(0o700)
     yield d
-    stop_fuse_server(d)
+    stop_background(d)
 
 
 @pytest.fixture(scope="session")

@@ -196,7 +196,7 @@ def test_port_errors_are_clear(rl):
         ("-p", "8080:80/sctp"): "use tcp or udp",
         ("-p", "8000-8002:80-81"): "ranges differ in length",
         ("--network", "none", "-p", "18000:80"): "-p needs a network stack",
-        ("--network", "bogus"): "unknown network mode 'bogus'",
+        ("--network", "bogus"): "network 'bogus' does not exist: use a mode (slirp4netns, pasta, none, host)",
         ("--add-host", "nocolon"): "invalid --add-host",
     }
     for args, text in cases.items():

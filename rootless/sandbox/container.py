@@ -67,6 +67,8 @@ class SandboxSpec:
     network_setup: Callable[[int], None] | None = None
     # Run in P with C's host pid before C may unshare anything: put it in the container's cgroup.
     join_cgroup: Callable[[int], None] | None = None
+    # An fd of /proc/PID/ns/user to join instead of making a user namespace (user networks).
+    join_userns: int | None = None
 
 
 @dataclass
@@ -88,7 +90,7 @@ def start(spec: SandboxSpec) -> Started:
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
         pid, sock = fork_into_userns(spec.maps, lambda s: _intermediate(spec, s), name="rootless-intermediate",
-                                     before_release=spec.join_cgroup)
+                                     before_release=spec.join_cgroup, join=spec.join_userns)
     except BaseException:
         unblock_signals()
         raise

@@ -78,8 +78,12 @@ def explain_failure(err: OSError) -> str:
 
 def fork_into_userns(maps: idmap.IdMaps, child: Callable[[socket.socket], NoReturn],
                      name: str = "rootless",
-                     before_release: Callable[[int], None] | None = None) -> tuple[int, socket.socket]:
+                     before_release: Callable[[int], None] | None = None,
+                     join: int | None = None) -> tuple[int, socket.socket]:
     """Fork a child into a new user namespace with ``maps`` written; it then runs ``child(sock)``.
+
+    With ``join`` (an fd of ``/proc/PID/ns/user``), the child joins that existing namespace
+    instead (it must have been made with the same ``maps``; we own it, so setns is allowed).
 
     ``before_release(pid)`` runs in the parent while the child still waits for its maps
     (e.g. to put it in a cgroup before it can unshare its cgroup namespace).
@@ -103,9 +107,12 @@ def fork_into_userns(maps: idmap.IdMaps, child: Callable[[socket.socket], NoRetu
             libc.set_pdeathsig(signal.SIGKILL)
             libc.set_process_name(name)
             try:
-                libc.unshare(libc.CLONE_NEWUSER)
+                if join is not None:
+                    libc.setns(join, libc.CLONE_NEWUSER)
+                else:
+                    libc.unshare(libc.CLONE_NEWUSER)
             except OSError as e:
-                channel.send_error(child_sock, explain_failure(e), kind="userns")
+                channel.send_error(child_sock, explain_failure(e) if join is None else str(e), kind="userns")
                 os._exit(125)
             channel.send(child_sock, "userns")
             channel.expect(child_sock, "maps")
@@ -124,7 +131,8 @@ def fork_into_userns(maps: idmap.IdMaps, child: Callable[[socket.socket], NoRetu
     try:
         channel.expect(parent_sock, "userns")
         try:
-            idmap.write(pid, maps)
+            if join is None:
+                idmap.write(pid, maps)
         except OSError as e:
             raise UserNamespaceUnavailable(f"cannot write the id maps of the new user namespace: {e}") from e
         if before_release is not None:

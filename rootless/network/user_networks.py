@@ -1,0 +1,286 @@
+"""User-defined networks without root: containers on one reach each other by name.
+
+    holder (sleep infinity)       a user namespace with the caller's id maps and a network
+      netns: br-NAME per network  namespace: one bridge per network, its gateway address on it;
+             veth ends            no IP forwarding, so two networks cannot reach each other.
+    container (B)                 on a user network, the container's namespaces are created in
+      netns: tap0 (slirp4netns)   the holder's user namespace (``SandboxSpec.join_userns``), so a
+             eth1 (veth peer)     veth made in the holder's network namespace can be moved into
+                                  the container's; slirp4netns still gives it outbound traffic
+                                  and published ports on tap0.
+
+Names: every running container on a network finds the others (name and aliases) in its
+/etc/hosts, rewritten in place (it is bind-mounted) as containers come and go.  Networks
+are kept in ``ROOT/networks/NAME.json``; the holder's pid in ``RUNTIME/netns-holder.pid``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import NoReturn
+
+from ..errors import RootlessError, UsageError
+from ..sandbox import channel, idmap, libc
+
+SUBNETS = ipaddress.ip_network("10.89.0.0/16")
+HOSTS_MARK = "# rootless networks\n"
+
+
+@dataclass
+class Network:
+    name: str
+    subnet: str
+    gateway: str
+    created: float = field(default_factory=time.time)
+    labels: dict = field(default_factory=dict)
+    internal: bool = False          # no traffic leaves: containers get no outbound stack
+
+    @property
+    def bridge(self) -> str:
+        return "br-" + self.name[:12]
+
+
+class Networks:
+    def __init__(self, store):
+        self.store = store
+        self.dir = os.path.join(store.root, "networks")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name + ".json")
+
+    def all(self) -> list[Network]:
+        out = []
+        for f in sorted(os.listdir(self.dir)):
+            if f.endswith(".json"):
+                with open(os.path.join(self.dir, f)) as fh:
+                    out.append(Network(**json.load(fh)))
+        return out
+
+    def get(self, name: str) -> Network:
+        try:
+            with open(self._path(name)) as f:
+                return Network(**json.load(f))
+        except FileNotFoundError:
+            raise RootlessError(f"network '{name}' does not exist: use a mode (slirp4netns, pasta, none, host), "
+                                f"or make it with 'rootless network create {name}' ('rootless network ls' "
+                                "lists them)") from None
+
+    def create(self, name: str, subnet: str | None = None, internal: bool = False) -> Network:
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", name):
+            raise UsageError(f"invalid network name '{name}': letters, digits, '_', '.', '-'")
+        if name in ("pasta", "slirp4netns", "none", "host", "bridge"):
+            raise UsageError(f"'{name}' is a network mode, not a name you can create")
+        with self.store.lock():
+            if os.path.exists(self._path(name)):
+                raise RootlessError(f"network '{name}' already exists")
+            taken = {ipaddress.ip_network(n.subnet) for n in self.all()}
+            if subnet:
+                try:
+                    net = ipaddress.ip_network(subnet)
+                except ValueError:
+                    raise UsageError(f"invalid --subnet '{subnet}': use a CIDR such as 10.90.0.0/24") from None
+                if net.version != 4 or net.prefixlen > 29:
+                    raise UsageError(f"--subnet {subnet}: use an IPv4 subnet of /29 or larger")
+                if any(net.overlaps(t) for t in taken):
+                    raise RootlessError(f"subnet {subnet} overlaps another network's")
+            else:
+                net = next((n for n in SUBNETS.subnets(new_prefix=24) if n not in taken
+                            and n.network_address.packed[2] != 0), None)
+                if net is None:
+                    raise RootlessError("no free subnet left in 10.89.0.0/16: remove a network or give --subnet")
+            network = Network(name, str(net), str(next(net.hosts())), internal=internal)
+            with open(self._path(name), "w") as f:
+                json.dump(asdict(network), f)
+        return network
+
+    def remove(self, name: str, users: list[str]) -> None:
+        self.get(name)
+        if users:
+            raise RootlessError(f"network '{name}' is used by container {users[0]}: remove it first")
+        os.unlink(self._path(name))
+
+
+def allocate(network: Network, used: set[str]) -> str:
+    """The lowest free address of ``network`` (the gateway and ``used`` excluded)."""
+    for host in ipaddress.ip_network(network.subnet).hosts():
+        if str(host) != network.gateway and str(host) not in used:
+            return str(host)
+    raise RootlessError(f"network {network.name} has no free address left ({network.subnet})")
+
+
+# --- the holder ----------------------------------------------------------------------------
+
+def _holder_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return "(sleep)" in stat and stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def ensure_holder(maps: idmap.IdMaps, run_dir: str) -> int:
+    """The pid of the per-user holder of the networks' namespaces, started when none runs."""
+    from ..sandbox.userns import fork_into_userns
+    pidfile = os.path.join(run_dir, "netns-holder.pid")
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read())
+        if _holder_alive(pid):
+            return pid
+    except (OSError, ValueError):
+        pass
+    sleep = shutil.which("sleep") or "/bin/sleep"
+
+    def child(sock: socket.socket) -> NoReturn:
+        libc.set_pdeathsig(0)          # it outlives this command
+        os.setsid()
+        libc.unshare(libc.CLONE_NEWNET)
+        from ..sandbox.net import loopback_up
+        loopback_up()
+        channel.send(sock, "ready")
+        sock.close()
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.execv(sleep, [sleep, "infinity"])
+
+    pid, sock = fork_into_userns(maps, child, name="rootless-netns")
+    with sock:
+        channel.expect(sock, "ready")
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(str(pid))
+    os.rename(pidfile + ".tmp", pidfile)
+    return pid
+
+
+def _ip(userns_pid: int, netns_pid: int, commands: list[str], tolerate: str = "") -> None:
+    """Run ``ip -batch`` in the network namespace of ``netns_pid``, as root of ``userns_pid``'s."""
+    from ..sandbox.spawn import read_all
+    fds = [os.open(f"/proc/{userns_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC),
+           os.open(f"/proc/{netns_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
+    r, w = os.pipe()
+    er, ew = os.pipe()
+    ip = shutil.which("ip") or "/sbin/ip"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.setns(fds[0], libc.CLONE_NEWUSER)
+            libc.setns(fds[1], libc.CLONE_NEWNET)
+            os.dup2(r, 0)
+            os.dup2(ew, 2)
+            os.execv(ip, [ip, "-force", "-batch", "-"])
+        except BaseException as e:  # noqa: BLE001
+            os.write(ew, f"{e}\n".encode())
+        finally:
+            os._exit(127)
+    for fd in fds + [r, ew]:
+        os.close(fd)
+    os.write(w, "".join(c + "\n" for c in commands).encode())
+    os.close(w)
+    detail = read_all(er)
+    _, status = os.waitpid(pid, 0)
+    if status != 0 and not (tolerate and tolerate in detail):
+        raise RootlessError(f"configuring the container's network failed: {detail or f'wait status {status}'}")
+
+
+def attach(holder: int, pid: int, network: Network, address: str, short_id: str) -> None:
+    """Connect the container whose PID 1 is ``pid`` to ``network`` as eth1 with ``address``."""
+    prefix = ipaddress.ip_network(network.subnet).prefixlen
+    veth = f"rl{short_id[:10]}"
+    _ip(holder, holder, [f"link add {network.bridge} type bridge"], tolerate="File exists")
+    _ip(holder, holder, [
+        f"addr replace {network.gateway}/{prefix} dev {network.bridge}",
+        f"link set {network.bridge} up",
+        f"link add {veth} type veth peer name eth1 netns {pid}",
+        f"link set {veth} master {network.bridge} up",
+    ])
+    _ip(holder, pid, [f"addr add {address}/{prefix} dev eth1", "link set eth1 up"])
+
+
+# --- names --------------------------------------------------------------------------------
+
+def hosts_entries(peers: list[tuple[str, list[str], str]]) -> str:
+    """/etc/hosts lines for (name, aliases, address) of the containers on a container's networks."""
+    return HOSTS_MARK + "".join(f"{addr}\t{' '.join([name, *aliases])}\n" for name, aliases, addr in peers)
+
+
+def rewrite_hosts(path: str, entries: str) -> None:
+    """Replace the networks part of a bind-mounted hosts file in place (a rename would not be seen)."""
+    try:
+        with open(path, "r+") as f:
+            base = f.read().split(HOSTS_MARK)[0]
+            f.seek(0)
+            f.write(base + entries)
+            f.truncate()
+    except OSError:
+        pass
+
+
+class UserNetworkPlan:
+    """The user networks of one container, from ``run`` to its end."""
+
+    def __init__(self, store, names: list[str], aliases: list[str]):
+        self.store = store
+        self.networks = [Networks(store).get(n) for n in names]
+        self.aliases = aliases
+        self.holder = 0
+
+    @property
+    def internal(self) -> bool:
+        """Every network is internal: the container gets no userspace stack, no default route."""
+        return all(n.internal for n in self.networks)
+
+    def reserve(self, rec, records) -> None:
+        """Give ``rec`` an address on each network (call with the store locked; kept across restarts)."""
+        mine = rec.config.setdefault("networks", {})
+        for net in self.networks:
+            if net.name in mine:
+                continue
+            used = {r.config.get("networks", {}).get(net.name, {}).get("ip") for r in records.all()
+                    if r.id != rec.id and r.state in ("created", "running")}
+            mine[net.name] = {"ip": allocate(net, used), "aliases": list(self.aliases)}
+
+    def _peers(self, records, rec_id: str, include: bool = True) -> dict[str, list]:
+        """Per network: (name, aliases, ip) of the running containers on it (and ``rec_id`` if asked)."""
+        from ..lifecycle import running
+        out: dict[str, list] = {}
+        for r in records.all():
+            for net, info in (r.config.get("networks") or {}).items():
+                if (r.id == rec_id and include) or (r.id != rec_id and running(r)):
+                    out.setdefault(net, []).append((r.name, info.get("aliases", []), info["ip"]))
+        return out
+
+    def hosts_for(self, records, rec) -> str:
+        peers = self._peers(records, rec.id)
+        return hosts_entries([p for net in self.networks for p in peers.get(net.name, [])])
+
+    def start_holder(self, maps, run_dir: str) -> int:
+        """The holder's user namespace, open (for ``SandboxSpec.join_userns``)."""
+        self.holder = ensure_holder(maps, run_dir)
+        return os.open(f"/proc/{self.holder}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+
+    def attach(self, rec, pid: int, records) -> None:
+        for net in self.networks:
+            attach(self.holder, pid, net, rec.config["networks"][net.name]["ip"], rec.id)
+        self.refresh_peers(records, rec.id)
+
+    def refresh_peers(self, records, rec_id: str, leaving: bool = False) -> None:
+        """Rewrite the hosts files of the running containers that share a network with ``rec_id``."""
+        from ..lifecycle import running
+        mine = {n.name for n in self.networks}
+        for r in records.all():
+            nets = set(r.config.get("networks") or {})
+            if r.id == rec_id or not (nets & mine) or not running(r):
+                continue
+            peers = self._peers(records, rec_id, include=not leaving)
+            entries = [p for n in sorted(nets) for p in peers.get(n, []) if p[0] != r.name]
+            rewrite_hosts(os.path.join(self.store.container_dir(r.id), "hosts"), hosts_entries(entries))
