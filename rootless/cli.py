@@ -277,17 +277,18 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, fmt: str) -> None:
         else:
             ago = int(time.time() - (r.finished or r.created))
             status = f"Exited ({r.exit_code}) {ago}s ago" if r.exit_code is not None else "Created"
+        from .cli_containers import published
         rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
-                     "Status": status, "Names": r.name})
+                     "Status": status, "Ports": ", ".join(published(r)), "Names": r.name})
     if quiet:
         click.echo("\n".join(r["Id"] for r in rows) if rows else "", nl=bool(rows))
     elif fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     else:
-        click.echo(f"{'CONTAINER ID':<14} {'IMAGE':<24} {'COMMAND':<24} {'STATUS':<24} NAMES")
+        click.echo(f"{'CONTAINER ID':<14} {'IMAGE':<24} {'COMMAND':<24} {'STATUS':<24} {'PORTS':<24} NAMES")
         for r in rows:
             cmd = r["Command"] if len(r["Command"]) <= 22 else r["Command"][:21] + "…"
-            click.echo(f"{r['Id']:<14} {r['Image']:<24} {cmd:<24} {r['Status']:<24} {r['Names']}")
+            click.echo(f"{r['Id']:<14} {r['Image']:<24} {cmd:<24} {r['Status']:<24} {r['Ports']:<24} {r['Names']}")
 
 
 @cli.command(context_settings=CONTEXT)

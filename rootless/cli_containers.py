@@ -188,6 +188,29 @@ def container_prune(ctx, force) -> None:
         click.echo(cid)
 
 
+def published(rec) -> list[str]:
+    """``0.0.0.0:8080->80/tcp`` lines of a container's -p options."""
+    from .network.ports import parse_port
+    opts = (rec.config.get("options") or {}).get("publish") or []
+    return [str(m) for spec in opts for m in parse_port(spec)]
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("container")
+@click.argument("private", required=False)
+@click.pass_context
+def port(ctx, container, private) -> None:
+    """The container's published ports (or where PRIVATE[/PROTO] is published)."""
+    from .containers import Containers
+    rec = Containers(_store(ctx)).find(container)
+    for line in published(rec):
+        host, _, inner = line.partition("->")
+        if private is None:
+            click.echo(f"{inner} -> {host}")
+        elif inner == (private if "/" in private else private + "/tcp"):
+            click.echo(host)
+
+
 @click.command(context_settings=CONTEXT)
 @click.option("--sig-proxy/--no-sig-proxy", default=True, show_default=True,
               help="Forward SIGINT, SIGTERM and SIGHUP to the container.")
@@ -217,6 +240,6 @@ def cp(ctx, source, destination) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (logs, exec_, stop, kill, wait, start, restart, pause, unpause, top, rename, cp, attach,
+    for command in (logs, exec_, stop, kill, wait, start, restart, pause, unpause, top, rename, cp, attach, port,
                     container_group):
         group.add_command(command)

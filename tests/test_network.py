@@ -6,6 +6,7 @@ uses addresses inside the network namespaces these tests create.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -236,3 +237,17 @@ def test_port_range(rl):
     with Running(rl, "-p", f"127.0.0.1:{a}-{b}:8080-8081", "busybox", "sh", "-c", script):
         assert http_get(f"http://127.0.0.1:{a}/") == b"A\n"
         assert http_get(f"http://127.0.0.1:{b}/") == b"B\n"
+
+
+def test_port_and_ps_show_published_ports(rl):
+    port = free_port()
+    proc = rl("run", "-d", "--network", "slirp4netns", "--name", "ported", "-p", f"127.0.0.1:{port}:8080",
+              "busybox", "sleep", "30")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert rl("port", "ported").stdout.strip() == f"8080/tcp -> 127.0.0.1:{port}"
+        assert rl("port", "ported", "8080").stdout.strip() == f"127.0.0.1:{port}"
+        rows = {r["Names"]: r for r in json.loads(rl("ps", "--format", "json").stdout)}
+        assert rows["ported"]["Ports"] == f"127.0.0.1:{port}->8080/tcp"
+    finally:
+        rl("rm", "-f", "ported")
