@@ -162,8 +162,8 @@ class Store:
             if len(matches) > 1:
                 raise StoreError(f"image id prefix '{ref}' is ambiguous: give more characters")
         raise ImageNotFound(f"image '{normalized or ref}' is not in the local store ({self.root}). "
-                            f"'rootless images' lists what you have; make one from a root filesystem "
-                            f"tarball with 'rootless import ROOTFS.tar {ref}'")
+                            f"'rootless images' lists what you have; get it with 'rootless pull {ref}', or "
+                            f"make one from a root filesystem tarball with 'rootless import ROOTFS.tar {ref}'")
 
     def images(self) -> list[Image]:
         return [self.image(d, t) for t, d in sorted(self.tags().items())]
