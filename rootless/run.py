@@ -183,7 +183,16 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     extra_env = parse_env(opts.env, opts.env_files)
     from . import network
     user_net = None
+    shared = None             # --network container:NAME: that container's record
     mode = opts.network
+    if mode and mode.startswith("container:"):
+        from .lifecycle import running
+        shared = Containers(store).find(mode.partition(":")[2])
+        if not running(shared) or not shared.init_pid:
+            raise RootlessError(f"--network {mode}: container {shared.name} is not running")
+        if opts.publish:
+            raise UsageError(f"-p cannot be used with --network {mode}: publish the ports on {shared.name}")
+        mode = "none"         # nothing of our own: the other container's namespace is used
     if mode and mode.split(":")[0] not in network.MODES + ("bridge",):
         from .network.user_networks import UserNetworkPlan
         user_net = UserNetworkPlan(store, [mode], list(opts.network_alias))  # raises if it does not exist
@@ -281,8 +290,9 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                     caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
                     winsize=_user_winsize() if opts.tty else None, passwd_entry=passwd_entry),
                 rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
-                                         etc_files=_etc_files(directory, hostname, net, extra_hosts,
-                                                              user_net.hosts_for(records, rec) if user_net else ""),
+                                         etc_files=_shared_etc(store, shared, directory) if shared else
+                                         _etc_files(directory, hostname, net, extra_hosts,
+                                                    user_net.hosts_for(records, rec) if user_net else ""),
                                          ptmx_gid=5 if maps.size("gid") > 5 else None,
                                          binds=vols.create(rec, maps)),
                 hostname=hostname, maps=maps,
@@ -291,15 +301,19 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                 own_network=net.own_namespace,
                 network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
                 join_cgroup=cg.add if cg.paths else None,
-                join_userns=user_net.start_holder(maps, run_base) if user_net else None)
+                join_userns=user_net.start_holder(maps, run_base) if user_net else (
+                    os.open(f"/proc/{shared.init_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC) if shared else None),
+                join_netns=os.open(f"/proc/{shared.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                if shared else None)
             try:
                 started = container.start(spec)
             except channel.ChildError as e:
                 cls = CommandError if e.kind == "exec" else SandboxError
                 raise cls(str(e), e.exit_code) from None
             finally:
-                if spec.join_userns is not None:
-                    os.close(spec.join_userns)
+                for fd in (spec.join_userns, spec.join_netns):
+                    if fd is not None:
+                        os.close(fd)
             rec.state, rec.pid, rec.init_pid = "running", started.intermediate_pid, started.init_pid
             rec.exit_code, rec.finished = None, None
             rec.config.update({"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
@@ -344,6 +358,21 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
         from .monitor import run_detached
         return run_detached(execute, announce=existing is None)
     return execute()
+
+
+def _shared_etc(store: Store, shared, directory: str) -> tuple[tuple[str, str], ...]:
+    """--network container:NAME: that container's hosts and resolv.conf (copied), our hostname."""
+    import shutil
+    out = []
+    for name in ("hosts", "resolv.conf"):
+        src = os.path.join(store.container_dir(shared.id), name)
+        dst = os.path.join(directory, name)
+        try:
+            shutil.copyfile(src, dst)
+        except OSError:
+            open(dst, "w").close()
+        out.append((f"/etc/{name}", dst))
+    return tuple(out)
 
 
 def _network_setup(net: NetworkSpec, run_dir: str, helpers: list, user_net=None, rec=None, records=None):

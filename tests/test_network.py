@@ -251,3 +251,22 @@ def test_port_and_ps_show_published_ports(rl):
         assert rows["ported"]["Ports"] == f"127.0.0.1:{port}->8080/tcp"
     finally:
         rl("rm", "-f", "ported")
+
+
+def test_network_of_another_container(rl):
+    web = 'mkdir -p /w; echo shared-ns > /w/index.html; trap "exit 0" TERM; httpd -f -p 127.0.0.1:8080 -h /w & wait'
+    assert rl("run", "-d", "--name", "podweb", "--network", "none", "busybox", "sh", "-c", web).returncode == 0
+    try:
+        out = ""
+        for _ in range(50):
+            out = rl("run", "--rm", "--network", "container:podweb", "busybox", "sh", "-c",
+                     'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 2 127.0.0.1 8080').stdout
+            if "shared-ns" in out:
+                break
+            time.sleep(0.1)
+        assert "shared-ns" in out       # its loopback is the other container's
+        refused = rl("run", "--rm", "--network", "container:podweb", "-p", "19001:80", "busybox", "true")
+        assert refused.returncode == 125 and "publish the ports on podweb" in refused.stderr
+    finally:
+        rl("rm", "-f", "podweb")
+    assert rl("run", "--rm", "--network", "container:podweb", "busybox", "true").returncode == 125

@@ -69,6 +69,9 @@ class SandboxSpec:
     join_cgroup: Callable[[int], None] | None = None
     # An fd of /proc/PID/ns/user to join instead of making a user namespace (user networks).
     join_userns: int | None = None
+    # An fd of /proc/PID/ns/net to join instead of making a network namespace (container:NAME);
+    # it must belong to the user namespace joined above.
+    join_netns: int | None = None
 
 
 @dataclass
@@ -164,7 +167,10 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     spec.prepare_rootfs()
     try:
-        libc.unshare(NAMESPACES if spec.own_network else NAMESPACES & ~libc.CLONE_NEWNET)
+        libc.unshare(NAMESPACES if spec.own_network and spec.join_netns is None
+                     else NAMESPACES & ~libc.CLONE_NEWNET)
+        if spec.join_netns is not None:
+            libc.setns(spec.join_netns, libc.CLONE_NEWNET)
         pid = os.fork()
         if pid == 0:
             try:
@@ -202,7 +208,7 @@ def _init(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     libc.unshare(libc.CLONE_NEWNS)
     mounts.enter_rootfs(spec.rootfs)
     libc.sethostname(spec.hostname)
-    if spec.own_network:
+    if spec.own_network and spec.join_netns is None:
         net.loopback_up()
     if spec.network_setup is not None:
         channel.expect(sock, "network-ready")
