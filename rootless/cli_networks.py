@@ -93,5 +93,29 @@ def rm(ctx, names) -> None:
     sys.exit(1 if failed else 0)
 
 
+@network.command(context_settings=CONTEXT)
+@click.option("--alias", multiple=True, metavar="NAME", help="Another name for the container on this network.")
+@click.argument("name")
+@click.argument("container")
+@click.pass_context
+def connect(ctx, name, container, alias) -> None:
+    """Connect a running container (started on a user network) to another network."""
+    from .network.user_networks import connect as join
+    from .paths import runtime_dir
+    from .sandbox import idmap
+    join(_networks(ctx).store, idmap.detect(), runtime_dir(), name, container, list(alias))
+
+
+@network.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("container")
+@click.pass_context
+def disconnect(ctx, name, container) -> None:
+    """Disconnect a container from a network."""
+    from .network.user_networks import disconnect as leave
+    from .paths import runtime_dir
+    leave(_networks(ctx).store, runtime_dir(), name, container)
+
+
 def register(group: click.Group) -> None:
     group.add_command(network)

@@ -94,3 +94,22 @@ def test_network_commands_and_errors(rl, nets):
     assert rl("run", "--rm", "--network", "tn-f", "-p", "18999:80", "busybox", "true").returncode == 125
     container("tn-user", "--network", "tn-d", "busybox", "sleep", "30")
     assert rl("network", "rm", "tn-d").returncode == 1                   # in use
+
+
+def test_connect_and_disconnect(rl, nets):
+    network, container = nets
+    network("tn-g", "--internal")
+    network("tn-h", "--internal")
+    container("tn-multi", "--network", "tn-g", "busybox", "sh", "-c", WEB)
+    assert "hello" in _wait_http(rl, "tn-g", "tn-multi")
+    assert "hello" not in rl("run", "--rm", "--network", "tn-h", "busybox", "sh", "-c",
+                             GET.format(host="tn-multi") + " 2>&1").stdout
+    assert rl("network", "connect", "--alias", "multi", "tn-h", "tn-multi").returncode == 0
+    assert "hello" in _wait_http(rl, "tn-h", "multi")                 # now on tn-h too, by its alias
+    again = rl("network", "connect", "tn-h", "tn-multi")
+    assert again.returncode == 125 and "already on network" in again.stderr
+    assert rl("network", "disconnect", "tn-h", "tn-multi").returncode == 0
+    out = rl("run", "--rm", "--network", "tn-h", "busybox", "sh", "-c",
+             "grep tn-multi /etc/hosts || echo gone").stdout
+    assert "gone" in out
+    assert "hello" in _wait_http(rl, "tn-g", "tn-multi")              # still on tn-g

@@ -192,18 +192,23 @@ def _ip(userns_pid: int, netns_pid: int, commands: list[str], tolerate: str = ""
         raise RootlessError(f"configuring the container's network failed: {detail or f'wait status {status}'}")
 
 
-def attach(holder: int, pid: int, network: Network, address: str, short_id: str) -> None:
-    """Connect the container whose PID 1 is ``pid`` to ``network`` as eth1 with ``address``."""
+def _veth(short_id: str, ifname: str) -> str:
+    """The holder's end of a container's interface (names hold 15 bytes)."""
+    return f"rl{short_id[:8]}{ifname[3:]}"
+
+
+def attach(holder: int, pid: int, network: Network, address: str, short_id: str, ifname: str = "eth1") -> None:
+    """Connect the container whose PID 1 is ``pid`` to ``network`` as ``ifname`` with ``address``."""
     prefix = ipaddress.ip_network(network.subnet).prefixlen
-    veth = f"rl{short_id[:10]}"
+    veth = _veth(short_id, ifname)
     _ip(holder, holder, [f"link add {network.bridge} type bridge"], tolerate="File exists")
     _ip(holder, holder, [
         f"addr replace {network.gateway}/{prefix} dev {network.bridge}",
         f"link set {network.bridge} up",
-        f"link add {veth} type veth peer name eth1 netns {pid}",
+        f"link add {veth} type veth peer name {ifname} netns {pid}",
         f"link set {veth} master {network.bridge} up",
     ])
-    _ip(holder, pid, [f"addr add {address}/{prefix} dev eth1", "link set eth1 up"])
+    _ip(holder, pid, [f"addr add {address}/{prefix} dev {ifname}", f"link set {ifname} up"])
 
 
 # --- names --------------------------------------------------------------------------------
@@ -247,7 +252,8 @@ class UserNetworkPlan:
                 continue
             used = {r.config.get("networks", {}).get(net.name, {}).get("ip") for r in records.all()
                     if r.id != rec.id and r.state in ("created", "running")}
-            mine[net.name] = {"ip": allocate(net, used), "aliases": list(self.aliases)}
+            mine[net.name] = {"ip": allocate(net, used), "aliases": list(self.aliases),
+                              "interface": f"eth{len(mine) + 1}"}
 
     def _peers(self, records, rec_id: str, include: bool = True) -> dict[str, list]:
         """Per network: (name, aliases, ip) of the running containers on it (and ``rec_id`` if asked)."""
@@ -270,7 +276,8 @@ class UserNetworkPlan:
 
     def attach(self, rec, pid: int, records) -> None:
         for net in self.networks:
-            attach(self.holder, pid, net, rec.config["networks"][net.name]["ip"], rec.id)
+            info = rec.config["networks"][net.name]
+            attach(self.holder, pid, net, info["ip"], rec.id, info.get("interface", "eth1"))
         self.refresh_peers(records, rec.id)
 
     def refresh_peers(self, records, rec_id: str, leaving: bool = False) -> None:
@@ -284,3 +291,55 @@ class UserNetworkPlan:
             peers = self._peers(records, rec_id, include=not leaving)
             entries = [p for n in sorted(nets) for p in peers.get(n, []) if p[0] != r.name]
             rewrite_hosts(os.path.join(self.store.container_dir(r.id), "hosts"), hosts_entries(entries))
+
+
+def connect(store, maps, run_dir: str, network_name: str, container: str, aliases: list[str]) -> None:
+    """``network connect``: a running container joins one more user network."""
+    from ..containers import Containers
+    from ..lifecycle import running
+    records = Containers(store)
+    rec = records.find(container)
+    if not running(rec) or not rec.init_pid:
+        raise RootlessError(f"container {rec.name} is not running")
+    if not rec.config.get("networks"):
+        raise RootlessError(f"container {rec.name} was not started on a user network, so its namespaces are not "
+                            "the networks' own: start it with --network NAME to connect it to others later")
+    if network_name in rec.config["networks"]:
+        raise RootlessError(f"container {rec.name} is already on network {network_name}")
+    plan = UserNetworkPlan(store, [network_name], aliases)
+    with store.lock():
+        rec = records.find(rec.id)
+        plan.reserve(rec, records)
+        records.save(rec)
+    os.close(plan.start_holder(maps, run_dir))
+    info = rec.config["networks"][network_name]
+    attach(plan.holder, rec.init_pid, plan.networks[0], info["ip"], rec.id, info["interface"])
+    plan.refresh_peers(records, rec.id)
+    everyone = plan._peers(records, rec.id, include=False)
+    entries = [p for n in sorted(rec.config["networks"]) for p in everyone.get(n, [])]
+    rewrite_hosts(os.path.join(store.container_dir(rec.id), "hosts"), hosts_entries(entries))
+
+
+def disconnect(store, run_dir: str, network_name: str, container: str) -> None:
+    """``network disconnect``: a running container leaves a user network (its interface is removed)."""
+    from ..containers import Containers
+    records = Containers(store)
+    rec = records.find(container)
+    info = (rec.config.get("networks") or {}).get(network_name)
+    if info is None:
+        raise RootlessError(f"container {rec.name} is not on network {network_name}")
+    plan = UserNetworkPlan(store, [network_name], [])
+    pidfile = os.path.join(run_dir, "netns-holder.pid")
+    try:
+        with open(pidfile) as f:
+            holder = int(f.read())
+        if _holder_alive(holder):
+            _ip(holder, holder, [f"link del {_veth(rec.id, info.get('interface', 'eth1'))}"],
+                tolerate="Cannot find device")
+    except (OSError, ValueError):
+        pass
+    plan.refresh_peers(records, rec.id, leaving=True)
+    with store.lock():
+        rec = records.find(rec.id)
+        rec.config["networks"].pop(network_name, None)
+        records.save(rec)
