@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.both_modes
+pytestmark = [pytest.mark.both_modes, pytest.mark.vm]   # vm: also in scripts/vm-test's guest
 
 STACKS = [pytest.param(s, marks=pytest.mark.skipif(not shutil.which(s), reason=f"{s} is not installed"))
           for s in ("pasta", "slirp4netns")]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.both_modes
+pytestmark = [pytest.mark.both_modes, pytest.mark.vm]   # vm: also in scripts/vm-test's guest
 
 GET = 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 3 {host} 8080'
 WEB = 'mkdir -p /w; echo "hello from $HOSTNAME" > /w/index.html; trap "exit 0" TERM; httpd -f -p 8080 -h /w & wait'
