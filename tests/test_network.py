@@ -270,3 +270,24 @@ def test_network_of_another_container(rl):
     finally:
         rl("rm", "-f", "podweb")
     assert rl("run", "--rm", "--network", "container:podweb", "busybox", "true").returncode == 125
+
+
+def test_published_tcp_port_with_our_own_forwarder(rl):
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    port = free_port()
+    p = rl.popen("run", "--rm", "--network", "slirp4netns", "-h", "webown", "-p", f"127.0.0.1:{port}:8080",
+                 "busybox", "sh", "-c", WEB, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 env={"ROOTLESS_PORT_FORWARDER": "own"})
+    try:
+        assert http_get(f"http://127.0.0.1:{port}/") == b"hello from webown\n"
+        big = rl("run", "--rm", "busybox", "true")  # unrelated work meanwhile must not disturb it
+        assert big.returncode == 0
+        assert http_get(f"http://127.0.0.1:{port}/") == b"hello from webown\n"
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))     # the forwarder is gone with the container
+        s.listen()

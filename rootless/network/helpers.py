@@ -29,6 +29,9 @@ from ..sandbox.spawn import read_all, spawn, wait
 from . import CONTAINER_IP, GATEWAY_IP, MTU, PREFIX, NetworkSpec
 
 READY_TIMEOUT = 10.0
+# TCP ports: "stack" (slirp4netns's API, pasta's -t) or "own" (network/tcp_forward.py);
+# ROOTLESS_PORT_FORWARDER overrides.  Chosen by measurement: see docs/networks.md.
+DEFAULT_TCP_FORWARDER = "stack"
 
 
 class Helper:
@@ -64,13 +67,19 @@ class Helper:
 
 def start(spec: NetworkSpec, pid: int, run_dir: str) -> list[Helper]:
     """The stack for the container whose PID 1 is ``pid``, and a UDP forwarder if UDP ports are published."""
-    from . import udp_forward
+    from . import tcp_forward, udp_forward
     udp = [m for m in spec.ports if m.proto == "udp"]
+    tcp = [m for m in spec.ports if m.proto == "tcp"]
+    own_tcp = os.environ.get("ROOTLESS_PORT_FORWARDER", DEFAULT_TCP_FORWARDER) == "own"
     bound = udp_forward.bind_host_sockets(udp) if udp else []
-    tcp_only = NetworkSpec(spec.mode, [m for m in spec.ports if m.proto == "tcp"], spec.allow_host_loopback)
-    helpers = [_slirp4netns(tcp_only, pid, run_dir) if spec.mode == "slirp4netns" else _pasta(tcp_only, pid, run_dir)]
+    bound_tcp = tcp_forward.bind_host_sockets(tcp) if tcp and own_tcp else []
+    stack_spec = NetworkSpec(spec.mode, [] if own_tcp else tcp, spec.allow_host_loopback)
+    helpers = [_slirp4netns(stack_spec, pid, run_dir) if spec.mode == "slirp4netns"
+               else _pasta(stack_spec, pid, run_dir)]
     if bound:
         helpers.append(Helper("udp-forwarder", udp_forward.start(pid, CONTAINER_IP, bound)))
+    if bound_tcp:
+        helpers.append(Helper("tcp-forwarder", tcp_forward.start(pid, CONTAINER_IP, bound_tcp)))
     return helpers
 
 
