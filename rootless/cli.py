@@ -39,6 +39,7 @@ def _store(ctx: click.Context):
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
 @click.option("--rm", is_flag=True, help="Remove the container when it exits.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
+@click.option("--stop-signal", metavar="SIGNAL", help="Signal 'stop' sends first (default: the image's, or TERM).")
 @click.option("--userns", default="", metavar="MODE",
               help="keep-id: your own uid/gid inside (files you write in bind mounts stay yours).")
 @click.option("--restart", default="no", show_default=True, metavar="POLICY",
@@ -258,10 +259,20 @@ def _human(n: float) -> str:
 @cli.command(context_settings=CONTEXT)
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers (default: running).")
 @click.option("-q", "--quiet", is_flag=True, help="Only container ids.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="status=running|exited, name=SUBSTRING, id=PREFIX, ancestor=IMAGE, network=NAME.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
-def ps(ctx: click.Context, show_all: bool, quiet: bool, fmt: str) -> None:
+def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List containers."""
+    wanted: list[tuple[str, str]] = []
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or key not in ("status", "name", "id", "ancestor", "network"):
+            raise click.UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor= or network=")
+        wanted.append((key, value))
+    if any(k == "status" for k, _ in wanted):
+        show_all = True
     import json
     import time
     from .containers import Containers, _alive
@@ -269,6 +280,13 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, fmt: str) -> None:
     for r in Containers(_store(ctx)).all():
         running = r.state == "running" and _alive(r.pid)
         if not (show_all or running):
+            continue
+        facts = {"status": "running" if running else ("created" if r.exit_code is None and r.state == "created"
+                                                     else "exited"),
+                 "name": r.name, "id": r.id, "ancestor": r.image, "network": " ".join(r.config.get("networks") or ())}
+        if not all((facts[k] == v if k in ("status", "ancestor") else
+                    facts[k].startswith(v) if k == "id" else v in facts[k].split() if k == "network" else
+                    v in facts[k]) for k, v in wanted):
             continue
         if running:
             status = "Up"

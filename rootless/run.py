@@ -50,6 +50,7 @@ class RunOptions:
     restart: str = "no"
     userns: str = ""                                     # "" or "keep-id"
     network_alias: list[str] = field(default_factory=list)
+    stop_signal: str | None = None
     volume: list[str] = field(default_factory=list)      # -v
     mount: list[str] = field(default_factory=list)       # --mount
     tmpfs: list[str] = field(default_factory=list)       # --tmpfs
@@ -176,6 +177,9 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     if not args:
         raise UsageError(f"no command specified: give one after the image name, e.g. "
                          f"'rootless run {opts.image} sh', or set CMD when importing")
+    if opts.stop_signal:
+        from .lifecycle import parse_signal
+        parse_signal(opts.stop_signal)   # refuse a bad name now, not at stop time
     workdir = opts.workdir or cfg.get("WorkingDir") or "/"
     if not workdir.startswith("/"):
         raise UsageError(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
@@ -318,7 +322,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             rec.exit_code, rec.finished = None, None
             rec.config.update({"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
                           "caps": sorted(spec.process.caps), "hostname": hostname, "detached": opts.detach,
-                          "stop_signal": cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
+                          "stop_signal": opts.stop_signal or cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
                           "monitor": os.getpid() if logging else 0})
             records.save(rec)
             if detacher is not None:

@@ -261,3 +261,19 @@ def test_attach_follows_and_forwards_signals(rl, detached):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_stop_signal_and_ps_filters(rl, detached):
+    detached("sigstop", "--stop-signal", "USR1", "busybox", "sh", "-c",
+             'trap "exit 9" USR1; while true; do sleep 0.1; done')
+    assert rl("run", "--name", "done-one", "busybox", "true").returncode == 0
+    try:
+        assert rl("ps", "-q", "-f", "status=running", "-f", "name=sigstop").stdout.strip() != ""
+        names = {r["Names"] for r in json.loads(rl("ps", "-f", "status=exited", "--format", "json").stdout)}
+        assert "done-one" in names and "sigstop" not in names
+        assert rl("ps", "-f", "bogus=1").returncode == 125
+        assert rl("stop", "sigstop").returncode == 0
+        assert rl("wait", "sigstop").stdout.strip() == "9"        # USR1, not TERM, reached it
+        assert rl("run", "--rm", "--stop-signal", "NOPE", "busybox", "true").returncode == 125
+    finally:
+        rl("rm", "done-one")
