@@ -277,3 +277,42 @@ def test_stop_signal_and_ps_filters(rl, detached):
         assert rl("run", "--rm", "--stop-signal", "NOPE", "busybox", "true").returncode == 125
     finally:
         rl("rm", "done-one")
+
+
+def test_a_detached_web_server_with_a_volume_and_a_published_port(rl):
+    """The whole story: run -d with a volume and -p, logs, exec, stop, start, data kept."""
+    import shutil
+    import socket
+    import urllib.request
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = ('[ -f /site/index.html ] || echo "first page" > /site/index.html; echo serving; '
+           'trap "exit 0" TERM; httpd -f -v -p 8080 -h /site & wait')
+    assert rl("run", "-d", "--name", "site", "-v", "sitedata:/site", "-p", f"127.0.0.1:{port}:8080",
+              "busybox", "sh", "-c", web).returncode == 0
+
+    def page() -> bytes:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    return r.read()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    try:
+        assert page() == b"first page\n"
+        assert "serving" in rl("logs", "site").stdout
+        assert rl("exec", "site", "sh", "-c", "echo changed > /site/index.html").returncode == 0
+        assert rl("stop", "site").returncode == 0 and rl("start", "site").returncode == 0
+        assert page() == b"changed\n"                               # the volume kept it
+        assert rl("restart", "site").returncode == 0
+        assert page() == b"changed\n"
+    finally:
+        rl("rm", "-f", "site")
+    assert rl("volume", "ls", "-q").stdout.split().count("sitedata") == 1   # survives the container
+    rl("volume", "rm", "sitedata")
