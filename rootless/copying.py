@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import sys
 import tarfile
 import tempfile
@@ -26,7 +25,7 @@ from typing import NoReturn
 from .containers import Containers, Record
 from .errors import RootlessError, UsageError
 from .lifecycle import running
-from .sandbox import channel, idmap, libc
+from .sandbox import idmap, libc
 from .sandbox.userns import fork_into_userns, wait
 from .store import Store
 

@@ -51,7 +51,6 @@ def create(setup: Setup, name: str, limits: Limits) -> ContainerCgroup:
             v2.enable(h.parent, [c for c in STANDARD if c in required or (c in OPPORTUNISTIC and c in h.controllers)],
                       required)
     made: list[Part] = []
-    cg = ContainerCgroup(made)
     try:
         for h in setup.hierarchies:
             d = os.path.join(h.parent, name)

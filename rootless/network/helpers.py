@@ -25,7 +25,7 @@ import socket
 import time
 
 from ..errors import SandboxError
-from ..sandbox.spawn import read_all, spawn, wait
+from ..sandbox.spawn import read_all, spawn
 from . import CONTAINER_IP, GATEWAY_IP, MTU, PREFIX, NetworkSpec
 
 READY_TIMEOUT = 10.0

@@ -17,14 +17,12 @@ It dies with the engine (``PR_SET_PDEATHSIG``) or on SIGTERM.
 
 from __future__ import annotations
 
-import os
 import selectors
-import signal
 import socket
 import time
 from typing import NoReturn
 
-from ..sandbox import libc
+from .forwarder import fork_into_container_net
 from .ports import PortMapping
 
 IDLE = 120.0
@@ -43,31 +41,7 @@ def bind_host_sockets(mappings: list[PortMapping]) -> list[tuple[socket.socket, 
 
 def start(pid: int, target_ip: str, bound: list[tuple[socket.socket, PortMapping]]) -> int:
     """Fork the forwarder for the container whose PID 1 is ``pid``; its pid."""
-    userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    parent = os.getpid()
-    child = os.fork()
-    if child == 0:
-        try:
-            libc.set_pdeathsig(signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(0)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            libc.set_process_name("rootless-udpfwd")
-            libc.setns(userns, libc.CLONE_NEWUSER)
-            libc.setns(netns, libc.CLONE_NEWNET)
-            _relay(target_ip, bound)
-        except BaseException as e:  # noqa: BLE001 - report, never unwind into the engine's code
-            os.write(2, f"rootless: UDP forwarder: {e}\n".encode())
-        finally:
-            os._exit(1)
-    os.close(userns)
-    os.close(netns)
-    for s, _ in bound:
-        s.close()
-    return child
+    return fork_into_container_net(pid, "rootless-udpfwd", bound, lambda: _relay(target_ip, bound))
 
 
 def _relay(target_ip: str, bound: list[tuple[socket.socket, PortMapping]]) -> NoReturn:

@@ -197,7 +197,7 @@ class RegistryClient:
                                         f"({base}/v2/ answered 404)", status=404)
                 return base
         hint = ("" if self.allow_http else
-                f"; if it serves plain HTTP or a self-signed certificate, use --tls-verify=false")
+                "; if it serves plain HTTP or a self-signed certificate, use --tls-verify=false")
         where = self.registry if self.host == self.registry else f"{self.registry} ({self.host})"
         raise RegistryUnreachable(f"cannot reach registry {where}: {last or 'no answer'}; check the address "
                                   f"and that it is running{hint}") from last
