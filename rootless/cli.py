@@ -289,7 +289,8 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
                     v in facts[k]) for k, v in wanted):
             continue
         if running:
-            status = "Up"
+            from .lifecycle import rootfs_lost
+            status = "Up (root filesystem lost: restart it)" if rootfs_lost(r) else "Up"
         elif r.state == "running":
             status = "Exited (unknown): its process is gone"
         else:

@@ -18,6 +18,16 @@ def running(rec: Record) -> bool:
     return rec.state == "running" and _alive(rec.pid)
 
 
+def rootfs_lost(rec: Record) -> bool:
+    """A running container whose root filesystem daemon (fuse-overlay) is gone: its files give ENOTCONN."""
+    server = int(rec.config.get("rootfs_server") or 0)
+    return running(rec) and server > 0 and not _alive(server)
+
+
+ROOTFS_LOST = ("its root filesystem daemon (fuse-overlay) has died, so its files cannot be read (ENOTCONN): "
+               "restart it with 'rootless restart {name}' (its files are kept)")
+
+
 def parse_signal(raw: str) -> int:
     name = raw.upper()
     if name.isdigit():
@@ -129,6 +139,8 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
     rec = Containers(store).find(key)
     if not running(rec) or not rec.init_pid:
         raise RootlessError(f"container {rec.name} is not running: start one with 'rootless run -d'")
+    if rootfs_lost(rec):
+        raise RootlessError(f"container {rec.name}: " + ROOTFS_LOST.format(name=rec.name))
     if not command:
         raise UsageError("exec needs a command, e.g. 'rootless exec -it NAME sh'")
     if tty and interactive and not os.isatty(0):

@@ -51,6 +51,7 @@ class ContainerRootfs:
         self.used = ""                          # the driver that served (set by prepare)
         self.single_uid = single_uid
         self.daemon = 0                         # fuse-overlay's pid, when our child
+        self.serving = 0                        # the pid serving the root filesystem (fuse-overlay)
         self.fuse_server = fuse_server          # socket of the per-user fuse-overlay server
 
     def prepare(self) -> None:
@@ -90,8 +91,8 @@ class ContainerRootfs:
         if self.fuse_server:
             from . import fuse_server
             try:
-                fuse_server.mount(self.fuse_server, ["-f", "-o", f"{opts},notify_fd=@", self.target],
-                                  READY_TIMEOUT)
+                self.serving = fuse_server.mount(self.fuse_server, ["-f", "-o", f"{opts},notify_fd=@", self.target],
+                                                 READY_TIMEOUT)
                 return
             except fuse_server.Unavailable:
                 pass  # start a daemon of our own below
@@ -99,6 +100,7 @@ class ContainerRootfs:
         try:
             self.daemon, err = spawn([exe, "-f", "-o", f"{opts},notify_fd={w}", self.target],
                                      pass_fds=(w,), die_with_parent=True)
+            self.serving = self.daemon
         finally:
             os.close(w)
         try:

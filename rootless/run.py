@@ -301,6 +301,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                                          binds=vols.create(rec, maps)),
                 hostname=hostname, maps=maps,
                 prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
+                rootfs_server=lambda: rootfs.serving,
                 cleanup_rootfs=rootfs.cleanup,
                 own_network=net.own_namespace,
                 network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
@@ -323,7 +324,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             rec.config.update({"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
                           "caps": sorted(spec.process.caps), "hostname": hostname, "detached": opts.detach,
                           "stop_signal": opts.stop_signal or cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
-                          "monitor": os.getpid() if logging else 0})
+                          "monitor": os.getpid() if logging else 0,
+                          "rootfs_server": started.rootfs_server})
             records.save(rec)
             if detacher is not None:
                 detacher.started(rec.id)

@@ -316,3 +316,16 @@ def test_a_detached_web_server_with_a_volume_and_a_published_port(rl):
         rl("rm", "-f", "site")
     assert rl("volume", "ls", "-q").stdout.split().count("sitedata") == 1   # survives the container
     rl("volume", "rm", "sitedata")
+
+
+def test_a_dead_root_filesystem_daemon_is_reported(rl, detached):
+    detached("fragile", "--storage-driver", "fuse-overlay", "busybox", "sleep", "60")
+    record = json.loads((rl.container_dir("fragile") / "config.json").read_text())
+    server = record["config"]["rootfs_server"]
+    assert server > 0
+    os.kill(server, signal.SIGKILL)                   # the daemon serving its files dies
+    _until(lambda: "root filesystem lost" in _ps(rl)["fragile"]["Status"])
+    proc = rl("exec", "fragile", "true")
+    assert proc.returncode == 125 and "root filesystem daemon" in proc.stderr and "restart" in proc.stderr
+    assert rl("restart", "-t", "1", "fragile").returncode == 0    # and restarting brings it back
+    _until(lambda: rl("exec", "fragile", "true").returncode == 0)

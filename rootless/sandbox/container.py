@@ -69,6 +69,8 @@ class SandboxSpec:
     join_cgroup: Callable[[int], None] | None = None
     # An fd of /proc/PID/ns/user to join instead of making a user namespace (user networks).
     join_userns: int | None = None
+    # The pid serving the root filesystem once prepared (a FUSE daemon), reported to P.
+    rootfs_server: Callable[[], int] = lambda: 0
     # An fd of /proc/PID/ns/net to join instead of making a network namespace (container:NAME);
     # it must belong to the user namespace joined above.
     join_netns: int | None = None
@@ -81,6 +83,7 @@ class Started:
     init_pid: int
     tty_master: int | None
     forward_input: bool = False
+    rootfs_server: int = 0
 
 
 def start(spec: SandboxSpec) -> Started:
@@ -106,7 +109,9 @@ def start(spec: SandboxSpec) -> Started:
         except BaseException as e:
             _abandon(pid, e)
             raise
-        return _until_exec(sock, pid, msg["pid"], spec.process)
+        started = _until_exec(sock, pid, msg["pid"], spec.process)
+        started.rootfs_server = int(msg.get("rootfs_server") or 0)
+        return started
 
 
 def _until_exec(sock: socket.socket, pid: int, target: int, proc: "ProcessSpec") -> "Started":
@@ -179,7 +184,7 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
                 code = e.errno_exit if isinstance(e, _ExecFailed) else 125
                 channel.send_error(sock, str(e), code, "exec" if code != 125 else "sandbox")
                 os._exit(code)
-        channel.send(sock, "pid", pid=pid)
+        channel.send(sock, "pid", pid=pid, rootfs_server=spec.rootfs_server())
         sock.close()
         spec.on_started(pid)
         code = _reap(pid)
