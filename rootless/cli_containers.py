@@ -128,26 +128,21 @@ def restart(ctx, containers, grace) -> None:
         click.echo(key)
 
 
-@click.command(context_settings=CONTEXT)
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def pause(ctx, containers) -> None:
-    """Freeze every process of containers (cgroup freezer)."""
-    from .lifecycle import pause as do_pause
-    for key in containers:
-        do_pause(_store(ctx), key, True)
-        click.echo(key)
+def _freezer_command(name: str, paused: bool, doc: str) -> click.Command:
+    """pause and unpause: the same loop over containers, freezing or thawing their cgroup."""
+    @click.command(name, context_settings=CONTEXT, help=doc)
+    @click.argument("containers", nargs=-1, required=True)
+    @click.pass_context
+    def command(ctx, containers) -> None:
+        from .lifecycle import pause as set_paused
+        for key in containers:
+            set_paused(_store(ctx), key, paused)
+            click.echo(key)
+    return command
 
 
-@click.command(context_settings=CONTEXT)
-@click.argument("containers", nargs=-1, required=True)
-@click.pass_context
-def unpause(ctx, containers) -> None:
-    """Thaw paused containers."""
-    from .lifecycle import pause as do_pause
-    for key in containers:
-        do_pause(_store(ctx), key, False)
-        click.echo(key)
+pause = _freezer_command("pause", True, "Freeze every process of containers (cgroup freezer).")
+unpause = _freezer_command("unpause", False, "Thaw paused containers.")
 
 
 @click.command(context_settings=CONTEXT)
