@@ -37,3 +37,10 @@ def setns(fd: int, nstype: int, what: str) -> None:
     if _lib().setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns({what}): {os.strerror(err)}")
+
+
+def unshare(flags: int, what: str) -> None:
+    """unshare(2) (``os.unshare`` is Python 3.12+)."""
+    if _lib().unshare(ctypes.c_int(flags)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare({what}): {os.strerror(err)}")

@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import pyfuse3
 import trio
 
-from . import copyup, ownership
+from . import copyup, loop, ownership
 from .inodes import ROOT_INODE, InodeMap, Node, NodeTable
 from .layers import WH_PREFIX, Found, Layers, hidden_xattr
 
@@ -41,6 +41,7 @@ _STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "
 def _handler(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
+        loop.handler_started()
         try:
             return await fn(*args)
         except pyfuse3.FUSEError:
@@ -50,6 +51,8 @@ def _handler(fn: F) -> F:
         except Exception:
             log.exception("internal error in %s", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            loop.handler_done()
     return wrapper  # type: ignore[return-value]
 
 

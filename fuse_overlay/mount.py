@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import sys
 from typing import Callable
 
 from . import _sys
 
 WORK_SUBDIR = b"fuse-overlay.work"
+
+# Called with the mount point once mounted, before readiness is reported (the server
+# uses it to stop holding the mount; see server.py).
+after_mount: Callable[[str], None] | None = None
 
 
 class MountError(Exception):
@@ -75,18 +78,20 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
     except RuntimeError as e:
         raise MountError(f"cannot mount on {mountpoint}: {e}") from None
     setattr(ops, "kernel_notify", True)
+    if after_mount is not None:
+        try:
+            after_mount(mountpoint)
+        except OSError as e:
+            pyfuse3.close(unmount=True)
+            raise MountError(f"cannot detach from the mount namespace: {e}") from None
     ready()
 
+    from . import loop
+    loop.install()
+
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            async def on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-                    async for _ in sigs:
-                        pyfuse3.terminate()
-                        return
-            nursery.start_soon(on_signal)
-            await pyfuse3.main(min_tasks=1, max_tasks=64)
-            nursery.cancel_scope.cancel()
+        loop.stop_on_signals()
+        await pyfuse3.main(min_tasks=1, max_tasks=64)
 
     status = 0
     try:

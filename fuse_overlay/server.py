@@ -8,9 +8,12 @@ everything, listens on a unix socket, and for each request forks a child that
    runs as the same user, which owns those namespaces),
 2. runs the ordinary ``fuse-overlay -f`` code path with the arguments it was sent,
    signalling readiness on the notify fd that came with the request (SCM_RIGHTS),
-3. watches the requester through a pidfd and unmounts when it dies: a daemon that sits in
-   a mount namespace keeps it alive, so without this a killed engine would leave the mount
-   and the daemon behind.
+3. once mounted, leaves that mount namespace for a private copy of it from which it
+   detaches the mount: it then holds no reference to the mount, which lives exactly as long
+   as the processes of the container (and of whoever else joined its mount namespace).
+   When the last of them ends, the kernel destroys the mount, aborts the FUSE connection
+   and the daemon's main loop ends: no process has to watch another or unmount anything,
+   and the requester may exit while the mount stays in use.
 
 Protocol (SOCK_SEQPACKET): request ``{"pid": N, "argv": [...]}`` with one fd (the notify fd,
 named ``notify_fd=@`` in argv); reply ``{"pid": CHILD}`` or ``{"error": "..."}``.
@@ -27,7 +30,6 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
 
 IDLE = 300.0
@@ -36,25 +38,19 @@ IDLE = 300.0
 def _preload() -> None:
     import pyfuse3  # noqa: F401  - the point of the server: imported once
     import trio  # noqa: F401
-    from . import cli, copyup, fs, inodes, layers, mount, ownership  # noqa: F401
+    from . import cli, copyup, fs, inodes, layers, loop, mount, ownership  # noqa: F401
 
 
-def _watch(pid: int) -> None:
-    """SIGTERM ourselves (fuse-overlay then unmounts and exits) when process ``pid`` ends."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-
-    def wait() -> None:
-        select.select([fd], [], [])
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=wait, name="requester-watch", daemon=True).start()
+def _leave_mount(mountpoint: str) -> None:
+    """Called once mounted (before readiness is reported): move to a private copy of the
+    requester's mount namespace and detach our mount there (see point 3 above)."""
+    from . import _sys
+    _sys.unshare(_sys.CLONE_NEWNS, "CLONE_NEWNS")
+    _sys.umount2(mountpoint, _sys.MNT_DETACH)
 
 
 def _child(request: dict, notify_fd: int) -> int:
-    from . import _sys, cli
+    from . import _sys, cli, mount
     pid = int(request["pid"])
     for kind, flag in (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS)):
         fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
@@ -64,12 +60,14 @@ def _child(request: dict, notify_fd: int) -> int:
             os.close(fd)
     os.chdir("/")
     argv = [a.replace("notify_fd=@", f"notify_fd={notify_fd}") for a in request["argv"]]
-    _watch(pid)
+    mount.after_mount = _leave_mount
     return cli.main(argv)
 
 
 def serve(path: str, idle: float) -> int:
     _preload()
+    import gc
+    gc.freeze()   # the preloaded objects stay shared with every forked daemon (no GC writes to them)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         os.unlink(path)

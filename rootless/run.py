@@ -303,6 +303,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                 prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
                 rootfs_server=lambda: rootfs.serving,
                 cleanup_rootfs=rootfs.cleanup,
+                intermediate_needed=lambda: rootfs.daemon != 0,
                 own_network=net.own_namespace,
                 network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
                 join_cgroup=cg.add if cg.paths else None,

@@ -132,8 +132,9 @@ def test_kill_sends_a_signal(rl, detached):
 def test_a_killed_monitor_leaves_no_container_running(rl, detached):
     detached("orphan", "busybox", "sleep", "60")
     record = json.loads((rl.container_dir("orphan") / "config.json").read_text())
-    intermediate, pid1 = record["pid"], record["init_pid"]
-    monitor = int(open(f"/proc/{intermediate}/stat").read().rsplit(")", 1)[1].split()[1])
+    monitor, pid1 = record["config"]["monitor"], record["init_pid"]
+    assert record["pid"] == pid1   # the monitor waits for PID 1 itself (no intermediate process stays)
+    assert int(open(f"/proc/{pid1}/stat").read().rsplit(")", 1)[1].split()[1]) == monitor
     os.kill(monitor, signal.SIGKILL)
     _until(lambda: _ps(rl)["orphan"]["Status"] != "Up")
     assert "Exited" in _ps(rl)["orphan"]["Status"]

@@ -65,11 +65,12 @@ def _children(pid: int) -> list[int]:
 
 
 def _container_pid1(launcher: subprocess.Popen, command: str, timeout: float = 20) -> int:
-    """The host pid of the container's PID 1 (a child of rootless's intermediate process) once it runs ``command``."""
+    """The host pid of the container's PID 1 once it runs ``command``: a child of rootless once the
+    intermediate process has exited (a grandchild while that one lives)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for c in _children(launcher.pid):
-            for kid in _children(c):
+            for kid in [c, *_children(c)]:
                 try:
                     argv0 = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")[0]
                 except OSError:

@@ -12,9 +12,16 @@
 Why two processes: ``unshare(CLONE_NEWPID)`` only puts the *children* of the caller in
 the new PID namespace, so the command needs a fork after it; and ``pivot_root``
 changes the root of every process of the mount namespace, so B takes a nested mount
-namespace of its own and C (which may serve the root filesystem, and cleans it up)
-keeps seeing the host's paths.  C ignores terminal signals: P decides what reaches
-the container.  Every child reports a failure over the channel before it exits.
+namespace of its own and C keeps seeing the host's paths.  C ignores terminal signals:
+P decides what reaches the container.  Every child reports a failure over the channel
+before it exits.
+
+C does not stay: once B exists it exits, and B (orphaned) is reparented to P, which is a
+child subreaper while it starts and waits for the container — so P waits for B itself and
+one process fewer stays resident per container.  B takes its parent-death signal only
+after P saw C's exit, when its parent is P.  The exception is a root filesystem served by
+a daemon that C started itself (``SandboxSpec.intermediate_needed``): it dies with C, so C
+waits for B and cleans up.
 """
 
 from __future__ import annotations
@@ -74,12 +81,15 @@ class SandboxSpec:
     # An fd of /proc/PID/ns/net to join instead of making a network namespace (container:NAME);
     # it must belong to the user namespace joined above.
     join_netns: int | None = None
+    # Asked in C once the root filesystem is prepared: must C stay until the container ends
+    # (it owns what serves the root filesystem) and then run ``cleanup_rootfs``?
+    intermediate_needed: Callable[[], bool] = lambda: False
 
 
 @dataclass
 class Started:
     """What P holds for a running container."""
-    intermediate_pid: int
+    intermediate_pid: int     # the child P waits for: C, or B itself once C has exited
     init_pid: int
     tty_master: int | None
     forward_input: bool = False
@@ -95,16 +105,22 @@ def start(spec: SandboxSpec) -> Started:
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
+        libc.set_child_subreaper(True)   # B comes to us when C exits
         pid, sock = fork_into_userns(spec.maps, lambda s: _intermediate(spec, s), name="rootless-intermediate",
                                      before_release=spec.join_cgroup, join=spec.join_userns)
     except BaseException:
+        _end_subreaping()
         unblock_signals()
         raise
     with sock:
         try:
             msg, _ = channel.expect(sock, "pid")
+            if msg.get("intermediate_exits"):
+                _reap(pid)            # C is gone: B is our child from now on
+                pid = msg["pid"]
             if spec.network_setup is not None:
                 spec.network_setup(msg["pid"])
+            if spec.network_setup is not None or msg.get("intermediate_exits"):
                 channel.send(sock, "network-ready")
         except BaseException as e:
             _abandon(pid, e)
@@ -136,11 +152,21 @@ def _abandon(pid: int, error: BaseException) -> None:
         _reap(pid)
     else:
         _kill(pid)
+    _end_subreaping()
     unblock_signals()
 
 
 def unblock_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+
+
+def _end_subreaping() -> None:
+    """The container has ended: orphans of later work (servers started in the background)
+    go to init again, not to us."""
+    try:
+        libc.set_child_subreaper(False)
+    except OSError:
+        pass
 
 
 def wait(started: Started) -> int:
@@ -158,6 +184,7 @@ def wait(started: Started) -> int:
             relay(started.tty_master, started.forward_input)
         return _reap(started.intermediate_pid)
     finally:
+        _end_subreaping()
         for s, h in old.items():
             signal.signal(s, h)
 
@@ -176,17 +203,20 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
                      else NAMESPACES & ~libc.CLONE_NEWNET)
         if spec.join_netns is not None:
             libc.setns(spec.join_netns, libc.CLONE_NEWNET)
+        stays = spec.intermediate_needed()
         pid = os.fork()
         if pid == 0:
             try:
-                _init(spec, sock)
+                _init(spec, sock, parent_stays=stays)
             except BaseException as e:  # noqa: BLE001 - report, never unwind into C's code
                 code = e.errno_exit if isinstance(e, _ExecFailed) else 125
                 channel.send_error(sock, str(e), code, "exec" if code != 125 else "sandbox")
                 os._exit(code)
-        channel.send(sock, "pid", pid=pid, rootfs_server=spec.rootfs_server())
+        channel.send(sock, "pid", pid=pid, rootfs_server=spec.rootfs_server(), intermediate_exits=not stays)
         sock.close()
         spec.on_started(pid)
+        if not stays:
+            os._exit(0)       # B goes to P (a subreaper); the mount lives in B's namespace
         code = _reap(pid)
     finally:
         try:
@@ -204,9 +234,10 @@ class _ExecFailed(Exception):
         self.errno_exit = code
 
 
-def _init(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
+def _init(spec: SandboxSpec, sock: socket.socket, parent_stays: bool = True) -> NoReturn:
     proc = spec.process
-    libc.set_pdeathsig(signal.SIGKILL)
+    if parent_stays:
+        libc.set_pdeathsig(signal.SIGKILL)
     for s in _IGNORED_IN_C:
         signal.signal(s, signal.SIG_DFL)  # ignored signals would stay ignored across exec
     os.setsid()
@@ -215,10 +246,25 @@ def _init(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     libc.sethostname(spec.hostname)
     if spec.own_network and spec.join_netns is None:
         net.loopback_up()
-    if spec.network_setup is not None:
+    if spec.network_setup is not None or not parent_stays:
         channel.expect(sock, "network-ready")
+    if not parent_stays:
+        # P has reaped C, so our parent is P now: die with it, as with C before.
+        libc.set_pdeathsig(signal.SIGKILL)
+        if _peer_gone(sock):  # P died before the line above: nobody would end us
+            os._exit(125)
 
     _become(proc, spec.maps, sock)
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    import select
+    p = select.poll()
+    p.register(sock, select.POLLIN | select.POLLHUP | getattr(select, "POLLRDHUP", 0x2000))
+    for _, ev in p.poll(0):
+        if ev & (select.POLLHUP | getattr(select, "POLLRDHUP", 0x2000)):
+            return True
+    return False
 
 
 def _become(proc: ProcessSpec, maps: idmap.IdMaps, sock: socket.socket) -> NoReturn:

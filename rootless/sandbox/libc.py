@@ -42,6 +42,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
@@ -109,6 +110,11 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 def set_pdeathsig(sig: int) -> None:
     prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper(on: bool) -> None:
+    """Orphaned descendants are reparented to us (not to init) while ``on``."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
 
 
 def set_no_new_privs() -> None:
