@@ -44,3 +44,11 @@ def unshare(flags: int, what: str) -> None:
     if _lib().unshare(ctypes.c_int(flags)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare({what}): {os.strerror(err)}")
+
+
+def malloc_trim() -> None:
+    """Return the C heap's free pages to the kernel (glibc); a no-op elsewhere."""
+    try:
+        _lib().malloc_trim(ctypes.c_size_t(0))
+    except AttributeError:
+        pass

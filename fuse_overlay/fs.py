@@ -19,6 +19,7 @@ import errno
 import functools
 import itertools
 import logging
+import mmap
 import os
 import stat as stat_mod
 from typing import Any, Awaitable, Callable, TypeVar
@@ -116,7 +117,7 @@ class OverlayFS(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self._tmp = itertools.count(1)
-        self._rbuf = bytearray(1 << 20)
+        self._rbuf = mmap.mmap(-1, 1 << 20)   # pages are touched only as big reads need them
         self.kernel_notify = False
 
     # ------------------------------------------------------------ helpers
@@ -302,6 +303,8 @@ class OverlayFS(pyfuse3.Operations):
             raise _err(errno.EROFS)
         if node.copy_lock is None:
             node.copy_lock = trio.Lock()
+        elif node.copy_lock.locked():
+            loop.about_to_block()
         async with node.copy_lock:
             if node.layer == 0 and (not node.is_dir or 0 in node.dirlayers):
                 return
@@ -313,6 +316,7 @@ class OverlayFS(pyfuse3.Operations):
             keep_ino = node.ino if not stat_mod.S_ISLNK(st.st_mode) else None
             tmp = self._tmpname()
             if data and stat_mod.S_ISREG(st.st_mode) and st.st_size >= _THREAD_COPY_MIN:
+                loop.about_to_block()
                 await trio.to_thread.run_sync(copyup.copy_up, src, tmp, st, keep_ino)
                 try:
                     path = node.path()      # may have moved while copying
@@ -692,7 +696,7 @@ class OverlayFS(pyfuse3.Operations):
         # One buffer serves every read: pyfuse3 copies it into the reply
         # before any other handler can run (no await after this point).
         if size > len(self._rbuf):
-            self._rbuf = bytearray(size)
+            self._rbuf = mmap.mmap(-1, size)
         view = memoryview(self._rbuf)
         n = os.preadv(h.fd, [view[:size]], off)
         return view[:n]

@@ -16,7 +16,10 @@ SIGTERM, SIGINT and SIGHUP end the loop either way (:func:`stop_on_signals`): a 
 that arrives during the poll raises out of it; one that arrives while trio waits asks
 trio to terminate the session (``TrioToken.run_sync_soon`` is safe in signal handlers).
 
-``handler_started``/``handler_done`` are called by every request handler (fs.py).
+``handler_started``/``handler_done`` are called by every request handler (fs.py), and
+``about_to_block`` before an await that really waits; see ``_Nursery``.
+
+Run pyfuse3 with ``MAIN_ARGS``.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from typing import Any, AsyncIterator
 import trio
 
 _CHECKPOINT_EVERY = 1024
+MAIN_ARGS = {"min_tasks": 0, "max_tasks": 1 << 30}
 
 
 class _Woken(Exception):
@@ -41,6 +45,7 @@ class _State:
         self.stop = False
         self.blocking = False
         self.spawned = False      # pyfuse3 started a worker task that has not run yet
+        self.pending: tuple | None = None   # a worker pyfuse3 asked for, not started (_Nursery)
         self.count = 0
         self.token: trio.lowlevel.TrioToken | None = None
         self.poller: select.poll | None = None
@@ -91,14 +96,36 @@ def _terminate() -> None:
 
 
 class _Nursery:
-    """trio's nursery, noting that pyfuse3 started a worker (it runs at the next checkpoint)."""
+    """trio's nursery, but pyfuse3's extra workers start only when a handler is about to block.
+
+    pyfuse3 starts another worker after every request that found no other worker waiting,
+    i.e. after each request when one worker serves them all; two workers then hand the read
+    lock to each other, a trip through trio's scheduler per request.  The first worker
+    (from ``pyfuse3.main``) starts at once; later ones are kept in ``_state.pending`` until
+    :func:`about_to_block`.  (pyfuse3 counts them as started: hence ``max_tasks`` is huge,
+    and ``min_tasks=0`` lets an extra worker end as soon as another one waits.)"""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self._first = True
 
     def start_soon(self, *args: Any, **kwargs: Any) -> None:
+        if self._first:
+            self._first = False
+            _state.spawned = True
+            self._nursery.start_soon(*args, **kwargs)
+        else:
+            _state.pending = (self._nursery, args, kwargs)
+
+
+def about_to_block() -> None:
+    """A handler is about to wait for something that takes time (a worker thread, a lock
+    another handler holds): start a worker so that requests are read meanwhile."""
+    if _state.pending is not None:
+        nursery, args, kwargs = _state.pending
+        _state.pending = None
         _state.spawned = True
-        self._nursery.start_soon(*args, **kwargs)
+        nursery.start_soon(*args, **kwargs)
 
 
 @contextlib.asynccontextmanager

@@ -85,13 +85,14 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
             pyfuse3.close(unmount=True)
             raise MountError(f"cannot detach from the mount namespace: {e}") from None
     ready()
+    _release_free_memory()
 
     from . import loop
     loop.install()
 
     async def main() -> None:
         loop.stop_on_signals()
-        await pyfuse3.main(min_tasks=1, max_tasks=64)
+        await pyfuse3.main(**loop.MAIN_ARGS)
 
     status = 0
     try:
@@ -102,6 +103,13 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
     finally:
         pyfuse3.close(unmount=True)
     return status
+
+
+def _release_free_memory() -> None:
+    """The daemon idles from here on in most containers: give back what the start freed."""
+    import gc
+    gc.collect()
+    _sys.malloc_trim()
 
 
 def notify(fd: int | None) -> None:

@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Callable
 
 IDLE = 300.0
 
@@ -49,6 +50,11 @@ def _leave_mount(mountpoint: str) -> None:
     _sys.umount2(mountpoint, _sys.MNT_DETACH)
 
 
+def mount_child(request: dict, fds: list[int]) -> int:
+    """In a forked child: the mount of ``request``; returns when the mount has ended."""
+    return _child(request, fds[0])
+
+
 def _child(request: dict, notify_fd: int) -> int:
     from . import _sys, cli, mount
     pid = int(request["pid"])
@@ -64,8 +70,12 @@ def _child(request: dict, notify_fd: int) -> int:
     return cli.main(argv)
 
 
-def serve(path: str, idle: float) -> int:
+def serve(path: str, idle: float, preload: Callable[[], None] = lambda: None,
+          child: Callable[[dict, list[int]], int] = mount_child) -> int:
+    """Listen at ``path``; fork ``child(request, fds)`` per request (``preload`` runs first).
+    Other programs reuse this loop with a ``child`` of their own (rootless's fork server)."""
     _preload()
+    preload()
     import gc
     gc.freeze()   # the preloaded objects stay shared with every forked daemon (no GC writes to them)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -101,22 +111,22 @@ def serve(path: str, idle: float) -> int:
         with conn:
             fds: list[int] = []
             try:
-                data, fds, _, _ = socket.recv_fds(conn, 65536, 1)
+                data, fds, _, _ = socket.recv_fds(conn, 65536, 4)
                 request = json.loads(data)
-                child = os.fork()
-                if child == 0:
+                kid = os.fork()
+                if kid == 0:
                     code = 1
                     try:
                         listener.close()
                         conn.close()
                         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                        code = _child(request, fds[0])
+                        code = child(request, fds)
                     except BaseException as e:  # noqa: BLE001 - report, never return into the loop
                         print(f"fuse-overlay: {e}", file=sys.stderr)
                     finally:
                         os._exit(code)
-                children.add(child)
-                conn.send(json.dumps({"pid": child}).encode())
+                children.add(kid)
+                conn.send(json.dumps({"pid": kid}).encode())
             except (OSError, ValueError, KeyError, IndexError) as e:
                 try:
                     conn.send(json.dumps({"error": str(e)}).encode())

@@ -33,6 +33,13 @@ class Detacher:
         self.r, self.w = os.pipe()
         self.pid = 0
 
+    @classmethod
+    def reporting_to(cls, w: int) -> "Detacher":
+        """The monitor's side only: it reports on ``w`` (a monitor forked by the fork server)."""
+        d = cls.__new__(cls)
+        d.r, d.w, d.pid = -1, w, 0
+        return d
+
     def fork(self) -> bool:
         """True in the monitor, False in the CLI."""
         sys.stdout.flush()
@@ -130,17 +137,56 @@ class LogPump:
         self.out.close()
 
 
-def run_detached(start: Callable[["Detacher"], int], announce: bool = True) -> int:
-    """Fork the monitor, which calls ``start(detacher)``; the CLI prints the id and returns."""
-    d = Detacher()
-    if d.fork():
+_adopted: Detacher | None = None   # set in a monitor forked by the fork server
+
+
+def adopt(detacher: Detacher, request: dict) -> int:
+    """In a child of the fork server: run the CLI's detached command here, as its monitor.
+
+    ``request`` holds what ``run_detached`` was given (the store, the run options, the
+    container to start again); ``run`` is called again with them, its checks pass as they
+    did in the CLI, and ``run_detached`` then runs the container in this process."""
+    global _adopted
+    from .containers import Containers
+    from .errors import RootlessError
+    from .run import RunOptions, run
+    from .store import Store
+    _adopted = detacher
+    try:
+        store = Store(request["store"])
+        existing = Containers(store).find(request["existing"]) if request.get("existing") else None
+        return run(store, RunOptions(**request["opts"]), existing=existing)
+    except RootlessError as e:
+        detacher.failed(str(e), e.exit_code)
+        return e.exit_code
+    except BaseException as e:  # noqa: BLE001 - the CLI hears of it through the pipe
+        detacher.failed(f"the container monitor failed: {e!r}", 125)
+        return 125
+
+
+def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
+                 request: dict | None = None) -> int:
+    """Have a monitor call ``start(detacher)``; the CLI prints the id and returns.
+
+    The monitor is forked by the per-user fork server when one answers (``request``: what
+    the server's child needs to get here again, see ``adopt``), else by this process."""
+    if _adopted is not None:      # we are that monitor
         code = 125
         try:
-            code = start(d)
-        except BaseException as e:  # noqa: BLE001 - the CLI hears of it through the pipe
-            d.failed(str(e), getattr(e, "exit_code", 125))
-        finally:
-            os._exit(code if isinstance(code, int) else 125)
+            code = start(_adopted)
+        except BaseException as e:  # noqa: BLE001
+            _adopted.failed(str(e), getattr(e, "exit_code", 125))
+        return code if isinstance(code, int) else 125
+    d = Detacher()
+    if request is None or not _spawn_by_server(d, request):
+        if d.fork():
+            code = 125
+            try:
+                code = start(d)
+            except BaseException as e:  # noqa: BLE001 - the CLI hears of it through the pipe
+                d.failed(str(e), getattr(e, "exit_code", 125))
+            finally:
+                os._exit(code if isinstance(code, int) else 125)
     cid, error, code = d.wait_parent()
     if error:
         from .errors import RootlessError
@@ -148,3 +194,19 @@ def run_detached(start: Callable[["Detacher"], int], announce: bool = True) -> i
     if announce:
         print(cid)
     return 0
+
+
+def _spawn_by_server(d: Detacher, request: dict) -> bool:
+    from . import forkserver, paths
+    path = forkserver.ensure(paths.runtime_dir())
+    if path is None:
+        return False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        d.pid = forkserver.spawn_monitor(path, request, d.w)
+    except forkserver.Unavailable:
+        return False
+    os.close(d.w)
+    d.w = -1
+    return True

@@ -7,16 +7,19 @@ Drivers (``--storage-driver``, or ``ROOTLESS_STORAGE_DRIVER``):
   shared by every container; ``upper/`` and ``work/`` are the container's own.
 * ``vfs``: a private copy of the layers per container (``cp -a`` as root of the user
   namespace, so sub-id owners are kept) — slow and large, but works everywhere.
-* ``fuse-overlay``: our pyfuse3 overlay filesystem (``fuse_overlay/``), a daemon started by
-  the intermediate process before it unshares the PID namespace (so it is not inside the
-  container), serving the same lower/upper/work layout; with ``xattr_permissions`` in
-  single-uid mode so that owners other than root can be kept.  It dies with the intermediate
-  process (parent-death signal); unmounting at the end makes it exit.
+* ``fuse-overlay``: our pyfuse3 overlay filesystem (``fuse_overlay/``), serving the same
+  lower/upper/work layout, with ``xattr_permissions`` in single-uid mode so that owners other
+  than root can be kept.  The daemon is forked by the per-user fork server
+  (``forkserver.py``) into the intermediate process's user and mount namespaces; it holds no
+  reference to the mount, which ends (and the daemon with it) when the container's processes
+  are gone.  Without the server, the intermediate process starts ``fuse-overlay -f`` itself,
+  with a parent-death signal, and stays until the container ends to unmount and stop it
+  (``daemon``).
 * ``auto`` (default): see ``AUTO_ORDER``.
 
-``prepare``/``cleanup`` run in the intermediate process (see ``sandbox.container``):
-its mount namespace holds the mount, and it removes the container's writable layer
-for ``--rm`` once the container has ended.
+``prepare`` runs in the intermediate process (see ``sandbox.container``), in the container's
+new mount namespace; ``cleanup`` runs there too when the intermediate process stays (a daemon
+of its own), else the mount simply ends with the container and ``--rm`` is done by the engine.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .errors import UsageError
 from .sandbox import libc
 
 DRIVERS = ("auto", "fuse-overlay", "overlay", "vfs")
-# fuse-overlay first: with the per-user server (rootless/fuse_server.py) a mount costs a fork,
+# fuse-overlay first: with the per-user server (rootless/forkserver.py) a mount costs a fork,
 # and a start takes as long as with the kernel's overlay (scripts/bench); the kernel's overlay
 # when FUSE is not usable here, the copy as the last resort.
 AUTO_ORDER = ("fuse-overlay", "overlay", "vfs")
@@ -52,7 +55,7 @@ class ContainerRootfs:
         self.single_uid = single_uid
         self.daemon = 0                         # fuse-overlay's pid, when our child
         self.serving = 0                        # the pid serving the root filesystem (fuse-overlay)
-        self.fuse_server = fuse_server          # socket of the per-user fuse-overlay server
+        self.fuse_server = fuse_server          # socket of the per-user fork server
 
     def prepare(self) -> None:
         os.makedirs(self.target, mode=0o755, exist_ok=True)
@@ -89,12 +92,12 @@ class ContainerRootfs:
         if self.single_uid:
             opts += ",xattr_permissions=2"
         if self.fuse_server:
-            from . import fuse_server
+            from . import forkserver
             try:
-                self.serving = fuse_server.mount(self.fuse_server, ["-f", "-o", f"{opts},notify_fd=@", self.target],
+                self.serving = forkserver.mount(self.fuse_server, ["-f", "-o", f"{opts},notify_fd=@", self.target],
                                                  READY_TIMEOUT)
                 return
-            except fuse_server.Unavailable:
+            except forkserver.Unavailable:
                 pass  # start a daemon of our own below
         r, w = os.pipe()
         try:

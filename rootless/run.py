@@ -12,7 +12,7 @@ from .containers import Containers
 from .errors import CommandError, RootlessError, SandboxError, UsageError
 from .network import NetworkSpec
 from .rootfs import ContainerRootfs
-from .sandbox import caps, channel, container, idmap, mounts
+from .sandbox import caps, channel, container, idmap, libc, mounts
 from .store import Store
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -280,8 +280,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                                     "import the image again")
             server = None
             if _may_use_fuse(opts.storage_driver):
-                from . import fuse_server
-                server = fuse_server.ensure(run_base)
+                from . import forkserver
+                server = forkserver.ensure(run_base)
             rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
                                      opts.storage_driver, remove_after=opts.rm, single_uid=maps.single,
                                      fuse_server=server)
@@ -332,6 +332,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                 detacher.started(rec.id)
             if pump is not None:
                 pump.start()
+                libc.release_free_memory()   # the monitor idles from here on (docs/containers.md)
             code = container.wait(started)
             rec.oom_killed = cg.oom_killed()
             if pump is not None:
@@ -362,8 +363,11 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
         if opts.tty or opts.interactive:
             raise UsageError("-d with -i or -t is not supported yet: the container's terminal could not be "
                              "attached later. Use -d alone, and 'rootless logs' / 'rootless exec'")
+        from dataclasses import asdict
         from .monitor import run_detached
-        return run_detached(execute, announce=existing is None)
+        return run_detached(execute, announce=existing is None,
+                            request={"store": store.root, "opts": asdict(opts),
+                                     "existing": existing.id if existing is not None else None})
     return execute()
 
 

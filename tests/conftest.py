@@ -101,7 +101,7 @@ def busybox_tar(tmp_path_factory) -> Path:
 def stop_background(run_dir: Path) -> None:
     """Stop what the tests' containers started to outlive them: the fuse-overlay server and the
     networks' holder (by the PIDs they recorded)."""
-    for name in ("fuse-overlay.sock.pid", "netns-holder.pid"):
+    for name in ("forkserver.sock.pid", "netns-holder.pid"):
         _stop_recorded(run_dir / "rootless" / name)
 
 

@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from .conftest import ROOTLESS
+
 pytestmark = pytest.mark.both_modes
 
 TICKER = 'trap "echo bye; exit 0" TERM; echo started; echo oops >&2; while true; do sleep 0.1; done'
@@ -330,3 +332,64 @@ def test_a_dead_root_filesystem_daemon_is_reported(rl, detached):
     assert proc.returncode == 125 and "root filesystem daemon" in proc.stderr and "restart" in proc.stderr
     assert rl("restart", "-t", "1", "fragile").returncode == 0    # and restarting brings it back
     _until(lambda: rl("exec", "fragile", "true").returncode == 0)
+
+
+def _ppid(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_what_stays_per_container_is_a_monitor_and_a_daemon_from_the_fork_server(rl, detached, run_dir):
+    """No intermediate process stays: PID 1's parent is the monitor; the monitor and the
+    fuse-overlay daemon are children of the per-user fork server (sharing its memory), and the
+    daemon holds no reference to the mount, so it ends when the container does."""
+    detached("lean", "--storage-driver", "fuse-overlay", "busybox", "sleep", "60")
+    record = json.loads((rl.container_dir("lean") / "config.json").read_text())
+    monitor, pid1, daemon = record["config"]["monitor"], record["init_pid"], record["config"]["rootfs_server"]
+    server = int((run_dir / "rootless" / "forkserver.sock.pid").read_text())
+    assert record["pid"] == pid1 and _ppid(pid1) == monitor
+    assert _ppid(monitor) == server and _ppid(daemon) == server
+    rootfs = str(rl.container_dir("lean") / "rootfs")
+    assert rootfs not in open(f"/proc/{daemon}/mountinfo").read()   # it sees no mount of its own
+    assert rootfs in open(f"/proc/{pid1}/mountinfo").read() or "fuse-overlay" in open(
+        f"/proc/{pid1}/mountinfo").read()
+    assert rl("stop", "-t", "1", "lean").returncode == 0
+    _until(lambda: _gone(daemon))      # the mount ended with the container's last process
+
+
+def test_without_the_fork_server_the_cli_forks_the_monitor(rl):
+    env = {"ROOTLESS_FORKSERVER": "0"}
+    proc = rl("run", "-d", "--network", "none", "--name", "own-monitor", "busybox", "sleep", "60", env=env)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert _ps(rl)["own-monitor"]["Status"] == "Up"
+        assert rl("exec", "own-monitor", "echo", "hi", env=env).stdout == "hi\n"
+        bad = rl("run", "-d", "--network", "none", "busybox", "no-such-command", env=env)
+        assert bad.returncode == 127 and "no-such-command" in bad.stderr
+    finally:
+        rl("rm", "-f", "own-monitor", env=env)
+        rl("container", "prune", "-f")
+
+
+def test_a_monitor_from_the_fork_server_reports_errors_and_gets_the_callers_environment(rl, tmp_path):
+    bad = rl("run", "-d", "--network", "none", "busybox", "no-such-command")
+    assert bad.returncode == 127 and "no-such-command" in bad.stderr
+    (tmp_path / "vars").write_text("FROM_FILE=from the caller's cwd\n")
+    # a relative --env-file and a variable taken from the environment resolve as in the caller
+    proc = subprocess.run([*ROOTLESS, "run", "-d",
+                           "--network", "none", "--name", "envcheck", "--env-file", "vars", "-e", "FROM_CALLER",
+                           "busybox", "sh", "-c", 'echo "$FROM_FILE"; echo "$FROM_CALLER"; sleep 60'],
+                          cwd=tmp_path, env={**rl.env, "FROM_CALLER": "yes"}, capture_output=True, text=True,
+                          timeout=60)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        _until(lambda: rl("logs", "envcheck").stdout == "from the caller's cwd\nyes\n")
+    finally:
+        rl("rm", "-f", "envcheck")
+        rl("container", "prune", "-f")

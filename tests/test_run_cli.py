@@ -99,7 +99,10 @@ def _wait_for_line(stream, text: str, timeout: float = 20) -> None:
 def test_killed_by_signal_is_128_plus_n(rl):
     p = rl.popen("run", "--rm", "busybox", "sleep", "60", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        os.kill(_container_pid1(p, "sleep"), signal.SIGKILL)
+        pid1 = _container_pid1(p, "sleep")
+        # no intermediate process stays: the CLI (a child subreaper) is PID 1's parent
+        assert int(Path(f"/proc/{pid1}/stat").read_text().rsplit(")", 1)[1].split()[1]) == p.pid
+        os.kill(pid1, signal.SIGKILL)
         assert p.wait(timeout=20) == 128 + signal.SIGKILL
     finally:
         p.kill()

@@ -1,0 +1,203 @@
+"""The per-user fork server: the processes that stay resident per container come from here.
+
+One resident process per user (``python -m rootless.forkserver SOCKET``) imports the engine,
+pyfuse3 and trio once, listens at ``RUNTIME/forkserver.sock`` and forks, on request:
+
+* ``mount``: a fuse-overlay daemon for a container's root filesystem, in the requester's
+  user and mount namespaces (``fuse_overlay.server.mount_child``).  A container starts as
+  fast as with the kernel's overlay: no interpreter and no pyfuse3/trio import per start.
+* ``monitor``: the monitor of a detached container (``run -d``, ``start``, ``restart``).  The
+  CLI sends its parsed options, environment, working directory and umask, with the write
+  end of its "started" pipe and its stdout/stderr; the child becomes the monitor, exactly as
+  a monitor forked by the CLI would (``monitor.run_detached``).
+
+Both children share the server's memory copy-on-write (the server calls ``gc.freeze`` after
+its imports so that the collector does not write to those pages), so what a container costs
+is what its two processes wrote since the fork, not two interpreters and their imports
+(docs/containers.md has the figures).  The server exits after ``--idle`` seconds without
+requests and without children; monitors and daemons are its children, so it stays while a
+container runs.  It is started in a session of its own by the first command that needs it,
+before any namespace or cgroup of a container exists, so it belongs to none.
+
+``ensure``, ``mount`` and ``spawn_monitor`` are the client side.  They return None / raise
+``Unavailable`` rather than fail a command: the caller then forks a monitor or starts a
+fuse-overlay daemon of its own.  ``ROOTLESS_FORKSERVER=0`` disables the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import socket
+import sys
+import time
+
+START_TIMEOUT = 10.0
+SOCKET = "forkserver.sock"
+LOG = "forkserver.log"
+_RLIMITS = ("RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_STACK", "RLIMIT_MEMLOCK")
+
+
+class Unavailable(Exception):
+    pass
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def ensure(run_dir: str) -> str | None:
+    """The server's socket path, starting the server when none answers; None if it cannot start."""
+    if os.environ.get("ROOTLESS_FORKSERVER") == "0":
+        return None
+    path = os.path.join(run_dir, SOCKET)
+    try:
+        _connect(path).close()
+        return path
+    except OSError:
+        pass
+    from .sandbox.spawn import spawn
+    idle = os.environ.get("ROOTLESS_FORKSERVER_IDLE", "300")
+    log = os.open(os.path.join(run_dir, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        spawn([sys.executable, "-m", "rootless.forkserver", path, "--idle", idle],
+              capture_stderr=False, stderr_fd=log, new_session=True)
+    except OSError:
+        return None
+    finally:
+        os.close(log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            _connect(path).close()
+            return path
+        except OSError:
+            time.sleep(0.01)
+    return None
+
+
+def _request(path: str, request: dict, fds: list[int], timeout: float) -> int:
+    """Send ``request`` with ``fds``; the forked child's pid."""
+    try:
+        conn = _connect(path)
+    except OSError as e:
+        raise Unavailable(f"the fork server at {path} does not answer: {e}") from None
+    with conn:
+        try:
+            socket.send_fds(conn, [json.dumps(request).encode()], fds)
+            conn.settimeout(timeout)
+            reply = json.loads(conn.recv(65536) or b"{}")
+        except (OSError, ValueError) as e:
+            raise Unavailable(f"the fork server at {path} failed: {e}") from None
+    if "pid" not in reply:
+        raise Unavailable(f"the fork server refused: {reply.get('error', 'no answer')}")
+    return int(reply["pid"])
+
+
+def mount(path: str, argv: list[str], timeout: float) -> int:
+    """A fuse-overlay mount in this process's user and mount namespaces; the serving pid."""
+    r, w = os.pipe()
+    try:
+        try:
+            pid = _request(path, {"kind": "mount", "pid": os.getpid(), "argv": argv}, [w], timeout)
+        finally:
+            os.close(w)
+        ready, _, _ = select.select([r], [], [], timeout)
+        if not ready or not os.read(r, 16).startswith(b"ready"):
+            raise OSError(f"fuse-overlay did not mount the root filesystem (fork server child {pid}; "
+                          f"see {os.path.join(os.path.dirname(path), LOG)})")
+        return pid
+    finally:
+        os.close(r)
+
+
+def spawn_monitor(path: str, request: dict, report_fd: int) -> int:
+    """Have the server fork the monitor of a detached container; it reports on ``report_fd``."""
+    rlimits = {}
+    for name in _RLIMITS:
+        try:
+            rlimits[name] = resource.getrlimit(getattr(resource, name))[0]
+        except (AttributeError, OSError, ValueError):
+            pass
+    full = {**request, "kind": "monitor", "env": dict(os.environ), "cwd": os.getcwd(),
+            "umask": _umask(), "rlimits": rlimits}
+    return _request(path, full, [report_fd, 1, 2], 10.0)
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+# --- the server side ------------------------------------------------------------------
+
+def _preload() -> None:
+    from . import containers, lifecycle, monitor, rootfs, run, store, volumes  # noqa: F401
+    from .network import helpers, ports, user_networks  # noqa: F401
+    from . import cgroups  # noqa: F401
+    from .sandbox import container, mounts, tty  # noqa: F401
+
+
+def _child(request: dict, fds: list[int]) -> int:
+    if request.get("kind", "mount") == "mount":
+        from fuse_overlay.server import mount_child
+        return mount_child(request, fds)
+    if request["kind"] == "monitor":
+        return _monitor(request, fds)
+    raise ValueError(f"unknown request kind {request['kind']!r}")
+
+
+def _monitor(request: dict, fds: list[int]) -> int:
+    """Become the monitor the CLI asked for (see ``monitor.adopt``)."""
+    report, out, err = fds
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    for fd in (null, out, err):
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.umask(int(request["umask"]))
+    for name, soft in request.get("rlimits", {}).items():
+        try:
+            limit = getattr(resource, name)
+            resource.setrlimit(limit, (soft, resource.getrlimit(limit)[1]))
+        except (AttributeError, OSError, ValueError):
+            pass
+    from .sandbox import libc
+    libc.set_process_name("rootless-monitor")
+    from .monitor import Detacher, adopt
+    detacher = Detacher.reporting_to(report)
+    try:
+        os.chdir(request["cwd"])
+    except OSError as e:
+        detacher.failed(f"the working directory {request['cwd']} is gone: {e.strerror}", 125)
+        return 125
+    return adopt(detacher, request)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-"):
+        print("usage: python -m rootless.forkserver SOCKET [--idle SECONDS]", file=sys.stderr)
+        return 1
+    idle = float(args[args.index("--idle") + 1]) if "--idle" in args else 300.0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from fuse_overlay.server import serve
+    return serve(args[0], idle, preload=_preload, child=_child)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
