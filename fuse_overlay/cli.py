@@ -25,6 +25,9 @@ usage: fuse-overlay [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPT
   -o xattr_permissions=2   keep owners/modes in user.fuseoverlayfs.override_stat
   -o timeout=SECONDS kernel attribute/entry cache time (default 86400)
   -o writeback=0|1   kernel write-back caching (default 1)
+  -o uidmapping=DISK:SHOWN:COUNT[:...], gidmapping=...
+                     show owners DISK+i of the backing files as SHOWN+i (and store
+                     the reverse), as fuse-overlayfs does
   -o ro              read-only mount
 """
 
@@ -57,6 +60,8 @@ class Options:
         self.timeout = 86400.0
         self.fsname = "fuse-overlay"
         self.writeback = True
+        self.uidmapping = None     # idmapping.IdMapping
+        self.gidmapping = None
 
 
 def _split_lowers(value: str) -> list[str]:
@@ -126,6 +131,12 @@ def _apply(opts: Options, item: str) -> None:
             raise UsageError(f"option {key} has a bad value {value!r}.") from None
         except OSError:
             raise UsageError(f"notify_fd={value} is not an open file descriptor.") from None
+    elif key in ("uidmapping", "gidmapping"):
+        from .idmapping import IdMapping
+        try:
+            setattr(opts, key, IdMapping.parse(value))
+        except ValueError as e:
+            raise UsageError(f"option {key}={value} is not valid: {e}.") from None
     elif key == "pidfile":
         opts.pidfile = value
     elif key == "fsname":
@@ -231,7 +242,7 @@ def run(opts: Options) -> int:
         cfg = Config(upper=upper,
                      lowers=[os.fsencode(os.path.abspath(p)) for p in opts.lowers],
                      work=work, timeout=opts.timeout, xattr_permissions=opts.xattr_permissions,
-                     writeback=opts.writeback)
+                     writeback=opts.writeback, uidmap=opts.uidmapping, gidmap=opts.gidmapping)
         os.umask(0)
         ops = OverlayFS(cfg)
         if opts.debug:

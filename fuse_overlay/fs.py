@@ -28,6 +28,7 @@ import pyfuse3
 import trio
 
 from . import copyup, loop, ownership
+from .idmapping import IdMapping
 from .inodes import ROOT_INODE, InodeMap, Node, NodeTable
 from .layers import WH_PREFIX, Found, Layers, hidden_xattr
 
@@ -87,11 +88,13 @@ class Config:
 
     def __init__(self, upper: bytes | None, lowers: list[bytes], work: bytes | None,
                  timeout: float = 86400.0, xattr_permissions: bool = False,
-                 writeback: bool = False) -> None:
+                 writeback: bool = False, uidmap: IdMapping | None = None,
+                 gidmap: IdMapping | None = None) -> None:
         self.upper, self.lowers, self.work = upper, lowers, work
         self.timeout = timeout
         self.xattr_permissions = xattr_permissions
         self.writeback = writeback
+        self.uidmap, self.gidmap = uidmap, gidmap    # None: owners shown as stored
 
 
 class OverlayFS(pyfuse3.Operations):
@@ -145,6 +148,10 @@ class OverlayFS(pyfuse3.Operations):
         e.st_ino = node.ino
         e.generation = node.generation
         mode, uid, gid, rdev = st.st_mode, st.st_uid, st.st_gid, st.st_rdev
+        if self.cfg.uidmap is not None:
+            uid = self.cfg.uidmap.shown(uid)
+        if self.cfg.gidmap is not None:
+            gid = self.cfg.gidmap.shown(gid)
         if self.cfg.xattr_permissions and real is not None:
             ov = ownership.read(real, st)
             if ov is not None:
@@ -255,7 +262,18 @@ class OverlayFS(pyfuse3.Operations):
             ov = ownership.read(real, st)
             if ov is not None:
                 return ov.mode, ov.uid, ov.gid
-        return st.st_mode, st.st_uid, st.st_gid
+        return st.st_mode, self._shown_uid(st.st_uid), self._shown_gid(st.st_gid)
+
+    def _shown_uid(self, uid: int) -> int:
+        return uid if self.cfg.uidmap is None else self.cfg.uidmap.shown(uid)
+
+    def _shown_gid(self, gid: int) -> int:
+        return gid if self.cfg.gidmap is None else self.cfg.gidmap.shown(gid)
+
+    def _disk_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """Shown ids (-1: unchanged) as stored on disk (raises EINVAL for an unmapped one)."""
+        return (uid if self.cfg.uidmap is None else self.cfg.uidmap.disk(uid),
+                gid if self.cfg.gidmap is None else self.cfg.gidmap.disk(gid))
 
     def _new_owner(self, parent: Node, ctx: pyfuse3.RequestContext) -> tuple[int, int, bool]:
         """(uid, gid, parent is setgid) for an object created by ``ctx``."""
@@ -273,6 +291,7 @@ class OverlayFS(pyfuse3.Operations):
                 if not stat_mod.S_ISLNK(st.st_mode):
                     ownership.write(real, ownership.Override(uid, gid, mode, rdev))
             return
+        uid, gid = self._disk_ids(uid, gid)
         if fd is not None:
             os.fchown(fd, uid, gid)
             if mode & (stat_mod.S_ISUID | stat_mod.S_ISGID):
@@ -428,7 +447,7 @@ class OverlayFS(pyfuse3.Operations):
                     os.chmod(real, stat_mod.S_IMODE(attr.st_mode))
             else:
                 if uid != -1 or gid != -1:
-                    os.lchown(real, uid, gid)
+                    os.lchown(real, *self._disk_ids(uid, gid))
                 if fields.update_mode and not stat_mod.S_ISLNK(st.st_mode):
                     os.chmod(real, stat_mod.S_IMODE(attr.st_mode))
         if fields.update_atime or fields.update_mtime:

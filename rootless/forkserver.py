@@ -1,7 +1,7 @@
 """The per-user fork server: the processes that stay resident per container come from here.
 
 One resident process per user (``python -m rootless.forkserver SOCKET``) imports the engine,
-pyfuse3 and trio once, listens at ``RUNTIME/forkserver.sock`` and forks, on request:
+pyfuse3 and trio once, listens at ``RUNTIME/forkserver-CODE.sock`` (CODE: see ``_code_id``) and forks, on request:
 
 * ``mount``: a fuse-overlay daemon for a container's root filesystem, in the requester's
   user and mount namespaces (``fuse_overlay.server.mount_child``).  A container starts as
@@ -54,11 +54,26 @@ def _connect(path: str) -> socket.socket:
     return s
 
 
+def _code_id() -> str:
+    """Names the code a server runs: the interpreter and the newest source file of rootless
+    and fuse_overlay.  A server started before an upgrade (or an edit) keeps its old socket
+    and ends once idle; the next command starts one with the new code."""
+    import hashlib
+    import fuse_overlay
+    newest = 0
+    for pkg in (os.path.dirname(__file__), os.path.dirname(fuse_overlay.__file__)):
+        for base, _dirs, files in os.walk(pkg):
+            for name in files:
+                if name.endswith(".py"):
+                    newest = max(newest, os.stat(os.path.join(base, name)).st_mtime_ns)
+    return hashlib.sha256(f"{sys.executable}\0{newest}".encode()).hexdigest()[:12]
+
+
 def ensure(run_dir: str) -> str | None:
     """The server's socket path, starting the server when none answers; None if it cannot start."""
     if os.environ.get("ROOTLESS_FORKSERVER") == "0":
         return None
-    path = os.path.join(run_dir, SOCKET)
+    path = os.path.join(run_dir, SOCKET.replace(".sock", f"-{_code_id()}.sock"))
     try:
         _connect(path).close()
         return path

@@ -43,7 +43,8 @@ class ContainerRootfs:
     """The root filesystem of one container under ``directory`` (the container's store dir)."""
 
     def __init__(self, layer_dirs: list[str], directory: str, driver: str, remove_after: bool,
-                 single_uid: bool = False, fuse_server: str | None = None):
+                 single_uid: bool = False, fuse_server: str | None = None,
+                 id_translation: tuple[str, str] | None = None):
         if driver not in DRIVERS:
             raise UsageError(f"unknown storage driver '{driver}': use one of {', '.join(DRIVERS)}")
         self.layer_dirs = layer_dirs            # bottom first
@@ -56,6 +57,9 @@ class ContainerRootfs:
         self.daemon = 0                         # fuse-overlay's pid, when our child
         self.serving = 0                        # the pid serving the root filesystem (fuse-overlay)
         self.fuse_server = fuse_server          # socket of the per-user fork server
+        # (uidmapping, gidmapping) for fuse-overlay when the container's user namespace maps
+        # ids otherwise than the one the layers were unpacked in (--userns keep-id)
+        self.id_translation = id_translation
 
     def prepare(self) -> None:
         os.makedirs(self.target, mode=0o755, exist_ok=True)
@@ -64,6 +68,10 @@ class ContainerRootfs:
             try:
                 {"fuse-overlay": self._mount_fuse, "overlay": self._mount_overlay, "vfs": self._copy}[driver]()
                 self.used = driver
+                if self.id_translation and driver != "fuse-overlay":
+                    os.write(2, f"rootless: warning: with --storage-driver {driver}, the image's files show "
+                                "owners shifted by --userns keep-id (root's as yours); fuse-overlay shows "
+                                "them as in the image\n".encode())
                 return
             except _Unavailable as e:
                 if driver == order[-1]:
@@ -91,6 +99,8 @@ class ContainerRootfs:
         opts = f"lowerdir={lower.replace(',', chr(92) + ',')},upperdir={upper},workdir={work}"
         if self.single_uid:
             opts += ",xattr_permissions=2"
+        if self.id_translation:
+            opts += f",uidmapping={self.id_translation[0]},gidmapping={self.id_translation[1]}"
         if self.fuse_server:
             from . import forkserver
             try:

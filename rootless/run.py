@@ -149,6 +149,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     if why:
         raise UserNamespaceUnavailable(why)
     maps = idmap.detect()
+    stored = maps                # the maps the image's layers were unpacked through
     passwd_entry = None
     if opts.userns not in ("", "host-range", "keep-id"):
         raise UsageError(f"unknown --userns '{opts.userns}': use keep-id (or leave it out)")
@@ -284,7 +285,10 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                 server = forkserver.ensure(run_base)
             rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
                                      opts.storage_driver, remove_after=opts.rm, single_uid=maps.single,
-                                     fuse_server=server)
+                                     fuse_server=server,
+                                     id_translation=None if maps is stored else (
+                                         idmap.translation(stored.uids, maps.uids),
+                                         idmap.translation(stored.gids, maps.gids)))
             spec = container.SandboxSpec(
                 process=container.ProcessSpec(
                     args=args,

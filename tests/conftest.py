@@ -99,10 +99,10 @@ def busybox_tar(tmp_path_factory) -> Path:
 
 
 def stop_background(run_dir: Path) -> None:
-    """Stop what the tests' containers started to outlive them: the fuse-overlay server and the
+    """Stop what the tests' containers started to outlive them: the fork server(s) and the
     networks' holder (by the PIDs they recorded)."""
-    for name in ("forkserver.sock.pid", "netns-holder.pid"):
-        _stop_recorded(run_dir / "rootless" / name)
+    for pidfile in [*(run_dir / "rootless").glob("forkserver*.sock.pid"), run_dir / "rootless" / "netns-holder.pid"]:
+        _stop_recorded(pidfile)
 
 
 def _stop_recorded(pidfile: Path) -> None:

@@ -288,3 +288,25 @@ def test_userns_keep_id(rl, tmp_path):
     st = (work / "made-inside").stat()
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())   # yours on the host, no sub-id
     assert rl("run", "--rm", "--userns", "bogus", "busybox", "true").returncode == 125
+
+
+@pytest.mark.skipif(not RANGE_MODE, reason="--userns keep-id needs a subordinate id range")
+def test_keep_id_shows_the_images_owners_and_stores_new_files_as_the_image_would(rl):
+    """With fuse-overlay, the root filesystem is shown with the image's owners (root's files as
+    root's, not as yours), and what the container writes there is stored as an image with the
+    same owners would be: `commit`/`cp` see the container's ids, not shifted ones."""
+    proc = rl("run", "--name", "keepid-owners", "--storage-driver", "fuse-overlay", "--userns", "keep-id",
+              "busybox", "sh", "-c",
+              "stat -c '%u:%g' /bin /etc/passwd; touch /tmp/mine; stat -c '%u:%g' /tmp/mine; "
+              "touch /bin/x 2>/dev/null && echo wrote || echo refused")
+    try:
+        assert proc.returncode == 0, proc.stderr
+        me = f"{os.getuid()}:{os.getgid()}"
+        assert proc.stdout.split() == ["0:0", "0:0", me, "refused"]
+        # the file the container's user made is stored as image uid/gid = that user's ids: seen
+        # from the storage's own namespace (`rootless unshare`), it belongs to the same ids
+        upper = rl.container_dir("keepid-owners") / "upper" / "tmp" / "mine"
+        seen = rl("unshare", "stat", "-c", "%u:%g", str(upper))
+        assert seen.stdout.strip() == me, seen.stderr
+    finally:
+        rl("rm", "-f", "keepid-owners")

@@ -166,3 +166,18 @@ def keep_id(maps: IdMaps, uid: int, gid: int) -> IdMaps:
         return tuple(out)
 
     return IdMaps(around(maps.uids, uid, uid), around(maps.gids, gid, gid), maps.why_single, maps.helpers)
+
+
+def translation(stored: tuple[IdRange, ...], seen: tuple[IdRange, ...]) -> str:
+    """fuse-overlay's ``uidmapping``/``gidmapping`` value (``DISK:SHOWN:COUNT...``) for a mount
+    served in a user namespace mapped by ``seen`` over files unpacked through ``stored``:
+    the id that image id J was stored as (host ``stored(J)``) is seen by the daemon as
+    ``seen⁻¹(stored(J))``, and is to be shown as J again."""
+    out = []
+    for s in stored:                       # image ids s.inside.. are host ids s.outside..
+        for v in seen:                     # the daemon sees host ids v.outside.. as v.inside..
+            lo = max(s.outside, v.outside)
+            hi = min(s.outside + s.count, v.outside + v.count)
+            if lo < hi:
+                out.append(f"{v.inside + lo - v.outside}:{s.inside + lo - s.outside}:{hi - lo}")
+    return ":".join(out)

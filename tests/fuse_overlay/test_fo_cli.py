@@ -24,6 +24,8 @@ pytestmark = pytest.mark.skipif(not mode_available("single"),
     (["-o", "lowerdir=/tmp,notify_fd=987", "/tmp"], "987"),
     (["-x", "/tmp"], "-x"),
     (["-o", "lowerdir=/etc/passwd", "/tmp"], "not a directory"),
+    (["-o", "lowerdir=/tmp,uidmapping=0:1", "/tmp"], "uidmapping"),
+    (["-o", "lowerdir=/tmp,gidmapping=0:x:1", "/tmp"], "gidmapping"),
 ])
 def test_bad_command_lines(args, words):
     p = subprocess.run([sys.executable, "-m", "fuse_overlay.cli"] + args, capture_output=True,
@@ -165,3 +167,21 @@ kill $(cat $T/pid)
 """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "kept", "stable", "0"]
+
+
+@pytest.mark.skipif(not mode_available("full"), reason="needs a subordinate id range (ids 5 and 7 mapped)")
+def test_uid_and_gid_mapping():
+    """uidmapping/gidmapping (fuse-overlayfs's format DISK:SHOWN:COUNT): owners are shown
+    through the mapping, chown and new files store the reverse, unmapped ids are refused."""
+    r = run_in_ns("""
+mkdir -p $T/l $T/u $T/w $T/m; echo a > $T/l/a; chown 0:0 $T/l/a
+$FO -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,uidmapping=0:5:1:1:0:1,gidmapping=0:7:1:1:0:1,pidfile=$T/pid $T/m
+stat -c %u:%g $T/m/a
+touch $T/m/b; stat -c %u:%g $T/m/b $T/u/b
+chown 5:7 $T/m/b; stat -c %u:%g $T/m/b $T/u/b
+chown 9 $T/m/b 2>/dev/null && echo chowned || echo refused
+kill $(cat $T/pid)
+""", mode="full")
+    assert r.returncode == 0, r.stderr
+    # disk 0 is shown as 5 (uid) / 7 (gid); the creator (root, 0) is stored as disk 1
+    assert r.stdout.split() == ["5:7", "0:0", "1:1", "5:7", "0:0", "refused"]
