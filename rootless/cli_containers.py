@@ -212,7 +212,7 @@ def port(ctx, container, private) -> None:
 @click.argument("container")
 @click.pass_context
 def attach(ctx, container, sig_proxy) -> None:
-    """Follow a running detached container's output until it ends (its exit status)."""
+    """Follow a running detached container's output until it ends (its exit status); with -dit/-di, type into it (Ctrl-P Ctrl-Q detaches)."""
     from .lifecycle import attach as follow
     sys.exit(follow(_store(ctx), container, sig_proxy))
 

@@ -60,6 +60,10 @@ def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | Non
         rec = records.find(rec.id)
         if not running(rec):
             monitor = int(rec.config.get("monitor") or 0)
+            if rec.state == "running" and monitor and _alive(monitor) and (
+                    deadline is None or time.monotonic() < deadline):
+                time.sleep(0.01)        # it ended a moment ago: its monitor is recording how
+                continue
             if monitor and _alive(monitor) and rec.config.get("stopped"):
                 from .containers import _wait_gone
                 _wait_gone(monitor, 10)  # let it finish its clean-up before we return
@@ -266,13 +270,24 @@ def attach(store: Store, key: str, sig_proxy: bool = True) -> int:
     """Follow a detached container's output from now on, forwarding the user's signals to its
     PID 1 (Docker's ``--sig-proxy``); its exit status when it ends.
 
-    Detached containers have no stdin (``-d`` with ``-i`` is refused), so nothing is sent in.
+    A container started with ``-dt``/``-di`` has a terminal (console.py): then our input goes to
+    it too, Ctrl-P Ctrl-Q detaches, and with ``-t`` signals are keys on its pty, as in Docker.
     """
     records = Containers(store)
     rec = records.find(key)
     if not running(rec):
         raise RootlessError(f"container {rec.name} is not running: 'rootless start -a {rec.name}' runs it "
                             "again and follows it")
+    options = rec.config.get("options") or {}
+    if options.get("tty") or options.get("interactive"):
+        from .console import socket_path
+        from .paths import runtime_dir
+        path = socket_path(os.path.join(runtime_dir(), rec.id[:16]))
+        if os.path.exists(path):
+            from .attaching import attach_console
+            if attach_console(path, bool(options.get("tty")), rec.init_pid if sig_proxy else 0):
+                return 0                        # detached with Ctrl-P Ctrl-Q: it runs on
+            return wait_exit(store, rec.id) or 0
     path = log_path(store.container_dir(rec.id))
     old = {}
     if sig_proxy:

@@ -86,11 +86,13 @@ class Detacher:
 class LogPump:
     """The container's stdout/stderr (fds 1 and 2 of whatever the monitor starts) into ``path``."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, tee: Callable[[str, bytes], None] | None = None):
         self.path = path
         self.pipes = {"stdout": os.pipe(), "stderr": os.pipe()}
         self.out = open(path, "ab", buffering=0)
         self.threads: list[threading.Thread] = []
+        self.tee = tee                  # also given every chunk (attached clients, console.py)
+        self.lock = threading.Lock()
 
     def redirect(self) -> None:
         """Make the pipes our fds 1 and 2, so that the container inherits them."""
@@ -105,18 +107,26 @@ class LogPump:
         os.dup2(null, 1)
         os.dup2(null, 2)
         os.close(null)
-        lock = threading.Lock()
         for stream, (r, _) in self.pipes.items():
-            t = threading.Thread(target=self._pump, args=(stream, r, lock), daemon=True)
-            t.start()
-            self.threads.append(t)
+            self.add_source(stream, r)
+
+    def add_source(self, stream: str, fd: int) -> None:
+        """Pump ``fd`` (closed at its end) into the log as ``stream``: the pipes, or a pty master."""
+        t = threading.Thread(target=self._pump, args=(stream, fd, self.lock), daemon=True)
+        t.start()
+        self.threads.append(t)
 
     def _pump(self, stream: str, fd: int, lock: threading.Lock) -> None:
         pending = b""
         while True:
-            chunk = os.read(fd, 65536)
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:          # EIO: a pty whose last user closed it
+                chunk = b""
             if not chunk:
                 break
+            if self.tee is not None:
+                self.tee(stream, chunk)
             pending += chunk
             *lines, pending = pending.split(b"\n")
             self._write(stream, [line + b"\n" for line in lines], lock)

@@ -141,7 +141,7 @@ def parse_restart(policy: str) -> tuple[str, int]:
 
 def run(store: Store, opts: RunOptions, existing=None) -> int:
     """Run a container; with ``existing`` (a record), run that container again (``start``)."""
-    if opts.tty and opts.interactive and not os.isatty(0):
+    if opts.tty and opts.interactive and not opts.detach and not os.isatty(0):
         raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
     from .sandbox.userns import forbidden_by_sysctl
     from .errors import UserNamespaceUnavailable
@@ -230,7 +230,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
         if existing is None:
             with store.lock():
                 rec = records.create(image.ref or image.id, image.id, args, opts.name)
-                rec.config["options"] = {**asdict(opts), "detach": True, "tty": False, "interactive": False}
+                rec.config["options"] = {**asdict(opts), "detach": True, "tty": opts.tty and opts.detach,
+                                         "interactive": opts.interactive and opts.detach}
                 if user_net:
                     user_net.reserve(rec, records)
                 records.save(rec)
@@ -263,13 +264,18 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     def once(rec, records, detacher, logging: bool) -> int:
         directory = store.container_dir(rec.id)
         hostname = opts.hostname or rec.id[:12]
-        pump = None
-        if logging:
-            from .monitor import LogPump, log_path
-            pump = LogPump(log_path(directory))
-            pump.redirect()
+        pump = console = None
         helpers: list = []
         run_dir = os.path.join(run_base, rec.id[:16])  # short: unix socket paths hold 108 bytes
+        if logging:
+            from .monitor import LogPump, log_path
+            if opts.tty or opts.interactive:      # -dit / -di: a terminal to attach to
+                from .console import Console
+                console = Console(run_dir, opts.tty)
+                if not opts.tty:
+                    console.stdin_pipe()
+            pump = LogPump(log_path(directory), tee=console.broadcast if console else None)
+            pump.redirect()
         cg = None
         try:
             cg_setup.sweep("rootless-")  # leftovers of engines that were killed
@@ -296,7 +302,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                     cwd=workdir,
                     user=opts.user if opts.user is not None else (cfg.get("User") or ""),
                     caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
-                    winsize=_user_winsize() if opts.tty else None, passwd_entry=passwd_entry),
+                    winsize=(_user_winsize() if not logging else console_winsize()) if opts.tty else None,
+                    passwd_entry=passwd_entry),
                 rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
                                          etc_files=_shared_etc(store, shared, directory) if shared else
                                          _etc_files(directory, hostname, net, extra_hosts,
@@ -336,12 +343,21 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                 detacher.started(rec.id)
             if pump is not None:
                 pump.start()
+                if console is not None:
+                    master, started.tty_master = started.tty_master, None   # the console's, not a relay's
+                    console.started(os.dup(master) if master is not None else None)
+                    if master is not None:
+                        pump.add_source("stdout", master)
                 libc.release_free_memory()   # the monitor idles from here on (docs/containers.md)
             code = container.wait(started)
             rec.oom_killed = cg.oom_killed()
             if pump is not None:
                 pump.finish()
+            if console is not None:
+                console.close()
         except BaseException as e:
+            if console is not None:
+                console.close()
             _stop(helpers, run_dir)
             _remove_cgroup(cg)
             rec.state, rec.finished = "exited", time.time()
@@ -364,9 +380,6 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
         return code
 
     if opts.detach:
-        if opts.tty or opts.interactive:
-            raise UsageError("-d with -i or -t is not supported yet: the container's terminal could not be "
-                             "attached later. Use -d alone, and 'rootless logs' / 'rootless exec'")
         from dataclasses import asdict
         from .monitor import run_detached
         return run_detached(execute, announce=existing is None,
@@ -426,6 +439,12 @@ def _remove_cgroup(cg) -> None:
         cg.remove()
     except CgroupError as e:
         print(f"rootless: warning: {e}", file=sys.stderr)
+
+
+def console_winsize() -> bytes:
+    """A detached container's pty starts at 24x80; ``attach`` sends the user's size."""
+    from .console import DEFAULT_WINSIZE
+    return DEFAULT_WINSIZE
 
 
 def _user_winsize() -> bytes | None:

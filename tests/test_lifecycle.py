@@ -394,3 +394,44 @@ def test_a_monitor_from_the_fork_server_reports_errors_and_gets_the_callers_envi
     finally:
         rl("rm", "-f", "envcheck")
         rl("container", "prune", "-f")
+
+
+def _read_until(fd: int, needle: bytes, timeout: float = 20) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                buf += os.read(fd, 4096)
+            except OSError:
+                break
+    return buf
+
+
+def test_run_dit_attach_types_into_the_shell_and_ctrl_p_ctrl_q_detaches(rl, detached):
+    detached("console", "-it", "busybox", "sh")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 31, 97, 0, 0))
+    p = rl.popen("attach", "console", stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    try:
+        time.sleep(0.5)
+        os.write(master, b"echo sum-$((40+2)); stty size\r")
+        out = _read_until(master, b"31 97")
+        assert b"sum-42" in out and b"31 97" in out, out     # our input, and our window size
+        os.write(master, b"\x10\x11")                          # Ctrl-P Ctrl-Q
+        assert p.wait(timeout=20) == 0
+    finally:
+        p.kill()
+        p.wait()
+        os.close(master)
+    assert _ps(rl)["console"]["Status"] == "Up"                # detaching left it running
+    assert "sum-42" in rl("logs", "console").stdout
+    assert rl("exec", "console", "true").returncode == 0
+
+
+def test_run_di_attach_sends_input_and_returns_the_exit_status(rl, detached):
+    detached("reader", "-i", "busybox", "sh", "-c", 'read line; echo "got $line"; echo to-stderr >&2; exit 4')
+    proc = rl("attach", "reader", input="a line\n", timeout=30)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (4, "got a line\n", "to-stderr\n")
+    assert "Exited (4)" in _ps(rl)["reader"]["Status"]
