@@ -161,16 +161,3 @@ class Console:
         except OSError:
             pass
 
-
-def pump_pty(master: int, out) -> None:
-    """Read the pty master until the container closes it, passing each chunk to ``out``."""
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError as e:
-            if e.errno != errno.EIO:
-                raise
-            data = b""
-        if not data:
-            return
-        out(data)
