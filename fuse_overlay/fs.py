@@ -772,25 +772,34 @@ class OverlayFS(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, b"..", self._node_attr(parent), 2):
                 return
         dpath = d.path()
-        for i in range(max(start_id - 2, 0), len(entries)):
-            name, layer = entries[i]
-            try:
-                node, attr = self._readdir_entry(d, dpath, name, layer)
-            except (pyfuse3.FUSEError, FileNotFoundError, NotADirectoryError):
-                continue            # vanished since the listing was taken
-            if not pyfuse3.readdir_reply(token, name, attr, i + 3):
-                if node.lookups <= 0:
-                    self.table.drop(node)
-                break
-            node.lookups += 1
+        dirfds: dict[int, int] = {}     # layer -> the directory there: lstat one component, not a path
+        try:
+            for i in range(max(start_id - 2, 0), len(entries)):
+                name, layer = entries[i]
+                try:
+                    fd = dirfds.get(layer)
+                    if fd is None:
+                        fd = dirfds[layer] = os.open(self.layers.roots[layer] + dpath,  # type: ignore[operator]
+                                                     os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    node, attr = self._readdir_entry(d, dpath, name, layer, fd)
+                except (pyfuse3.FUSEError, FileNotFoundError, NotADirectoryError):
+                    continue            # vanished since the listing was taken
+                if not pyfuse3.readdir_reply(token, name, attr, i + 3):
+                    if node.lookups <= 0:
+                        self.table.drop(node)
+                    break
+                node.lookups += 1
+        finally:
+            for fd in dirfds.values():
+                os.close(fd)
 
-    def _readdir_entry(self, d: Node, dpath: bytes, name: bytes, layer: int
+    def _readdir_entry(self, d: Node, dpath: bytes, name: bytes, layer: int, dirfd: int
                        ) -> tuple[Node, pyfuse3.EntryAttributes]:
         """Like :meth:`_lookup` for a name the listing found first in
-        ``layer``; a fast path for the common case of a plain lower file the
-        kernel already knows under this name."""
+        ``layer`` (directory open at ``dirfd``); a fast path for the common
+        case of a plain lower file the kernel already knows under this name."""
         real = self.layers.roots[layer] + dpath + b"/" + name  # type: ignore[operator]
-        st = os.lstat(real)
+        st = os.lstat(name, dir_fd=dirfd)
         mode = st.st_mode
         if layer == 0 or stat_mod.S_ISDIR(mode) or st.st_nlink > 1 or stat_mod.S_ISCHR(mode):
             return self._lookup(d, name, layer, dpath)
