@@ -40,10 +40,19 @@ _THREAD_COPY_MIN = 1 << 20   # copy-ups at least this big run in a worker thread
 _STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "O_DIRECT", 0)
 
 
+# Handlers that change nothing a directory listing shows (see ``OverlayFS.generation``).
+_READ_ONLY = frozenset({"lookup", "getattr", "readlink", "open", "read", "release", "fsync", "opendir",
+                        "readdir", "releasedir", "fsyncdir", "statfs", "getxattr", "listxattr"})
+
+
 def _handler(fn: F) -> F:
+    changes = fn.__name__ not in _READ_ONLY
+
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
         loop.handler_started()
+        if changes:
+            args[0].generation += 1
         try:
             return await fn(*args)
         except pyfuse3.FUSEError:
@@ -55,6 +64,8 @@ def _handler(fn: F) -> F:
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             loop.handler_done()
+            if changes:
+                args[0].generation += 1     # also after: a listing read meanwhile is stale
     return wrapper  # type: ignore[return-value]
 
 
@@ -73,13 +84,20 @@ class FileHandle:
 
 
 class DirHandle:
-    """An open directory and its listing snapshot (taken at offset 0)."""
+    """An open directory and its listing snapshot (taken at offset 0), and the
+    rows for the listing cache as a first pass goes through them."""
 
-    __slots__ = ("node", "entries")
+    __slots__ = ("node", "entries", "rows", "generation")
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.entries: list[tuple[bytes, int]] | None = None
+        self.rows: list[tuple[bytes, int, int, pyfuse3.EntryAttributes]] | None = None
+        self.generation = -1
+
+
+_LISTINGS_KEPT = 256          # directories in the listing cache
+_LISTING_MAX = 4096           # entries of the largest directory cached
 
 
 class Config:
@@ -121,6 +139,12 @@ class OverlayFS(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self._tmp = itertools.count(1)
         self._rbuf = mmap.mmap(-1, 1 << 20)   # pages are touched only as big reads need them
+        # The listing cache: pyfuse3 cannot ask the kernel to cache directory listings
+        # (FOPEN_CACHE_DIR), so a directory listed again while nothing changed anywhere in
+        # the mount is answered from here: dir ino -> (generation, rows of name, layer, ino,
+        # attributes).  ``generation`` counts every handler that may change something.
+        self.generation = 0
+        self.listings: dict[int, tuple[int, list[tuple[bytes, int, int, pyfuse3.EntryAttributes]]]] = {}
         self.kernel_notify = False
 
     # ------------------------------------------------------------ helpers
@@ -690,10 +714,16 @@ class OverlayFS(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
-        if writing:
+        if not writing:
+            fd = os.open(self.layers.real(node.layer, node.path()), self._open_flags(flags))
+            return self._new_handle(fd, node, flags, keep_cache=True)
+        self.generation += 1            # a copy-up, a truncation: listings change
+        try:
             await self._copy_up(node, data=not flags & os.O_TRUNC)
-        fd = os.open(self.layers.real(node.layer, node.path()), self._open_flags(flags))
-        return self._new_handle(fd, node, flags, keep_cache=not flags & os.O_TRUNC)
+            fd = os.open(self.layers.real(node.layer, node.path()), self._open_flags(flags))
+            return self._new_handle(fd, node, flags, keep_cache=not flags & os.O_TRUNC)
+        finally:
+            self.generation += 1
 
     def _handle(self, fh: int) -> FileHandle:
         h = self.files.get(fh)
@@ -759,8 +789,16 @@ class OverlayFS(pyfuse3.Operations):
         if h is None:
             raise _err(errno.EBADF)
         d = h.node
+        cached = self.listings.get(d.ino)
+        if cached is not None and cached[0] != self.generation:
+            del self.listings[d.ino]
+            cached = None
         if h.entries is None or start_id == 0:
-            h.entries = self.layers.list_merged(d.dirlayers, d.path())
+            if cached is not None:
+                h.entries, h.rows = [(row[0], row[1]) for row in cached[1]], None
+            else:
+                h.entries = self.layers.list_merged(d.dirlayers, d.path())
+                h.rows, h.generation = [], self.generation
         entries = h.entries
         # Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].  The kernel takes
         # no reference for "." and "..", so neither do we.
@@ -771,7 +809,11 @@ class OverlayFS(pyfuse3.Operations):
             parent = d if d.ino == ROOT_INODE or not d.links else d.first_link()[0]
             if not pyfuse3.readdir_reply(token, b"..", self._node_attr(parent), 2):
                 return
+        if cached is not None and len(cached[1]) == len(entries):
+            self._replay(d, cached[1], start_id, token)
+            return
         dpath = d.path()
+        rows = h.rows
         dirfds: dict[int, int] = {}     # layer -> the directory there: lstat one component, not a path
         try:
             for i in range(max(start_id - 2, 0), len(entries)):
@@ -783,15 +825,43 @@ class OverlayFS(pyfuse3.Operations):
                                                      os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                     node, attr = self._readdir_entry(d, dpath, name, layer, fd)
                 except (pyfuse3.FUSEError, FileNotFoundError, NotADirectoryError):
-                    continue            # vanished since the listing was taken
+                    rows = h.rows = None    # vanished since the listing was taken: cache nothing
+                    continue
                 if not pyfuse3.readdir_reply(token, name, attr, i + 3):
                     if node.lookups <= 0:
                         self.table.drop(node)
                     break
                 node.lookups += 1
+                if rows is not None and len(rows) == i:
+                    rows.append((name, layer, node.ino, attr))
+            else:
+                if (rows is not None and len(rows) == len(entries) <= _LISTING_MAX
+                        and h.generation == self.generation):
+                    if len(self.listings) >= _LISTINGS_KEPT:
+                        del self.listings[next(iter(self.listings))]
+                    self.listings[d.ino] = (self.generation, rows)
+                    h.rows = None
         finally:
             for fd in dirfds.values():
                 os.close(fd)
+
+    def _replay(self, d: Node, rows: list, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Answer from the listing cache; an entry whose node the kernel has forgotten since
+        is looked up again."""
+        for i in range(max(start_id - 2, 0), len(rows)):
+            name, layer, ino, attr = rows[i]
+            node = self.table.nodes.get(ino)
+            if node is None or node.dead or (d.ino, name) not in node.links:
+                try:
+                    node, attr = self._lookup(d, name, layer)
+                except (pyfuse3.FUSEError, FileNotFoundError, NotADirectoryError):
+                    continue
+                rows[i] = (name, layer, node.ino, attr)
+            if not pyfuse3.readdir_reply(token, name, attr, i + 3):
+                if node.lookups <= 0:
+                    self.table.drop(node)
+                break
+            node.lookups += 1
 
     def _readdir_entry(self, d: Node, dpath: bytes, name: bytes, layer: int, dirfd: int
                        ) -> tuple[Node, pyfuse3.EntryAttributes]:
