@@ -185,3 +185,31 @@ kill $(cat $T/pid)
     assert r.returncode == 0, r.stderr
     # disk 0 is shown as 5 (uid) / 7 (gid); the creator (root, 0) is stored as disk 1
     assert r.stdout.split() == ["5:7", "0:0", "1:1", "5:7", "0:0", "refused"]
+
+
+def test_listings_follow_every_change():
+    """The listing cache (a directory listed again while nothing changed is answered from
+    memory) must never show a stale name, size, mode or owner after a change."""
+    r = run_in_ns("""
+mkdir -p $T/l/d $T/u $T/w $T/m; echo 1 > $T/l/d/a; echo 22 > $T/l/d/b
+$FO -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,pidfile=$T/pid $T/m
+show() { ls -ln --time-style=+ $T/m/d | awk 'NR > 1 {print $1, $5, $6}' | tr '\\n' ' '; echo; }
+show; show
+echo 333 >> $T/m/d/a; show
+chmod 600 $T/m/d/b; show
+mv $T/m/d/b $T/m/d/c; show
+touch $T/m/d/e; rm $T/m/d/a; show
+truncate -s 10 $T/m/d/c; show
+kill $(cat $T/pid)
+""")
+    assert r.returncode == 0, r.stderr
+    lines = [line.strip() for line in r.stdout.strip().splitlines()]
+    assert lines == [
+        "-rw-r--r-- 2 a -rw-r--r-- 3 b",
+        "-rw-r--r-- 2 a -rw-r--r-- 3 b",
+        "-rw-r--r-- 6 a -rw-r--r-- 3 b",
+        "-rw-r--r-- 6 a -rw------- 3 b",
+        "-rw-r--r-- 6 a -rw------- 3 c",
+        "-rw------- 3 c -rw-r--r-- 0 e",
+        "-rw------- 10 c -rw-r--r-- 0 e",
+    ], r.stdout
