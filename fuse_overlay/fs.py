@@ -96,7 +96,7 @@ class DirHandle:
         self.generation = -1
 
 
-_LISTINGS_KEPT = 256          # directories in the listing cache
+_LISTING_ROWS = 32768        # entries kept in the listing cache, all directories together (~10 MB)
 _LISTING_MAX = 4096           # entries of the largest directory cached
 
 
@@ -145,6 +145,7 @@ class OverlayFS(pyfuse3.Operations):
         # attributes).  ``generation`` counts every handler that may change something.
         self.generation = 0
         self.listings: dict[int, tuple[int, list[tuple[bytes, int, int, pyfuse3.EntryAttributes]]]] = {}
+        self.listing_rows = 0
         self.kernel_notify = False
 
     # ------------------------------------------------------------ helpers
@@ -792,6 +793,7 @@ class OverlayFS(pyfuse3.Operations):
         cached = self.listings.get(d.ino)
         if cached is not None and cached[0] != self.generation:
             del self.listings[d.ino]
+            self.listing_rows -= len(cached[1])
             cached = None
         if h.entries is None or start_id == 0:
             if cached is not None:
@@ -837,13 +839,22 @@ class OverlayFS(pyfuse3.Operations):
             else:
                 if (rows is not None and len(rows) == len(entries) <= _LISTING_MAX
                         and h.generation == self.generation):
-                    if len(self.listings) >= _LISTINGS_KEPT:
-                        del self.listings[next(iter(self.listings))]
-                    self.listings[d.ino] = (self.generation, rows)
+                    self._keep_listing(d.ino, rows)
                     h.rows = None
         finally:
             for fd in dirfds.values():
                 os.close(fd)
+
+    def _keep_listing(self, ino: int, rows: list) -> None:
+        """Cache ``rows``, dropping the oldest listings beyond ``_LISTING_ROWS`` entries."""
+        stale = [k for k, (gen, _rows) in self.listings.items() if gen != self.generation or k == ino]
+        for k in stale:
+            self.listing_rows -= len(self.listings.pop(k)[1])
+        while self.listings and self.listing_rows + len(rows) > _LISTING_ROWS:
+            _gen, dropped = self.listings.pop(next(iter(self.listings)))
+            self.listing_rows -= len(dropped)
+        self.listings[ino] = (self.generation, rows)
+        self.listing_rows += len(rows)
 
     def _replay(self, d: Node, rows: list, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Answer from the listing cache; an entry whose node the kernel has forgotten since
