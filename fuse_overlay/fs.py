@@ -182,7 +182,7 @@ class OverlayFS(pyfuse3.Operations):
             if ov is not None:
                 mode, uid, gid, rdev = ov.mode, ov.uid, ov.gid, ov.rdev
         e.st_mode = mode
-        e.st_nlink = 1 if node.merged else st.st_nlink
+        e.st_nlink = 1 if node.is_dir and len(node.dirlayers) > 1 else st.st_nlink   # node.merged, inlined
         e.st_uid = uid
         e.st_gid = gid
         e.st_rdev = rdev
@@ -706,7 +706,7 @@ class OverlayFS(pyfuse3.Operations):
     def _new_handle(self, fd: int, node: Node, flags: int, keep_cache: bool) -> pyfuse3.FileInfo:
         fh = next(self._fh)
         self.files[fh] = FileHandle(fd, node, node.layer, flags)
-        node.fds.add(fd)
+        node.add_fd(fd)
         fi = pyfuse3.FileInfo(fh=fh)
         fi.keep_cache = keep_cache
         return fi
@@ -739,10 +739,10 @@ class OverlayFS(pyfuse3.Operations):
             # Copied up since it was opened: read the upper copy from now on.
             fd = os.open(self.layers.real(h.node.layer, h.node.path()),
                          os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            h.node.fds.discard(h.fd)
+            h.node.drop_fd(h.fd)
             os.close(h.fd)
             h.fd, h.layer = fd, h.node.layer
-            h.node.fds.add(fd)
+            h.node.add_fd(fd)
         # One buffer serves every read: pyfuse3 copies it into the reply
         # before any other handler can run (no await after this point).
         if size > len(self._rbuf):
@@ -762,7 +762,7 @@ class OverlayFS(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         h = self.files.pop(fh, None)
         if h is not None:
-            h.node.fds.discard(h.fd)
+            h.node.drop_fd(h.fd)
             os.close(h.fd)
 
     @_handler
@@ -879,13 +879,18 @@ class OverlayFS(pyfuse3.Operations):
         """Like :meth:`_lookup` for a name the listing found first in
         ``layer`` (directory open at ``dirfd``); a fast path for the common
         case of a plain lower file the kernel already knows under this name."""
-        real = self.layers.roots[layer] + dpath + b"/" + name  # type: ignore[operator]
         st = os.lstat(name, dir_fd=dirfd)
         mode = st.st_mode
         if layer == 0 or stat_mod.S_ISDIR(mode) or st.st_nlink > 1 or stat_mod.S_ISCHR(mode):
             return self._lookup(d, name, layer, dpath)
+        # the backing path, needed for ownership xattrs only
+        real = self.layers.roots[layer] + dpath + b"/" + name if self.cfg.xattr_permissions else None  # type: ignore[operator]
         ino = self.inomap.encode(st.st_dev, st.st_ino)
         node = self.table.nodes.get(ino)
+        if node is None and ino != ROOT_INODE:          # the common case: new to us
+            node = self.table.nodes[ino] = Node(ino, layer, mode)
+            self.table.add_link(node, d, name)
+            return node, self._attr(node, st, real)
         if (node is None or node.dead or node.layer != layer or ino == ROOT_INODE
                 or stat_mod.S_IFMT(node.mode) != stat_mod.S_IFMT(mode)
                 or (d.ino, name) not in node.links):

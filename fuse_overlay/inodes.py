@@ -29,6 +29,9 @@ _HASH_BIT = 1 << 63
 _FS_SHIFT = 56
 
 
+_NO_FDS: frozenset[int] = frozenset()
+
+
 class Node:
     """One overlay object.
 
@@ -52,8 +55,17 @@ class Node:
         self.dirlayers: tuple[int, ...] = ()
         self.lookups = 0
         self.dead = False
-        self.fds: set[int] = set()   # open backing fds, used once no path is left
+        self.fds: set[int] | frozenset[int] = _NO_FDS   # open backing fds, used once no path is left
         self.copy_lock = None        # trio.Lock, created on first copy-up
+
+    def add_fd(self, fd: int) -> None:
+        if not self.fds:
+            self.fds = set()     # most nodes are never opened: no set for them
+        self.fds.add(fd)  # type: ignore[union-attr]
+
+    def drop_fd(self, fd: int) -> None:
+        if fd in self.fds:
+            self.fds.discard(fd)  # type: ignore[union-attr]
 
     @property
     def merged(self) -> bool:

@@ -130,7 +130,7 @@ class Layers:
                 continue
             with it:
                 for entry in it:
-                    name = os.fsencode(entry.name)
+                    name = entry.name if isinstance(entry.name, bytes) else os.fsencode(entry.name)
                     if name.startswith(WH_PREFIX):
                         if name != OPAQUE_MARKER:
                             hide_below.add(name[len(WH_PREFIX):])
@@ -138,7 +138,7 @@ class Layers:
                     if name in seen or name in hidden:
                         continue
                     try:
-                        if not entry.is_dir(follow_symlinks=False) and not entry.is_file(follow_symlinks=False) \
+                        if not entry.is_file(follow_symlinks=False) and not entry.is_dir(follow_symlinks=False) \
                                 and not entry.is_symlink():
                             if is_whiteout(entry.stat(follow_symlinks=False)):
                                 hidden.add(name)
