@@ -25,6 +25,8 @@ usage: fuse-overlay [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPT
   -o xattr_permissions=2   keep owners/modes in user.fuseoverlayfs.override_stat
   -o timeout=SECONDS kernel attribute/entry cache time (default 86400)
   -o writeback=0|1   kernel write-back caching (default 1)
+  -o spin_us=N       while requests come fast, wait N µs awake for the next one
+                     before sleeping (default 30; 0: always sleep)
   -o uidmapping=DISK:SHOWN:COUNT[:...], gidmapping=...
                      show owners DISK+i of the backing files as SHOWN+i (and store
                      the reverse), as fuse-overlayfs does
@@ -61,6 +63,7 @@ class Options:
         self.fsname = "fuse-overlay"
         self.writeback = True
         self.uidmapping = None     # idmapping.IdMapping
+        self.spin_us: int | None = None   # None: loop.SPIN_US
         self.gidmapping = None
 
 
@@ -112,6 +115,10 @@ def _apply(opts: Options, item: str) -> None:
         opts.work = value
     elif key == "ro":
         opts.read_only = True
+    elif key == "spin_us":
+        if not value.isdigit() or int(value) > 10000:
+            raise UsageError(f"option spin_us has a bad value {value!r}; use microseconds from 0 to 10000.")
+        opts.spin_us = int(value)
     elif key in ("notify_fd", "xattr_permissions", "timeout"):
         if not eq or not value:
             raise UsageError(f"option {key} needs a value, as in {key}=N.")
@@ -258,7 +265,8 @@ def run(opts: Options) -> int:
                 mount.notify(status_fd)
                 mount.detach_stdio()
 
-        return mount.serve(ops, opts.mountpoint, mount.fuse_options(upper is None, opts.fsname), ready)
+        return mount.serve(ops, opts.mountpoint, mount.fuse_options(upper is None, opts.fsname), ready,
+                           opts.spin_us)
     except (mount.MountError, OSError) as e:
         msg = str(e) if isinstance(e, mount.MountError) else f"{e.strerror}: {e.filename}"
         print(f"fuse-overlay: {msg}", file=sys.stderr)

@@ -12,6 +12,11 @@ so it blocks in poll(2) on the FUSE fd itself and returns as soon as a request i
 While a handler is suspended it waits through trio as before, so the copy-up's thread can
 hand its result back.  Tasks pyfuse3 spawns get a checkpoint to start.
 
+While requests come fast (a moving average of the waits under 1 ms), the poll first spins
+for ``spin_us`` µs (default 30) before it sleeps: a sleeping daemon costs every request a
+wake-up, tens of µs on virtual machines, and the caller waits for it.  Measured here: `tar`
+of 20000 files 6.3 s -> 3.3 s.  An idle or slow-paced mount never spins.
+
 SIGTERM, SIGINT and SIGHUP end the loop either way (:func:`stop_on_signals`): a signal
 that arrives during the poll raises out of it; one that arrives while trio waits asks
 trio to terminate the session (``TrioToken.run_sync_soon`` is safe in signal handlers).
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import select
 import signal
+import time
 import types
 from typing import Any, AsyncIterator
 
@@ -33,6 +39,8 @@ import trio
 
 _CHECKPOINT_EVERY = 1024
 MAIN_ARGS = {"min_tasks": 0, "max_tasks": 1 << 30}
+SPIN_US = 30                       # default of fuse-overlay's -o spin_us
+BUSY_GAP_NS = 1_000_000            # spin only while requests come more often than every 1 ms
 
 
 class _Woken(Exception):
@@ -47,6 +55,8 @@ class _State:
         self.spawned = False      # pyfuse3 started a worker task that has not run yet
         self.pending: tuple | None = None   # a worker pyfuse3 asked for, not started (_Nursery)
         self.count = 0
+        self.spin_ns = SPIN_US * 1000
+        self.gap_ns = BUSY_GAP_NS * 8   # a moving average of the waits for a request; starts "idle"
         self.token: trio.lowlevel.TrioToken | None = None
         self.poller: select.poll | None = None
         self.fd = -1
@@ -81,7 +91,20 @@ async def _wait_readable(fd: int) -> None:
         st.blocking = True
         if st.stop:
             raise _Woken
-        st.poller.poll()      # type: ignore[union-attr]
+        now = time.perf_counter_ns
+        start = now()
+        if st.spin_ns and st.gap_ns < BUSY_GAP_NS:
+            # Requests are coming fast: wait for the next one awake for a few µs
+            # (a sleeping daemon costs the caller a wake-up per request, which on
+            # VMs takes tens of µs; see docs/fuse-overlay.md, "Performance").
+            poll, deadline = st.poller.poll, start + st.spin_ns  # type: ignore[union-attr]
+            while not poll(0):
+                if now() > deadline:
+                    st.poller.poll()      # type: ignore[union-attr]
+                    break
+        else:
+            st.poller.poll()      # type: ignore[union-attr]
+        st.gap_ns = (st.gap_ns * 7 + now() - start) >> 3
     except _Woken:
         st.blocking = False
         _terminate()
@@ -143,9 +166,11 @@ def _on_signal(signum: int, frame: object) -> None:
         _state.token.run_sync_soon(_terminate)
 
 
-def install() -> None:
-    """Make pyfuse3 use this loop; call before ``pyfuse3.main``."""
+def install(spin_us: int = SPIN_US) -> None:
+    """Make pyfuse3 use this loop; call before ``pyfuse3.main``.  ``spin_us``: how long to
+    wait awake for the next request while requests come fast (0: never)."""
     import pyfuse3
+    _state.spin_ns = spin_us * 1000
     lowlevel = types.SimpleNamespace(**{k: getattr(trio.lowlevel, k) for k in dir(trio.lowlevel)
                                         if not k.startswith("_")})
     lowlevel.wait_readable = _wait_readable

@@ -66,7 +66,8 @@ def fuse_options(read_only: bool, fsname: str) -> set[str]:
     return opts
 
 
-def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], None]) -> int:
+def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], None],
+          spin_us: int | None = None) -> int:
     """Mount ``ops`` at ``mountpoint``, call ``ready()``, serve until told to
     stop, unmount.  Returns the exit status."""
     import pyfuse3
@@ -88,7 +89,7 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
     _release_free_memory()
 
     from . import loop
-    loop.install()
+    loop.install(loop.SPIN_US if spin_us is None else spin_us)
 
     async def main() -> None:
         loop.stop_on_signals()

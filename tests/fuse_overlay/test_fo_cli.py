@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(not mode_available("single"),
     (["-x", "/tmp"], "-x"),
     (["-o", "lowerdir=/etc/passwd", "/tmp"], "not a directory"),
     (["-o", "lowerdir=/tmp,uidmapping=0:1", "/tmp"], "uidmapping"),
+    (["-o", "lowerdir=/tmp,spin_us=-1", "/tmp"], "spin_us"),
     (["-o", "lowerdir=/tmp,gidmapping=0:x:1", "/tmp"], "gidmapping"),
 ])
 def test_bad_command_lines(args, words):
