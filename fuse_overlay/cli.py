@@ -26,7 +26,7 @@ usage: fuse-overlay [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPT
   -o timeout=SECONDS kernel attribute/entry cache time (default 86400)
   -o writeback=0|1   kernel write-back caching (default 1)
   -o spin_us=N       while requests come fast, wait N µs awake for the next one
-                     before sleeping (default 30; 0: always sleep)
+                     before sleeping (default 100, 0 on one CPU; 0: always sleep)
   -o uidmapping=DISK:SHOWN:COUNT[:...], gidmapping=...
                      show owners DISK+i of the backing files as SHOWN+i (and store
                      the reverse), as fuse-overlayfs does

@@ -13,9 +13,10 @@ While a handler is suspended it waits through trio as before, so the copy-up's t
 hand its result back.  Tasks pyfuse3 spawns get a checkpoint to start.
 
 While requests come fast (a moving average of the waits under 1 ms), the poll first spins
-for ``spin_us`` µs (default 30) before it sleeps: a sleeping daemon costs every request a
-wake-up, tens of µs on virtual machines, and the caller waits for it.  Measured here: `tar`
-of 20000 files 6.3 s -> 3.3 s.  An idle or slow-paced mount never spins.
+for ``spin_us`` µs (default 100, 0 on a single CPU) before it sleeps: a sleeping daemon
+costs every request a wake-up, tens of µs on virtual machines, and the caller waits for it.
+Measured here: `tar` of 20000 files 6.3 s -> 3.3 s; a warm `stat` walk 0.104 -> 0.087 s.
+An idle or slow-paced mount never spins.
 
 SIGTERM, SIGINT and SIGHUP end the loop either way (:func:`stop_on_signals`): a signal
 that arrives during the poll raises out of it; one that arrives while trio waits asks
@@ -29,6 +30,7 @@ Run pyfuse3 with ``MAIN_ARGS``.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import signal
 import time
@@ -39,7 +41,9 @@ import trio
 
 _CHECKPOINT_EVERY = 1024
 MAIN_ARGS = {"min_tasks": 0, "max_tasks": 1 << 30}
-SPIN_US = 30                       # default of fuse-overlay's -o spin_us
+# Default of fuse-overlay's -o spin_us; never on a single CPU, where the spin would only
+# delay the process that is to send the next request.
+SPIN_US = 100 if len(os.sched_getaffinity(0)) > 1 else 0
 BUSY_GAP_NS = 1_000_000            # spin only while requests come more often than every 1 ms
 
 
