@@ -102,13 +102,26 @@ def wait(ctx, containers) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.option("-a", "--attach", is_flag=True, help="Follow the container's output until it ends.")
+@click.option("-i", "--interactive", is_flag=True,
+              help="With -a: your input goes to the container too (one started with -i or -t).")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
-def start(ctx, containers, attach) -> None:
+def start(ctx, containers, attach, interactive) -> None:
     """Start exited containers again (detached; their files are kept)."""
-    from .lifecycle import logs as show, start as do_start, wait_exit
+    from .errors import UsageError
+    from .lifecycle import attach as attach_to, logs as show, start as do_start, wait_exit
+    from .containers import Containers
+    if interactive and (not attach or len(containers) != 1):
+        raise UsageError("start -i goes with -a and one container: rootless start -ai CONTAINER")
     for key in containers:
+        if interactive:
+            options = Containers(_store(ctx)).find(key).config.get("options") or {}
+            if not (options.get("tty") or options.get("interactive")):
+                raise UsageError(f"container {key} has no input to attach to: it was not created with "
+                                 "-i or -t (use 'rootless start -a')")
         rec = do_start(_store(ctx), key)
+        if interactive:
+            sys.exit(attach_to(_store(ctx), rec.id))
         if attach:
             show(_store(ctx), rec.id, True, 0, False, None)
             sys.exit(wait_exit(_store(ctx), rec.id) or 0)

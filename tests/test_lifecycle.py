@@ -435,3 +435,15 @@ def test_run_di_attach_sends_input_and_returns_the_exit_status(rl, detached):
     proc = rl("attach", "reader", input="a line\n", timeout=30)
     assert (proc.returncode, proc.stdout, proc.stderr) == (4, "got a line\n", "to-stderr\n")
     assert "Exited (4)" in _ps(rl)["reader"]["Status"]
+
+
+def test_start_ai_sends_input_again(rl, detached):
+    detached("again", "-i", "busybox", "sh", "-c", 'read line; echo "got $line"')
+    assert rl("attach", "again", input="first\n", timeout=30).stdout == "got first\n"
+    proc = rl("start", "-ai", "again", input="second\n", timeout=30)
+    assert (proc.returncode, proc.stdout) == (0, "got second\n"), proc.stderr
+    assert rl("start", "-i", "again").returncode == 125          # -i needs -a
+    detached("plain", "busybox", "true")
+    _until(lambda: "Exited" in _ps(rl)["plain"]["Status"])
+    refused = rl("start", "-ai", "plain")
+    assert refused.returncode == 125 and "not created with -i or -t" in refused.stderr
