@@ -26,6 +26,7 @@ fuse-overlay daemon of its own.  ``ROOTLESS_FORKSERVER=0`` disables the server.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -54,6 +55,7 @@ def _connect(path: str) -> socket.socket:
     return s
 
 
+@functools.lru_cache(maxsize=1)
 def _code_id() -> str:
     """Names the code a server runs: the interpreter and the newest source file of rootless
     and fuse_overlay.  A server started before an upgrade (or an edit) keeps its old socket
