@@ -19,7 +19,13 @@ def attach_console(path: str, tty: bool, proxy_pid: int) -> bool:
     the user types Ctrl-P Ctrl-Q (True).  Without ``-t``, SIGINT/SIGTERM/SIGHUP go to
     ``proxy_pid`` (0: not forwarded); with it, the terminal is raw and keys are the pty's."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    conn.connect(path)
+    try:
+        conn.connect(path)
+    except OSError as e:
+        conn.close()
+        from .errors import RootlessError
+        raise RootlessError(f"the container's terminal at {path} does not answer ({e.strerror}): its monitor "
+                            "has ended; 'rootless ps -a' shows the container's state") from None
     stdin, stdout, stderr = sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()
     in_tty = tty and os.isatty(stdin)
     saved = termios.tcgetattr(stdin) if in_tty else None

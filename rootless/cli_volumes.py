@@ -155,6 +155,7 @@ def prune(ctx: click.Context, prune_all: bool, force: bool) -> None:
     """Remove the anonymous volumes no container uses (with -a: every unused volume)."""
     from .remove import remove_tree
     from .sandbox import idmap
+    from .units import human_size
     what = "local volumes" if prune_all else "anonymous local volumes"
     if not force and not click.confirm(f"WARNING! This will remove {what} not used by at least one "
                                        "container.\nAre you sure you want to continue?"):
@@ -176,15 +177,7 @@ def prune(ctx: click.Context, prune_all: bool, force: bool) -> None:
         for name in removed:
             click.echo(name)
         click.echo("")
-    click.echo(f"Total reclaimed space: {_human(space)}")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}TB"
+    click.echo(f"Total reclaimed space: {human_size(space)}")
 
 
 def register(group: click.Group) -> None:

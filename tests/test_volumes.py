@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from .conftest import RANGE_MODE
+from .conftest import RANGE_MODE, needs_range
 
 pytestmark = pytest.mark.both_modes
 
@@ -290,7 +290,7 @@ def test_userns_keep_id(rl, tmp_path):
     assert rl("run", "--rm", "--userns", "bogus", "busybox", "true").returncode == 125
 
 
-@pytest.mark.skipif(not RANGE_MODE, reason="--userns keep-id needs a subordinate id range")
+@needs_range   # --userns keep-id needs a subordinate id range
 def test_keep_id_shows_the_images_owners_and_stores_new_files_as_the_image_would(rl):
     """With fuse-overlay, the root filesystem is shown with the image's owners (root's files as
     root's, not as yours), and what the container writes there is stored as an image with the
