@@ -59,6 +59,14 @@ def _store(ctx: click.Context):
 @click.option("--mount", multiple=True, metavar="type=bind|volume|tmpfs,source=..,target=..",
               help="Mount a host path, a volume or a tmpfs (Docker's --mount keys).")
 @click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (e.g. /run:size=64m).")
+@click.option("--security-opt", multiple=True, metavar="OPT",
+              help="seccomp=unconfined|PROFILE.json, no-new-privileges, mask=PATHS, unmask=ALL|PATHS.")
+@click.option("--privileged", is_flag=True,
+              help="All capabilities of the user namespace, no seccomp filter, no masked paths, "
+                   "the host devices you can open.")
+@click.option("--read-only-tmpfs", is_flag=True, help="With --read-only: writable tmpfs on /run, /tmp, /var/tmp.")
+@click.option("--preserve-fds", type=int, default=0, metavar="N",
+              help="Pass file descriptors 3 to 3+N-1 to the container (none others are passed).")
 @click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
 @click.option("--network", "--net", "network", metavar="MODE",

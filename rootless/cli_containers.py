@@ -55,13 +55,17 @@ def logs(ctx, container, follow, tail, timestamps, since) -> None:
 @click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
 @click.option("-u", "--user", metavar="USER[:GROUP]", help="Run as this user (default: the container's).")
 @click.option("-w", "--workdir", metavar="DIR", help="Working directory (default: the container's).")
+@click.option("--privileged", is_flag=True, help="All capabilities of the user namespace, no seccomp filter.")
+@click.option("--preserve-fds", type=int, default=0, metavar="N",
+              help="Pass file descriptors 3 to 3+N-1 to the command (none others are passed).")
 @click.argument("container")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def exec_(ctx, container, command, interactive, tty, env, user, workdir) -> None:
+def exec_(ctx, container, command, interactive, tty, env, user, workdir, privileged, preserve_fds) -> None:
     """Run COMMAND in a running container."""
     from .lifecycle import exec_in
-    sys.exit(exec_in(_store(ctx), container, list(command), interactive, tty, list(env), user, workdir))
+    sys.exit(exec_in(_store(ctx), container, list(command), interactive, tty, list(env), user, workdir,
+                     privileged=privileged, preserve_fds=preserve_fds))
 
 
 @click.command(context_settings=CONTEXT)

@@ -137,8 +137,9 @@ def _emit(lines: list[bytes], timestamps: bool, since: float | None) -> None:
 
 
 def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
-            user: str | None, workdir: str | None) -> int:
-    from .run import parse_env
+            user: str | None, workdir: str | None, privileged: bool = False, preserve_fds: int = 0) -> int:
+    from . import security
+    from .run import check_preserve_fds, parse_env, seccomp_program
     from .sandbox import channel, container, idmap
     rec = Containers(store).find(key)
     if not running(rec) or not rec.init_pid:
@@ -157,11 +158,19 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
     wd = workdir or cfg.get("cwd") or "/"
     if not wd.startswith("/"):
         raise UsageError(f"the working directory '{wd}' is invalid: it needs to be an absolute path")
+    check_preserve_fds(preserve_fds, False)
+    # The container's own security options, as Docker's exec: its seccomp filter, its
+    # capabilities (all of them with --privileged) and no_new_privs.
+    saved = cfg.get("options") or {}
+    sec = security.parse(saved.get("security_opt") or [], privileged or bool(saved.get("privileged")))
+    caps = frozenset(container.caps.NAMES) if privileged else frozenset(cfg.get("caps") or ())
     from .sandbox.tty import winsize
     proc = container.ProcessSpec(args=command, env=envs, cwd=wd,
                                  user=user if user is not None else cfg.get("user", ""),
-                                 caps=frozenset(cfg.get("caps") or ()), tty=tty, stdin=interactive,
-                                 winsize=winsize(0) if tty else None)
+                                 caps=caps, tty=tty, stdin=interactive,
+                                 winsize=winsize(0) if tty else None,
+                                 seccomp=seccomp_program(sec, caps), no_new_privs=sec.no_new_privileges,
+                                 preserve_fds=preserve_fds)
     join = None
     if rec.cgroup_paths:
         from .cgroups import attach

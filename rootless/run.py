@@ -54,6 +54,10 @@ class RunOptions:
     volume: list[str] = field(default_factory=list)      # -v
     mount: list[str] = field(default_factory=list)       # --mount
     tmpfs: list[str] = field(default_factory=list)       # --tmpfs
+    security_opt: list[str] = field(default_factory=list)
+    privileged: bool = False
+    read_only_tmpfs: bool = False
+    preserve_fds: int = 0
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -184,7 +188,11 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     workdir = opts.workdir or cfg.get("WorkingDir") or "/"
     if not workdir.startswith("/"):
         raise UsageError(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
-    wanted_caps = caps.resolve(opts.cap_add, opts.cap_drop)
+    from . import security
+    sec = security.parse(opts.security_opt, opts.privileged, opts.read_only_tmpfs)
+    wanted_caps = caps.resolve(["ALL"] if sec.privileged else opts.cap_add, [] if sec.privileged else opts.cap_drop)
+    seccomp_prog = seccomp_program(sec, wanted_caps)
+    check_preserve_fds(opts.preserve_fds, opts.detach)
     extra_env = parse_env(opts.env, opts.env_files)
     from . import network
     user_net = None
@@ -303,13 +311,19 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                     user=opts.user if opts.user is not None else (cfg.get("User") or ""),
                     caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
                     winsize=(_user_winsize() if not logging else console_winsize()) if opts.tty else None,
-                    passwd_entry=passwd_entry),
+                    passwd_entry=passwd_entry, seccomp=seccomp_prog, no_new_privs=sec.no_new_privileges,
+                    preserve_fds=opts.preserve_fds),
                 rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
+                                         masked=sec.masked_paths(mounts.MASKED_PATHS),
+                                         readonly_paths=sec.readonly_paths(mounts.READONLY_PATHS),
+                                         devices=mounts.usable_host_devices() if sec.privileged else (),
                                          etc_files=_shared_etc(store, shared, directory) if shared else
                                          _etc_files(directory, hostname, net, extra_hosts,
                                                     user_net.hosts_for(records, rec) if user_net else ""),
                                          ptmx_gid=5 if maps.size("gid") > 5 else None,
-                                         binds=vols.create(rec, maps)),
+                                         binds=vols.create(rec, maps) + (
+                                             read_only_tmpfs_binds() if opts.read_only and sec.read_only_tmpfs
+                                             else ())),
                 hostname=hostname, maps=maps,
                 prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
                 rootfs_server=lambda: rootfs.serving,
@@ -386,6 +400,39 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                             request={"store": store.root, "opts": asdict(opts),
                                      "existing": existing.id if existing is not None else None})
     return execute()
+
+
+def seccomp_program(sec, wanted_caps: frozenset[str]) -> bytes | None:
+    """The compiled filter the container's processes get (None: unconfined); a bad profile is
+    the user's error, reported before anything starts."""
+    from .sandbox import seccomp
+    if sec.seccomp == "unconfined":
+        return None
+    try:
+        return seccomp.program(sec.seccomp, wanted_caps)
+    except seccomp.ProfileError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_preserve_fds(count: int, detach: bool) -> None:
+    """--preserve-fds N: descriptors 3..3+N-1 of ours must be open; not with -d (nobody holds them)."""
+    if count < 0:
+        raise UsageError(f"--preserve-fds must be 0 or more (got {count})")
+    if count and detach:
+        raise UsageError("--preserve-fds cannot be used with -d: the descriptors belong to this command, "
+                         "which does not stay; run in the foreground")
+    import fcntl
+    for fd in range(3, 3 + count):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            raise UsageError(f"--preserve-fds {count}: file descriptor {fd} is not open in this shell "
+                             f"(open it, e.g. '{fd}<file', or pass a smaller number)") from None
+
+
+def read_only_tmpfs_binds() -> tuple:
+    """--read-only with --read-only-tmpfs: writable tmpfs on /run, /tmp and /var/tmp (as Podman)."""
+    return tuple(mounts.Bind(target=t, kind="tmpfs", options="mode=1777") for t in ("/run", "/tmp", "/var/tmp"))
 
 
 def _shared_etc(store: Store, shared, directory: str) -> tuple[tuple[str, str], ...]:

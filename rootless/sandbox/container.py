@@ -35,7 +35,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
-from . import caps, channel, idmap, libc, mounts, net, users
+from . import caps, channel, idmap, libc, mounts, net, seccomp, users
 from .userns import fork_into_userns, kill as _kill, wait as _reap
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -56,6 +56,9 @@ class ProcessSpec:
     stdin: bool = False
     winsize: bytes | None = None  # struct winsize of the user's terminal, set on the pty before exec
     passwd_entry: str | None = None  # "name:x:uid:gid::home:shell", added to /etc/passwd if its uid is missing
+    seccomp: bytes | None = None      # a compiled filter (seccomp.program), loaded last; None: unconfined
+    no_new_privs: bool = False        # --security-opt no-new-privileges (Docker's default: off)
+    preserve_fds: int = 0             # --preserve-fds N: fds 3..3+N-1 stay open; no others do
 
 
 @dataclass
@@ -296,13 +299,26 @@ def _become(proc: ProcessSpec, maps: idmap.IdMaps, sock: socket.socket) -> NoRet
     cwd = proc.cwd or "/"
     os.makedirs(cwd, exist_ok=True)  # Docker creates a missing WORKDIR
 
+    # A session keyring of its own: the caller's keys are neither readable nor writable
+    # inside (runc and crun do the same).  Before the filter, which forbids keyctl.
+    libc.join_session_keyring()
     caps.limit_bounding_set(proc.caps)
+    if proc.seccomp is not None:
+        # Loaded while we are still root of the user namespace: without no_new_privs the
+        # kernel asks for CAP_SYS_ADMIN there.  Every call below must be allowed by it.
+        seccomp.load(proc.seccomp)
     _set_identity(ident)
-    libc.set_no_new_privs()
+    if proc.no_new_privs:
+        libc.set_no_new_privs()
     try:
         os.chdir(cwd)
     except OSError as e:
         raise _ExecFailed(f"chdir to working directory {cwd}: {e.strerror}", 126) from None
+    # Exactly 0, 1 and 2 (and the --preserve-fds ones) reach the command: a descriptor the
+    # caller or the engine held open would be a way out (runc's CVE-2024-21626).
+    for fd in range(3, 3 + proc.preserve_fds):
+        os.set_inheritable(fd, True)
+    libc.close_range_cloexec(3 + proc.preserve_fds)
     _exec(proc.args, env)
 
 

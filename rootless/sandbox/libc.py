@@ -45,6 +45,10 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+_SYS_CLOSE_RANGE = 436     # the same number on every architecture (added after the unification)
+KEYCTL_JOIN_SESSION_KEYRING = 1
+CLOSE_RANGE_CLOEXEC = 1 << 2
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -93,6 +97,35 @@ def pivot_root(new_root: str, put_old: str) -> None:
         raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {os.uname().machine}")
     if _libc.syscall(nr, _b(new_root), _b(put_old)) != 0:
         raise _fail("pivot_root", new_root)
+
+
+def join_session_keyring(name: str | None = None) -> int:
+    """``keyctl(KEYCTL_JOIN_SESSION_KEYRING, name)``: a new session keyring (anonymous when
+    ``name`` is None), so that a container never sees or changes the caller's keys."""
+    nr = _SYS_KEYCTL.get(os.uname().machine)
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"keyctl: unknown syscall number on {os.uname().machine}")
+    arg = ctypes.c_char_p(name.encode()) if name else None
+    serial = _libc.syscall(ctypes.c_long(nr), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), arg)
+    if serial < 0:
+        raise _fail("keyctl", "JOIN_SESSION_KEYRING")
+    return serial
+
+
+def close_range_cloexec(first: int) -> None:
+    """Mark every descriptor from ``first`` on close-on-exec (close_range(2), Linux >= 5.11),
+    so that none of them reaches the program that ``execve`` starts.  Falls back to closing
+    each open one on older kernels."""
+    if _libc.syscall(ctypes.c_long(_SYS_CLOSE_RANGE), ctypes.c_long(first), ctypes.c_long(0xFFFFFFFF),
+                     ctypes.c_long(CLOSE_RANGE_CLOEXEC)) == 0:
+        return
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd >= first:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
 
 
 def sethostname(name: str) -> None:

@@ -54,6 +54,31 @@ class RootfsPlan:
     etc_files: tuple[tuple[str, str], ...] = ()   # (container path, host file) bind-mounted
     ptmx_gid: int | None = 5         # gid for devpts' new ptys, when that gid is mapped
     binds: tuple[Bind, ...] = ()     # volumes, bind mounts, tmpfs: mounted after /etc files
+    masked: tuple[str, ...] = MASKED_PATHS           # --security-opt mask=/unmask=, --privileged
+    readonly_paths: tuple[str, ...] = READONLY_PATHS
+    devices: tuple[str, ...] = ()    # more host device nodes for /dev (--privileged): host paths
+
+
+def usable_host_devices() -> tuple[str, ...]:
+    """The host's device nodes this user may open for reading and writing (--privileged):
+    a user namespace cannot create device nodes, but may bind-mount the ones it can use."""
+    found = []
+    for base in ("/dev", "/dev/net", "/dev/dri"):
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(base, name)
+            if base == "/dev" and name in DEVICES + ("ptmx", "console"):
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) and os.access(path, os.R_OK | os.W_OK):
+                found.append(path)
+    return tuple(found)
 
 
 def _ensure(path: str, kind: str, mode: int = 0o755) -> None:
@@ -90,7 +115,7 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     _ensure(proc, "dir")
     libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
-    _mount_dev(root, plan.ptmx_gid)
+    _mount_dev(root, plan.ptmx_gid, plan.devices)
 
     sys_dir = _inside(root, "/sys")
     _ensure(sys_dir, "dir")
@@ -118,7 +143,7 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
-    _mask_paths()
+    _mask_paths(plan.masked, plan.readonly_paths)
 
 
 def _mount_bind(root: str, bind: Bind) -> None:
@@ -143,7 +168,7 @@ def _mount_bind(root: str, bind: Bind) -> None:
         libc.mount(None, dest, None, flags)
 
 
-def _mount_dev(root: str, ptmx_gid: int | None) -> None:
+def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = ()) -> None:
     dev = _inside(root, "/dev")
     _ensure(dev, "dir")
     libc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | libc.MS_STRICTATIME, "mode=755,size=65536k")
@@ -151,6 +176,11 @@ def _mount_dev(root: str, ptmx_gid: int | None) -> None:
         target = os.path.join(dev, name)
         _ensure(target, "file")
         libc.mount(f"/dev/{name}", target, None, MS_BIND)
+    for source in extra:                 # --privileged: e.g. /dev/fuse, /dev/net/tun
+        target = os.path.join(dev, os.path.relpath(source, "/dev"))
+        if not os.path.lexists(target):
+            _ensure(target, "file")
+            libc.mount(source, target, None, MS_BIND)
     pts = os.path.join(dev, "pts")
     os.mkdir(pts, 0o755)
     opts = "newinstance,ptmxmode=0666,mode=0620" + (f",gid={ptmx_gid}" if ptmx_gid is not None else "")
@@ -171,8 +201,8 @@ def _mount_dev(root: str, ptmx_gid: int | None) -> None:
         os.symlink(target, os.path.join(dev, name))
 
 
-def _mask_paths() -> None:
-    for path in MASKED_PATHS:
+def _mask_paths(masked: tuple[str, ...], readonly: tuple[str, ...]) -> None:
+    for path in masked:
         try:
             st = os.lstat(path)
         except OSError:
@@ -181,7 +211,7 @@ def _mask_paths() -> None:
             libc.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
         else:
             libc.mount("/dev/null", path, None, MS_BIND)
-    for path in READONLY_PATHS:
+    for path in readonly:
         if not os.path.exists(path):
             continue
         libc.mount(path, path, None, MS_BIND | MS_REC)
