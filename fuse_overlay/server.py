@@ -34,6 +34,7 @@ import time
 from typing import Callable
 
 IDLE = 300.0
+REQUEST_TIMEOUT = 5.0     # a connection that sends no request within this is dropped
 
 
 def _preload() -> None:
@@ -93,6 +94,9 @@ def serve(path: str, idle: float, preload: Callable[[], None] = lambda: None,
     with open(path + ".pid", "w") as f:
         f.write(f"{os.getpid()}\n")
     children: set[int] = set()
+    # Accepted connections whose request has not come yet, with their deadline: each client
+    # is served on its own, so one that connects and never sends stalls nobody.
+    pending: dict[socket.socket, float] = {}
     last = time.monotonic()
     while True:
         for pid in list(children):
@@ -101,40 +105,29 @@ def serve(path: str, idle: float, preload: Callable[[], None] = lambda: None,
                     children.discard(pid)
             except ChildProcessError:
                 children.discard(pid)
-        if not children and time.monotonic() - last > idle:
+        now = time.monotonic()
+        for conn, deadline in list(pending.items()):
+            if now > deadline:
+                del pending[conn]
+                conn.close()
+        if not children and not pending and now - last > idle:
             break
-        ready, _, _ = select.select([listener], [], [], 1.0)
-        if not ready:
-            continue
-        conn, _ = listener.accept()
-        last = time.monotonic()
-        with conn:
-            fds: list[int] = []
-            try:
-                data, fds, _, _ = socket.recv_fds(conn, 65536, 4)
-                request = json.loads(data)
-                kid = os.fork()
-                if kid == 0:
-                    code = 1
-                    try:
-                        listener.close()
-                        conn.close()
-                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                        code = child(request, fds)
-                    except BaseException as e:  # noqa: BLE001 - report, never return into the loop
-                        print(f"fuse-overlay: {e}", file=sys.stderr)
-                    finally:
-                        os._exit(code)
-                children.add(kid)
-                conn.send(json.dumps({"pid": kid}).encode())
-            except (OSError, ValueError, KeyError, IndexError) as e:
+        ready, _, _ = select.select([listener, *pending], [], [], 1.0)
+        for sock in ready:
+            last = time.monotonic()
+            if sock is listener:
                 try:
-                    conn.send(json.dumps({"error": str(e)}).encode())
+                    conn, _ = listener.accept()
                 except OSError:
-                    pass
-            finally:
-                for fd in fds:
-                    os.close(fd)
+                    continue
+                conn.setblocking(False)
+                pending[conn] = last + REQUEST_TIMEOUT
+                continue
+            del pending[sock]
+            with sock:
+                kid = _answer(sock, child, keep_closed=[listener, *pending])
+            if kid:
+                children.add(kid)
     try:
         if os.stat(path).st_ino == bound_inode:  # not a newer server's socket
             os.unlink(path)
@@ -142,6 +135,41 @@ def serve(path: str, idle: float, preload: Callable[[], None] = lambda: None,
     except OSError:
         pass
     return 0
+
+
+def _answer(conn: socket.socket, child: Callable[[dict, list[int]], int],
+            keep_closed: list[socket.socket]) -> int:
+    """Read one request from ``conn``, fork its child and reply with its pid (0: refused)."""
+    fds: list[int] = []
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, 65536, 4)
+        request = json.loads(data)
+        kid = os.fork()
+        if kid == 0:
+            code = 1
+            try:
+                for other in (*keep_closed, conn):
+                    other.close()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                code = child(request, fds)
+            except BaseException as e:  # noqa: BLE001 - report, never return into the loop
+                print(f"fuse-overlay: {e}", file=sys.stderr)
+            finally:
+                os._exit(code)
+        try:
+            conn.send(json.dumps({"pid": kid}).encode())
+        except OSError:
+            pass       # the client left; the child runs on and reports through its own fds
+        return kid
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        try:
+            conn.send(json.dumps({"error": str(e)}).encode())
+        except OSError:
+            pass
+        return 0
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m rootless.forkserver SOCKET [--idle SECONDS]", file=sys.stderr)
         return 1
     idle = float(args[args.index("--idle") + 1]) if "--idle" in args else 300.0
+    # Nothing of whoever started us stays open here (a pipe held by a resident server keeps
+    # its reader waiting; spawn() already closes them, this is for any other starter).
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from fuse_overlay.server import serve
     return serve(args[0], idle, preload=_preload, child=_child)

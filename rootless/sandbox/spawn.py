@@ -37,6 +37,10 @@ def spawn(args: list[str], pass_fds: tuple[int, ...] = (), capture_stderr: bool 
         actions.append((os.POSIX_SPAWN_DUP2, w, 2))
     elif stderr_fd is not None:
         actions.append((os.POSIX_SPAWN_DUP2, stderr_fd, 2))
+    # Only 0-2 and ``pass_fds`` reach the helper: descriptors the caller inherited from its
+    # shell (a pipe, a directory) would otherwise be held by it — a pipe's reader would wait
+    # for a long-lived helper, and the helper could reach whatever they point to.
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited(pass_fds)]
     for fd in pass_fds:
         os.set_inheritable(fd, True)
     try:
@@ -73,6 +77,7 @@ def _fork_exec(args: list[str], pass_fds: tuple[int, ...], capture_stderr: bool,
             os.dup2(stdout_fd if stdout_fd is not None else null, 1)
             if w is not None:
                 os.dup2(w, 2)
+            libc.close_range_cloexec(3)
             for fd in pass_fds:
                 os.set_inheritable(fd, True)
             os.execvp(args[0], args)
@@ -83,6 +88,21 @@ def _fork_exec(args: list[str], pass_fds: tuple[int, ...], capture_stderr: bool,
     if w is not None:
         os.close(w)
     return pid, r
+
+
+def _inherited(keep: tuple[int, ...]) -> list[int]:
+    """Our descriptors from 3 on that an ``execve`` would pass on, except ``keep``."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd < 3 or fd in keep:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                out.append(fd)
+        except OSError:
+            pass          # the listing's own descriptor, closed by now
+    return out
 
 
 def read_all(fd: int) -> str:
