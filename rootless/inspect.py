@@ -113,6 +113,8 @@ def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "CapDrop": list(o.get("cap_drop") or []) or None,
         "ExtraHosts": list(o.get("add_host") or []) or None,
         "ReadonlyRootfs": bool(o.get("read_only")),
+        "Privileged": bool(o.get("privileged")),
+        "SecurityOpt": list(o.get("security_opt") or []) or None,
         "Tmpfs": {t.partition(":")[0]: t.partition(":")[2] for t in o.get("tmpfs") or []} or None,
         "Memory": _bytes(o.get("memory")),
         "MemorySwap": _bytes(o.get("memory_swap")),
