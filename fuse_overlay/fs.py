@@ -30,7 +30,7 @@ import trio
 from . import copyup, loop, ownership
 from .idmapping import IdMapping
 from .inodes import ROOT_INODE, InodeMap, Node, NodeTable
-from .layers import WH_PREFIX, Found, Layers, hidden_xattr
+from .layers import WH_PREFIX, Found, Layers, hidden_xattr, wh_file_name
 
 log = logging.getLogger("fuse_overlay")
 
@@ -676,10 +676,12 @@ class OverlayFS(pyfuse3.Operations):
         if src_is_dir:
             self.layers.clear_whiteout(npath, name_new)
         else:
-            try:
-                os.unlink(self.layers.real(0, npath + b"/" + WH_PREFIX + name_new))
-            except FileNotFoundError:
-                pass
+            wh = wh_file_name(name_new)
+            if wh is not None:
+                try:
+                    os.unlink(self.layers.real(0, npath + b"/" + wh))
+                except FileNotFoundError:
+                    pass
         dst_lower = self._lower_has(pnew, name_new)
         src_lower = self._lower_has(pold, name_old)
         os.rename(self.layers.real(0, opath + b"/" + name_old),

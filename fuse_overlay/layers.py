@@ -20,6 +20,7 @@ import stat as stat_mod
 from typing import NamedTuple
 
 WH_PREFIX = b".wh."
+NAME_MAX = 255            # of every filesystem an upper or lower layer can live on
 OPAQUE_MARKER = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"user.overlay.opaque", b"trusted.overlay.opaque")
 
@@ -28,6 +29,12 @@ HIDDEN_XATTR_PREFIXES = (b"user.overlay.", b"trusted.overlay.", b"user.fuseoverl
                          b"user.fuse_overlay.", b"user.containers.override_stat")
 # Names never copied from a lower object to its upper copy.
 NOCOPY_XATTR_PREFIXES = (b"user.overlay.", b"trusted.overlay.", b"user.fuse_overlay.")
+
+
+def wh_file_name(name: bytes) -> bytes | None:
+    """The OCI whiteout file name for ``name``, or None when it would be too long to exist
+    (names of 252-255 bytes: only the character-device form can hide those)."""
+    return WH_PREFIX + name if len(name) + len(WH_PREFIX) <= NAME_MAX else None
 
 
 def is_whiteout(st: os.stat_result) -> bool:
@@ -92,6 +99,7 @@ class Layers:
 
         Returns None when the name does not exist or is whited out."""
         child = parent + b"/" + name
+        wh = wh_file_name(name)
         top: Found | None = None
         merged: list[int] = []
         last = len(dirlayers) - 1
@@ -110,7 +118,7 @@ class Layers:
                 merged.append(layer)
                 if i == last or self.is_opaque(layer, child):
                     break
-            if i != last and _exists(root + parent + b"/" + WH_PREFIX + name):  # type: ignore[operator]
+            if i != last and wh is not None and _exists(root + parent + b"/" + wh):  # type: ignore[operator]
                 break
         if top is None:
             return None
@@ -161,7 +169,11 @@ class Layers:
                 return
             except PermissionError:
                 self.whiteout_as_file = True
-        fd = os.open(self.upper + parent + b"/" + WH_PREFIX + name,
+        wh = wh_file_name(name)
+        if wh is None:
+            raise OSError(errno.ENAMETOOLONG, "this upper filesystem cannot hold a whiteout for a name "
+                          "this long (mknod of a 0/0 device was refused)")
+        fd = os.open(self.upper + parent + b"/" + wh,
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.close(fd)
 
@@ -175,8 +187,11 @@ class Layers:
         if st is not None and is_whiteout(st):
             os.unlink(p)
             removed = True
+        wh = wh_file_name(name)
+        if wh is None:
+            return removed
         try:
-            os.unlink(self.upper + parent + b"/" + WH_PREFIX + name)
+            os.unlink(self.upper + parent + b"/" + wh)
             removed = True
         except (FileNotFoundError, NotADirectoryError):
             pass

@@ -323,3 +323,36 @@ def test_rename_dir_over_empty_merged_dir(make_pair):
     p.same("listdir", "target")
     p.same("rename", "target", "other")         # other is not empty
     check(p, remount=True)
+
+
+LONG = "n" * 255          # the longest name ext4 and tmpfs accept: no ".wh." prefix fits in front
+LONG2 = "m" * 252
+
+
+def test_names_of_252_to_255_bytes(make_pair):
+    """Every operation on names the upper filesystem accepts, in the upper layer and in a
+    lower one (a whiteout probe ``.wh.NAME`` for such a name is longer than 255 bytes)."""
+    spec = {"layers": [[{"path": "d/other", "type": "file", "data": "top\n"}],   # probes go through it
+                       [{"path": f"d/{LONG}", "type": "file", "data": "lower\n"},
+                        {"path": f"d/{LONG2}", "type": "file", "data": "lower2\n"},
+                        {"path": f"ld/{LONG}", "type": "dir"},
+                        {"path": f"ld/{LONG}/x", "type": "file", "data": "x\n"}]]}
+    p = make_pair(spec)
+    check(p)
+    p.same("stat", f"d/{LONG}")
+    p.same("read", f"d/{LONG}")
+    p.same("chmod", f"d/{LONG}", 0o600)
+    p.same("truncate", f"d/{LONG2}", 3)
+    p.same("write", f"up-{LONG[4:]}", "new\n")
+    p.same("mkdir", f"D{LONG[1:]}")
+    p.same("symlink", "target", f"d/S{LONG[1:]}")
+    p.same("link", f"d/{LONG2}", f"d/L{LONG[1:]}")
+    p.same("rename", f"up-{LONG[4:]}", f"d/R{LONG[1:]}")
+    p.same("rmdir", f"D{LONG[1:]}")
+    check(p)
+    p.same("unlink", f"d/{LONG}")          # a lower file: must be hidden by a whiteout
+    p.same("stat", f"d/{LONG}")
+    p.same("rename", f"ld/{LONG}", "ld/short")
+    check(p, remount=True)
+    p.same("write", f"d/{LONG}", "again\n")  # the name comes back over its whiteout
+    check(p, remount=True)
