@@ -156,19 +156,22 @@ class OverlayFS(pyfuse3.Operations):
             raise _err(errno.ENOENT)
         return node
 
-    def _stat(self, node: Node) -> tuple[os.stat_result, bytes | None]:
-        """lstat of the node's backing object and its path (None when the
-        object has no name left and is reached through an open fd)."""
+    def _target(self, node: Node) -> bytes | int:
+        """Where the node's backing object is reached: its path, or — once it has no name
+        left (unlinked while open) — one of its open backing fds."""
         try:
-            path = node.path()
+            return self.layers.real(node.layer, node.path())
         except KeyError:
             for fd in node.fds:
-                return os.fstat(fd), None
+                return fd
             raise _err(errno.ENOENT) from None
-        real = self.layers.real(node.layer, path)
-        return os.lstat(real), real
 
-    def _attr(self, node: Node, st: os.stat_result, real: bytes | None) -> pyfuse3.EntryAttributes:
+    def _stat(self, node: Node) -> tuple[os.stat_result, bytes | int]:
+        """lstat of the node's backing object, and where it is (``_target``)."""
+        target = self._target(node)
+        return (os.fstat(target) if isinstance(target, int) else os.lstat(target)), target
+
+    def _attr(self, node: Node, st: os.stat_result, real: bytes | int | None) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = node.generation
@@ -439,10 +442,7 @@ class OverlayFS(pyfuse3.Operations):
             # after an unlink): change what an open upper fd can reach.
             fd = handle.fd if handle is not None else next(iter(node.fds), None)
             if node.layer == 0 and fd is not None:
-                if fields.update_size:
-                    os.ftruncate(fd, attr.st_size)
-                if fields.update_mode:
-                    os.fchmod(fd, stat_mod.S_IMODE(attr.st_mode))
+                self._setattr_fd(fd, attr, fields)
             return self._node_attr(node)
         await self._copy_up(node, data=not (fields.update_size and attr.st_size == 0))
         real: bytes | None = self.layers.real(0, node.path())
@@ -481,6 +481,33 @@ class OverlayFS(pyfuse3.Operations):
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(real, ns=(atime, mtime), follow_symlinks=False)
         return self._node_attr(node)
+
+    def _setattr_fd(self, fd: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> None:
+        """setattr of an upper object that has no name left, through an open fd."""
+        if fields.update_size:
+            os.ftruncate(fd, attr.st_size)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            if self.cfg.xattr_permissions:
+                st = os.fstat(fd)
+                ov = ownership.read(fd, st) or ownership.Override(st.st_uid, st.st_gid, st.st_mode, st.st_rdev)
+                ownership.write(fd, ownership.Override(ov.uid if uid == -1 else uid, ov.gid if gid == -1 else gid,
+                                                       ov.mode & ~(stat_mod.S_ISUID | stat_mod.S_ISGID), ov.rdev))
+            else:
+                os.fchown(fd, *self._disk_ids(uid, gid))
+        if fields.update_mode:
+            os.fchmod(fd, stat_mod.S_IMODE(attr.st_mode))
+            if self.cfg.xattr_permissions:
+                st = os.fstat(fd)
+                ov = ownership.read(fd, st)
+                if ov is not None:
+                    ownership.write(fd, ownership.Override(ov.uid, ov.gid, stat_mod.S_IFMT(ov.mode)
+                                                           | stat_mod.S_IMODE(attr.st_mode), ov.rdev))
+        if fields.update_atime or fields.update_mtime:
+            st = os.fstat(fd)
+            os.utime(fd, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                             attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
 
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -717,6 +744,13 @@ class OverlayFS(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if not node.links and not node.is_dir:
+            # Unlinked while open, opened again (/proc/PID/fd/N): reopen what an open fd reaches.
+            target = self._target(node)
+            if writing and node.layer != 0:
+                raise _err(errno.ENOENT)     # a lower file with no name left cannot be copied up
+            fd = os.open(f"/proc/self/fd/{target}", self._open_flags(flags) & ~os.O_NOFOLLOW)
+            return self._new_handle(fd, node, flags, keep_cache=False)
         if not writing:
             fd = os.open(self.layers.real(node.layer, node.path()), self._open_flags(flags))
             return self._new_handle(fd, node, flags, keep_cache=True)
@@ -919,32 +953,38 @@ class OverlayFS(pyfuse3.Operations):
 
     # ------------------------------------------------------------- xattrs
 
-    def _real_of(self, node: Node) -> bytes:
-        return self.layers.real(node.layer, node.path())
+    # A path is used without following symlinks; an fd (an object unlinked while open) as is.
 
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if hidden_xattr(name):
             raise _err(pyfuse3.ENOATTR)
-        return os.getxattr(self._real_of(self._node(inode)), name, follow_symlinks=False)
+        target = self._target(self._node(inode))
+        return os.getxattr(target, name, follow_symlinks=isinstance(target, int))
 
     @_handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        names = os.listxattr(self._real_of(self._node(inode)), follow_symlinks=False)
+        target = self._target(self._node(inode))
+        names = os.listxattr(target, follow_symlinks=isinstance(target, int))
         return [n for n in map(os.fsencode, names) if not hidden_xattr(n)]
+
+    async def _writable_target(self, node: Node) -> bytes | int:
+        if node.links:
+            await self._copy_up(node)
+        elif node.layer != 0:
+            raise _err(errno.ENOENT)         # a lower object with no name left: nothing to change
+        return self._target(node)
 
     @_handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         if hidden_xattr(name):
             raise _err(errno.EPERM)
-        node = self._node(inode)
-        await self._copy_up(node)
-        os.setxattr(self._real_of(node), name, value, follow_symlinks=False)
+        target = await self._writable_target(self._node(inode))
+        os.setxattr(target, name, value, follow_symlinks=isinstance(target, int))
 
     @_handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         if hidden_xattr(name):
             raise _err(pyfuse3.ENOATTR)
-        node = self._node(inode)
-        await self._copy_up(node)
-        os.removexattr(self._real_of(node), name, follow_symlinks=False)
+        target = await self._writable_target(self._node(inode))
+        os.removexattr(target, name, follow_symlinks=isinstance(target, int))

@@ -61,11 +61,11 @@ def format_value(uid: int, gid: int, mode: int, rdev: int = 0) -> bytes:
     return f"{uid}:{gid}:{mode & 0o7777:04o}:{t}".encode("ascii")
 
 
-def read(path: bytes, st: os.stat_result) -> Override | None:
-    """The override of ``path`` (not following symlinks), or None."""
+def read(path: bytes | int, st: os.stat_result) -> Override | None:
+    """The override of ``path`` (not following symlinks; or an open fd), or None."""
     for key in READ_KEYS:
         try:
-            value = os.getxattr(path, key, follow_symlinks=False)
+            value = os.getxattr(path, key, follow_symlinks=isinstance(path, int))
         except OSError:
             continue
         ov = parse(value, st.st_mode, st.st_rdev)
@@ -74,6 +74,6 @@ def read(path: bytes, st: os.stat_result) -> Override | None:
     return None
 
 
-def write(path: bytes, ov: Override) -> None:
+def write(path: bytes | int, ov: Override) -> None:
     os.setxattr(path, WRITE_KEY, format_value(ov.uid, ov.gid, ov.mode, ov.rdev),
-                follow_symlinks=False)
+                follow_symlinks=isinstance(path, int))

@@ -280,6 +280,46 @@ def op_open_unlink_rw(m, path, data):
         os.close(fd)
 
 
+def op_unlinked_open_file(m, path, writable):
+    """Open an existing file, unlink it, then use it only through the fd and /proc/self/fd:
+    what dpkg and apt do with their temporary files."""
+    import mmap as mmap_mod
+    out = {}
+    full = os.path.join(m, path)
+    fd = os.open(full, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+        os.unlink(full)
+        out["fstat_nlink"] = os.fstat(fd).st_nlink
+        re = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        try:
+            out["reopen_read"] = os.pread(re, 100, 0).decode()
+        finally:
+            os.close(re)
+        out["listxattr"] = sorted(n for n in os.listxattr(fd) if n.startswith("user."))
+        if writable:
+            os.pwrite(fd, b"written", 0)
+            os.ftruncate(fd, 5)
+            os.fchmod(fd, 0o640)
+            os.fchown(fd, 0, 0)
+            os.setxattr(fd, "user.t", b"v")
+            out["getxattr"] = os.getxattr(fd, "user.t").decode()
+            mm = mmap_mod.mmap(fd, 5)
+            mm[0:1] = b"W"
+            mm.flush()
+            mm.close()
+            st = os.fstat(fd)
+            out["after"] = [st.st_size, oct(st.st_mode), st.st_nlink, os.pread(fd, 10, 0).decode()]
+            rw = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+            try:
+                os.pwrite(rw, b"X", 1)
+            finally:
+                os.close(rw)
+            out["reopen_write"] = os.pread(fd, 10, 0).decode()
+    finally:
+        os.close(fd)
+    return out
+
+
 def op_ino_equal(m, a, b):
     return os.lstat(os.path.join(m, a)).st_ino == os.lstat(os.path.join(m, b)).st_ino
 
