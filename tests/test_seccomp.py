@@ -248,3 +248,16 @@ def test_podmans_profile_compiles_and_ours_differs_only_deliberately(tmp_path, m
     }
     missing = allowed(podman) - allowed(select_default(frozenset())) - deliberate
     assert not missing, f"allowed by Podman's profile, not by ours: {sorted(missing)}"
+
+
+def test_cache_is_pruned(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    d = tmp_path / "rootless" / "seccomp"
+    d.mkdir(parents=True)
+    for i in range(seccomp.CACHE_ENTRIES + 5):
+        (d / f"{i:064x}.bpf").write_bytes(b"\0" * 8)
+        os.utime(d / f"{i:064x}.bpf", ns=(i * 10**9, i * 10**9))
+    prog = seccomp.program("default", caps.DEFAULT)
+    left = sorted(p.name for p in d.iterdir())
+    assert len(left) == seccomp.CACHE_ENTRIES and f"{0:064x}.bpf" not in left
+    assert seccomp.program("default", caps.DEFAULT) == prog

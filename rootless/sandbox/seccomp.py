@@ -29,7 +29,7 @@ import errno
 import hashlib
 import json
 import os
-import sysconfig
+import sys
 from dataclasses import dataclass
 
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp-default.json")
@@ -260,7 +260,7 @@ _lib = None
 
 def _library_path() -> str | None:
     """Where libseccomp.so.2 is, found without loading it (the cache key names the file)."""
-    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    multiarch = getattr(sys.implementation, "_multiarch", "")
     dirs = [f"/usr/lib/{multiarch}", f"/lib/{multiarch}"] if multiarch else []
     dirs += ["/usr/lib64", "/lib64", "/usr/lib", "/lib", "/usr/local/lib"]
     for d in dirs:
@@ -398,8 +398,12 @@ def _cache_read(path: str) -> bytes | None:
     return prog
 
 
+CACHE_ENTRIES = 32           # kept on a miss: the newest ones (an evicted one is compiled again)
+
+
 def _cache_write(path: str, prog: bytes) -> None:
-    """Atomically (a temporary name, then rename); a cache that cannot be written costs only time."""
+    """Atomically (a temporary name, then rename); a cache that cannot be written costs only time.
+    Entries left by other profiles, capability sets, kernels or versions are pruned here."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -409,6 +413,27 @@ def _cache_write(path: str, prog: bytes) -> None:
     except OSError:
         try:
             os.unlink(tmp)
+        except OSError:
+            pass
+        return
+    _prune(os.path.dirname(path))
+
+
+def _prune(directory: str) -> None:
+    entries = []
+    try:
+        with os.scandir(directory) as it:
+            for e in it:
+                if e.name.endswith(".bpf"):
+                    try:
+                        entries.append((e.stat().st_mtime_ns, e.path))
+                    except OSError:
+                        pass
+    except OSError:
+        return
+    for _, old in sorted(entries, reverse=True)[CACHE_ENTRIES:]:
+        try:
+            os.unlink(old)
         except OSError:
             pass
 
