@@ -261,3 +261,19 @@ def test_cache_is_pruned(tmp_path, monkeypatch):
     left = sorted(p.name for p in d.iterdir())
     assert len(left) == seccomp.CACHE_ENTRIES and f"{0:064x}.bpf" not in left
     assert seccomp.program("default", caps.DEFAULT) == prog
+
+
+@both_modes
+def test_relative_profile_path_is_kept_absolute_for_exec(rl, tmp_path):
+    from .conftest import ROOTLESS
+    (tmp_path / "no-mkdir.json").write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}))
+    proc = subprocess.run([*ROOTLESS, "run", "-d", "--name", "sc-relative", "--security-opt",
+                           "seccomp=no-mkdir.json", "busybox", "sleep", "60"],
+                          cwd=tmp_path, env=rl.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        proc = rl("exec", "sc-relative", "mkdir", "/made")       # from another directory
+        assert proc.returncode != 0 and "Operation not permitted" in proc.stderr, proc.stderr
+    finally:
+        rl("rm", "-f", "sc-relative")
