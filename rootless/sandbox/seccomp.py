@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp-default.json")
 
@@ -87,15 +87,13 @@ BPF_MAXINSNS = 4096         # the kernel's limit on one filter's length
 
 # --- selection: the rules that apply to this container ----------------------------------
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     names: tuple[str, ...]
     action: int
     args: tuple[tuple[int, int, int, int], ...] = ()   # (index, op, value, valueTwo)
 
 
-@dataclass(frozen=True)
-class Selected:
+class Selected(NamedTuple):
     default_action: int
     arches: tuple[str, ...]          # SCMP_ARCH_* names to add besides the native one
     rules: tuple[Rule, ...]
@@ -355,7 +353,9 @@ def _condition_sets(args: tuple) -> list[tuple]:
 # --- the cache ---------------------------------------------------------------------------
 
 def cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):     # unset, empty or relative: the XDG default
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "rootless", "seccomp")
 
 
