@@ -277,3 +277,21 @@ def test_relative_profile_path_is_kept_absolute_for_exec(rl, tmp_path):
         assert proc.returncode != 0 and "Operation not permitted" in proc.stderr, proc.stderr
     finally:
         rl("rm", "-f", "sc-relative")
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"names": ["read"], "action": ["SCMP_ACT_ALLOW"]}, "syscalls[0].action ['SCMP_ACT_ALLOW'] is unknown"),
+    ({"names": "read", "action": "SCMP_ACT_ALLOW"}, "syscalls[0].names must be a non-empty list"),
+    ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}]},
+     "syscalls[0].args[0].index must be 0 to 5"),
+    ({"names": ["read"], "action": "SCMP_ACT_ERRNO", "errnoRet": "EPERM"}, "syscalls[0].errnoRet must be an errno number"),
+    ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_BPF"], "minKernel": "new"}},
+     "syscalls[0].includes.minKernel 'new' is not a kernel version"),
+    ({"names": ["read"], "action": "SCMP_ACT_ALLOW", "excludes": {"arches": [{"amd64": 1}]}},
+     "syscalls[0].excludes.arches must be a list of names"),
+    ({"names": ["read"], "action": "SCMP_ACT_NOTIFY"}, "SCMP_ACT_NOTIFY is not supported"),
+])
+def test_select_errors_name_the_place(entry, problem):
+    with pytest.raises(seccomp.ProfileError) as e:
+        seccomp.select({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [entry]}, caps.DEFAULT, "/p.json")
+    assert str(e.value).startswith("seccomp profile /p.json: ") and problem in str(e.value)

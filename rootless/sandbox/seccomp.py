@@ -129,10 +129,10 @@ def _errno_value(entry: dict, num_key: str, name_key: str, where: str, fail) -> 
 
 def _action(entry: dict, key: str, where: str, fail, num_key: str, name_key: str) -> int:
     name = entry.get(key)
-    if name not in _ACTIONS:
+    if not isinstance(name, str) or name not in _ACTIONS:
         if name == "SCMP_ACT_NOTIFY":
             fail(f"{where}{key} SCMP_ACT_NOTIFY is not supported (rootless runs no seccomp agent)")
-        fail(f"{where}{key} '{name}' is unknown (use one of {', '.join(sorted(_ACTIONS))})")
+        fail(f"{where}{key} {name!r} is unknown (use one of {', '.join(sorted(_ACTIONS))})")
     if name == "SCMP_ACT_ERRNO":
         return SCMP_ACT_ERRNO(_errno_value(entry, num_key, name_key, where, fail))
     if name == "SCMP_ACT_TRACE":
@@ -206,8 +206,8 @@ def select(doc: object, caps: frozenset[str], source: str = "the profile", machi
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= 5:
                 fail(f"{aw}.index must be 0 to 5, not {index!r}")
             op = arg.get("op")
-            if op not in OPS:
-                fail(f"{aw}.op '{op}' is unknown (use one of {', '.join(OPS)})")
+            if not isinstance(op, str) or op not in OPS:
+                fail(f"{aw}.op {op!r} is unknown (use one of {', '.join(OPS)})")
             args.append((index, OPS[op], _int_field(arg, "value", aw, fail), _int_field(arg, "valueTwo", aw, fail)))
         if _applies(entry.get("includes") or {}, entry.get("excludes") or {}, have, my_arches, kver,
                     where, fail):
@@ -218,13 +218,21 @@ def select(doc: object, caps: frozenset[str], source: str = "the profile", machi
 def _applies(inc: object, exc: object, have: set[str], my_arches: set[str], kver: tuple[int, int],
              where: str, fail) -> bool:
     """Docker's rules: every included cap present, no excluded cap present; this machine among
-    the included arches and not among the excluded ones; the kernel at least minKernel."""
+    the included arches and not among the excluded ones; the kernel at least the included
+    minKernel (below the excluded one).  Checked whole first, so that an error shows whatever
+    the container's capabilities."""
+    minimum = {}
     for key, part in (("includes", inc), ("excludes", exc)):
         if not isinstance(part, dict):
             fail(f"{where}.{key} must be an object")
         for k in ("caps", "arches"):
-            if not isinstance(part.get(k) or [], list):
-                fail(f"{where}.{key}.{k} must be a list")
+            value = part.get(k) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                fail(f"{where}.{key}.{k} must be a list of names")
+        if part.get("minKernel"):
+            minimum[key] = _kernel_version(str(part["minKernel"]))
+            if minimum[key] == (0, 0):
+                fail(f"{where}.{key}.minKernel '{part['minKernel']}' is not a kernel version such as 4.8")
     if inc.get("arches") and not my_arches & set(inc["arches"]):
         return False
     if exc.get("arches") and my_arches & set(exc["arches"]):
@@ -233,14 +241,10 @@ def _applies(inc: object, exc: object, have: set[str], my_arches: set[str], kver
         return False
     if any(_cap_name(c) in have for c in exc.get("caps") or []):
         return False
-    for key, part in (("includes", inc), ("excludes", exc)):
-        mk = part.get("minKernel")
-        if mk:
-            want = _kernel_version(str(mk))
-            if want == (0, 0):
-                fail(f"{where}.{key}.minKernel '{mk}' is not a kernel version such as 4.8")
-            if (kver >= want) != (key == "includes"):
-                return False
+    if "includes" in minimum and kver < minimum["includes"]:
+        return False
+    if "excludes" in minimum and kver >= minimum["excludes"]:
+        return False
     return True
 
 
