@@ -189,6 +189,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     if not workdir.startswith("/"):
         raise UsageError(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
     from . import security
+    opts.security_opt = security.absolute_profile_paths(opts.security_opt)
     sec = security.parse(opts.security_opt, opts.privileged, opts.read_only_tmpfs)
     wanted_caps = caps.resolve(["ALL"] if sec.privileged else opts.cap_add, [] if sec.privileged else opts.cap_drop)
     seccomp_prog = seccomp_program(sec, wanted_caps)

@@ -47,6 +47,21 @@ class SecurityOptions:
         return "ALL" in self.unmask or path in self.unmask
 
 
+def absolute_profile_paths(security_opt: list[str] | tuple[str, ...]) -> list[str]:
+    """``security_opt`` with a relative ``seccomp=PROFILE`` made absolute against the current
+    directory: the container's record keeps it, so that ``exec`` and restarts read the same file."""
+    import os
+    out = []
+    for raw in security_opt:
+        key, sep, value = raw.partition("=")
+        if not sep and ":" in raw:
+            key, sep, value = raw.partition(":")
+        if key.strip() == "seccomp" and value and value != "unconfined" and not value.startswith("/"):
+            raw = f"{key}{sep}{os.path.abspath(value)}"
+        out.append(raw)
+    return out
+
+
 _TRUE = ("", "true", "1", "yes")
 _FALSE = ("false", "0", "no")
 
