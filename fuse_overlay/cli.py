@@ -249,7 +249,9 @@ def run(opts: Options) -> int:
         cfg = Config(upper=upper,
                      lowers=[os.fsencode(os.path.abspath(p)) for p in opts.lowers],
                      work=work, timeout=opts.timeout, xattr_permissions=opts.xattr_permissions,
-                     writeback=opts.writeback, uidmap=opts.uidmapping, gidmap=opts.gidmapping)
+                     writeback=opts.writeback, uidmap=opts.uidmapping, gidmap=opts.gidmapping,
+                     errors_path=None if work is None else
+                     os.path.join(os.fsencode(os.path.abspath(opts.work)), mount.ERRORS_FILE))
         os.umask(0)
         ops = OverlayFS(cfg)
         if opts.debug:

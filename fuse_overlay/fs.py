@@ -21,6 +21,7 @@ import itertools
 import logging
 import mmap
 import os
+import time
 import stat as stat_mod
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -59,8 +60,9 @@ def _handler(fn: F) -> F:
             raise
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except Exception:
+        except Exception as e:
             log.exception("internal error in %s", fn.__name__)
+            args[0].internal_error(fn.__name__, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             loop.handler_done()
@@ -107,8 +109,11 @@ class Config:
     def __init__(self, upper: bytes | None, lowers: list[bytes], work: bytes | None,
                  timeout: float = 86400.0, xattr_permissions: bool = False,
                  writeback: bool = False, uidmap: IdMapping | None = None,
-                 gidmap: IdMapping | None = None) -> None:
+                 gidmap: IdMapping | None = None, errors_path: bytes | None = None) -> None:
         self.upper, self.lowers, self.work = upper, lowers, work
+        # Where each internal error (a handler failing with a Python exception: a bug) is
+        # recorded, one line each, for whoever runs the mount to notice (``internal_error``).
+        self.errors_path = errors_path
         self.timeout = timeout
         self.xattr_permissions = xattr_permissions
         self.writeback = writeback
@@ -147,8 +152,25 @@ class OverlayFS(pyfuse3.Operations):
         self.listings: dict[int, tuple[int, list[tuple[bytes, int, int, pyfuse3.EntryAttributes]]]] = {}
         self.listing_rows = 0
         self.kernel_notify = False
+        self.internal_errors = 0
 
     # ------------------------------------------------------------ helpers
+
+    def internal_error(self, handler: str, error: BaseException) -> None:
+        """Count an internal error and append it to ``Config.errors_path`` (when set): the
+        process answered EIO, which it should never have had to."""
+        self.internal_errors += 1
+        if self.cfg.errors_path is None:
+            return
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {handler}: {type(error).__name__}: {error}\n"
+        try:
+            fd = os.open(self.cfg.errors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line.encode(errors="replace")[:4096])
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     def _node(self, ino: int) -> Node:
         node = self.table.get(ino)

@@ -17,6 +17,7 @@ from typing import Callable
 from . import _sys
 
 WORK_SUBDIR = b"fuse-overlay.work"
+ERRORS_FILE = b"fuse-overlay.errors"     # in the workdir: one line per internal error
 
 # Called with the mount point once mounted, before readiness is reported (the server
 # uses it to stop holding the mount; see server.py).

@@ -299,6 +299,10 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
         if running:
             from .lifecycle import rootfs_lost
             status = "Up (root filesystem lost: restart it)" if rootfs_lost(r) else "Up"
+            from .rootfs import internal_errors
+            errors = len(internal_errors(_store(ctx).container_dir(r.id)))
+            if errors:
+                status += f" ({errors} overlay error{'s' if errors > 1 else ''}: see inspect)"
         elif r.state == "running":
             status = "Exited (unknown): its process is gone"
         else:

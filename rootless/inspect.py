@@ -146,6 +146,8 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
     directory = store.container_dir(rec.id)
     upper = os.path.join(directory, "upper")
     driver = "overlay" if os.path.isdir(upper) else "vfs"
+    from .rootfs import internal_errors
+    errors = internal_errors(directory)
     return {
         "Id": rec.id,
         "Created": _iso(rec.created),
@@ -160,7 +162,9 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
             "Dead": False,
             "Pid": rec.pid if running else 0,
             "ExitCode": rec.exit_code if rec.exit_code is not None else 0,
-            "Error": "",
+            "Error": (f"fuse-overlay answered {len(errors)} request(s) with EIO after an internal error "
+                      f"(last: {errors[-1]}); see {os.path.join(directory, 'work', 'fuse-overlay.errors')} "
+                      "and report it") if errors else "",
             "StartedAt": _iso(cfg.get("started") or (rec.created if rec.state != "created" else None)),
             "FinishedAt": _iso(rec.finished),
         },

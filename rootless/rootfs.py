@@ -240,3 +240,14 @@ def _drain(fd: int) -> str:
         return os.read(fd, 65536).decode(errors="replace").strip()
     except BlockingIOError:
         return ""
+
+
+def internal_errors(container_dir: str) -> list[str]:
+    """What the container's fuse-overlay daemon recorded as internal errors (requests it
+    answered with EIO because of a bug in it), one line each; [] for other drivers."""
+    from fuse_overlay.mount import ERRORS_FILE
+    try:
+        with open(os.path.join(container_dir, "work", os.fsdecode(ERRORS_FILE)), errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []

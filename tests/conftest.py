@@ -84,13 +84,31 @@ def make_busybox_tar(path: Path) -> Path:
     return path
 
 
+def overlay_internal_errors(store: Path | None = None, run: Path | None = None) -> list[str]:
+    """Internal errors fuse-overlay recorded: in containers' work dirs, and in the fork
+    server's log (daemons of containers already removed).  Any of them is a bug."""
+    found = []
+    if store is not None:
+        for f in store.glob("containers/*/work/fuse-overlay.errors"):
+            found += [f"{f}: {line}" for line in f.read_text(errors="replace").splitlines()]
+    if run is not None:
+        log = run / "rootless" / "forkserver.log"
+        if log.exists():
+            found += [f"{log}: {line}" for line in log.read_text(errors="replace").splitlines()
+                      if "internal error in" in line]
+    return found
+
+
 @pytest.fixture(scope="session")
 def store_root(tmp_path_factory, run_dir) -> Path:
     root = tmp_path_factory.mktemp("store")
     yield root
+    errors = overlay_internal_errors(store=root)
     # Layers and container trees hold files owned by sub-ids: remove them as the namespace's root.
     subprocess.run([*ROOTLESS, "unshare", "rm", "-rf", str(root)], timeout=120,
                    env={**os.environ, "ROOTLESS_NO_SINGLE_UID_WARNING": "1"})
+    # A test that provokes one on purpose removes its container (tests/test_rootfs_errors.py).
+    assert not errors, "fuse-overlay recorded internal errors during the tests:\n" + "\n".join(errors)
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +145,8 @@ def run_dir(tmp_path_factory) -> Path:
     d.chmod(0o700)
     yield d
     stop_background(d)
+    errors = overlay_internal_errors(run=d)
+    assert not errors, "fuse-overlay logged internal errors during the tests:\n" + "\n".join(errors)
 
 
 @pytest.fixture(scope="session")

@@ -88,3 +88,25 @@ def test_ownership_format_round_trip():
         assert ownership.parse(v, stat.S_IFREG | 0o600, 0) == ownership.Override(33, 44, mode, rdev)
     assert ownership.parse(b"0:0:0755", stat.S_IFDIR | 0o700, 0).mode == stat.S_IFDIR | 0o755
     assert ownership.parse(b"garbage", stat.S_IFREG, 0) is None
+
+
+async def test_internal_errors_are_counted_and_recorded(tmp_path):
+    """A handler failing with a Python exception answers EIO, and says so where the owner of
+    the mount looks (WORKDIR/fuse-overlay.errors), not only in a log nobody reads."""
+    low, up, work = tmp_path / "l", tmp_path / "u", tmp_path / "w"
+    for d in (low, up, work):
+        d.mkdir()
+    errors = tmp_path / "fuse-overlay.errors"
+    ops = OverlayFS(Config(upper=os.fsencode(up), lowers=[os.fsencode(low)], work=os.fsencode(work),
+                           errors_path=os.fsencode(errors)))
+
+    def broken(*_args):
+        raise KeyError("a bug")
+    ops.layers.probe = broken
+    for _ in range(2):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(pyfuse3.ROOT_INODE, b"x", CTX)
+        assert e.value.errno == errno.EIO
+    assert ops.internal_errors == 2
+    lines = errors.read_text().splitlines()
+    assert len(lines) == 2 and "lookup: KeyError" in lines[0]
