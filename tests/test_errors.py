@@ -90,3 +90,60 @@ def test_hostname_too_long(rl):
     out = rl("run", "--rm", "--network", "none", "--hostname", "h" * 64, "busybox", "hostname")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "h" * 64
+
+
+# --- import and layers ----------------------------------------------------------------------
+
+def test_import_not_a_tar(rl, tmp_path):
+    one_sentence(rl("import", "/dev/null", "errs-null"), "/dev/null", "is empty", "tarball")
+    text = tmp_path / "notes.txt"
+    text.write_text("just some words, and not a tar archive at all\n" * 20)
+    one_sentence(rl("import", str(text), "errs-text"), str(text), "not a tar archive", "tarball")
+    one_sentence(rl("import", "-", "errs-stdin", input=""), "standard input", "is empty")
+
+
+LAYER_CASES = {
+    # a dangling symlink where the archive later needs a directory
+    "dangling": ([("evil", "sym", "somewhere"), ("evil/x", "file", "x")],
+                 ("'evil/x'", "'evil'", "symbolic link to 'somewhere'")),
+    # a file where the archive later needs a directory
+    "file": ([("evil", "file", "x"), ("evil/x", "file", "x")], ("'evil/x'", "'evil'", "a file")),
+    # symlinks that point at each other
+    "loop": ([("a", "sym", "b"), ("b", "sym", "a"), ("a/x", "file", "x")], ("'a/x'", "'a'", "loop")),
+    # deeper: the colliding parent is not the first component
+    "deep": ([("d", "dir", ""), ("d/evil", "sym", "../nowhere"), ("d/evil/sub/x", "file", "x")],
+             ("'d/evil/sub/x'", "'d/evil'", "symbolic link to '../nowhere'")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_with_colliding_entries(rl, tmp_path, case):
+    entries, needles = LAYER_CASES[case]
+    archive = _tar(tmp_path / f"{case}.tar", [("ok", "file", "fine"), *entries])
+    line = one_sentence(rl("import", str(archive), f"errs-{case}"), str(archive), *needles,
+                        hidden=("File exists", "Not a directory", str(rl.root)))
+    assert "layer" in line
+    assert "errs-" + case not in rl("images").stdout
+    assert not [n for n in os.listdir(rl.root / "layers") if n.startswith(".tmp-")]
+
+
+def test_layer_symlink_to_root_is_harmless(rl, tmp_path):
+    # evil -> / and then evil/x: resolved inside the layer (chrooted), so it is simply /x there.
+    archive = _tar(tmp_path / "root.tar", [("evil", "sym", "/"), ("evil/x", "file", "x")])
+    proc = rl("import", str(archive), "errs-rootlink")
+    assert proc.returncode == 0, proc.stderr
+    rl("rmi", "errs-rootlink")
+
+
+def test_load_symlink_loop(rl, tmp_path):
+    loop = _tar(tmp_path / "loop.tar", [
+        ("manifest.json", "sym", "a.json"), ("a.json", "sym", "b.json"), ("b.json", "sym", "manifest.json")])
+    proc = rl("load", "-i", str(loop))
+    one_sentence(proc, str(loop), "manifest.json", "symbolic link loop", hidden=("outside the archive",))
+    selfref = _tar(tmp_path / "self.tar", [("manifest.json", "sym", "./manifest.json")])
+    one_sentence(rl("load", "-i", str(selfref)), "manifest.json", "symbolic link loop")
+    # a config in a loop, found through a valid manifest
+    cfg = _tar(tmp_path / "cfg.tar", [
+        ("manifest.json", "file", json.dumps([{"Config": "c.json", "RepoTags": ["x:1"], "Layers": []}])),
+        ("c.json", "sym", "d/../c.json")])
+    one_sentence(rl("load", "-i", str(cfg)), "c.json", "symbolic link loop")
