@@ -147,3 +147,52 @@ def test_load_symlink_loop(rl, tmp_path):
         ("manifest.json", "file", json.dumps([{"Config": "c.json", "RepoTags": ["x:1"], "Layers": []}])),
         ("c.json", "sym", "d/../c.json")])
     one_sentence(rl("load", "-i", str(cfg)), "c.json", "symbolic link loop")
+
+
+# --- the store and outputs -------------------------------------------------------------------
+
+def test_store_in_a_directory_i_cannot_write(rl, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        other = Rootless(locked / "store")
+        for args in (("images",), ("run", "--rm", "busybox", "true")):
+            line = one_sentence(other(*args), str(locked / "store"), "--root", "ROOTLESS_ROOT",
+                                hidden=("Permission denied",))
+            assert str(locked) in line
+    finally:
+        locked.chmod(0o700)
+
+
+@needs_range
+def test_store_of_another_user(rl, tmp_path):
+    # A store that belongs to someone else (here: a sub-uid of ours, made with 'rootless unshare';
+    # for the host it is another user), readable but not writable, then not even readable.
+    store = tmp_path / "theirs"
+    env = {**os.environ, "ROOTLESS_ROOT": str(rl.root)}
+    subprocess.run([*ROOTLESS, "unshare", "sh", "-c",
+                    f"mkdir -p {store}/blobs/sha256 {store}/layers {store}/containers {store}/tmp && "
+                    f"chown -R 1:1 {store} && chmod -R 755 {store}"], env=env, check=True, timeout=60)
+    try:
+        assert os.stat(store).st_uid != os.getuid()
+        other = Rootless(store)
+        for args in (("images",), ("import", "/dev/null", "x"), ("run", "--rm", "busybox", "true")):
+            one_sentence(other(*args), str(store), "not yours", "--root", "ROOTLESS_ROOT",
+                         hidden=("Permission denied",))
+        subprocess.run([*ROOTLESS, "unshare", "chmod", "700", str(store)], env=env, check=True, timeout=60)
+        one_sentence(other("images"), str(store), "not yours", "--root", hidden=("Permission denied",))
+    finally:
+        subprocess.run([*ROOTLESS, "unshare", "rm", "-rf", str(store)], env=env, timeout=60)
+
+
+def test_save_to_a_path_that_cannot_be_written(rl, tmp_path):
+    line = one_sentence(rl("save", "-o", "/proc/x", "busybox"), "/proc/x")
+    assert "/proc/x." not in line
+    missing = tmp_path / "no" / "such" / "dir" / "out.tar"
+    one_sentence(rl("save", "-o", str(missing), "busybox"), str(missing), str(missing.parent), "does not exist")
+    one_sentence(rl("save", "-o", str(tmp_path), "busybox"), str(tmp_path), "is a directory")
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    # a device is written to as it is (as Docker does), not replaced
+    ok = rl("save", "-o", "/dev/null", "busybox")
+    assert ok.returncode == 0, ok.stderr
