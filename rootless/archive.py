@@ -216,10 +216,20 @@ class _Archive:
     def close(self) -> None:
         self.tar.close()
 
-    def member(self, name: str, depth: int = 0) -> tarfile.TarInfo:
+    def member(self, name: str, chain: tuple[str, ...] = ()) -> tarfile.TarInfo:
+        """The regular file ``name`` names, symbolic and hard links followed (``chain``: the
+        names followed so far, the user's first)."""
         key = posixpath.normpath(name.lstrip("/")).removeprefix("./")
-        if key.startswith("../") or key == ".." or depth > 16:
+        first = chain[0] if chain else name
+        if key.startswith("../") or key == "..":
             raise StoreError(f"{self.source}: entry '{name}' points outside the archive")
+        if key in chain:
+            raise StoreError(f"{self.source}: '{first}' is a symbolic link loop "
+                             f"({' -> '.join((*chain, key))}): the archive is broken")
+        if len(chain) > 16:
+            raise StoreError(f"{self.source}: '{first}' leads through more than 16 links: the archive "
+                             "is broken")
+        chain = (*chain, key)
         m = self.members.get(key)
         if m is None:
             raise StoreError(f"{self.source}: '{name}' is missing from the archive")
@@ -227,9 +237,9 @@ class _Archive:
             if m.linkname.startswith("/"):
                 raise StoreError(f"{self.source}: '{name}' is a symbolic link out of the archive "
                                  f"({m.linkname})")
-            return self.member(posixpath.join(posixpath.dirname(key), m.linkname), depth + 1)
+            return self.member(posixpath.join(posixpath.dirname(key), m.linkname), chain)
         if m.islnk():
-            return self.member(m.linkname, depth + 1)
+            return self.member(m.linkname, chain)
         if not m.isfile():
             raise StoreError(f"{self.source}: '{name}' is not a regular file")
         return m
@@ -530,7 +540,8 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
                         if not store.has_layer(diff_id):
                             if diff_id not in img.plain:
                                 raise StoreError(f"layer {diff_id} is missing from the store")
-                            layers.unpack(store, maps, img.plain[diff_id], diff_id)
+                            layers.unpack(store, maps, img.plain[diff_id], diff_id,
+                                          f"layer {diff_id} of {source}")
                             added_layers.append(diff_id)
                         if blob and not os.path.exists(store.blob_path(blob_digest)):
                             store.adopt_blob(blob, blob_digest)

@@ -77,7 +77,8 @@ def _store(ctx: click.Context):
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
               help="Publish a container port on the host.")
 @click.option("--add-host", multiple=True, metavar="NAME:ADDRESS",
-              help="Add a line to /etc/hosts (NAME:host-gateway reaches the host's loopback).")
+              help="Add a line to /etc/hosts (NAME:host-gateway names the gateway 10.0.2.2; the "
+                   "host's loopback needs --network slirp4netns:allow_host_loopback=true).")
 @click.option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m, 2g).")
 @click.option("--memory-swap", metavar="BYTES", help="Memory plus swap limit (-1: unlimited swap).")
 @click.option("--cpus", metavar="N", help="Number of CPUs (e.g. 1.5).")

@@ -11,6 +11,7 @@ import lzma
 import os
 import platform
 import sys
+import tarfile
 import tempfile
 from typing import BinaryIO
 
@@ -50,6 +51,18 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _check_tarball(path: str, size: int, name: str) -> None:
+    """Refuse, in the user's terms, what is not a tar archive (``path``: already decompressed)."""
+    kinds = "a tar archive, plain or compressed with gzip, bzip2, xz or zstd"
+    if size == 0:
+        raise UsageError(f"{name} is empty: give a root filesystem tarball ({kinds})")
+    try:
+        with tarfile.open(path, "r:") as tar:
+            tar.next()
+    except (tarfile.TarError, EOFError):
+        raise UsageError(f"{name} is not a tar archive: give a root filesystem tarball ({kinds})") from None
+
+
 def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None,
                   changes: list[str], message: str = "") -> tuple[Image, list[str]]:
     """Store ``source`` (a path, or ``-`` for stdin) as a one-layer image tagged ``ref``.
@@ -79,10 +92,12 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
                 if raw is not sys.stdin.buffer:
                     raw.close()
         size = os.path.getsize(tmp)
+        _check_tarball(tmp, size, "standard input" if source == "-" else source)
         devices: list[str] = []
         with store.lock():
             if not store.has_layer(diff_id):
-                devices = layers.unpack(store, maps, tmp, diff_id)
+                devices = layers.unpack(store, maps, tmp, diff_id,
+                                        f"the layer of {'standard input' if source == '-' else source}")
             if not os.path.exists(store.blob_path(diff_id)):
                 store.adopt_blob(tmp, diff_id)
             now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

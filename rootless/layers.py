@@ -12,6 +12,7 @@ renamed into place, so a failed unpack leaves nothing behind.
 from __future__ import annotations
 
 import os
+import posixpath
 import tarfile
 
 from .errors import StoreError
@@ -47,10 +48,60 @@ def _extract_chrooted(tar_path: str, layer: str) -> None:
         with tarfile.open(fileobj=f) as tar:
             members = [m for m in tar
                        if not ((m.ischr() or m.isblk()) and (m.devmajor, m.devminor) != (0, 0))]
+            current: list[tarfile.TarInfo] = []
+
+            def tracked():   # extractall takes members one at a time: the failing one is current
+                for m in members:
+                    current[:] = [m]
+                    yield m
+                current.clear()
             # Safe by the chroot; Python 3.14's default 'data' filter would refuse absolute symlinks.
             extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
-            tar.extractall("/", members=members, numeric_owner=True, **extra)
+            try:
+                tar.extractall("/", members=tracked(), numeric_owner=True, **extra)
+            except (OSError, KeyError) as e:
+                if not current:
+                    raise
+                raise LayerEntryError(_explain(current[0], e)) from None
         _convert_whiteouts("/")
+
+
+class LayerEntryError(Exception):
+    """An entry of the archive that cannot be unpacked, explained (raised in the unpacking child)."""
+
+
+def _explain(m: tarfile.TarInfo, e: BaseException) -> str:
+    """Why entry ``m`` could not be unpacked, in the archive's terms (we are chrooted in the layer)."""
+    import errno
+    import stat
+    if isinstance(e, KeyError):
+        return (f"entry '{m.name}' is a hard link to '{m.linkname}', which is not in the layer before it "
+                "(an archive that tries to reach outside itself, or a broken one)")
+    parts = [p for p in posixpath.normpath("/" + m.name).split("/") if p]
+    for i in range(1, len(parts)):
+        prefix = "/".join(parts[:i])
+        if os.path.isdir("/" + prefix):
+            continue
+        try:
+            st = os.lstat("/" + prefix)
+        except OSError:
+            break
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink("/" + prefix)
+            try:
+                os.stat("/" + prefix)
+                tail = "which is not a directory"
+            except OSError as e2:
+                tail = ("which is part of a symbolic link loop" if e2.errno == errno.ELOOP
+                        else "which leads nowhere in this layer")
+            kind = f"a symbolic link to '{target}', {tail}"
+        elif stat.S_ISREG(st.st_mode):
+            kind = "a file"
+        else:
+            kind = "something other than a directory"
+        return f"entry '{m.name}' needs '{prefix}' to be a directory, but the layer has it as {kind}"
+    why = os.strerror(e.errno).lower() if isinstance(e, OSError) and e.errno else str(e)
+    return f"entry '{m.name}' cannot be created ({why})"
 
 
 WHITEOUT_PREFIX = ".wh."
@@ -82,12 +133,18 @@ def _convert_whiteouts(root: str) -> None:
                 pass
 
 
-def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str) -> list[str]:
-    """Unpack ``tar_path`` (uncompressed) as layer ``diff_id``; returns the device nodes skipped."""
+def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str, what: str = "") -> list[str]:
+    """Unpack ``tar_path`` (uncompressed) as layer ``diff_id``; returns the device nodes skipped.
+
+    ``what`` names the layer in errors, as the user knows it (e.g. "the layer of FILE").
+    """
+    what = what or f"layer {diff_id}"
     try:
         devices = check_owners(tar_path, maps)
-    except tarfile.TarError as e:
-        raise StoreError(f"the archive is not a valid tar file ({e})") from None
+    except (tarfile.TarError, EOFError) as e:
+        reason = "it is empty" if os.path.getsize(tar_path) == 0 else "it is truncated or not a tar file"
+        raise StoreError(f"{what} is not a valid tar archive ({reason}): the image is corrupt; "
+                         "get or make it again") from None
     final = store.layer_dir(diff_id)
     tmp = os.path.join(store.root, "layers", f".tmp-{os.urandom(16).hex()}")
     os.mkdir(tmp, 0o755)
@@ -102,10 +159,9 @@ def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str) -> lis
     except channel.ChildError as e:
         remove_tree(maps, tmp)
         text = str(e)
-        if "linkname" in text and "not found" in text:
-            text = (f"{text}: a hard link in the archive points at a file that is not in the layer "
-                    "(an archive that tries to reach outside itself, or a broken one); refused")
-        raise StoreError(f"cannot unpack the layer: {text}") from None
+        if text.startswith("entry '"):
+            text += "; the archive is broken, or made to write where it should not: refused"
+        raise StoreError(f"cannot unpack {what}: {text}") from None
     except BaseException:
         remove_tree(maps, tmp)
         raise

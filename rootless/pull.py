@@ -86,7 +86,7 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                 if got != diff_id:
                     raise StoreError(f"layer {layer.digest} of {ref} decompresses to {got}, but the image "
                                      f"config says {diff_id}: the image is corrupt or tampered with")
-                layers.unpack(store, maps, plain, diff_id)
+                layers.unpack(store, maps, plain, diff_id, f"layer {layer.digest} of {ref}")
                 os.unlink(plain)
                 blob = os.path.join(tmp, layer.digest[7:])
                 if not os.path.exists(store.blob_path(layer.digest)):

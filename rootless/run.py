@@ -83,6 +83,19 @@ def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+HOST_NAME_MAX = 64   # bytes, Linux's limit for sethostname(2)
+
+
+def check_hostname(name: str) -> None:
+    """Refuse a --hostname the kernel would refuse, before anything is created."""
+    size = len(name.encode())
+    if size > HOST_NAME_MAX:
+        raise UsageError(f"the --hostname '{name[:20]}...' is {size} bytes long, but Linux allows at most "
+                         f"{HOST_NAME_MAX}: give a shorter name")
+    if "\0" in name or "/" in name or any(c.isspace() for c in name):
+        raise UsageError(f"invalid --hostname {name!r}: use letters, digits, '-' and '.' (no spaces or '/')")
+
+
 def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str, tty: bool) -> dict[str, str]:
     """Docker's order: the engine's defaults, then the image's ENV, then -e/--env-file."""
     env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
@@ -188,6 +201,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     workdir = opts.workdir or cfg.get("WorkingDir") or "/"
     if not workdir.startswith("/"):
         raise UsageError(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
+    if opts.hostname:
+        check_hostname(opts.hostname)
     from . import security
     opts.security_opt = security.absolute_profile_paths(opts.security_opt)
     sec = security.parse(opts.security_opt, opts.privileged, opts.read_only_tmpfs)

@@ -46,15 +46,71 @@ def _hex(digest: str) -> str:
     return value
 
 
+SUBDIRS = ("blobs/sha256", "layers", "containers", "tmp")
+CHOOSE = "choose a store of your own with --root DIR or ROOTLESS_ROOT=DIR (default ~/.local/share/rootless)"
+
+
+def _owner(path: str) -> str:
+    """'user NAME (uid N)' for the owner of ``path``, or 'uid N'."""
+    import pwd
+    uid = os.stat(path).st_uid
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _not_usable(root: str, path: str) -> str:
+    where = "it" if path == os.path.normpath(root) else path
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"the store {root} is not accessible to you: {CHOOSE}"
+    if st.st_uid != os.getuid():
+        return f"the store {root} is not yours ({where} belongs to {_owner(path)}) and you may not write in it: {CHOOSE}"
+    return (f"the store {root} is yours but not writable ({where} has mode {st.st_mode & 0o7777:o}): "
+            f"run 'chmod u+rwx {path}', or {CHOOSE}")
+
+
+def _cannot_create(root: str, e: OSError) -> str:
+    """Why the store could not be made at ``root``, naming the directory that stops it."""
+    import errno
+    where = root
+    while not os.path.lexists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    if e.errno in (errno.EACCES, errno.EPERM):
+        try:
+            mine = os.stat(where).st_uid == os.getuid()
+        except OSError:
+            mine = False
+        if where == os.path.normpath(root):
+            return _not_usable(root, where)
+        if mine:
+            return f"cannot create the store at {root}: you may not write in {where}: {CHOOSE}"
+        return (f"cannot create the store at {root}: {where} is not yours and you may not write in it: "
+                f"{CHOOSE}")
+    if e.errno == errno.EROFS:
+        return f"cannot create the store at {root}: {where} is on a read-only filesystem: {CHOOSE}"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot create the store at {root}: {where} is not a directory: {CHOOSE}"
+    if e.errno == errno.ENOSPC:
+        return f"cannot create the store at {root}: its filesystem is full: free some space, or {CHOOSE}"
+    return f"cannot create the store at {root} ({os.strerror(e.errno).lower() if e.errno else e}): {CHOOSE}"
+
+
 class Store:
     def __init__(self, root: str):
         self.root = root
         try:
-            for sub in ("blobs/sha256", "layers", "containers", "tmp"):
+            for sub in SUBDIRS:
                 os.makedirs(os.path.join(root, sub), mode=0o700, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"cannot create the store at {root}: {e.strerror}. "
-                             "Point --root (or ROOTLESS_ROOT) at a directory you can write") from None
+            raise StoreError(_cannot_create(root, e)) from None
+        # Another user's store (or one made read-only) would fail later with a bare EACCES.
+        for sub in (".", *SUBDIRS):
+            path = os.path.normpath(os.path.join(root, sub))
+            if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+                raise StoreError(_not_usable(root, path))
 
     # --- locking and atomic files ---
     @contextlib.contextmanager

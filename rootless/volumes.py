@@ -221,7 +221,17 @@ def _target(path: str, arg: str) -> str:
         norm = "/" + norm.lstrip("/")
     if norm == "/":
         raise UsageError(f"invalid mount '{arg}': the container path cannot be '/'")
+    if (norm == "/proc" or norm.startswith("/proc/")) and norm not in PROC_FILES:
+        where = "is the container's /proc" if norm == "/proc" else "is inside the container's /proc"
+        raise UsageError(f"cannot mount on {norm} ('{arg}'): it {where}, which the kernel fills and where "
+                         "no mount point can be made; choose a path outside /proc")
     return norm
+
+
+# The /proc files runc lets a bind mount cover (lxcfs-style views); nothing else under /proc.
+PROC_FILES = frozenset({"/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+                        "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev",
+                        "/proc/sys/kernel/ns_last_pid"})
 
 
 def _source(source: str, arg: str) -> tuple[str, str]:

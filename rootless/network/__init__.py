@@ -92,7 +92,9 @@ def parse(network: str | None, ports: list[str], add_hosts: list[str]) -> tuple[
         if addr == "host-gateway":
             if mode not in ("pasta", "slirp4netns"):
                 raise UsageError("--add-host NAME:host-gateway needs --network pasta or slirp4netns")
-            addr, allow_loopback = GATEWAY_IP, True
+            # Only the name: the host's loopback stays closed unless asked for with
+            # --network STACK:allow_host_loopback=true (Podman and rootless Docker do the same).
+            addr = GATEWAY_IP
         hosts.append((name, addr))
     mappings = [m for spec in ports for m in parse_port(spec)]
     return NetworkSpec(mode, mappings, allow_loopback), hosts

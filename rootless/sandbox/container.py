@@ -122,7 +122,13 @@ def start(spec: SandboxSpec) -> Started:
                 _reap(pid)            # C is gone: B is our child from now on
                 pid = msg["pid"]
             if spec.network_setup is not None:
-                spec.network_setup(msg["pid"])
+                try:
+                    spec.network_setup(msg["pid"])
+                except Exception:
+                    # B may have failed (a mount, the host name) and ended meanwhile, which is
+                    # why the stack could not join it: its own words are the reason to show.
+                    _raise_child_error(sock)
+                    raise
             if spec.network_setup is not None or msg.get("intermediate_exits"):
                 channel.send(sock, "network-ready")
         except BaseException as e:
@@ -131,6 +137,19 @@ def start(spec: SandboxSpec) -> Started:
         started = _until_exec(sock, pid, msg["pid"], spec.process)
         started.rootfs_server = int(msg.get("rootfs_server") or 0)
         return started
+
+
+def _raise_child_error(sock: socket.socket, timeout: float = 0.5) -> None:
+    """Raise the ``ChildError`` the child sent, if it sends one within ``timeout``; else return."""
+    import select
+    if not select.select([sock], [], [], timeout)[0]:
+        return
+    try:
+        channel.receive(sock)
+    except channel.ChildError:
+        raise
+    except Exception:  # noqa: BLE001 - not an error message: the caller's own error stands
+        return
 
 
 def _until_exec(sock: socket.socket, pid: int, target: int, proc: "ProcessSpec") -> "Started":

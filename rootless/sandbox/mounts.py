@@ -19,6 +19,7 @@ Order matters:
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -152,12 +153,25 @@ def _mount_bind(root: str, bind: Bind) -> None:
     dest = os.path.join(parent, os.path.basename(bind.target.rstrip("/")))
     if os.path.islink(dest):
         dest = _inside(root, bind.target)
-    if bind.kind == "tmpfs":
-        _ensure(dest, "dir")
-        libc.mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, bind.options or "mode=1777")
-        return
-    _ensure(dest, "dir" if os.path.isdir(bind.source) else "file")
-    libc.mount(bind.source, dest, None, MS_BIND | MS_REC)
+    # Errors name the container path: the user never saw where the root filesystem is on the host.
+    what = "a tmpfs" if bind.kind == "tmpfs" else bind.source
+    try:
+        _ensure(dest, "dir" if bind.kind == "tmpfs" or os.path.isdir(bind.source) else "file")
+    except OSError as e:
+        why = {errno.EROFS: "that part of the container's tree is read-only",
+               errno.ENOTDIR: "a parent of it is not a directory in the image",
+               errno.EACCES: "a parent of it may not be written"}.get(e.errno, _why(e))
+        raise OSError(f"cannot mount {what} on {bind.target}: the mount point does not exist and cannot be "
+                      f"created ({why}); choose another container path") from None
+    try:
+        if bind.kind == "tmpfs":
+            libc.mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, bind.options or "mode=1777")
+            return
+        libc.mount(bind.source, dest, None, MS_BIND | MS_REC)
+    except OSError as e:
+        why = {errno.ENOTDIR: "a directory cannot be mounted on a file",
+               errno.EISDIR: "a file cannot be mounted on a directory"}.get(e.errno, _why(e))
+        raise OSError(f"cannot mount {what} on {bind.target}: {why}; choose another container path") from None
     if bind.readonly:
         # A remount keeps the flags the kernel locked on the source mount (nosuid, nodev...).
         flags = MS_BIND | MS_REMOUNT | MS_RDONLY
@@ -166,6 +180,10 @@ def _mount_bind(root: str, bind: Bind) -> None:
             if st.f_flag & bit:
                 flags |= flag
         libc.mount(None, dest, None, flags)
+
+
+def _why(e: OSError) -> str:
+    return os.strerror(e.errno).lower() if e.errno else str(e)
 
 
 def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = ()) -> None:

@@ -373,4 +373,29 @@ def test_files_unlinked_while_open(make_pair):
     assert res["f"] == res["k"]
     p.same("unlinked_open_file", "lower-rw", True)
     p.same("unlinked_open_file", "upper-rw", True)
+
+
+def test_create_in_a_working_directory_renamed_away(make_pair):
+    """A shell in a directory that another name moved (mkdir /a; cd /a; mv /a /b; touch x):
+    the directory still exists, as /b, and the kernel creates x there; so must we (was EIO).
+    Only once the directory is removed does creating in it fail, with ENOENT."""
+    p = make_pair(BASE)
+    # an upper-only directory at the top, and one inside a merged (lower) directory
+    p.same("sh", "mkdir a && cd a && mv ../a ../b && echo hi > x && mkdir sub && ls -la . >/dev/null && "
+                 "cd sub && mv ../../b ../../c && touch y && ls ../../c ../../c/sub")
+    p.same("sh", "mkdir etc/a && cd etc/a && mv ../a ../../a2 && touch x && ln -s x l && ls ../../a2")
+    p.same("listdir", "c")
+    p.same("read", "c/x")
+    p.same("listdir", "a2")
+    # moved twice, then written through the old working directory
+    p.same("sh", "mkdir d && cd d && mv ../d ../e && mv ../e ../f && echo two > t && cat ../f/t")
+    # renamed by rename(2) itself (not mv), and over an existing empty directory
+    p.same("sh", "mkdir h && cd h && python3 -c \"import os; os.rename('../h', '../var/h2')\" && "
+                 "touch x && ls ../var/h2")
+    p.same("sh", "mkdir i j && cd i && python3 -c \"import os; os.rename('../i', '../j')\" && touch x && ls ../j")
+    # removed, or replaced by another directory: ENOENT, as the kernel (touch fails)
+    for cmd in ("mkdir g && cd g && rmdir ../g",
+                "mkdir k l && cd l && python3 -c \"import os; os.rename('../k', '../l')\""):
+        r = p.same("sh", cmd + "; touch x 2>/dev/null; echo $?")
+        assert r["ok"][1].strip() not in ("", "0"), r
     check(p, remount=True)
