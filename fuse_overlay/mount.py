@@ -58,9 +58,20 @@ def clear_stale_mount(mountpoint: str) -> None:
                              f"{e2.strerror}") from None
 
 
+def _in_initial_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
 def fuse_options(read_only: bool, fsname: str) -> set[str]:
     opts = {"default_permissions", f"fsname={fsname}", "subtype=fuse-overlay", "noatime"}
-    if os.geteuid() == 0:
+    # Every uid of the container must reach the files, not only the mounting one: as root, or
+    # in a user namespace of our own (mount(2) directly, no fusermount and its fuse.conf) —
+    # with --userns keep-id the daemon is the user's uid there, not root.
+    if os.geteuid() == 0 or not _in_initial_user_namespace():
         opts.add("allow_other")
     if read_only:
         opts.add("ro")

@@ -310,3 +310,21 @@ def test_keep_id_shows_the_images_owners_and_stores_new_files_as_the_image_would
         assert seen.stdout.strip() == me, seen.stderr
     finally:
         rl("rm", "-f", "keepid-owners")
+
+
+@needs_range   # --userns keep-id needs a subordinate id range
+def test_keep_id_with_other_users(rl):
+    """The dev-container workflow: run as yourself with keep-id, then as root (or any other
+    uid) to install packages; fuse-overlay used to let only your own uid in (EACCES)."""
+    for user in ("root", "1", "nobody"):
+        proc = rl("run", "--rm", "--userns", "keep-id", "--storage-driver", "fuse-overlay", "-u", user,
+                  "busybox", "sh", "-c", "id -u; ls / >/dev/null && touch /tmp/x && echo ok")
+        assert proc.returncode == 0 and proc.stdout.split()[-1] == "ok", (user, proc.stderr)
+    rl("run", "-d", "--name", "keepid-exec", "--userns", "keep-id", "--storage-driver", "fuse-overlay",
+       "busybox", "sleep", "30", check=True)
+    try:
+        for user in ("root", "1", "nobody"):
+            ex = rl("exec", "-u", user, "keepid-exec", "sh", "-c", "cat /etc/passwd >/dev/null && echo ok")
+            assert ex.returncode == 0 and ex.stdout.strip() == "ok", (user, ex.stderr)
+    finally:
+        rl("rm", "-f", "keepid-exec")
