@@ -411,6 +411,16 @@ class Pair:
             self.umount()
             self.mount()
             return {s: {"ok": None} for s in self.mounts()}
+        if op == "swap_uppers":
+            # The kernel overlay takes over the upper directory fuse-overlay wrote and the
+            # other way round (each keeps its own lowers and workdir): one on-disk format.
+            self.umount()
+            b = self.base
+            os.rename(f"{b}/ku", f"{b}/swap")
+            os.rename(f"{b}/fu", f"{b}/ku")
+            os.rename(f"{b}/swap", f"{b}/fu")
+            self.mount()
+            return {s: {"ok": None} for s in self.mounts()}
         if op == "upper_listing":
             out = {}
             for s in self.mounts():

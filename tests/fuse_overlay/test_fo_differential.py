@@ -399,3 +399,30 @@ def test_create_in_a_working_directory_renamed_away(make_pair):
         r = p.same("sh", cmd + "; touch x 2>/dev/null; echo $?")
         assert r["ok"][1].strip() not in ("", "0"), r
     check(p, remount=True)
+
+
+def test_upper_directories_move_between_drivers(make_pair):
+    """An upper directory written by fuse-overlay mounts on the kernel overlay with the same
+    result, and the other way round: whiteouts, opaque directories, copy-ups, renames,
+    ownership and xattrs are stored in one format, so a container may change drivers."""
+    p = make_pair(BASE)
+    p.same("write", "etc/passwd", "changed\n")                 # copy-up
+    p.same("unlink", "etc/group")                               # whiteout of a lower file
+    p.same("unlink", "home/user/.profile")
+    p.same("rmdir", "home/user")                                # whiteout of a lower dir
+    p.same("mkdir", "home/user")                                # then opaque when made again
+    p.same("write", "home/user/new", "n\n")
+    p.same("rename", "var/lib", "var/lib2")                     # a merged dir renamed
+    p.same("mkdir", "fresh")
+    p.same("symlink", "../etc/passwd", "fresh/link")
+    p.same("write", "fresh/file", "x\n")
+    p.same("chmod", "fresh/file", 0o600)
+    p.same("chown", "bin/sh", 0, 0)
+    p.same("setxattr", "fresh/file", "user.k", "v")
+    p.same("unlink", "usr/lib/b.so")                            # one of two lower hard links
+    before = p.same("snapshot")
+    p.call("swap_uppers")
+    assert p.same("snapshot") == before
+    p.same("write", "etc/x.conf", "after swap\n")              # each keeps working on the other's upper
+    p.same("unlink", "fresh/file")
+    check(p, remount=True)
