@@ -193,8 +193,8 @@ def _monitor(request: dict, fds: list[int]) -> int:
         except (AttributeError, OSError, ValueError):
             pass
     from .sandbox import libc
-    libc.set_process_name("rootless-monitor")
-    from .monitor import Detacher, adopt
+    from .monitor import MONITOR_NAME, Detacher, adopt
+    libc.set_process_name(MONITOR_NAME)
     detacher = Detacher.reporting_to(report)
     try:
         os.chdir(request["cwd"])

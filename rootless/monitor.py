@@ -21,6 +21,8 @@ import sys
 import threading
 from typing import Callable
 
+MONITOR_NAME = "rootless-mon"    # what ps shows (a process name holds 15 bytes)
+
 
 def log_path(container_dir: str) -> str:
     return os.path.join(container_dir, "ctr.log")
@@ -52,7 +54,7 @@ class Detacher:
             os.dup2(null, 0)
             os.close(null)
             from .sandbox import libc
-            libc.set_process_name("rootless-monitor")
+            libc.set_process_name(MONITOR_NAME)
             return True
         os.close(self.w)
         return False

@@ -447,3 +447,15 @@ def test_start_ai_sends_input_again(rl, detached):
     _until(lambda: "Exited" in _ps(rl)["plain"]["Status"])
     refused = rl("start", "-ai", "plain")
     assert refused.returncode == 125 and "not created with -i or -t" in refused.stderr
+
+
+def test_monitor_is_named_in_ps(rl):
+    """The monitor's process name used to be read from freed memory (often empty)."""
+    import json as _json
+    rl("run", "-d", "--name", "named-monitor", "busybox", "sleep", "30", check=True)
+    try:
+        cfg = _json.loads((rl.container_dir("named-monitor") / "config.json").read_text())
+        with open(f"/proc/{cfg['config']['monitor']}/comm") as f:
+            assert f.read().strip() == "rootless-mon"
+    finally:
+        rl("rm", "-f", "named-monitor")

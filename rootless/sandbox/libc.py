@@ -171,4 +171,5 @@ def release_free_memory() -> None:
 
 def set_process_name(name: str) -> None:
     """The name ``ps`` shows for this process (15 bytes at most)."""
-    prctl(PR_SET_NAME, ctypes.cast(ctypes.c_char_p(name.encode()[:15]), ctypes.c_void_p).value or 0)
+    buf = ctypes.create_string_buffer(name.encode()[:15])   # alive until prctl has copied it
+    prctl(PR_SET_NAME, ctypes.addressof(buf))
