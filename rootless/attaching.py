@@ -43,7 +43,7 @@ def attach_console(path: str, tty: bool, proxy_pid: int) -> bool:
     frames, previous = Frames(), b""
     try:
         if in_tty:
-            _tty.setraw(stdin)
+            _tty.setraw(stdin, termios.TCSANOW)   # no flush: what was typed already must reach the container
         if tty and winsize(stdin):
             conn.sendall(frame(SIZE, winsize(stdin)))
         readers = [conn, stdin, wake_r]

@@ -200,6 +200,23 @@ def test_tty_session(rl):
         os.close(master)
 
 
+def test_tty_input_typed_before_the_shell_is_ready_is_kept(rl):
+    """Typed ahead, as a user pasting a command or a script feeding a terminal: nothing is lost
+    (the terminal used to be put in raw mode with a flush of its pending input)."""
+    master, slave = pty.openpty()
+    p = rl.popen("run", "--rm", "-it", "busybox", "sh", stdin=slave, stdout=slave, stderr=slave,
+                 start_new_session=True)
+    os.write(master, b"echo typed-ahead-$((6*7)); exit 3\n")    # before rootless even started
+    os.close(slave)
+    try:
+        assert b"typed-ahead-42" in _read_until(master, b"typed-ahead-42")
+        assert p.wait(timeout=20) == 3
+    finally:
+        p.kill()
+        p.wait()
+        os.close(master)
+
+
 def test_tty_window_size_is_set_before_the_command_starts(rl):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 27, 93, 0, 0))

@@ -51,7 +51,7 @@ def relay(master: int, forward_input: bool) -> None:
     old_winch = signal.signal(signal.SIGWINCH, lambda *_: None)
     try:
         if in_tty:
-            _tty.setraw(stdin)
+            _tty.setraw(stdin, termios.TCSANOW)   # no flush: what was typed already must reach the container
         if os.isatty(stdin):
             _copy_winsize(stdin, master)
         readers = [master, wake_r] + ([stdin] if forward_input else [])
