@@ -243,6 +243,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     cg_setup.check(limits)  # refuse a limit that cannot be enforced before anything exists
     warn_single(maps)
     from . import volumes
+    opts.volume, opts.mount = volumes.absolute_sources(opts.volume, opts.mount)
     vols = volumes.plan(store, opts.volume, opts.mount, opts.tmpfs)  # -v/--mount/--tmpfs, checked now
     policy, max_restarts = parse_restart(opts.restart)
     if policy != "no" and opts.rm:

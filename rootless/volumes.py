@@ -234,13 +234,36 @@ PROC_FILES = frozenset({"/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/p
                         "/proc/sys/kernel/ns_last_pid"})
 
 
+def _relative_path(source: str) -> bool:
+    """Docker (23+) and Podman take ``.``, ``..``, ``./x`` and ``../x`` as host paths."""
+    return source in (".", "..") or source.startswith(("./", "../"))
+
+
+def absolute_sources(volume: list[str], mount: list[str]) -> tuple[list[str], list[str]]:
+    """-v and --mount with relative host paths made absolute (from the current directory), so
+    that the record means the same when the container is started again from elsewhere."""
+    def fix_v(arg: str) -> str:
+        source, sep, rest = arg.partition(":")
+        return os.path.abspath(source) + sep + rest if sep and _relative_path(source) else arg
+
+    def fix_mount(arg: str) -> str:
+        out = []
+        for item in arg.split(","):
+            key, sep, value = item.partition("=")
+            if key.strip() in ("source", "src") and sep and _relative_path(value):
+                item = f"{key}={os.path.abspath(value)}"
+            out.append(item)
+        return ",".join(out)
+    return [fix_v(v) for v in volume], [fix_mount(m) for m in mount]
+
+
 def _source(source: str, arg: str) -> tuple[str, str]:
     """("bind", absolute host path) or ("volume", name)."""
-    if source.startswith("/"):
-        return "bind", os.path.normpath(source)
-    if source.startswith((".", "~")) or "/" in source:
-        raise UsageError(f"invalid mount '{arg}': the host path '{source}' must be absolute "
-                         f"(e.g. \"$PWD/{source.removeprefix('./')}\"); a name without '/' is a volume")
+    if source.startswith("/") or _relative_path(source):
+        return "bind", os.path.abspath(source)
+    if source.startswith("~") or "/" in source:
+        raise UsageError(f"invalid mount '{arg}': the host path '{source}' must be absolute or start with "
+                         f"'./' (e.g. \"./{source.lstrip('~/')}\"); a name without '/' is a volume")
     _check_name(source)
     return "volume", source
 
@@ -374,9 +397,10 @@ def parse_mount(arg: str) -> MountSpec:
     if kind == "bind":
         if not source:
             raise UsageError(f"invalid --mount '{arg}': source is required for a bind mount")
-        if not source.startswith("/"):
-            raise UsageError(f"invalid --mount '{arg}': the bind source '{source}' must be an absolute path")
-        spec.source = os.path.normpath(source)
+        if not source.startswith("/") and not _relative_path(source):
+            raise UsageError(f"invalid --mount '{arg}': the bind source '{source}' must be an absolute path "
+                             "or start with './'")
+        spec.source = os.path.abspath(source)
         _check_bind_source(spec)
     elif kind == "volume":
         if source:

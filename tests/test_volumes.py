@@ -152,7 +152,8 @@ def test_mount_volume_forms_and_anonymous_volume(rl):
 
 @pytest.mark.parametrize("args, message", [
     (["-v", "data:relative"], "must be absolute"),
-    (["-v", "./here:/x"], "must be absolute"),
+    (["-v", "sub/dir:/x"], "must be absolute or start with './'"),
+    (["-v", "./not-here:/x"], "bind source path does not exist: /"),
     (["-v", "/does/not/exist:/x"], "bind source path does not exist: /does/not/exist"),
     (["-v", "/tmp:/x:rx"], "invalid mode"),
     (["-v", "/tmp:/x:ro:z"], "invalid volume specification"),
@@ -328,3 +329,25 @@ def test_keep_id_with_other_users(rl):
             assert ex.returncode == 0 and ex.stdout.strip() == "ok", (user, ex.stderr)
     finally:
         rl("rm", "-f", "keepid-exec")
+
+
+def test_relative_bind_sources(rl, tmp_path):
+    """-v ./data:/d and --mount source=./data (Docker 23+, Podman): relative to the current
+    directory, kept absolute in the record so that a later start from elsewhere means the same."""
+    import subprocess
+    from .conftest import ROOTLESS
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_text("from-here\n")
+    def run(*args, cwd):
+        return subprocess.run([*ROOTLESS, *args], cwd=cwd, env=rl.env, capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+    proc = run("run", "--rm", "-v", "./data:/d", "--mount", "type=bind,source=./data,target=/m,readonly",
+               "busybox", "cat", "/d/f", "/m/f", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == "from-here\nfrom-here\n", proc.stderr
+    proc = run("run", "--name", "relative-src", "-v", "./data:/d", "busybox", "cat", "/d/f", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        again = run("start", "-a", "relative-src", cwd="/")
+        assert again.returncode == 0 and again.stdout == "from-here\n", again.stderr
+    finally:
+        rl("rm", "-f", "relative-src")
