@@ -387,16 +387,9 @@ def _parse_config(archive: _Archive, raw: bytes) -> dict:
 
 def _tag(archive: _Archive, name: str) -> str:
     try:
-        return reference.normalize(_familiar(name))
+        return reference.normalize(name)
     except UsageError:
         raise StoreError(f"{archive.source}: '{name}' is not a valid image name") from None
-
-
-def _familiar(name: str) -> str:
-    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/", "index.docker.io/"):
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return name
 
 
 def _host_platform() -> tuple[str, str]:

@@ -1,23 +1,21 @@
-"""Image references: ``NAME[:TAG]`` with Docker's default tag."""
+"""Image references as the store keys them: Docker's familiar ``NAME:TAG`` form.
+
+One parser serves the store, import, load, pull and push: ``registry.reference`` (Docker's
+rules); this module only picks the form tags are stored under, so that ``busybox``,
+``busybox:latest``, ``docker.io/library/busybox`` and ``index.docker.io/library/busybox:latest``
+all name the same image.
+"""
 
 from __future__ import annotations
 
-import re
-
 from .errors import UsageError
-
-_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+from .registry.reference import InvalidReference, Reference
 
 
 def normalize(ref: str) -> str:
-    """``busybox`` -> ``busybox:latest``; raise ``UsageError`` for a malformed reference."""
-    name, tag = ref, "latest"
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        name, tag = ref[:colon], ref[colon + 1:]
-    if not _NAME.match(name) or not _TAG.match(tag):
-        raise UsageError(f"invalid image reference '{ref}': use NAME[:TAG] with a lower-case name, "
-                         "e.g. busybox or myimage:1.0")
-    return f"{name}:{tag}"
+    """``busybox`` -> ``busybox:latest``, ``docker.io/library/busybox`` -> ``busybox:latest``,
+    ``127.0.0.1:5000/x`` -> ``127.0.0.1:5000/x:latest``; raise ``UsageError`` for a malformed one."""
+    try:
+        return Reference.parse(ref).familiar
+    except InvalidReference as e:
+        raise UsageError(f"{e}: use NAME[:TAG] with a lower-case name, e.g. busybox or myimage:1.0") from None

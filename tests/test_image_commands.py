@@ -583,3 +583,18 @@ def test_image_prune(tmp_path, busybox_tar, archives):
         assert proc.returncode == 0 and rl("inspect", "again:1").returncode == 0
     finally:
         subprocess.run([*ROOTLESS, "unshare", "rm", "-rf", str(rl.root)], env=rl.env, timeout=60)
+
+
+def test_one_reference_form_for_every_command(rl):
+    """busybox, busybox:latest and docker.io/library/busybox name the same stored image
+    (the store's parser and the registry's used to disagree: "No such image")."""
+    import json as _json
+    ids = {_json.loads(rl("inspect", ref, check=True).stdout)[0]["Id"]
+           for ref in ("busybox", "busybox:latest", "docker.io/library/busybox",
+                       "index.docker.io/library/busybox:latest")}
+    assert len(ids) == 1
+    rl("tag", "docker.io/library/busybox", "docker.io/library/samename:1", check=True)
+    assert "samename" in rl("images").stdout
+    rl("run", "--rm", "samename:1", "true", check=True)
+    rl("rmi", "docker.io/samename:1", check=True)
+    assert "samename" not in rl("images").stdout
