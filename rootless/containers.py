@@ -230,7 +230,11 @@ class Containers:
         run_dir = rec.config.get("run_dir")
         if run_dir and os.path.isdir(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
-        remove_tree(maps, doomed)
+        try:
+            remove_tree(maps, doomed)
+        except StoreError as e:
+            raise StoreError(f"container {rec.name} was removed, but not all of its files ({e}): remove them "
+                             f"with 'rootless unshare rm -rf {doomed}'") from None
         return warnings
 
 
