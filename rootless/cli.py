@@ -304,6 +304,8 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
             errors = len(internal_errors(_store(ctx).container_dir(r.id)))
             if errors:
                 status += f" ({errors} overlay error{'s' if errors > 1 else ''}: see inspect)"
+        elif r.state == "removing":
+            status = "Removal In Progress"
         elif r.state == "running":
             status = "Exited (unknown): its process is gone"
         else:
@@ -330,7 +332,7 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
 @click.pass_context
 def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove containers."""
-    from .containers import Containers
+    from .containers import ContainerGone, Containers
     from .sandbox import idmap
     store = _store(ctx)
     recs = Containers(store)
@@ -339,13 +341,21 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bo
     for key in containers:
         try:
             rec = recs.find(key)
-            recs.remove(rec, maps, force)
+            try:
+                warnings = recs.remove(rec, maps, force)
+            except ContainerGone:
+                raise RootlessError(f"no such container: '{key}' (it was removed meanwhile)") from None
             if volumes:
                 from .volumes import remove_container_volumes
                 remove_container_volumes(store, rec, maps)
             click.echo(key)
+            for warning in warnings:
+                click.echo(f"rootless: warning: {warning}", err=True)
         except RootlessError as e:
             click.echo(f"rootless: {e}", err=True)
+            failed = True
+        except OSError as e:
+            click.echo(f"rootless: cannot remove container {key}: {e.strerror or e}", err=True)
             failed = True
     sys.exit(1 if failed else 0)
 

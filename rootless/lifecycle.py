@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 
+from . import procs
 from .containers import Containers, Record, _alive
 from .errors import CommandError, RootlessError, SandboxError, UsageError
 from .monitor import log_path
@@ -44,10 +45,7 @@ def kill(store: Store, key: str, sig: int) -> Record:
     rec = Containers(store).find(key)
     if not running(rec):
         raise RootlessError(f"container {rec.name} is not running")
-    try:
-        os.kill(rec.init_pid, sig)
-    except ProcessLookupError:
-        pass
+    procs.signal_pid(rec.init_pid, rec.init_start, sig)   # through a pidfd: never a reused pid
     return rec
 
 
@@ -82,16 +80,12 @@ def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record
     monitor = int(rec.config.get("monitor") or 0)
     if not running(rec) and not (monitor and _alive(monitor)):
         return rec
-    rec.config["stopped"] = True
-    records.save(rec)
+    rec = records.update(rec.id, lambda r: r.config.__setitem__("stopped", True), rec.name)
     if not running(rec):
         return rec  # between two runs of a restart policy: the monitor sees the mark
     kill(store, rec.id, parse_signal(sig or rec.config.get("stop_signal") or "SIGTERM"))
     if wait_exit(store, rec.id, grace) is None:
-        try:
-            os.kill(rec.init_pid, signal.SIGKILL)  # from outside, even PID 1 cannot ignore it
-        except ProcessLookupError:
-            pass
+        procs.signal_pid(rec.init_pid, rec.init_start, signal.SIGKILL)  # from outside, even PID 1 cannot ignore it
         wait_exit(store, rec.id, 30)
     return rec
 
@@ -213,8 +207,7 @@ def pause(store: Store, key: str, paused: bool) -> None:
         raise RootlessError(f"container {rec.name} is not running")
     cg = _cgroup(rec)
     cg.freeze() if paused else cg.thaw()
-    rec.config["paused"] = paused
-    records.save(rec)
+    records.update(rec.id, lambda r: r.config.__setitem__("paused", paused), rec.name)
 
 
 def top(store: Store, key: str) -> list[tuple[int, str, str]]:
@@ -258,8 +251,7 @@ def rename(store: Store, key: str, new: str) -> None:
             raise UsageError(f"invalid container name '{new}': use letters, digits, '_', '.' and '-'")
         if any(r.name == new for r in records.all()):
             raise RootlessError(f"the container name '{new}' is already in use")
-        rec.name = new
-        records.save(rec)
+        records.update(rec.id, lambda r: setattr(r, "name", new), rec.name)
 
 
 def prune(store: Store) -> list[str]:
@@ -270,7 +262,10 @@ def prune(store: Store) -> list[str]:
     gone = []
     for rec in records.all():
         if not running(rec):
-            records.remove(rec, maps)
+            try:
+                records.remove(rec, maps)
+            except RootlessError:
+                continue        # starting, being removed, or removed meanwhile
             gone.append(rec.id)
     return gone
 
@@ -299,12 +294,10 @@ def attach(store: Store, key: str, sig_proxy: bool = True) -> int:
             return wait_exit(store, rec.id) or 0
     path = log_path(store.container_dir(rec.id))
     old = {}
-    if sig_proxy:
+    init = procs.open_pid(rec.init_pid, rec.init_start) if sig_proxy else None
+    if init is not None:
         def forward(signum: int, _frame: object) -> None:
-            try:
-                os.kill(rec.init_pid, signum)
-            except ProcessLookupError:
-                pass
+            procs.send(init, signum)
         old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with open(path, "rb") as f:
@@ -321,4 +314,6 @@ def attach(store: Store, key: str, sig_proxy: bool = True) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if init is not None:
+            os.close(init)
     return wait_exit(store, rec.id) or 0

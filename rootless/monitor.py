@@ -80,7 +80,8 @@ class Detacher:
         with os.fdopen(self.r, "rb") as f:
             line = f.readline()
         if not line:
-            return None, "the container monitor exited before the container started", 125
+            return None, ("the container monitor ended before the container started (it was killed, or "
+                          "the container was removed with 'rootless rm -f' meanwhile)"), 125
         msg = json.loads(line)
         return msg.get("id"), msg.get("error"), int(msg.get("exit_code", 0))
 

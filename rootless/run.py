@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 
-from . import paths
+from . import paths, procs
 from .containers import Containers
 from .errors import CommandError, RootlessError, SandboxError, UsageError
 from .network import NetworkSpec
@@ -251,42 +252,52 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
 
     def execute(detacher=None) -> int:
         from dataclasses import asdict
+        from contextlib import nullcontext
+        from .containers import ContainerGone
         records = Containers(store)
+
+        def setup(r) -> None:
+            if existing is None:
+                r.config["options"] = {**asdict(opts), "detach": True, "tty": opts.tty and opts.detach,
+                                       "interactive": opts.interactive and opts.detach}
+            else:       # start: this process now owns it
+                r.config.pop("stopped", None)
+                r.owner_pid, r.owner_start = os.getpid(), procs.start_time(os.getpid())
+            r.config["run_dir"] = os.path.join(run_base, r.id[:16])   # for rm -f, whoever runs it
+            if user_net:
+                user_net.reserve(r, records)
         if existing is None:
             with store.lock():
-                rec = records.create(image.ref or image.id, image.id, args, opts.name)
-                rec.config["options"] = {**asdict(opts), "detach": True, "tty": opts.tty and opts.detach,
-                                         "interactive": opts.interactive and opts.detach}
-                if user_net:
-                    user_net.reserve(rec, records)
-                records.save(rec)
+                rec = records.create(image.ref or image.id, image.id, args, opts.name, setup=setup)
         else:
-            rec = existing
-            rec.config.pop("stopped", None)
-            if user_net:
-                with store.lock():
-                    user_net.reserve(rec, records)
-                    records.save(rec)
+            with store.lock() if user_net else nullcontext():
+                rec = records.update(existing.id, setup, existing.name)
         restarts, backoff = 0, 0.1
         logging = detacher is not None
         while True:
-            code = once(rec, records, detacher, logging)
+            try:
+                code = once(rec, records, detacher, logging, restarts)
+            except ContainerGone:
+                raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') before it had "
+                                    "started", 137) from None
             detacher = None  # the CLI has its answer; later rounds only log
+            if code is None:
+                raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') while it ran", 137)
             if policy == "no":
                 return code
-            stopped = records.find(rec.id).config.get("stopped")
             again = (policy in ("always", "unless-stopped") or (policy == "on-failure" and code != 0 and (
-                not max_restarts or restarts < max_restarts))) and not stopped
+                not max_restarts or restarts < max_restarts))) and not _stopped(records, rec)
             if not again:
                 return code
             restarts += 1
-            rec.config["restarts"] = restarts
             time.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
-            if records.find(rec.id).config.get("stopped"):  # stopped while we waited
+            if _stopped(records, rec):  # stopped (or removed) while we waited
                 return code
 
-    def once(rec, records, detacher, logging: bool) -> int:
+    def once(rec, records, detacher, logging: bool, restarts: int) -> int | None:
+        """One run of the container: its exit code, or None if it was removed meanwhile."""
+        from .containers import ContainerGone
         directory = store.container_dir(rec.id)
         hostname = opts.hostname or rec.id[:12]
         pump = console = None
@@ -301,10 +312,14 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                     console.stdin_pipe()
             pump = LogPump(log_path(directory), tee=console.broadcast if console else None)
             pump.redirect()
-        cg = None
+        cg = started = None
         try:
             cg_setup.sweep("rootless-")  # leftovers of engines that were killed
-            cg = cg_setup.create(f"rootless-{rec.id[:32]}", limits)
+            cg_name = f"rootless-{rec.id[:32]}"
+            planned = [os.path.join(h.parent, cg_name) for h in cg_setup.hierarchies]
+            # recorded before it exists: rm -f of a container still starting removes it too
+            rec = records.update(rec.id, lambda r: setattr(r, "cgroup_paths", planned))
+            cg = cg_setup.create(cg_name, limits)
             rec.cgroup_paths = list(cg.paths)
             missing = [d for d in image.diff_ids if not store.has_layer(d)]
             if missing:
@@ -362,14 +377,21 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                 for fd in (spec.join_userns, spec.join_netns):
                     if fd is not None:
                         os.close(fd)
-            rec.state, rec.pid, rec.init_pid = "running", started.intermediate_pid, started.init_pid
-            rec.exit_code, rec.finished = None, None
-            rec.config.update({"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
-                          "caps": sorted(spec.process.caps), "hostname": hostname, "detached": opts.detach,
-                          "stop_signal": opts.stop_signal or cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
-                          "monitor": os.getpid() if logging else 0,
-                          "rootfs_server": started.rootfs_server})
-            records.save(rec)
+            config = {"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
+                      "caps": sorted(spec.process.caps), "hostname": hostname, "detached": opts.detach,
+                      "stop_signal": opts.stop_signal or cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
+                      "monitor": os.getpid() if logging else 0,
+                      "rootfs_server": started.rootfs_server}
+            if restarts:
+                config["restarts"] = restarts
+            init_start = procs.start_time(started.init_pid)
+
+            def now_running(r) -> None:
+                r.state, r.pid, r.init_pid, r.init_start = ("running", started.intermediate_pid,
+                                                            started.init_pid, init_start)
+                r.exit_code, r.finished, r.cgroup_paths = None, None, list(cg.paths)
+                r.config.update(config)
+            rec = records.update(rec.id, now_running)
             if detacher is not None:
                 detacher.started(rec.id)
             if pump is not None:
@@ -387,27 +409,38 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             if console is not None:
                 console.close()
         except BaseException as e:
+            if started is not None:     # removed just as it started: it must not run on
+                _kill_child(started.init_pid)
             if console is not None:
                 console.close()
             _stop(helpers, run_dir)
             _remove_cgroup(cg)
-            rec.state, rec.finished = "exited", time.time()
-            if opts.rm:
+            if isinstance(e, ContainerGone):
+                pass        # 'rm -f' removes it
+            elif opts.rm:
                 _remove(records, rec, maps)
             else:
-                rec.exit_code = getattr(e, "exit_code", 125)
-                records.save(rec)
+                with contextlib.suppress(ContainerGone):
+                    records.update(rec.id, lambda r: _ended(r, getattr(e, "exit_code", 125)))
             raise
         _stop(helpers, run_dir)
         _remove_cgroup(cg)
         if user_net:
             user_net.refresh_peers(records, rec.id, leaving=True)
-        rec.config["stopped"] = records.find(rec.id).config.get("stopped", False)
-        rec.state, rec.exit_code, rec.finished = "exited", code, time.time()
-        if opts.rm:
-            _remove(records, rec, maps)
-        else:
-            records.save(rec)
+        oom = rec.oom_killed
+        try:
+            if opts.rm:
+                if records.find(rec.id).state == "removing":
+                    return None
+                _remove(records, rec, maps)
+            else:
+                records.update(rec.id, lambda r: _ended(r, code, oom))
+        except ContainerGone:
+            return None
+        except RootlessError:
+            if opts.rm:
+                raise
+            return None     # no such container: removed meanwhile
         return code
 
     if opts.detach:
@@ -450,6 +483,26 @@ def check_preserve_fds(count: int, detach: bool) -> None:
 def read_only_tmpfs_binds() -> tuple:
     """--read-only with --read-only-tmpfs: writable tmpfs on /run, /tmp and /var/tmp (as Podman)."""
     return tuple(mounts.Bind(target=t, kind="tmpfs", options="mode=1777") for t in ("/run", "/tmp", "/var/tmp"))
+
+
+def _ended(rec, code: int, oom: bool = False) -> None:
+    rec.state, rec.exit_code, rec.finished, rec.oom_killed = "exited", code, time.time(), oom
+
+
+def _stopped(records: Containers, rec) -> bool:
+    """Whether 'stop' marked the container (or it was removed): a restart policy ends then."""
+    try:
+        cur = records.find(rec.id)
+    except RootlessError:
+        return True
+    return bool(cur.config.get("stopped")) or cur.state == "removing"
+
+
+def _kill_child(pid: int) -> None:
+    """SIGKILL our own unreaped child (its pid cannot have been reused: no pidfd needed)."""
+    import signal
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _shared_etc(store: Store, shared, directory: str) -> tuple[tuple[str, str], ...]:
@@ -518,9 +571,13 @@ def _user_winsize() -> bytes | None:
 
 def _remove(records: Containers, rec, maps: idmap.IdMaps) -> None:
     """``--rm``: the container, and its anonymous volumes (as Docker's --rm)."""
+    from .containers import ContainerGone
     try:
         from .volumes import remove_container_volumes
         remove_container_volumes(records.store, rec, maps)
-        records.remove(rec, maps, force=True)
+        for warning in records.remove(rec, maps, force=True):
+            print(f"rootless: warning: {warning}", file=sys.stderr)
+    except ContainerGone:
+        pass            # 'rm -f' was quicker
     except RootlessError as e:
         print(f"rootless: warning: {e}", file=sys.stderr)

@@ -507,7 +507,7 @@ class Plan:
                       "anonymous_volumes": [m["Name"] for m in mounts if m.get("Anonymous")]}
             if any(rec.config.get(k) != v for k, v in config.items()):
                 rec.config.update(config)
-                Containers(self.store).save(rec)
+                Containers(self.store).update(rec.id, lambda r: r.config.update(config), rec.name)
         return tuple(binds)
 
     def populating(self, prepare: Callable[[], None], rootfs: str) -> Callable[[], None]:

@@ -308,9 +308,7 @@ def connect(store, maps, run_dir: str, network_name: str, container: str, aliase
         raise RootlessError(f"container {rec.name} is already on network {network_name}")
     plan = UserNetworkPlan(store, [network_name], aliases)
     with store.lock():
-        rec = records.find(rec.id)
-        plan.reserve(rec, records)
-        records.save(rec)
+        rec = records.update(rec.id, lambda r: plan.reserve(r, records), rec.name)
     os.close(plan.start_holder(maps, run_dir))
     info = rec.config["networks"][network_name]
     attach(plan.holder, rec.init_pid, plan.networks[0], info["ip"], rec.id, info["interface"])
@@ -340,6 +338,4 @@ def disconnect(store, run_dir: str, network_name: str, container: str) -> None:
         pass
     plan.refresh_peers(records, rec.id, leaving=True)
     with store.lock():
-        rec = records.find(rec.id)
-        rec.config["networks"].pop(network_name, None)
-        records.save(rec)
+        records.update(rec.id, lambda r: (r.config.get("networks") or {}).pop(network_name, None), rec.name)
