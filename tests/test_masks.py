@@ -16,7 +16,7 @@ pytestmark = pytest.mark.both_modes
 # may not exist on a kernel; /proc/keys and /proc/interrupts are readable and not empty).
 CHECK = ("wc -c < /proc/keys; wc -c < /proc/interrupts; ls /sys/firmware | wc -l; "
          "(echo 0 > /proc/sys/net/ipv4/ip_forward) 2>&1 | grep -c 'Read-only'; "
-         "(echo j > /proc/sysrq-trigger) 2>&1 | grep -c 'Read-only'")
+         "awk '$5 == \"/proc/fs\" {print $6}' /proc/self/mountinfo | grep -c '^ro'")
 IN_FORCE = ["0", "0", "0", "1", "1"]
 
 
@@ -37,12 +37,12 @@ umount -l /proc/keys
 umount -l /proc/interrupts
 umount /sys/firmware
 umount -l /sys/firmware
-umount -l /proc/sysrq-trigger
+umount -l /proc/fs
 umount -l /proc
 umount -l /sys
 mount -o remount,rw /proc/sys
 mount -o remount,rw,bind /proc/sys
-mount -o remount,rw /proc/sysrq-trigger
+mount -o remount,rw /proc/fs
 mount -o remount,rw,bind /sys/firmware
 """)
 
