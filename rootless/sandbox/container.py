@@ -2,12 +2,25 @@
 
     rootless (P, host namespaces)          the CLI: writes the id maps, forwards signals,
      │                                     relays the pty, returns the exit status
-     └─ rootless-intermediate (C)          new user ns (maps written by P), then new mount ns:
-         │                                 prepares the root filesystem, then unshares UTS, IPC,
-         │                                 network, cgroup and PID namespaces and forks:
-         └─ container PID 1 (B)            a nested mount ns of its own, mounts /proc /dev /sys,
-                                           pivot_root, hostname, loopback, user, capabilities,
-                                           no_new_privs, then execs the command.
+     └─ rootless-intermediate (C)          user ns U1 (maps written by P), new mount ns:
+         │                                 prepares the root filesystem, then
+         ├─ K (short-lived)                unshares the container's user ns U2 with UTS, IPC,
+         │                                 network and cgroup namespaces (owned by U2);
+         │                                 C writes U2's maps (identity over U1's ids),
+         │                                 joins K's namespaces, unshares a PID ns, forks:
+         └─ container PID 1 (B)            in U1: a nested mount ns, mounts /proc /dev /sys,
+                                           pivot_root, masked and read-only paths; then
+                                           setns(U2) and a mount ns owned by U2, in which
+                                           those mounts are locked; hostname, loopback,
+                                           user, capabilities, no_new_privs, exec.
+
+Why U2: mounts that a mount namespace receives from one owned by a more privileged user
+namespace are locked (mount_namespaces(7)): the container cannot unmount its masks, make
+its read-only paths writable or reveal what they cover, whatever capabilities it has in
+U2.  Its UTS, IPC, network and cgroup namespaces are U2's, so root inside keeps its rights
+over them (ports < 1024, sethostname, ip link).  The PID namespace is U1's: B must be
+born in it (so C unshares it) with U1's rights to mount its /proc, and a PID namespace
+without a process cannot be joined (``/proc/K/ns/pid_for_children`` does not open).
 
 Why two processes: ``unshare(CLONE_NEWPID)`` only puts the *children* of the caller in
 the new PID namespace, so the command needs a fork after it; and ``pivot_root``
