@@ -217,7 +217,7 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     spec.prepare_rootfs()
     try:
-        userns = _container_namespaces(spec)
+        userns, helper = _container_namespaces(spec)
         stays = spec.intermediate_needed()
         pid = os.fork()
         if pid == 0:
@@ -229,6 +229,7 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
                 os._exit(code)
         os.close(userns)
         channel.send(sock, "pid", pid=pid, rootfs_server=spec.rootfs_server(), intermediate_exits=not stays)
+        _reap(helper)         # K's exit (a process's teardown) overlaps B's work
         sock.close()
         spec.on_started(pid)
         if not stays:
@@ -242,10 +243,10 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     os._exit(code)
 
 
-def _container_namespaces(spec: SandboxSpec) -> int:
+def _container_namespaces(spec: SandboxSpec) -> tuple[int, int]:
     """Enter the container's UTS, IPC, network and cgroup namespaces, owned by the container's
     user namespace U2, a child of ours (U1), and a new PID namespace (for our children; owned
-    by U1, see below); return an fd of U2.
+    by U1, see below); return an fd of U2 and K's pid, for the caller to reap.
 
     They are made by a short-lived child K: it unshares U2 with them (or joins
     ``spec.container_userns`` and unshares the others), we write U2's maps (identity over our
@@ -288,10 +289,13 @@ def _container_namespaces(spec: SandboxSpec) -> int:
         if new_userns:
             for kind in ("uid", "gid"):
                 idmap.write_identity(k, kind)
-    finally:
-        os.close(ready_r)
+    except BaseException:
         os.close(done_w)
         _reap(k)
+        raise
+    finally:
+        os.close(ready_r)
+    os.close(done_w)          # K exits: its namespaces live on in our fds
     try:
         for fd, flag in zip(fds[1:], (libc.CLONE_NEWUTS, libc.CLONE_NEWIPC, libc.CLONE_NEWCGROUP,
                                       libc.CLONE_NEWNET)):
@@ -304,11 +308,12 @@ def _container_namespaces(spec: SandboxSpec) -> int:
         libc.unshare(libc.CLONE_NEWPID)
     except BaseException:
         os.close(fds[0])
+        _reap(k)
         raise
     finally:
         for fd in fds[1:]:
             os.close(fd)
-    return fds[0]
+    return fds[0], k
 
 
 # --- B: the container's PID 1 before exec ----------------------------------------------
