@@ -364,17 +364,26 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                 own_network=net.own_namespace,
                 network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
                 join_cgroup=cg.add if cg.paths else None,
-                join_userns=user_net.start_holder(maps, run_base) if user_net else (
-                    os.open(f"/proc/{shared.init_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC) if shared else None),
-                join_netns=os.open(f"/proc/{shared.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-                if shared else None)
+                join_userns=user_net.start_holder(maps, run_base) if user_net else None)
+            if shared:
+                # NAME's network namespace is owned by NAME's user namespace (a child of the one
+                # its mounts were made in): ours is that one too, made in the same way.
+                try:
+                    spec.join_netns = os.open(f"/proc/{shared.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                    spec.container_userns = libc.ns_ioctl(spec.join_netns, libc.NS_GET_USERNS)
+                    spec.join_userns = libc.ns_ioctl(spec.container_userns, libc.NS_GET_PARENT)
+                except OSError as e:
+                    for fd in (spec.join_netns, spec.container_userns):
+                        if fd is not None:
+                            os.close(fd)
+                    raise SandboxError(f"cannot join the namespaces of container {shared.name}: {e}") from None
             try:
                 started = container.start(spec)
             except channel.ChildError as e:
                 cls = CommandError if e.kind == "exec" else SandboxError
                 raise cls(str(e), e.exit_code) from None
             finally:
-                for fd in (spec.join_userns, spec.join_netns):
+                for fd in (spec.join_userns, spec.join_netns, spec.container_userns):
                     if fd is not None:
                         os.close(fd)
             config = {"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,

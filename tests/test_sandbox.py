@@ -26,8 +26,20 @@ def parse_map(text: str) -> list[tuple[int, int, int]]:
 
 
 def test_id_maps_match_mode(rl):
-    out = run_ok(rl, "busybox", "sh", "-c", "cat /proc/self/uid_map; echo --; cat /proc/self/gid_map")
-    uid_map, gid_map = (parse_map(part) for part in out.split("--"))
+    """Seen from the host, the container's ids are the caller's and its sub-ids; seen from
+    inside, its user namespace maps the same ids of its parent (the one holding its mounts,
+    see docs/architecture.md), line for line."""
+    import json
+    assert rl("run", "-d", "--name", "idmaps", "--network", "none", "busybox", "sleep", "30").returncode == 0
+    try:
+        pid = json.loads(rl("inspect", "idmaps").stdout)[0]["State"]["Pid"]
+        with open(f"/proc/{pid}/uid_map") as f:
+            uid_map = parse_map(f.read())
+        with open(f"/proc/{pid}/gid_map") as f:
+            gid_map = parse_map(f.read())
+        inside = rl("exec", "idmaps", "sh", "-c", "cat /proc/self/uid_map; echo --; cat /proc/self/gid_map").stdout
+    finally:
+        rl("rm", "-f", "idmaps")
     assert uid_map[0] == (0, os.getuid(), 1)
     assert gid_map[0] == (0, os.getgid(), 1)
     if RANGE_MODE:
@@ -37,6 +49,8 @@ def test_id_maps_match_mode(rl):
         assert gid_map[1:] == [(1, start, count)]
     else:
         assert len(uid_map) == 1 and len(gid_map) == 1
+    for seen, host in zip((parse_map(part) for part in inside.split("--")), (uid_map, gid_map)):
+        assert seen == [(first, first, count) for first, _, count in host]
 
 
 def test_single_mode_warns_once(rl):

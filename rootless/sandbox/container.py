@@ -2,12 +2,25 @@
 
     rootless (P, host namespaces)          the CLI: writes the id maps, forwards signals,
      │                                     relays the pty, returns the exit status
-     └─ rootless-intermediate (C)          new user ns (maps written by P), then new mount ns:
-         │                                 prepares the root filesystem, then unshares UTS, IPC,
-         │                                 network, cgroup and PID namespaces and forks:
-         └─ container PID 1 (B)            a nested mount ns of its own, mounts /proc /dev /sys,
-                                           pivot_root, hostname, loopback, user, capabilities,
-                                           no_new_privs, then execs the command.
+     └─ rootless-intermediate (C)          user ns U1 (maps written by P), new mount ns:
+         │                                 prepares the root filesystem, then
+         ├─ K (short-lived)                unshares the container's user ns U2 with UTS, IPC,
+         │                                 network and cgroup namespaces (owned by U2);
+         │                                 C writes U2's maps (identity over U1's ids),
+         │                                 joins K's namespaces, unshares a PID ns, forks:
+         └─ container PID 1 (B)            in U1: a nested mount ns, mounts /proc /dev /sys,
+                                           pivot_root, masked and read-only paths; then
+                                           setns(U2) and a mount ns owned by U2, in which
+                                           those mounts are locked; hostname, loopback,
+                                           user, capabilities, no_new_privs, exec.
+
+Why U2: mounts that a mount namespace receives from one owned by a more privileged user
+namespace are locked (mount_namespaces(7)): the container cannot unmount its masks, make
+its read-only paths writable or reveal what they cover, whatever capabilities it has in
+U2.  Its UTS, IPC, network and cgroup namespaces are U2's, so root inside keeps its rights
+over them (ports < 1024, sethostname, ip link).  The PID namespace is U1's: B must be
+born in it (so C unshares it) with U1's rights to mount its /proc, and a PID namespace
+without a process cannot be joined (``/proc/K/ns/pid_for_children`` does not open).
 
 Why two processes: ``unshare(CLONE_NEWPID)`` only puts the *children* of the caller in
 the new PID namespace, so the command needs a fork after it; and ``pivot_root``
@@ -81,9 +94,11 @@ class SandboxSpec:
     join_userns: int | None = None
     # The pid serving the root filesystem once prepared (a FUSE daemon), reported to P.
     rootfs_server: Callable[[], int] = lambda: 0
-    # An fd of /proc/PID/ns/net to join instead of making a network namespace (container:NAME);
-    # it must belong to the user namespace joined above.
+    # An fd of /proc/PID/ns/net to join instead of making a network namespace (container:NAME).
     join_netns: int | None = None
+    # An fd of the container's own user namespace to join instead of making one: the one that
+    # owns ``join_netns`` (container:NAME); ``join_userns`` is then its parent.
+    container_userns: int | None = None
     # Asked in C once the root filesystem is prepared: must C stay until the container ends
     # (it owns what serves the root filesystem) and then run ``cleanup_rootfs``?
     intermediate_needed: Callable[[], bool] = lambda: False
@@ -221,20 +236,19 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     spec.prepare_rootfs()
     try:
-        libc.unshare(NAMESPACES if spec.own_network and spec.join_netns is None
-                     else NAMESPACES & ~libc.CLONE_NEWNET)
-        if spec.join_netns is not None:
-            libc.setns(spec.join_netns, libc.CLONE_NEWNET)
+        userns, helper = _container_namespaces(spec)
         stays = spec.intermediate_needed()
         pid = os.fork()
         if pid == 0:
             try:
-                _init(spec, sock, parent_stays=stays)
+                _init(spec, sock, userns, parent_stays=stays)
             except BaseException as e:  # noqa: BLE001 - report, never unwind into C's code
                 code = e.errno_exit if isinstance(e, _ExecFailed) else 125
                 channel.send_error(sock, str(e), code, "exec" if code != 125 else "sandbox")
                 os._exit(code)
+        os.close(userns)
         channel.send(sock, "pid", pid=pid, rootfs_server=spec.rootfs_server(), intermediate_exits=not stays)
+        _reap(helper)         # K's exit (a process's teardown) overlaps B's work
         sock.close()
         spec.on_started(pid)
         if not stays:
@@ -248,6 +262,79 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     os._exit(code)
 
 
+def _container_namespaces(spec: SandboxSpec) -> tuple[int, int]:
+    """Enter the container's UTS, IPC, network and cgroup namespaces, owned by the container's
+    user namespace U2, a child of ours (U1), and a new PID namespace (for our children; owned
+    by U1, see below); return an fd of U2 and K's pid, for the caller to reap.
+
+    They are made by a short-lived child K: it unshares U2 with them (or joins
+    ``spec.container_userns`` and unshares the others), we write U2's maps (identity over our
+    whole range: only a process of the parent namespace with CAP_SETUID may write more than
+    one id), open K's namespaces and join them; K exits.  We stay in U1, and so does B until
+    its mounts are made: the mount namespace holding them is owned by U1, and the one B takes
+    once in U2 receives them locked (mount_namespaces(7)).
+    """
+    flags = (NAMESPACES if spec.own_network and spec.join_netns is None else NAMESPACES & ~libc.CLONE_NEWNET
+             ) & ~libc.CLONE_NEWPID
+    new_userns = spec.container_userns is None
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    k = os.fork()
+    if k == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            if new_userns:
+                libc.unshare(libc.CLONE_NEWUSER | flags)
+            else:
+                libc.setns(spec.container_userns, libc.CLONE_NEWUSER)
+                libc.unshare(flags)
+            os.write(ready_w, b"ok")
+            os.read(done_r, 1)          # until C has what it needs: EOF
+        except BaseException as e:  # noqa: BLE001 - C reports it
+            os.write(ready_w, str(e).encode()[:4000])
+        os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    fds: list[int] = []
+    try:
+        answer = os.read(ready_r, 4096).decode(errors="replace")
+        if answer != "ok":
+            raise OSError(f"creating the container's namespaces: {answer or 'the helper died'}")
+        kinds = ["user", "uts", "ipc", "cgroup"]
+        if flags & libc.CLONE_NEWNET:
+            kinds.append("net")
+        fds = [os.open(f"/proc/{k}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds]
+        if new_userns:
+            for kind in ("uid", "gid"):
+                idmap.write_identity(k, kind)
+    except BaseException:
+        os.close(done_w)
+        _reap(k)
+        raise
+    finally:
+        os.close(ready_r)
+    os.close(done_w)          # K exits: its namespaces live on in our fds
+    try:
+        for fd, flag in zip(fds[1:], (libc.CLONE_NEWUTS, libc.CLONE_NEWIPC, libc.CLONE_NEWCGROUP,
+                                      libc.CLONE_NEWNET)):
+            libc.setns(fd, flag)
+        if spec.join_netns is not None:
+            libc.setns(spec.join_netns, libc.CLONE_NEWNET)
+        # The PID namespace is ours (U1), not U2's: B must be its first process, with U1's
+        # credentials to mount its /proc, and a PID namespace without a process cannot be
+        # joined (/proc/K/ns/pid_for_children does not open until it has an init).
+        libc.unshare(libc.CLONE_NEWPID)
+    except BaseException:
+        os.close(fds[0])
+        _reap(k)
+        raise
+    finally:
+        for fd in fds[1:]:
+            os.close(fd)
+    return fds[0], k
+
+
 # --- B: the container's PID 1 before exec ----------------------------------------------
 
 class _ExecFailed(Exception):
@@ -256,7 +343,7 @@ class _ExecFailed(Exception):
         self.errno_exit = code
 
 
-def _init(spec: SandboxSpec, sock: socket.socket, parent_stays: bool = True) -> NoReturn:
+def _init(spec: SandboxSpec, sock: socket.socket, userns: int, parent_stays: bool = True) -> NoReturn:
     proc = spec.process
     if parent_stays:
         libc.set_pdeathsig(signal.SIGKILL)
@@ -265,6 +352,12 @@ def _init(spec: SandboxSpec, sock: socket.socket, parent_stays: bool = True) -> 
     os.setsid()
     libc.unshare(libc.CLONE_NEWNS)
     mounts.enter_rootfs(spec.rootfs)
+    # Into the container's user namespace, then a mount namespace owned by it: every mount
+    # above is copied into it locked — not to be unmounted, revealed or made writable, with
+    # whatever capabilities the container has (mount_namespaces(7)).
+    libc.setns(userns, libc.CLONE_NEWUSER)
+    os.close(userns)
+    libc.unshare(libc.CLONE_NEWNS)
     libc.sethostname(spec.hostname)
     if spec.own_network and spec.join_netns is None:
         net.loopback_up()
@@ -410,9 +503,10 @@ def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
           join_cgroup: Callable[[int], None] | None = None) -> Started:
     """Run ``proc`` in the namespaces of the running container whose PID 1 is ``init_pid``.
 
-    X (a child of ours) is put in the container's cgroup, then joins the user namespace first
-    (that grants the capabilities the other ``setns`` calls need), the others, the mount
-    namespace last; joining a PID namespace applies to children, so X forks Y, which takes the
+    X (a child of ours) is put in the container's cgroup, then joins the user namespace that
+    owns the container's PID namespace (U1, the parent of its user namespace U2) first: that
+    grants the capabilities the other ``setns`` calls need; then the others, the mount namespace,
+    and U2 last; joining a PID namespace applies to children, so X forks Y, which takes the
     same last steps as the container's PID 1 (``_become``).  Returns like ``start``.
     """
     fds = []
@@ -423,6 +517,17 @@ def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
         for fd in fds:
             os.close(fd)
         raise channel.ChildError(f"the container is not running (cannot open its namespaces: {e.strerror})")
+    # The container's user namespace (U2) is a child of the one that owns its PID and mount
+    # set-up (U1): join U1 first (its PID namespace needs capabilities there), U2 last.
+    order = list(NS_ORDER)
+    parent = libc.ns_ioctl(fds[0], libc.NS_GET_PARENT)
+    if os.fstat(parent).st_ino != os.stat("/proc/self/ns/user").st_ino:
+        fds.insert(0, parent)
+        order.insert(0, ("user", libc.CLONE_NEWUSER))
+        fds.append(fds.pop(1))
+        order.append(order.pop(1))
+    else:
+        os.close(parent)       # a container started before U2 existed: its user namespace is U1
     parent_sock, child_sock = channel.pair()
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     pid = os.fork()
@@ -436,7 +541,7 @@ def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
                 signal.signal(sig, signal.SIG_IGN)
             unblock_signals()
             channel.expect(child_sock, "go")
-            for fd, (kind, flag) in zip(fds, NS_ORDER):
+            for fd, (kind, flag) in zip(fds, order):
                 libc.setns(fd, flag)
             os.chdir("/")
             y = os.fork()

@@ -127,6 +127,16 @@ def write(pid: int, maps: IdMaps) -> None:
         raise OSError("; ".join(errors))
 
 
+def write_identity(pid: int, kind: str) -> None:
+    """Map every id of our user namespace to the same id in the user namespace of ``pid`` (a
+    child of ours), one line per line of our own map: the kernel maps each line of a child's
+    map within a single line of its parent's.  More than our own id needs CAP_SETUID/CAP_SETGID
+    in our namespace (user_namespaces(7)); ``setgroups`` is inherited from ours."""
+    with open(f"/proc/self/{kind}_map") as f:
+        ours = [line.split() for line in f]
+    _write_file(f"/proc/{pid}/{kind}_map", "".join(f"{first} {first} {count}\n" for first, _, count in ours))
+
+
 def _write_file(path: str, text: str) -> None:
     try:
         with open(path, "w") as f:

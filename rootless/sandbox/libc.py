@@ -80,6 +80,22 @@ def setns(fd: int, nstype: int = 0) -> None:
         raise _fail("setns", f"fd {fd}")
 
 
+# ioctl_ns(2)
+NS_GET_USERNS = 0xB701
+NS_GET_PARENT = 0xB702
+
+
+def ns_ioctl(fd: int, request: int) -> int:
+    """``NS_GET_USERNS`` (the user namespace owning namespace ``fd``) or ``NS_GET_PARENT`` (the
+    parent of user namespace ``fd``): a new close-on-exec fd of that namespace."""
+    import fcntl
+    try:
+        return fcntl.ioctl(fd, request)
+    except OSError as e:
+        name = "NS_GET_USERNS" if request == NS_GET_USERNS else "NS_GET_PARENT"
+        raise OSError(e.errno, f"ioctl {name}: {e.strerror}") from None
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
     if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
         kind = fstype or ("bind" if flags & MS_BIND else "remount" if flags & MS_REMOUNT else "propagation")
