@@ -347,7 +347,9 @@ def test_relative_bind_sources(rl, tmp_path):
     proc = run("run", "--name", "relative-src", "-v", "./data:/d", "busybox", "cat", "/d/f", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     try:
-        again = run("start", "-a", "relative-src", cwd="/")
-        assert again.returncode == 0 and again.stdout == "from-here\n", again.stderr
+        again = run("start", "relative-src", cwd="/")
+        assert again.returncode == 0, again.stderr
+        assert rl("wait", "relative-src", check=True).stdout.strip() == "0"
+        assert rl("logs", "relative-src").stdout == "from-here\n"     # the started run (the first was not detached)
     finally:
         rl("rm", "-f", "relative-src")
