@@ -136,7 +136,13 @@ def _round(rl, i: int, detach: bool) -> None:
 def _leftovers(rl) -> list[str]:
     found = []
     containers = rl.root / "containers"
-    found += [f"record {d.name}" for d in containers.iterdir()]
+    for d in containers.iterdir():
+        try:
+            rec = json.loads((d / "config.json").read_text())
+            what = f"{rec.get('name')}, state {rec.get('state')}, pid {rec.get('pid')}"
+        except (OSError, ValueError):
+            what = "no readable config.json: " + " ".join(sorted(p.name for p in d.iterdir()))
+        found.append(f"record {d.name} ({what})")
     found += [f"run-time directory {d}" for d in (rl.env_run_dir / "rootless").iterdir()
               if d.is_dir()] if (rl.env_run_dir / "rootless").is_dir() else []
     with open("/proc/self/mountinfo") as f:
@@ -190,7 +196,8 @@ def test_rm_f_while_starting_leaves_nothing(rl_races):
     rl = rl_races
     for i in range(ROUNDS):
         _round(rl, i, detach=i % 2 == 1)
-    assert _settled(rl) == []
+    left = _settled(rl)
+    assert not left, "left behind:\n" + "\n".join(left)
 
 
 def test_rm_f_of_a_running_detached_container_removes_its_run_time_dir(rl_races):
@@ -199,7 +206,8 @@ def test_rm_f_of_a_running_detached_container_removes_its_run_time_dir(rl_races)
     assert (rl.env_run_dir / "rootless" / cid[:16]).is_dir()
     rm = rl("rm", "-f", f"{TOKEN}-net")
     assert rm.returncode == 0, rm.stderr
-    assert _settled(rl) == []
+    left = _settled(rl)
+    assert not left, "left behind:\n" + "\n".join(left)
 
 
 def test_concurrent_writers_lose_no_update(rl_races):
@@ -216,4 +224,5 @@ def test_concurrent_writers_lose_no_update(rl_races):
         names = {r["Names"] for r in _ps(rl)}
         assert new in names and name not in names, names
         assert rl("rm", "-f", new).returncode == 0
-    assert _settled(rl) == []
+    left = _settled(rl)
+    assert not left, "left behind:\n" + "\n".join(left)
