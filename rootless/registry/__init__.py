@@ -31,20 +31,28 @@ with ``RegistryClient(host, credentials=Credentials(u, p)).check_login()``, then
 ``save_credentials``; ``logout``: ``remove_credentials``.
 """
 
-from .auth import (Credentials, default_auth_file, find_credentials, parse_www_authenticate,
-                   remove_credentials, save_credentials)
-from .client import ManifestResult, RegistryClient, is_loopback
-from .errors import (AccessDenied, AuthenticationRequired, BlobUnknown, DigestMismatch,
-                     ManifestUnknown, NotFound, RegistryError, RegistryUnreachable,
-                     TooManyRequests, UnsupportedManifest)
-from .manifest import Descriptor, ImageManifest, InvalidPlatform, Platform, parse_image_manifest
-from .reference import InvalidReference, Reference
+# The names below are imported from their modules on first use (PEP 562): the reference
+# parser is on every container's start path (the store keys images by it), and must not pay
+# for httpx, which only the modules that talk to a registry need.
+_WHERE = {
+    "auth": ("Credentials", "default_auth_file", "find_credentials", "parse_www_authenticate",
+             "remove_credentials", "save_credentials"),
+    "client": ("ManifestResult", "RegistryClient", "is_loopback"),
+    "errors": ("AccessDenied", "AuthenticationRequired", "BlobUnknown", "DigestMismatch", "ManifestUnknown",
+               "NotFound", "RegistryError", "RegistryUnreachable", "TooManyRequests", "UnsupportedManifest"),
+    "manifest": ("Descriptor", "ImageManifest", "InvalidPlatform", "Platform", "parse_image_manifest"),
+    "reference": ("InvalidReference", "Reference"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
-__all__ = [
-    "AccessDenied", "AuthenticationRequired", "BlobUnknown", "Credentials", "Descriptor",
-    "DigestMismatch", "ImageManifest", "InvalidPlatform", "InvalidReference", "ManifestResult",
-    "ManifestUnknown", "NotFound", "Platform", "Reference", "RegistryClient", "RegistryError",
-    "RegistryUnreachable", "TooManyRequests", "UnsupportedManifest", "default_auth_file",
-    "find_credentials", "is_loopback", "parse_image_manifest", "parse_www_authenticate",
-    "remove_credentials", "save_credentials",
-]
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
