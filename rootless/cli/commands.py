@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .errors import RootlessError
+from ..errors import RootlessError
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
@@ -31,8 +31,8 @@ def cli(ctx: click.Context, root: str | None, debug: bool) -> None:
 
 
 def _store(ctx: click.Context):
-    from .paths import store_root
-    from .store import Store
+    from ..paths import store_root
+    from ..image.store import Store
     return Store(store_root(ctx.obj["root"]))
 
 
@@ -95,7 +95,7 @@ def _store(ctx: click.Context):
 @click.pass_context
 def run(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> None:
     """Run COMMAND in a new container from IMAGE."""
-    from .run import RunOptions, run as run_container
+    from ..container.run import RunOptions, run as run_container
     opts = RunOptions(image=image, command=list(command),
                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()})
     sys.exit(run_container(_store(ctx), opts))
@@ -110,8 +110,8 @@ def run(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> No
 @click.pass_context
 def import_(ctx: click.Context, file: str, ref: str, change: tuple[str, ...], message: str) -> None:
     """Create an image from a root filesystem tarball (plain, gzip, bzip2 or xz)."""
-    from .importer import import_rootfs
-    from .sandbox import idmap
+    from ..image.importer import import_rootfs
+    from ..sandbox import idmap
     image, devices = import_rootfs(_store(ctx), idmap.detect(), file, ref, list(change), message)
     if devices:
         click.echo(f"rootless: warning: {len(devices)} device node(s) cannot be created in a user "
@@ -128,8 +128,8 @@ def import_(ctx: click.Context, file: str, ref: str, change: tuple[str, ...], me
 @click.pass_context
 def pull(ctx: click.Context, image: str, platform: str | None, tls_verify: bool, quiet: bool) -> None:
     """Pull an image from a registry."""
-    from .pull import pull as do_pull
-    from .sandbox import idmap
+    from ..image.pull import pull as do_pull
+    from ..sandbox import idmap
     img = do_pull(_store(ctx), idmap.detect(), image, platform, tls_verify, quiet)
     click.echo(img.id)
 
@@ -143,7 +143,7 @@ def pull(ctx: click.Context, image: str, platform: str | None, tls_verify: bool,
 @click.pass_context
 def push(ctx: click.Context, image: str, destination: str | None, tls_verify: bool, quiet: bool) -> None:
     """Push an image to a registry (to DESTINATION, default: its own name)."""
-    from .push import push as do_push
+    from ..image.push import push as do_push
     click.echo(do_push(_store(ctx), image, destination, tls_verify, quiet))
 
 
@@ -155,7 +155,7 @@ def push(ctx: click.Context, image: str, destination: str | None, tls_verify: bo
 @click.argument("registry")
 def login(registry: str, username: str, password: str | None, password_stdin: bool, tls_verify: bool) -> None:
     """Log in to a registry (credentials kept in ~/.config/containers/auth.json)."""
-    from .registry import Credentials, RegistryClient, save_credentials
+    from ..registry import Credentials, RegistryClient, save_credentials
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     elif password is None:
@@ -171,7 +171,7 @@ def login(registry: str, username: str, password: str | None, password_stdin: bo
 @click.argument("registry")
 def logout(registry: str) -> None:
     """Forget the credentials for a registry."""
-    from .registry import remove_credentials
+    from ..registry import remove_credentials
     remove_credentials(registry)
     click.echo(f"Removed login credentials for {registry}")
 
@@ -194,9 +194,9 @@ def tag(ctx: click.Context, source: str, target: str) -> None:
 @click.pass_context
 def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
     """Remove images (the tag; then the blobs and layers no other image uses)."""
-    from .containers import Containers
-    from .remove import remove_tree
-    from .sandbox import idmap
+    from ..container.records import Containers
+    from ..sandbox.remove import remove_tree
+    from ..sandbox import idmap
     store = _store(ctx)
     maps = idmap.detect()
     failed = False
@@ -261,7 +261,7 @@ def _layer_size(store, diff_id: str) -> int:
 
 
 def _human(n: float) -> str:
-    from .units import human_size
+    from ..units import human_size
     return human_size(n)
 
 
@@ -284,7 +284,7 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
         show_all = True
     import json
     import time
-    from .containers import Containers, _alive
+    from ..container.records import Containers, _alive
     rows = []
     for r in Containers(_store(ctx)).all():
         running = r.state == "running" and _alive(r.pid)
@@ -298,9 +298,9 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
                     v in facts[k]) for k, v in wanted):
             continue
         if running:
-            from .lifecycle import rootfs_lost
+            from ..container.lifecycle import rootfs_lost
             status = "Up (root filesystem lost: restart it)" if rootfs_lost(r) else "Up"
-            from .rootfs import internal_errors
+            from ..container.rootfs import internal_errors
             errors = len(internal_errors(_store(ctx).container_dir(r.id)))
             if errors:
                 status += f" ({errors} overlay error{'s' if errors > 1 else ''}: see inspect)"
@@ -311,7 +311,7 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
         else:
             ago = int(time.time() - (r.finished or r.created))
             status = f"Exited ({r.exit_code}) {ago}s ago" if r.exit_code is not None else "Created"
-        from .cli_containers import published
+        from .containers import published
         rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
                      "Status": status, "Ports": ", ".join(published(r)), "Names": r.name})
     if quiet:
@@ -332,8 +332,8 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
 @click.pass_context
 def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove containers."""
-    from .containers import ContainerGone, Containers
-    from .sandbox import idmap
+    from ..container.records import ContainerGone, Containers
+    from ..sandbox import idmap
     store = _store(ctx)
     recs = Containers(store)
     maps = idmap.detect()
@@ -346,7 +346,7 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bo
             except ContainerGone:
                 raise RootlessError(f"no such container: '{key}' (it was removed meanwhile)") from None
             if volumes:
-                from .volumes import remove_container_volumes
+                from ..volumes import remove_container_volumes
                 remove_container_volumes(store, rec, maps)
             click.echo(key)
             for warning in warnings:
@@ -367,7 +367,7 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bo
 @click.pass_context
 def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool, fmt: str) -> None:
     """CPU, memory and process use of running containers, from their cgroups."""
-    from .stats import show
+    from ..container.stats import show
     sys.exit(show(_store(ctx), list(containers), stream=not no_stream, fmt=fmt))
 
 
@@ -378,13 +378,13 @@ def unshare(command: tuple[str, ...]) -> None:
 
     Files owned by sub-ids (image layers, container trees) can be inspected and removed there.
     """
-    from .unshare import unshare as run_unshare
+    from ..sandbox.unshare import unshare as run_unshare
     sys.exit(run_unshare(list(command) or [os.environ.get("SHELL", "/bin/sh")]))
 
 
 def _register_command_modules() -> None:
-    """Commands kept in modules of their own (cli_*.py), each with ``register(group)``."""
-    from . import cli_containers, cli_images, cli_networks, cli_volumes
+    """Commands kept in modules of their own (cli/*.py), each with ``register(group)``."""
+    from . import containers as cli_containers, images as cli_images, networks as cli_networks, volumes as cli_volumes
     for module in (cli_containers, cli_images, cli_networks, cli_volumes):
         module.register(cli)
 

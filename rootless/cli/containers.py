@@ -14,8 +14,8 @@ CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 
 def _store(ctx: click.Context):
-    from .paths import store_root
-    from .store import Store
+    from ..paths import store_root
+    from ..image.store import Store
     return Store(store_root(ctx.obj["root"]))
 
 
@@ -29,8 +29,8 @@ def _store(ctx: click.Context):
 def logs(ctx, container, follow, tail, timestamps, since) -> None:
     """Print what a detached container wrote to stdout and stderr."""
     import time
-    from .errors import UsageError
-    from .lifecycle import logs as show
+    from ..errors import UsageError
+    from ..container.lifecycle import logs as show
     n = None
     if tail not in (None, "all"):
         if not tail.isdigit():
@@ -63,7 +63,7 @@ def logs(ctx, container, follow, tail, timestamps, since) -> None:
 @click.pass_context
 def exec_(ctx, container, command, interactive, tty, env, user, workdir, privileged, preserve_fds) -> None:
     """Run COMMAND in a running container."""
-    from .lifecycle import exec_in
+    from ..container.lifecycle import exec_in
     sys.exit(exec_in(_store(ctx), container, list(command), interactive, tty, list(env), user, workdir,
                      privileged=privileged, preserve_fds=preserve_fds))
 
@@ -76,7 +76,7 @@ def exec_(ctx, container, command, interactive, tty, env, user, workdir, privile
 @click.pass_context
 def stop(ctx, containers, grace, sig) -> None:
     """Stop running containers: the stop signal, then SIGKILL after the grace period."""
-    from .lifecycle import stop as do_stop
+    from ..container.lifecycle import stop as do_stop
     for key in containers:
         do_stop(_store(ctx), key, grace, sig)
         click.echo(key)
@@ -88,7 +88,7 @@ def stop(ctx, containers, grace, sig) -> None:
 @click.pass_context
 def kill(ctx, containers, sig) -> None:
     """Send a signal to the main process of running containers."""
-    from .lifecycle import kill as do_kill, parse_signal
+    from ..container.lifecycle import kill as do_kill, parse_signal
     for key in containers:
         do_kill(_store(ctx), key, parse_signal(sig))
         click.echo(key)
@@ -99,7 +99,7 @@ def kill(ctx, containers, sig) -> None:
 @click.pass_context
 def wait(ctx, containers) -> None:
     """Wait for containers to end; print their exit codes."""
-    from .lifecycle import wait_exit
+    from ..container.lifecycle import wait_exit
     for key in containers:
         click.echo(wait_exit(_store(ctx), key))
 
@@ -112,9 +112,9 @@ def wait(ctx, containers) -> None:
 @click.pass_context
 def start(ctx, containers, attach, interactive) -> None:
     """Start exited containers again (detached; their files are kept)."""
-    from .errors import UsageError
-    from .lifecycle import attach as attach_to, logs as show, start as do_start, wait_exit
-    from .containers import Containers
+    from ..errors import UsageError
+    from ..container.lifecycle import attach as attach_to, logs as show, start as do_start, wait_exit
+    from ..container.records import Containers
     if interactive and (not attach or len(containers) != 1):
         raise UsageError("start -i goes with -a and one container: rootless start -ai CONTAINER")
     for key in containers:
@@ -138,7 +138,7 @@ def start(ctx, containers, attach, interactive) -> None:
 @click.pass_context
 def restart(ctx, containers, grace) -> None:
     """Stop, then start containers."""
-    from .lifecycle import start as do_start, stop as do_stop
+    from ..container.lifecycle import start as do_start, stop as do_stop
     for key in containers:
         do_stop(_store(ctx), key, grace)
         do_start(_store(ctx), key)
@@ -151,7 +151,7 @@ def _freezer_command(name: str, paused: bool, doc: str) -> click.Command:
     @click.argument("containers", nargs=-1, required=True)
     @click.pass_context
     def command(ctx, containers) -> None:
-        from .lifecycle import pause as set_paused
+        from ..container.lifecycle import pause as set_paused
         for key in containers:
             set_paused(_store(ctx), key, paused)
             click.echo(key)
@@ -167,7 +167,7 @@ unpause = _freezer_command("unpause", False, "Thaw paused containers.")
 @click.pass_context
 def top(ctx, container) -> None:
     """The processes of a running container (host pids)."""
-    from .lifecycle import top as list_processes
+    from ..container.lifecycle import top as list_processes
     click.echo(f"{'PID':<8} {'USER':<12} COMMAND")
     for pid, user, cmd in list_processes(_store(ctx), container):
         click.echo(f"{pid:<8} {user:<12} {cmd}")
@@ -179,7 +179,7 @@ def top(ctx, container) -> None:
 @click.pass_context
 def rename(ctx, container, new_name) -> None:
     """Give a container a new name."""
-    from .lifecycle import rename as do_rename
+    from ..container.lifecycle import rename as do_rename
     do_rename(_store(ctx), container, new_name)
 
 
@@ -193,7 +193,7 @@ def container_group() -> None:
 @click.pass_context
 def container_prune(ctx, force) -> None:
     """Remove all containers that are not running."""
-    from .lifecycle import prune
+    from ..container.lifecycle import prune
     if not force and not click.confirm("Remove all stopped containers?", default=False):
         return
     for cid in prune(_store(ctx)):
@@ -202,7 +202,7 @@ def container_prune(ctx, force) -> None:
 
 def published(rec) -> list[str]:
     """``0.0.0.0:8080->80/tcp`` lines of a container's -p options."""
-    from .network.ports import parse_port
+    from ..network.ports import parse_port
     opts = (rec.config.get("options") or {}).get("publish") or []
     return [str(m) for spec in opts for m in parse_port(spec)]
 
@@ -213,7 +213,7 @@ def published(rec) -> list[str]:
 @click.pass_context
 def port(ctx, container, private) -> None:
     """The container's published ports (or where PRIVATE[/PROTO] is published)."""
-    from .containers import Containers
+    from ..container.records import Containers
     rec = Containers(_store(ctx)).find(container)
     for line in published(rec):
         host, _, inner = line.partition("->")
@@ -230,7 +230,7 @@ def port(ctx, container, private) -> None:
 @click.pass_context
 def attach(ctx, container, sig_proxy) -> None:
     """Follow a running detached container's output until it ends (its exit status); with -dit/-di, type into it (Ctrl-P Ctrl-Q detaches)."""
-    from .lifecycle import attach as follow
+    from ..container.lifecycle import attach as follow
     sys.exit(follow(_store(ctx), container, sig_proxy))
 
 
@@ -240,8 +240,8 @@ def attach(ctx, container, sig_proxy) -> None:
 @click.pass_context
 def cp(ctx, source, destination) -> None:
     """Copy files between a container and the host: CONTAINER:PATH HOSTPATH, or the reverse ('-': a tar on stdin/stdout)."""
-    from .copying import copy_in, copy_out, split
-    from .errors import UsageError
+    from ..container.copying import copy_in, copy_out, split
+    from ..errors import UsageError
     (src_c, src), (dst_c, dst) = split(source), split(destination)
     if bool(src_c) == bool(dst_c):
         raise UsageError("cp copies between a container and the host: give CONTAINER:PATH on exactly one side")

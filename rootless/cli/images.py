@@ -1,7 +1,7 @@
 """Command line: image commands beyond pull/push/tag/rmi/images/import: save, load, export, inspect, history, system df, image prune.
 
 Each command is a thin layer: argument types, one engine call, output.  ``register(group)``
-adds them to the ``rootless`` group (called by ``cli.py``).  Import engine modules inside
+adds them to the ``rootless`` group (called by ``cli/commands.py``).  Import engine modules inside
 the commands, not at the top: start-up pays only for what runs.
 """
 
@@ -15,14 +15,14 @@ CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 
 def _store(ctx: click.Context):
-    from .paths import store_root
-    from .store import Store
+    from ..paths import store_root
+    from ..image.store import Store
     return Store(store_root(ctx.find_root().obj["root"]))
 
 
 def _output(path: str | None, what: str):
     """An opened binary output: ``path``, or stdout when it is not a terminal."""
-    from .errors import UsageError
+    from ..errors import UsageError
     if path and path != "-":
         try:
             return open(path, "wb")
@@ -59,7 +59,7 @@ def _write_output(path: str | None, what: str, writer) -> None:
     """
     import os
     import stat
-    from .errors import UsageError
+    from ..errors import UsageError
     if not path or path == "-":
         with _output(None, what) as out:
             writer(out)
@@ -102,7 +102,7 @@ def _write_output(path: str | None, what: str, writer) -> None:
 @click.pass_context
 def save(ctx: click.Context, images: tuple[str, ...], output: str | None, fmt: str) -> None:
     """Save images to a tar archive (docker-archive or oci-archive), to stdout by default."""
-    from .archive import save as do_save
+    from ..image.archive import save as do_save
     store = _store(ctx)
     _write_output(output, "an archive", lambda out: do_save(store, list(images), fmt, out))
 
@@ -113,10 +113,10 @@ def save(ctx: click.Context, images: tuple[str, ...], output: str | None, fmt: s
 @click.pass_context
 def load(ctx: click.Context, input_: str | None, quiet: bool) -> None:
     """Load images from a tar archive (docker-archive or oci-archive, plain or gzip), stdin by default."""
-    from .archive import UNTAGGED_REPO, load as do_load
-    from .sandbox import idmap
+    from ..image.archive import UNTAGGED_REPO, load as do_load
+    from ..sandbox import idmap
     if not input_ and sys.stdin.isatty():
-        from .errors import UsageError
+        from ..errors import UsageError
         raise UsageError("requested load from stdin, but stdin is a terminal: use -i FILE or redirect the input")
     loaded = do_load(_store(ctx), idmap.detect(), input_ or "-")
     for img, tags in loaded:
@@ -136,8 +136,8 @@ def load(ctx: click.Context, input_: str | None, quiet: bool) -> None:
 @click.pass_context
 def export(ctx: click.Context, container: str, output: str | None) -> None:
     """Export a container's root filesystem as a tar archive, to stdout by default."""
-    from .export import export as do_export
-    from .sandbox import idmap
+    from ..container.export import export as do_export
+    from ..sandbox import idmap
     store = _store(ctx)
     maps = idmap.detect()
     _write_output(output, "an archive", lambda out: do_export(store, maps, container, out))
@@ -153,7 +153,7 @@ def export(ctx: click.Context, container: str, output: str | None) -> None:
 def inspect(ctx: click.Context, names: tuple[str, ...], kind: str | None, fmt: str | None, size: bool) -> None:
     """Low-level information on images and containers, as a JSON array."""
     import json
-    from .inspect import inspect as do_inspect, render
+    from ..image.inspect import inspect as do_inspect, render
     found, errors = do_inspect(_store(ctx), list(names), kind)
     if fmt and fmt != "json":
         for obj in found:
@@ -167,7 +167,7 @@ def inspect(ctx: click.Context, names: tuple[str, ...], kind: str | None, fmt: s
 
 
 def _human(n: float) -> str:
-    from .units import human_size
+    from ..units import human_size
     return human_size(n)
 
 
@@ -182,7 +182,7 @@ def _human(n: float) -> str:
 def history(ctx: click.Context, image: str, no_trunc: bool, quiet: bool, human: bool, fmt: str) -> None:
     """Show the history of an image."""
     import json
-    from .inspect import ago, history as do_history, render
+    from ..image.inspect import ago, history as do_history, render
     rows = do_history(_store(ctx), image)
     if quiet:
         for r in rows:
@@ -210,8 +210,8 @@ def history(ctx: click.Context, image: str, no_trunc: bool, quiet: bool, human: 
 def system_df(ctx: click.Context, fmt: str) -> None:
     """Disk use of images, containers and local volumes."""
     import json
-    from .gc import df
-    from .inspect import render
+    from ..image.gc import df
+    from ..image.inspect import render
     rows = df(_store(ctx))
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -234,8 +234,8 @@ def system_df(ctx: click.Context, fmt: str) -> None:
 def image_prune(ctx: click.Context, all_images: bool, force: bool, fmt: str) -> None:
     """Remove unused images: blobs and layers no image or container uses (-a: also unused images)."""
     import json
-    from .gc import prune
-    from .sandbox import idmap
+    from ..image.gc import prune
+    from ..sandbox import idmap
     if not force:
         what = ("all images without at least one container associated to them" if all_images
                 else "all dangling images (blobs and layers no image uses)")

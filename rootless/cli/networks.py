@@ -11,14 +11,14 @@ CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 
 def _networks(ctx: click.Context):
-    from .network.user_networks import Networks
-    from .paths import store_root
-    from .store import Store
+    from ..network.user_networks import Networks
+    from ..paths import store_root
+    from ..image.store import Store
     return Networks(Store(store_root(ctx.find_root().obj["root"])))
 
 
 def _users(ctx: click.Context, name: str) -> list[str]:
-    from .containers import Containers
+    from ..container.records import Containers
     nets = _networks(ctx)
     return [r.name for r in Containers(nets.store).all() if name in (r.config.get("networks") or {})]
 
@@ -62,7 +62,7 @@ def ls(ctx, quiet, fmt) -> None:
 @click.pass_context
 def inspect(ctx, names) -> None:
     """Show networks as JSON (Docker's shape: Name, Driver, IPAM, Containers)."""
-    from .containers import Containers
+    from ..container.records import Containers
     nets = _networks(ctx)
     out = []
     for name in names:
@@ -81,7 +81,7 @@ def inspect(ctx, names) -> None:
 @click.pass_context
 def rm(ctx, names) -> None:
     """Remove networks (refused while a container uses one)."""
-    from .errors import RootlessError
+    from ..errors import RootlessError
     failed = False
     for name in names:
         try:
@@ -100,9 +100,9 @@ def rm(ctx, names) -> None:
 @click.pass_context
 def connect(ctx, name, container, alias) -> None:
     """Connect a running container (started on a user network) to another network."""
-    from .network.user_networks import connect as join
-    from .paths import runtime_dir
-    from .sandbox import idmap
+    from ..network.user_networks import connect as join
+    from ..paths import runtime_dir
+    from ..sandbox import idmap
     join(_networks(ctx).store, idmap.detect(), runtime_dir(), name, container, list(alias))
 
 
@@ -112,8 +112,8 @@ def connect(ctx, name, container, alias) -> None:
 @click.pass_context
 def disconnect(ctx, name, container) -> None:
     """Disconnect a container from a network."""
-    from .network.user_networks import disconnect as leave
-    from .paths import runtime_dir
+    from ..network.user_networks import disconnect as leave
+    from ..paths import runtime_dir
     leave(_networks(ctx).store, runtime_dir(), name, container)
 
 

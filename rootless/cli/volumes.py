@@ -1,7 +1,7 @@
 """Command line: volume commands: volume create|ls|inspect|rm|prune.
 
 Each command is a thin layer: argument types, one engine call, output.  ``register(group)``
-adds them to the ``rootless`` group (called by ``cli.py``).  Import engine modules inside
+adds them to the ``rootless`` group (called by ``cli/commands.py``).  Import engine modules inside
 the commands, not at the top: start-up pays only for what runs.
 """
 
@@ -15,14 +15,14 @@ CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 
 def _volumes(ctx: click.Context):
-    from .paths import store_root
-    from .store import Store
-    from .volumes import Volumes
+    from ..paths import store_root
+    from ..image.store import Store
+    from ..volumes import Volumes
     return Volumes(Store(store_root(ctx.find_root().obj["root"])))
 
 
 def _labels(items: tuple[str, ...]) -> dict[str, str]:
-    from .errors import UsageError
+    from ..errors import UsageError
     out = {}
     for item in items:
         key, _, value = item.partition("=")
@@ -45,7 +45,7 @@ def volume() -> None:
 @click.pass_context
 def create(ctx: click.Context, name: str | None, driver: str, label: tuple[str, ...], opt: tuple[str, ...]) -> None:
     """Create a volume (a generated name if NAME is not given); print its name."""
-    from .errors import UsageError
+    from ..errors import UsageError
     if driver != "local":
         raise UsageError(f"volume driver '{driver}' is not supported: only 'local'")
     if opt:
@@ -56,7 +56,7 @@ def create(ctx: click.Context, name: str | None, driver: str, label: tuple[str, 
 
 
 def _filters(items: tuple[str, ...]):
-    from .errors import UsageError
+    from ..errors import UsageError
     checks = []
     for item in items:
         key, eq, value = item.partition("=")
@@ -107,7 +107,7 @@ def ls(ctx: click.Context, quiet: bool, fmt: str, filters: tuple[str, ...]) -> N
 def inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Show volumes as JSON (Docker's fields)."""
     import json
-    from .errors import RootlessError
+    from ..errors import RootlessError
     vols = _volumes(ctx)
     out, failed = [], False
     for name in names:
@@ -126,9 +126,9 @@ def inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
 @click.pass_context
 def rm(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
     """Remove volumes (refused while a container, running or not, uses one)."""
-    from .errors import RootlessError
-    from .sandbox import idmap
-    from .volumes import VolumeNotFound
+    from ..errors import RootlessError
+    from ..sandbox import idmap
+    from ..volumes import VolumeNotFound
     vols = _volumes(ctx)
     maps = idmap.detect()
     failed = False
@@ -153,9 +153,9 @@ def rm(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
 @click.pass_context
 def prune(ctx: click.Context, prune_all: bool, force: bool) -> None:
     """Remove the anonymous volumes no container uses (with -a: every unused volume)."""
-    from .remove import remove_tree
-    from .sandbox import idmap
-    from .units import human_size
+    from ..sandbox.remove import remove_tree
+    from ..sandbox import idmap
+    from ..units import human_size
     what = "local volumes" if prune_all else "anonymous local volumes"
     if not force and not click.confirm(f"WARNING! This will remove {what} not used by at least one "
                                        "container.\nAre you sure you want to continue?"):

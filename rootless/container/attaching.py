@@ -11,7 +11,7 @@ import termios
 import tty as _tty
 
 from .console import DETACH_KEYS, ERR, IN, SIZE, Frames, frame
-from .sandbox.tty import winsize
+from ..sandbox.tty import winsize
 
 
 def attach_console(path: str, tty: bool, proxy_pid: int) -> bool:
@@ -23,7 +23,7 @@ def attach_console(path: str, tty: bool, proxy_pid: int) -> bool:
         conn.connect(path)
     except OSError as e:
         conn.close()
-        from .errors import RootlessError
+        from ..errors import RootlessError
         raise RootlessError(f"the container's terminal at {path} does not answer ({e.strerror}): its monitor "
                             "has ended; 'rootless ps -a' shows the container's state") from None
     stdin, stdout, stderr = sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()

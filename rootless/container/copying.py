@@ -22,12 +22,12 @@ import tarfile
 import tempfile
 from typing import NoReturn
 
-from .containers import Containers, Record
-from .errors import RootlessError, UsageError
+from .records import Containers, Record
+from ..errors import RootlessError, UsageError
 from .lifecycle import running
-from .sandbox import idmap, libc
-from .sandbox.userns import fork_into_userns, wait
-from .store import Store
+from ..sandbox import idmap, libc
+from ..sandbox.userns import fork_into_userns, wait
+from ..image.store import Store
 
 
 def split(arg: str) -> tuple[str | None, str]:

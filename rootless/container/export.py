@@ -19,11 +19,11 @@ import stat
 import tarfile
 from typing import BinaryIO, NoReturn
 
-from .containers import Containers
-from .errors import StoreError
-from .sandbox import channel, idmap
-from .sandbox.userns import fork_into_userns, wait
-from .store import Store
+from .records import Containers
+from ..errors import StoreError
+from ..sandbox import channel, idmap
+from ..sandbox.userns import fork_into_userns, wait
+from ..image.store import Store
 
 WH = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

@@ -1,6 +1,6 @@
 """The per-user fork server: the processes that stay resident per container come from here.
 
-One resident process per user (``python -m rootless.forkserver SOCKET``) imports the engine,
+One resident process per user (``python -m rootless.container.forkserver SOCKET``) imports the engine,
 pyfuse3 and trio once, listens at ``RUNTIME/forkserver-CODE.sock`` (CODE: see ``_code_id``) and forks, on request:
 
 * ``mount``: a fuse-overlay daemon for a container's root filesystem, in the requester's
@@ -63,7 +63,8 @@ def _code_id() -> str:
     import hashlib
     import fuse_overlay
     newest = 0
-    for pkg in (os.path.dirname(__file__), os.path.dirname(fuse_overlay.__file__)):
+    rootless_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for pkg in (rootless_dir, os.path.dirname(fuse_overlay.__file__)):
         for base, _dirs, files in os.walk(pkg):
             for name in files:
                 if name.endswith(".py"):
@@ -81,11 +82,11 @@ def ensure(run_dir: str) -> str | None:
         return path
     except OSError:
         pass
-    from .sandbox.spawn import spawn
+    from ..sandbox.spawn import spawn
     idle = os.environ.get("ROOTLESS_FORKSERVER_IDLE", "300")
     log = os.open(os.path.join(run_dir, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        spawn([sys.executable, "-m", "rootless.forkserver", path, "--idle", idle],
+        spawn([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", idle],
               capture_stderr=False, stderr_fd=log, new_session=True)
     except OSError:
         return None
@@ -158,10 +159,12 @@ def _umask() -> int:
 # --- the server side ------------------------------------------------------------------
 
 def _preload() -> None:
-    from . import containers, lifecycle, monitor, rootfs, run, store, volumes  # noqa: F401
-    from .network import helpers, ports, user_networks  # noqa: F401
-    from . import cgroups  # noqa: F401
-    from .sandbox import container, mounts, tty  # noqa: F401
+    from . import records as containers, lifecycle, monitor, rootfs, run  # noqa: F401
+    from ..image import store
+    from .. import volumes
+    from ..network import helpers, ports, user_networks  # noqa: F401
+    from .. import cgroups  # noqa: F401
+    from ..sandbox import container, mounts, tty  # noqa: F401
 
 
 def _child(request: dict, fds: list[int]) -> int:
@@ -192,7 +195,7 @@ def _monitor(request: dict, fds: list[int]) -> int:
             resource.setrlimit(limit, (soft, resource.getrlimit(limit)[1]))
         except (AttributeError, OSError, ValueError):
             pass
-    from .sandbox import libc
+    from ..sandbox import libc
     from .monitor import MONITOR_NAME, Detacher, adopt
     libc.set_process_name(MONITOR_NAME)
     detacher = Detacher.reporting_to(report)
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0].startswith("-"):
-        print("usage: python -m rootless.forkserver SOCKET [--idle SECONDS]", file=sys.stderr)
+        print("usage: python -m rootless.container.forkserver SOCKET [--idle SECONDS]", file=sys.stderr)
         return 1
     idle = float(args[args.index("--idle") + 1]) if "--idle" in args else 300.0
     # Nothing of whoever started us stays open here (a pipe held by a resident server keeps

@@ -9,10 +9,10 @@ import sys
 import time
 
 from . import procs
-from .containers import Containers, Record, _alive
-from .errors import CommandError, RootlessError, SandboxError, UsageError
+from .records import Containers, Record, _alive
+from ..errors import CommandError, RootlessError, SandboxError, UsageError
 from .monitor import log_path
-from .store import Store
+from ..image.store import Store
 
 
 def running(rec: Record) -> bool:
@@ -63,7 +63,7 @@ def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | Non
                 time.sleep(0.01)        # it ended a moment ago: its monitor is recording how
                 continue
             if monitor and _alive(monitor) and rec.config.get("stopped"):
-                from .containers import _wait_gone
+                from .records import _wait_gone
                 _wait_gone(monitor, 10)  # let it finish its clean-up before we return
             return rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
         if deadline is not None and time.monotonic() > deadline:
@@ -132,9 +132,9 @@ def _emit(lines: list[bytes], timestamps: bool, since: float | None) -> None:
 
 def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
             user: str | None, workdir: str | None, privileged: bool = False, preserve_fds: int = 0) -> int:
-    from . import security
+    from .. import security
     from .run import check_preserve_fds, parse_env, seccomp_program
-    from .sandbox import channel, container, idmap
+    from ..sandbox import channel, container, idmap
     rec = Containers(store).find(key)
     if not running(rec) or not rec.init_pid:
         raise RootlessError(f"container {rec.name} is not running: start one with 'rootless run -d'")
@@ -158,7 +158,7 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
     saved = cfg.get("options") or {}
     sec = security.parse(saved.get("security_opt") or [], privileged or bool(saved.get("privileged")))
     caps = frozenset(container.caps.NAMES) if privileged else frozenset(cfg.get("caps") or ())
-    from .sandbox.tty import winsize
+    from ..sandbox.tty import winsize
     proc = container.ProcessSpec(args=command, env=envs, cwd=wd,
                                  user=user if user is not None else cfg.get("user", ""),
                                  caps=caps, tty=tty, stdin=interactive,
@@ -167,7 +167,7 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
                                  preserve_fds=preserve_fds)
     join = None
     if rec.cgroup_paths:
-        from .cgroups import attach
+        from ..cgroups import attach
         join = attach(rec.cgroup_paths).add
     try:
         started = container.enter(rec.init_pid, proc, idmap.detect(), join)
@@ -193,7 +193,7 @@ def start(store: Store, key: str) -> Record:
 
 
 def _cgroup(rec: Record):
-    from .cgroups import attach
+    from ..cgroups import attach
     if not rec.cgroup_paths:
         raise RootlessError(f"container {rec.name} has no cgroup: pause needs a delegated cgroup "
                             "(see docs/cgroups.md)")
@@ -243,7 +243,7 @@ def top(store: Store, key: str) -> list[tuple[int, str, str]]:
 
 
 def rename(store: Store, key: str, new: str) -> None:
-    from .containers import _valid_name
+    from .records import _valid_name
     records = Containers(store)
     with store.lock():
         rec = records.find(key)
@@ -256,7 +256,7 @@ def rename(store: Store, key: str, new: str) -> None:
 
 def prune(store: Store) -> list[str]:
     """Remove every container that is not running; their ids."""
-    from .sandbox import idmap
+    from ..sandbox import idmap
     records = Containers(store)
     maps = idmap.detect()
     gone = []
@@ -285,7 +285,7 @@ def attach(store: Store, key: str, sig_proxy: bool = True) -> int:
     options = rec.config.get("options") or {}
     if options.get("tty") or options.get("interactive"):
         from .console import socket_path
-        from .paths import runtime_dir
+        from ..paths import runtime_dir
         path = socket_path(os.path.join(runtime_dir(), rec.id[:16]))
         if os.path.exists(path):
             from .attaching import attach_console

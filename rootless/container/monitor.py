@@ -53,7 +53,7 @@ class Detacher:
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)
             os.close(null)
-            from .sandbox import libc
+            from ..sandbox import libc
             libc.set_process_name(MONITOR_NAME)
             return True
         os.close(self.w)
@@ -160,10 +160,10 @@ def adopt(detacher: Detacher, request: dict) -> int:
     container to start again); ``run`` is called again with them, its checks pass as they
     did in the CLI, and ``run_detached`` then runs the container in this process."""
     global _adopted
-    from .containers import Containers
-    from .errors import RootlessError
+    from .records import Containers
+    from ..errors import RootlessError
     from .run import RunOptions, run
-    from .store import Store
+    from ..image.store import Store
     _adopted = detacher
     try:
         store = Store(request["store"])
@@ -202,7 +202,7 @@ def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
                 os._exit(code if isinstance(code, int) else 125)
     cid, error, code = d.wait_parent()
     if error:
-        from .errors import RootlessError
+        from ..errors import RootlessError
         raise RootlessError(error, code)
     if announce:
         print(cid)
@@ -210,7 +210,8 @@ def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
 
 
 def _spawn_by_server(d: Detacher, request: dict) -> bool:
-    from . import forkserver, paths
+    from . import forkserver
+    from .. import paths
     path = forkserver.ensure(paths.runtime_dir())
     if path is None:
         return False

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import procs
-from .errors import RootlessError, StoreError, UsageError
-from .remove import remove_tree
-from .sandbox import idmap
-from .store import Store
+from ..errors import RootlessError, StoreError, UsageError
+from ..sandbox.remove import remove_tree
+from ..sandbox import idmap
+from ..image.store import Store
 
 _ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
                "nimble", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen")
@@ -220,7 +220,7 @@ class Containers:
         os.rename(directory, doomed)
         warnings = []
         if rec.cgroup_paths:
-            from .cgroups import CgroupError, attach
+            from ..cgroups import CgroupError, attach
             try:
                 present = [p for p in rec.cgroup_paths if os.path.isdir(p)]
                 if present:

@@ -28,8 +28,8 @@ import errno
 import os
 import shutil
 
-from .errors import UsageError
-from .sandbox import libc
+from ..errors import UsageError
+from ..sandbox import libc
 
 DRIVERS = ("auto", "fuse-overlay", "overlay", "vfs")
 # fuse-overlay first: with the per-user server (rootless/forkserver.py) a mount costs a fork,
@@ -89,7 +89,7 @@ class ContainerRootfs:
     def _mount_fuse(self) -> None:
         import select
         import sys
-        from .sandbox.spawn import spawn
+        from ..sandbox.spawn import spawn
         exe = os.path.join(os.path.dirname(sys.executable), "fuse-overlay")
         if not os.path.exists(exe):
             exe = shutil.which("fuse-overlay") or ""

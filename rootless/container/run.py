@@ -8,13 +8,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import paths, procs
-from .containers import Containers
-from .errors import CommandError, RootlessError, SandboxError, UsageError
-from .network import NetworkSpec
+from .. import paths
+from . import procs
+from .records import Containers
+from ..errors import CommandError, RootlessError, SandboxError, UsageError
+from ..network import NetworkSpec
 from .rootfs import ContainerRootfs
-from .sandbox import caps, channel, container, idmap, libc, mounts
-from .store import Store
+from ..sandbox import caps, channel, container, idmap, libc, mounts
+from ..image.store import Store
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -112,7 +113,7 @@ def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str,
 
 def _etc_files(directory: str, hostname: str, net: "NetworkSpec",
                extra_hosts: list[tuple[str, str]], network_hosts: str = "") -> tuple[tuple[str, str], ...]:
-    from .network import CONTAINER_IP
+    from ..network import CONTAINER_IP
     own_ip = CONTAINER_IP if net.needs_helper else "127.0.1.1"
     hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
              f"{own_ip}\t{hostname}\n" + "".join(f"{addr}\t{name}\n" for name, addr in extra_hosts)
@@ -161,8 +162,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     """Run a container; with ``existing`` (a record), run that container again (``start``)."""
     if opts.tty and opts.interactive and not opts.detach and not os.isatty(0):
         raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
-    from .sandbox.userns import forbidden_by_sysctl
-    from .errors import UserNamespaceUnavailable
+    from ..sandbox.userns import forbidden_by_sysctl
+    from ..errors import UserNamespaceUnavailable
     why = forbidden_by_sysctl()
     if why:
         raise UserNamespaceUnavailable(why)
@@ -204,14 +205,14 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
         raise UsageError(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
     if opts.hostname:
         check_hostname(opts.hostname)
-    from . import security
+    from .. import security
     opts.security_opt = security.absolute_profile_paths(opts.security_opt)
     sec = security.parse(opts.security_opt, opts.privileged, opts.read_only_tmpfs)
     wanted_caps = caps.resolve(["ALL"] if sec.privileged else opts.cap_add, [] if sec.privileged else opts.cap_drop)
     seccomp_prog = seccomp_program(sec, wanted_caps)
     check_preserve_fds(opts.preserve_fds, opts.detach)
     extra_env = parse_env(opts.env, opts.env_files)
-    from . import network
+    from .. import network
     user_net = None
     shared = None             # --network container:NAME: that container's record
     mode = opts.network
@@ -224,7 +225,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             raise UsageError(f"-p cannot be used with --network {mode}: publish the ports on {shared.name}")
         mode = "none"         # nothing of our own: the other container's namespace is used
     if mode and mode.split(":")[0] not in network.MODES + ("bridge",):
-        from .network.user_networks import UserNetworkPlan
+        from ..network.user_networks import UserNetworkPlan
         user_net = UserNetworkPlan(store, [mode], list(opts.network_alias))  # raises if it does not exist
         # and the default stack, for traffic leaving the machine and -p; none on an internal network
         mode = "none" if user_net.internal else None
@@ -234,16 +235,16 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
         raise UsageError("--network-alias needs a network made with 'rootless network create'")
     net, extra_hosts = network.parse(mode, opts.publish, opts.add_host)
     if net.ports:
-        from .network.ports import check_available
+        from ..network.ports import check_available
         check_available(net.ports)
     run_base = paths.runtime_dir()  # fail early, with the fix, if the run-time directory is unusable
-    from . import cgroups
+    from .. import cgroups
     cg_setup = cgroups.detect(opts.cgroup_parent or os.environ.get(cgroups.ENV))
     limits = cgroups.Limits.parse(memory=opts.memory, memory_swap=opts.memory_swap, cpus=opts.cpus,
                                   cpu_shares=opts.cpu_shares, pids=opts.pids_limit, cpuset_cpus=opts.cpuset_cpus)
     cg_setup.check(limits)  # refuse a limit that cannot be enforced before anything exists
     warn_single(maps)
-    from . import volumes
+    from .. import volumes
     opts.volume, opts.mount = volumes.absolute_sources(opts.volume, opts.mount)
     vols = volumes.plan(store, opts.volume, opts.mount, opts.tmpfs)  # -v/--mount/--tmpfs, checked now
     policy, max_restarts = parse_restart(opts.restart)
@@ -253,7 +254,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     def execute(detacher=None) -> int:
         from dataclasses import asdict
         from contextlib import nullcontext
-        from .containers import ContainerGone
+        from .records import ContainerGone
         records = Containers(store)
 
         def setup(r) -> None:
@@ -297,7 +298,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
 
     def once(rec, records, detacher, logging: bool, restarts: int) -> int | None:
         """One run of the container: its exit code, or None if it was removed meanwhile."""
-        from .containers import ContainerGone
+        from .records import ContainerGone
         directory = store.container_dir(rec.id)
         hostname = opts.hostname or rec.id[:12]
         pump = console = None
@@ -464,7 +465,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
 def seccomp_program(sec, wanted_caps: frozenset[str]) -> bytes | None:
     """The compiled filter the container's processes get (None: unconfined); a bad profile is
     the user's error, reported before anything starts."""
-    from .sandbox import seccomp
+    from ..sandbox import seccomp
     if sec.seccomp == "unconfined":
         return None
     try:
@@ -536,7 +537,7 @@ def _network_setup(net: NetworkSpec, run_dir: str, helpers: list, user_net=None,
 
     def setup(pid: int) -> None:
         if net.needs_helper:
-            from .network import helpers as stacks
+            from ..network import helpers as stacks
             os.makedirs(run_dir, mode=0o700, exist_ok=True)
             helpers.extend(stacks.start(net, pid, run_dir))
         if user_net is not None:
@@ -560,7 +561,7 @@ def _may_use_fuse(driver: str) -> bool:
 def _remove_cgroup(cg) -> None:
     if cg is None:
         return
-    from .cgroups import CgroupError
+    from ..cgroups import CgroupError
     try:
         cg.remove()
     except CgroupError as e:
@@ -574,15 +575,15 @@ def console_winsize() -> bytes:
 
 
 def _user_winsize() -> bytes | None:
-    from .sandbox.tty import winsize
+    from ..sandbox.tty import winsize
     return winsize(0)
 
 
 def _remove(records: Containers, rec, maps: idmap.IdMaps) -> None:
     """``--rm``: the container, and its anonymous volumes (as Docker's --rm)."""
-    from .containers import ContainerGone
+    from .records import ContainerGone
     try:
-        from .volumes import remove_container_volumes
+        from ..volumes import remove_container_volumes
         remove_container_volumes(records.store, rec, maps)
         for warning in records.remove(rec, maps, force=True):
             print(f"rootless: warning: {warning}", file=sys.stderr)

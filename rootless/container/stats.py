@@ -6,12 +6,12 @@ import json
 import sys
 import time
 
-from .containers import Containers, Record, _alive
-from .store import Store
+from .records import Containers, Record, _alive
+from ..image.store import Store
 
 
 def _sample(rec: Record) -> dict:
-    from .cgroups import CgroupError, attach
+    from ..cgroups import CgroupError, attach
     if not rec.cgroup_paths:
         return {}
     try:

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 from . import layers, reference
-from .errors import StoreError, UsageError
-from .remove import remove_tree
-from .sandbox import idmap
+from ..errors import StoreError, UsageError
+from ..sandbox.remove import remove_tree
+from ..sandbox import idmap
 from .store import Image, Store, _hex
 
 FORMATS = ("docker-archive", "oci-archive")

@@ -6,7 +6,7 @@ import json
 import shlex
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SUPPORTED = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE", "STOPSIGNAL")
 

@@ -15,10 +15,10 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .containers import Containers, _alive
-from .errors import RootlessError
-from .remove import remove_tree
-from .sandbox import idmap
+from ..container.records import Containers, _alive
+from ..errors import RootlessError
+from ..sandbox.remove import remove_tree
+from ..sandbox import idmap
 from .store import Store
 
 MAX_MANIFEST = 4 << 20

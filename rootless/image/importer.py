@@ -17,8 +17,8 @@ from typing import BinaryIO
 
 from . import changes as changes_mod
 from . import layers, reference
-from .errors import StoreError, UsageError
-from .sandbox import idmap
+from ..errors import StoreError, UsageError
+from ..sandbox import idmap
 from .store import Image, Store
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -14,8 +14,8 @@ import re
 import time
 from typing import Any
 
-from .containers import Containers, Record, _alive
-from .errors import ImageNotFound, RootlessError, UsageError
+from ..container.records import Containers, Record, _alive
+from ..errors import ImageNotFound, RootlessError, UsageError
 from .store import Image, Store
 
 IMAGE_CONFIG_FIELDS = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels", "ExposedPorts",
@@ -146,7 +146,7 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
     directory = store.container_dir(rec.id)
     upper = os.path.join(directory, "upper")
     driver = "overlay" if os.path.isdir(upper) else "vfs"
-    from .rootfs import internal_errors
+    from ..container.rootfs import internal_errors
     errors = internal_errors(directory)
     return {
         "Id": rec.id,

@@ -15,10 +15,10 @@ import os
 import posixpath
 import tarfile
 
-from .errors import StoreError
-from .remove import remove_tree
-from .sandbox import channel, idmap
-from .sandbox.userns import run_as_root
+from ..errors import StoreError
+from ..sandbox.remove import remove_tree
+from ..sandbox import channel, idmap
+from ..sandbox.userns import run_as_root
 from .store import Store
 
 

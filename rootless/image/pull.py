@@ -17,10 +17,10 @@ import shutil
 import tempfile
 
 from . import layers
-from .errors import StoreError
-from .progress import Progress
-from .registry import Reference, RegistryClient, parse_image_manifest
-from .sandbox import idmap
+from ..errors import StoreError
+from ..progress import Progress
+from ..registry import Reference, RegistryClient, parse_image_manifest
+from ..sandbox import idmap
 from .store import Image, Store
 
 GZIP = ("application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.oci.image.layer.v1.tar+gzip")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import StoreError
-from .progress import Progress
-from .registry import Reference, RegistryClient, parse_image_manifest
+from ..errors import StoreError
+from ..progress import Progress
+from ..registry import Reference, RegistryClient, parse_image_manifest
 from .store import Store
 
 

@@ -8,8 +8,8 @@ all name the same image.
 
 from __future__ import annotations
 
-from .errors import UsageError
-from .registry.reference import InvalidReference, Reference
+from ..errors import UsageError
+from ..registry.reference import InvalidReference, Reference
 
 
 def normalize(ref: str) -> str:

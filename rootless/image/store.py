@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from . import reference
-from .errors import ImageNotFound, StoreError
+from ..errors import ImageNotFound, StoreError
 
 
 @dataclass(frozen=True)

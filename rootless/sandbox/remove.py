@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 
-from .errors import StoreError
-from .sandbox import channel, idmap
-from .sandbox.userns import run_as_root
+from ..errors import StoreError
+from . import channel, idmap
+from .userns import run_as_root
 
 
 def remove_tree(maps: idmap.IdMaps, path: str) -> None:

@@ -7,9 +7,9 @@ import signal
 import socket
 from typing import NoReturn
 
-from .sandbox import idmap
-from .sandbox.container import FORWARDED_SIGNALS
-from .sandbox.userns import fork_into_userns, wait
+from . import idmap
+from .container import FORWARDED_SIGNALS
+from .userns import fork_into_userns, wait
 
 
 def unshare(command: list[str]) -> int:
