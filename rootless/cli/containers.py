@@ -88,7 +88,8 @@ def stop(ctx, containers, grace, sig) -> None:
 @click.pass_context
 def kill(ctx, containers, sig) -> None:
     """Send a signal to the main process of running containers."""
-    from ..container.lifecycle import kill as do_kill, parse_signal
+    from ..container.lifecycle import kill as do_kill
+    from ..container.procs import parse_signal
     for key in containers:
         do_kill(_store(ctx), key, parse_signal(sig))
         click.echo(key)

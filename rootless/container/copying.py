@@ -22,9 +22,8 @@ import tarfile
 import tempfile
 from typing import NoReturn
 
-from .records import Containers, Record
+from .records import Containers, Record, running
 from ..errors import RootlessError, UsageError
-from .lifecycle import running
 from ..sandbox import idmap, libc
 from ..sandbox.userns import fork_into_userns, wait
 from ..image.store import Store

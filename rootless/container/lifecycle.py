@@ -9,14 +9,11 @@ import sys
 import time
 
 from . import procs
-from .records import Containers, Record, _alive
+from .procs import parse_signal
+from .records import Containers, Record, _alive, running
 from ..errors import CommandError, RootlessError, SandboxError, UsageError
 from .monitor import log_path
 from ..image.store import Store
-
-
-def running(rec: Record) -> bool:
-    return rec.state == "running" and _alive(rec.pid)
 
 
 def rootfs_lost(rec: Record) -> bool:
@@ -27,18 +24,6 @@ def rootfs_lost(rec: Record) -> bool:
 
 ROOTFS_LOST = ("its root filesystem daemon (fuse-overlay) has died, so its files cannot be read (ENOTCONN): "
                "restart it with 'rootless restart {name}' (its files are kept)")
-
-
-def parse_signal(raw: str) -> int:
-    name = raw.upper()
-    if name.isdigit():
-        return int(name)
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise UsageError(f"invalid signal '{raw}': use a name such as TERM, KILL, HUP or a number") from None
 
 
 def kill(store: Store, key: str, sig: int) -> Record:

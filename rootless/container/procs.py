@@ -13,6 +13,8 @@ import select
 import signal
 import time
 
+from ..errors import UsageError
+
 
 def _stat(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (state first), or None."""
@@ -135,3 +137,16 @@ def kill_tree(pid: int, start: int, timeout: float = 10.0) -> bool:
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def parse_signal(raw: str) -> int:
+    """A signal named as Docker's flags name it: TERM, SIGTERM, term or 15."""
+    name = raw.upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UsageError(f"invalid signal '{raw}': use a name such as TERM, KILL, HUP or a number") from None

@@ -285,3 +285,7 @@ def _random_name() -> str:
 def _valid_name(name: str) -> bool:
     import re
     return bool(re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name))
+
+
+def running(rec: Record) -> bool:
+    return rec.state == "running" and _alive(rec.pid)

@@ -198,7 +198,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
         raise UsageError(f"no command specified: give one after the image name, e.g. "
                          f"'rootless run {opts.image} sh', or set CMD when importing")
     if opts.stop_signal:
-        from .lifecycle import parse_signal
+        from .procs import parse_signal
         parse_signal(opts.stop_signal)   # refuse a bad name now, not at stop time
     workdir = opts.workdir or cfg.get("WorkingDir") or "/"
     if not workdir.startswith("/"):
@@ -217,7 +217,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     shared = None             # --network container:NAME: that container's record
     mode = opts.network
     if mode and mode.startswith("container:"):
-        from .lifecycle import running
+        from .records import running
         shared = Containers(store).find(mode.partition(":")[2])
         if not running(shared) or not shared.init_pid:
             raise RootlessError(f"--network {mode}: container {shared.name} is not running")
