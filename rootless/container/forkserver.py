@@ -1,7 +1,10 @@
 """The per-user fork server: the processes that stay resident per container come from here.
 
 One resident process per user (``python -m rootless.container.forkserver SOCKET``) imports the engine,
-pyfuse3 and trio once, listens at ``RUNTIME/forkserver-CODE.sock`` (CODE: see ``_code_id``) and forks, on request:
+pyfuse3 and trio once, listens at ``RUNTIME/forkserver-CODE.sock`` (CODE: see ``_code_id``) and forks, on request,
+a child that calls one of the entry points it was started with (``--entry NAME=MODULE:FUNCTION``;
+``services.py`` names them and the modules to preload).  It imports none of the code it runs
+itself, so it sits below ``run``, ``monitor`` and ``rootfs``, which call it:
 
 * ``mount``: a fuse-overlay daemon for a container's root filesystem, in the requester's
   user and mount namespaces (``fuse_overlay.server.mount_child``).  A container starts as
@@ -9,7 +12,7 @@ pyfuse3 and trio once, listens at ``RUNTIME/forkserver-CODE.sock`` (CODE: see ``
 * ``monitor``: the monitor of a detached container (``run -d``, ``start``, ``restart``).  The
   CLI sends its parsed options, environment, working directory and umask, with the write
   end of its "started" pipe and its stdout/stderr; the child becomes the monitor, exactly as
-  a monitor forked by the CLI would (``monitor.run_detached``).
+  a monitor forked by the CLI would (``monitor.run_detached``, ``detached.become_monitor``).
 
 Both children share the server's memory copy-on-write (the server calls ``gc.freeze`` after
 its imports so that the collector does not write to those pages), so what a container costs
@@ -56,10 +59,11 @@ def _connect(path: str) -> socket.socket:
 
 
 @functools.lru_cache(maxsize=1)
-def _code_id() -> str:
-    """Names the code a server runs: the interpreter and the newest source file of rootless
-    and fuse_overlay.  A server started before an upgrade (or an edit) keeps its old socket
-    and ends once idle; the next command starts one with the new code."""
+def _code_id(services: str = "") -> str:
+    """Names the code a server runs: the interpreter, the newest source file of rootless
+    and fuse_overlay, and what it preloads and runs (``services``).  A server started before
+    an upgrade (or an edit) keeps its old socket and ends once idle; the next command starts
+    one with the new code."""
     import hashlib
     import fuse_overlay
     newest = 0
@@ -69,14 +73,21 @@ def _code_id() -> str:
             for name in files:
                 if name.endswith(".py"):
                     newest = max(newest, os.stat(os.path.join(base, name)).st_mtime_ns)
-    return hashlib.sha256(f"{sys.executable}\0{newest}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{sys.executable}\0{newest}\0{services}".encode()).hexdigest()[:12]
 
 
-def ensure(run_dir: str) -> str | None:
-    """The server's socket path, starting the server when none answers; None if it cannot start."""
+def ensure(run_dir: str, preload: tuple[str, ...] = (), entries: dict[str, str] | None = None) -> str | None:
+    """The server's socket path, starting the server when none answers; None if it cannot start.
+
+    ``preload``: modules the server imports once (its children share them); ``entries``:
+    what a request may ask it to run, by name, as ``"module:function"`` (``function(request,
+    fds)`` in the forked child, its return value the child's exit status)."""
     if os.environ.get("ROOTLESS_FORKSERVER") == "0":
         return None
-    path = os.path.join(run_dir, SOCKET.replace(".sock", f"-{_code_id()}.sock"))
+    args = ["--preload", ",".join(preload)] if preload else []
+    for name, target in sorted((entries or {}).items()):
+        args += ["--entry", f"{name}={target}"]
+    path = os.path.join(run_dir, SOCKET.replace(".sock", f"-{_code_id(chr(0).join(args))}.sock"))
     try:
         _connect(path).close()
         return path
@@ -86,7 +97,7 @@ def ensure(run_dir: str) -> str | None:
     idle = os.environ.get("ROOTLESS_FORKSERVER_IDLE", "300")
     log = os.open(os.path.join(run_dir, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        spawn([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", idle],
+        spawn([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", idle, *args],
               capture_stderr=False, stderr_fd=log, new_session=True)
     except OSError:
         return None
@@ -125,7 +136,7 @@ def mount(path: str, argv: list[str], timeout: float) -> int:
     r, w = os.pipe()
     try:
         try:
-            pid = _request(path, {"kind": "mount", "pid": os.getpid(), "argv": argv}, [w], timeout)
+            pid = _request(path, {"entry": "mount", "pid": os.getpid(), "argv": argv}, [w], timeout)
         finally:
             os.close(w)
         ready, _, _ = select.select([r], [], [], timeout)
@@ -145,7 +156,7 @@ def spawn_monitor(path: str, request: dict, report_fd: int) -> int:
             rlimits[name] = resource.getrlimit(getattr(resource, name))[0]
         except (AttributeError, OSError, ValueError):
             pass
-    full = {**request, "kind": "monitor", "env": dict(os.environ), "cwd": os.getcwd(),
+    full = {**request, "entry": "monitor", "env": dict(os.environ), "cwd": os.getcwd(),
             "umask": _umask(), "rlimits": rlimits}
     return _request(path, full, [report_fd, 1, 2], 10.0)
 
@@ -158,68 +169,46 @@ def _umask() -> int:
 
 # --- the server side ------------------------------------------------------------------
 
-def _preload() -> None:
-    from . import records as containers, lifecycle, monitor, rootfs, run  # noqa: F401
-    from ..image import store
-    from .. import volumes
-    from ..network import helpers, ports, user_networks  # noqa: F401
-    from .. import cgroups  # noqa: F401
-    from ..sandbox import container, mounts, tty  # noqa: F401
+def _import(target: str):
+    """``"module:function"`` -> the function."""
+    import importlib
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
-def _child(request: dict, fds: list[int]) -> int:
-    if request.get("kind", "mount") == "mount":
-        from fuse_overlay.server import mount_child
-        return mount_child(request, fds)
-    if request["kind"] == "monitor":
-        return _monitor(request, fds)
-    raise ValueError(f"unknown request kind {request['kind']!r}")
+def _preloader(modules: list[str]):
+    def preload() -> None:
+        import importlib
+        for name in modules:
+            importlib.import_module(name)
+    return preload
 
 
-def _monitor(request: dict, fds: list[int]) -> int:
-    """Become the monitor the CLI asked for (see ``monitor.adopt``)."""
-    report, out, err = fds
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    for fd in (null, out, err):
-        os.close(fd)
-    os.environ.clear()
-    os.environ.update(request["env"])
-    os.umask(int(request["umask"]))
-    for name, soft in request.get("rlimits", {}).items():
-        try:
-            limit = getattr(resource, name)
-            resource.setrlimit(limit, (soft, resource.getrlimit(limit)[1]))
-        except (AttributeError, OSError, ValueError):
-            pass
-    from ..sandbox import libc
-    from .monitor import MONITOR_NAME, Detacher, adopt
-    libc.set_process_name(MONITOR_NAME)
-    detacher = Detacher.reporting_to(report)
-    try:
-        os.chdir(request["cwd"])
-    except OSError as e:
-        detacher.failed(f"the working directory {request['cwd']} is gone: {e.strerror}", 125)
-        return 125
-    return adopt(detacher, request)
+def _dispatcher(entries: dict[str, str]):
+    def child(request: dict, fds: list[int]) -> int:
+        name = request.get("entry")
+        if name not in entries:
+            raise ValueError(f"unknown entry point {name!r} (this server runs {', '.join(sorted(entries))})")
+        return _import(entries[name])(request, fds)
+    return child
 
 
 def main(argv: list[str] | None = None) -> int:
     import signal
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0].startswith("-"):
-        print("usage: python -m rootless.container.forkserver SOCKET [--idle SECONDS]", file=sys.stderr)
+        print("usage: python -m rootless.container.forkserver SOCKET [--idle SECONDS] [--preload MODULE,...] "
+              "[--entry NAME=MODULE:FUNCTION]...", file=sys.stderr)
         return 1
     idle = float(args[args.index("--idle") + 1]) if "--idle" in args else 300.0
+    preload = [m for m in (args[args.index("--preload") + 1] if "--preload" in args else "").split(",") if m]
+    entries = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--entry")
     # Nothing of whoever started us stays open here (a pipe held by a resident server keeps
     # its reader waiting; spawn() already closes them, this is for any other starter).
     os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from fuse_overlay.server import serve
-    return serve(args[0], idle, preload=_preload, child=_child)
+    return serve(args[0], idle, preload=_preloader(preload), child=_dispatcher(entries))
 
 
 if __name__ == "__main__":

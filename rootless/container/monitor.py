@@ -150,31 +150,7 @@ class LogPump:
         self.out.close()
 
 
-_adopted: Detacher | None = None   # set in a monitor forked by the fork server
-
-
-def adopt(detacher: Detacher, request: dict) -> int:
-    """In a child of the fork server: run the CLI's detached command here, as its monitor.
-
-    ``request`` holds what ``run_detached`` was given (the store, the run options, the
-    container to start again); ``run`` is called again with them, its checks pass as they
-    did in the CLI, and ``run_detached`` then runs the container in this process."""
-    global _adopted
-    from .records import Containers
-    from ..errors import RootlessError
-    from .run import RunOptions, run
-    from ..image.store import Store
-    _adopted = detacher
-    try:
-        store = Store(request["store"])
-        existing = Containers(store).find(request["existing"]) if request.get("existing") else None
-        return run(store, RunOptions(**request["opts"]), existing=existing)
-    except RootlessError as e:
-        detacher.failed(str(e), e.exit_code)
-        return e.exit_code
-    except BaseException as e:  # noqa: BLE001 - the CLI hears of it through the pipe
-        detacher.failed(f"the container monitor failed: {e!r}", 125)
-        return 125
+_adopted: Detacher | None = None   # set in a monitor forked by the fork server (detached.adopt)
 
 
 def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
@@ -182,7 +158,7 @@ def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
     """Have a monitor call ``start(detacher)``; the CLI prints the id and returns.
 
     The monitor is forked by the per-user fork server when one answers (``request``: what
-    the server's child needs to get here again, see ``adopt``), else by this process."""
+    the server's child needs to get here again, see ``detached.adopt``), else by this process."""
     if _adopted is not None:      # we are that monitor
         code = 125
         try:
@@ -210,9 +186,9 @@ def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
 
 
 def _spawn_by_server(d: Detacher, request: dict) -> bool:
-    from . import forkserver
+    from . import forkserver, services
     from .. import paths
-    path = forkserver.ensure(paths.runtime_dir())
+    path = services.ensure(paths.runtime_dir())
     if path is None:
         return False
     sys.stdout.flush()

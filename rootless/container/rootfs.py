@@ -32,7 +32,7 @@ from ..errors import UsageError
 from ..sandbox import libc
 
 DRIVERS = ("auto", "fuse-overlay", "overlay", "vfs")
-# fuse-overlay first: with the per-user server (rootless/forkserver.py) a mount costs a fork,
+# fuse-overlay first: with the per-user server (rootless/container/forkserver.py) a mount costs a fork,
 # and a start takes as long as with the kernel's overlay (scripts/bench); the kernel's overlay
 # when FUSE is not usable here, the copy as the last resort.
 AUTO_ORDER = ("fuse-overlay", "overlay", "vfs")

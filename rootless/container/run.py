@@ -328,8 +328,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                                     "import the image again")
             server = None
             if _may_use_fuse(opts.storage_driver):
-                from . import forkserver
-                server = forkserver.ensure(run_base)
+                from . import services
+                server = services.ensure(run_base)
             rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
                                      opts.storage_driver, remove_after=opts.rm, single_uid=maps.single,
                                      fuse_server=server,
