@@ -34,7 +34,7 @@ from typing import Any, Callable
 from .errors import RootlessError, UsageError
 from .sandbox import idmap
 from .sandbox.mounts import Bind
-from .store import Store
+from .image.store import Store
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"   # Docker (23+) marks anonymous volumes so
@@ -146,7 +146,7 @@ class Volumes:
 
     def users(self, exclude: str = "") -> dict[str, list[str]]:
         """Volume name → names of the containers (records, running or not) that use it."""
-        from .containers import Containers
+        from .container.records import Containers
         out: dict[str, list[str]] = {}
         for rec in Containers(self.store).all():
             if rec.id == exclude:
@@ -157,7 +157,7 @@ class Volumes:
 
     def remove(self, name: str, maps: idmap.IdMaps, force: bool = False) -> None:
         """Remove a volume; refused while a container uses it, unless ``force``."""
-        from .remove import remove_tree
+        from .sandbox.remove import remove_tree
         self.get(name)
         users = self.users().get(name)
         if users and not force:
@@ -191,7 +191,7 @@ def remove_container_volumes(store: Store, rec, maps: idmap.IdMaps) -> list[str]
         for name in names:
             if users.get(name) or not vols.exists(name):
                 continue
-            from .remove import remove_tree
+            from .sandbox.remove import remove_tree
             remove_tree(maps, vols.path(name))
             removed.append(name)
     return removed
@@ -473,7 +473,7 @@ class Plan:
         """
         if not self.specs:
             return ()
-        from .containers import Containers
+        from .container.records import Containers
         self.single_uid = maps.single
         self.to_populate = []
         before = {m.get("Destination"): m for m in rec.config.get("mounts") or ()

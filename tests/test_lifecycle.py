@@ -353,7 +353,7 @@ def test_what_stays_per_container_is_a_monitor_and_a_daemon_from_the_fork_server
     record = json.loads((rl.container_dir("lean") / "config.json").read_text())
     monitor, pid1, daemon = record["config"]["monitor"], record["init_pid"], record["config"]["rootfs_server"]
     server = _ppid(monitor)
-    assert "rootless.forkserver" in open(f"/proc/{server}/cmdline").read()
+    assert "rootless.container.forkserver" in open(f"/proc/{server}/cmdline").read()
     assert record["pid"] == pid1 and _ppid(pid1) == monitor
     assert _ppid(monitor) == server and _ppid(daemon) == server
     rootfs = str(rl.container_dir("lean") / "rootfs")

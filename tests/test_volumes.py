@@ -123,9 +123,9 @@ def test_tmpfs(rl):
 
 
 def test_mount_volume_forms_and_anonymous_volume(rl):
-    from rootless.containers import Containers
+    from rootless.container.records import Containers
     from rootless.sandbox import idmap
-    from rootless.store import Store
+    from rootless.image.store import Store
     from rootless.volumes import remove_container_volumes
     before = set(volume_names(rl))
     proc = rl("run", "--name", "anon-user", "-v", "/anon1", "--mount", "type=volume,target=/anon2",
@@ -240,9 +240,9 @@ def test_volume_prune(rl):
 
 
 def test_a_restarted_container_keeps_its_anonymous_volume(rl):
-    from rootless.containers import Containers
+    from rootless.container.records import Containers
     from rootless.sandbox import idmap
-    from rootless.store import Store
+    from rootless.image.store import Store
     from rootless.volumes import plan
     store = Store(str(rl.root))
     records = Containers(store)

@@ -5,12 +5,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import Protocol
 
 from . import files, v1, v2
 from .cgroup import ContainerCgroup, Part
-from .detect import OPPORTUNISTIC, STANDARD, Setup
 from .errors import CgroupError, LimitUnavailable
-from .limits import CONTROLLER, FLAGS, Limits, parse_cpuset
+from .limits import CONTROLLER, FLAGS, OPPORTUNISTIC, STANDARD, Limits, parse_cpuset
+
+
+class Setup(Protocol):
+    """What this module needs of ``detect.Setup``, whose ``check`` and ``create`` call it
+    (so it does not import ``detect``: no import loop)."""
+    hierarchies: list
+    reasons: dict[str, str]
+
+    def hierarchy_for(self, controller: str): ...
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}$")
 

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 
 from . import files
 from .errors import SYSTEMD_FIX, CgroupError, v1_fix
-from .limits import Limits
+from .limits import STANDARD, Limits
 from .mounts import Mount, cgroup_mounts, mount_for, mount_of_dir, own_cgroups
 
 ENV = "ROOTLESS_CGROUP_PARENT"
-STANDARD = ("memory", "cpu", "pids", "cpuset")   # the controllers the limits need
-OPPORTUNISTIC = ("memory", "cpu", "pids")        # enabled on v2 when possible, for stats
 
 
 @dataclass

@@ -22,6 +22,8 @@ FLAGS = {"memory": "--memory", "memory_swap": "--memory-swap", "cpus": "--cpus",
          "cpu_shares": "--cpu-shares", "pids": "--pids-limit", "cpuset_cpus": "--cpuset-cpus"}
 CONTROLLER = {"memory": "memory", "memory_swap": "memory", "cpus": "cpu", "cpu_shares": "cpu",
               "pids": "pids", "cpuset_cpus": "cpuset"}
+STANDARD = ("memory", "cpu", "pids", "cpuset")   # the controllers the limits need
+OPPORTUNISTIC = ("memory", "cpu", "pids")        # enabled on v2 when possible, for stats
 
 
 def parse_bytes(value: str, flag: str = "--memory") -> int:

@@ -257,7 +257,7 @@ class UserNetworkPlan:
 
     def _peers(self, records, rec_id: str, include: bool = True) -> dict[str, list]:
         """Per network: (name, aliases, ip) of the running containers on it (and ``rec_id`` if asked)."""
-        from ..lifecycle import running
+        from ..container.records import running
         out: dict[str, list] = {}
         for r in records.all():
             for net, info in (r.config.get("networks") or {}).items():
@@ -282,7 +282,7 @@ class UserNetworkPlan:
 
     def refresh_peers(self, records, rec_id: str, leaving: bool = False) -> None:
         """Rewrite the hosts files of the running containers that share a network with ``rec_id``."""
-        from ..lifecycle import running
+        from ..container.records import running
         mine = {n.name for n in self.networks}
         for r in records.all():
             nets = set(r.config.get("networks") or {})
@@ -295,8 +295,8 @@ class UserNetworkPlan:
 
 def connect(store, maps, run_dir: str, network_name: str, container: str, aliases: list[str]) -> None:
     """``network connect``: a running container joins one more user network."""
-    from ..containers import Containers
-    from ..lifecycle import running
+    from ..container.records import Containers
+    from ..container.records import running
     records = Containers(store)
     rec = records.find(container)
     if not running(rec) or not rec.init_pid:
@@ -320,7 +320,7 @@ def connect(store, maps, run_dir: str, network_name: str, container: str, aliase
 
 def disconnect(store, run_dir: str, network_name: str, container: str) -> None:
     """``network disconnect``: a running container leaves a user network (its interface is removed)."""
-    from ..containers import Containers
+    from ..container.records import Containers
     records = Containers(store)
     rec = records.find(container)
     info = (rec.config.get("networks") or {}).get(network_name)

@@ -1,0 +1,425 @@
+"""The ``rootless`` command line: argument types and a call into the engine per command.
+
+Errors: a ``RootlessError`` is printed as one sentence and exits with its code (125
+unless the container's command failed: 126, 127); a wrong flag exits 125 as in
+Docker; tracebacks only with ``--debug``.  Engine modules are imported inside each
+command so that start-up pays only for what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..errors import RootlessError
+
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--root", metavar="DIR", envvar="ROOTLESS_ROOT",
+              help="Image store directory (default $XDG_DATA_HOME/rootless).")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, debug: bool) -> None:
+    """Run containers as an ordinary user: no root, no daemon."""
+    if debug:
+        os.environ["ROOTLESS_DEBUG"] = "1"
+    ctx.obj = {"root": root}
+
+
+def _store(ctx: click.Context):
+    from ..paths import store_root
+    from ..image.store import Store
+    return Store(store_root(ctx.obj["root"]))
+
+
+@cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.option("--rm", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
+@click.option("--stop-signal", metavar="SIGNAL", help="Signal 'stop' sends first (default: the image's, or TERM).")
+@click.option("--userns", default="", metavar="MODE",
+              help="keep-id: your own uid/gid inside (files you write in bind mounts stay yours).")
+@click.option("--restart", default="no", show_default=True, metavar="POLICY",
+              help="no, always, unless-stopped or on-failure[:MAX] (with -d: the monitor restarts it).")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (pass it to the container).")
+@click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal.")
+@click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
+@click.option("--env-file", "env_files", multiple=True, metavar="FILE", help="Read environment variables from FILE.")
+@click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the container.")
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="User (name or uid) and group to run as.")
+@click.option("-h", "--hostname", metavar="NAME", help="Container host name (default: its short id).")
+@click.option("--entrypoint", metavar="CMD", help="Override the image's ENTRYPOINT ('' clears it).")
+@click.option("--name", metavar="NAME", help="Name the container.")
+@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
+@click.option("-v", "--volume", multiple=True, metavar="[HOST_PATH|NAME:]PATH[:ro]",
+              help="Bind-mount a host path, or mount a volume (named or anonymous).")
+@click.option("--mount", multiple=True, metavar="type=bind|volume|tmpfs,source=..,target=..",
+              help="Mount a host path, a volume or a tmpfs (Docker's --mount keys).")
+@click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (e.g. /run:size=64m).")
+@click.option("--security-opt", multiple=True, metavar="OPT",
+              help="seccomp=unconfined|PROFILE.json, no-new-privileges, mask=PATHS, unmask=ALL|PATHS.")
+@click.option("--privileged", is_flag=True,
+              help="All capabilities of the user namespace, no seccomp filter, no masked paths, "
+                   "the host devices you can open.")
+@click.option("--read-only-tmpfs", is_flag=True, help="With --read-only: writable tmpfs on /run, /tmp, /var/tmp.")
+@click.option("--preserve-fds", type=int, default=0, metavar="N",
+              help="Pass file descriptors 3 to 3+N-1 to the container (none others are passed).")
+@click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
+@click.option("--network", "--net", "network", metavar="MODE",
+              help="slirp4netns, pasta, none, host, or a network made with 'network create' "
+                   "(default: slirp4netns if installed, else pasta).")
+@click.option("--network-alias", multiple=True, metavar="NAME",
+              help="Another name for the container on its user network.")
+@click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
+              help="Publish a container port on the host.")
+@click.option("--add-host", multiple=True, metavar="NAME:ADDRESS",
+              help="Add a line to /etc/hosts (NAME:host-gateway names the gateway 10.0.2.2; the "
+                   "host's loopback needs --network slirp4netns:allow_host_loopback=true).")
+@click.option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m, 2g).")
+@click.option("--memory-swap", metavar="BYTES", help="Memory plus swap limit (-1: unlimited swap).")
+@click.option("--cpus", metavar="N", help="Number of CPUs (e.g. 1.5).")
+@click.option("-c", "--cpu-shares", metavar="N", help="CPU shares (relative weight, default 1024).")
+@click.option("--pids-limit", metavar="N", help="Maximum number of processes (-1: unlimited).")
+@click.option("--cpuset-cpus", metavar="LIST", help="CPUs the container may use (e.g. 0-1, 0,2).")
+@click.option("--cgroup-parent", metavar="DIRS", envvar="ROOTLESS_CGROUP_PARENT",
+              help="Delegated cgroup directories to create containers in (colon-separated, one per hierarchy).")
+@click.option("--storage-driver", default="auto", envvar="ROOTLESS_STORAGE_DRIVER", show_default=True,
+              type=click.Choice(["auto", "fuse-overlay", "overlay", "vfs"]),
+              help="How the root filesystem is assembled.")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> None:
+    """Run COMMAND in a new container from IMAGE."""
+    from ..container.run import RunOptions, run as run_container
+    opts = RunOptions(image=image, command=list(command),
+                      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()})
+    sys.exit(run_container(_store(ctx), opts))
+
+
+@cli.command("import", context_settings=CONTEXT)
+@click.option("-c", "--change", multiple=True, metavar="INSTRUCTION",
+              help="Apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, STOPSIGNAL).")
+@click.option("-m", "--message", default="", help="Commit message for the image's history.")
+@click.argument("file", metavar="FILE|-")
+@click.argument("ref", metavar="NAME[:TAG]")
+@click.pass_context
+def import_(ctx: click.Context, file: str, ref: str, change: tuple[str, ...], message: str) -> None:
+    """Create an image from a root filesystem tarball (plain, gzip, bzip2 or xz)."""
+    from ..image.importer import import_rootfs
+    from ..sandbox import idmap
+    image, devices = import_rootfs(_store(ctx), idmap.detect(), file, ref, list(change), message)
+    if devices:
+        click.echo(f"rootless: warning: {len(devices)} device node(s) cannot be created in a user "
+                   f"namespace and were left out (e.g. {devices[0]})", err=True)
+    click.echo(image.id)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to pull (default: this host's).")
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+              help="Require HTTPS with a verified certificate (a registry on 127.0.0.0/8 may use HTTP).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("image")
+@click.pass_context
+def pull(ctx: click.Context, image: str, platform: str | None, tls_verify: bool, quiet: bool) -> None:
+    """Pull an image from a registry."""
+    from ..image.pull import pull as do_pull
+    from ..sandbox import idmap
+    img = do_pull(_store(ctx), idmap.detect(), image, platform, tls_verify, quiet)
+    click.echo(img.id)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+              help="Require HTTPS with a verified certificate (a registry on 127.0.0.0/8 may use HTTP).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.argument("image")
+@click.argument("destination", required=False)
+@click.pass_context
+def push(ctx: click.Context, image: str, destination: str | None, tls_verify: bool, quiet: bool) -> None:
+    """Push an image to a registry (to DESTINATION, default: its own name)."""
+    from ..image.push import push as do_push
+    click.echo(do_push(_store(ctx), image, destination, tls_verify, quiet))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-u", "--username", prompt=True)
+@click.option("-p", "--password", help="The password (prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL")
+@click.argument("registry")
+def login(registry: str, username: str, password: str | None, password_stdin: bool, tls_verify: bool) -> None:
+    """Log in to a registry (credentials kept in ~/.config/containers/auth.json)."""
+    from ..registry import Credentials, RegistryClient, save_credentials
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif password is None:
+        password = click.prompt("Password", hide_input=True)
+    with RegistryClient(registry, credentials=Credentials(username, password),
+                        insecure=None if tls_verify else True) as client:
+        client.check_login()
+    save_credentials(registry, username, password)
+    click.echo("Login Succeeded!")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("registry")
+def logout(registry: str) -> None:
+    """Forget the credentials for a registry."""
+    from ..registry import remove_credentials
+    remove_credentials(registry)
+    click.echo(f"Removed login credentials for {registry}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("source")
+@click.argument("target")
+@click.pass_context
+def tag(ctx: click.Context, source: str, target: str) -> None:
+    """Give image SOURCE the name TARGET."""
+    store = _store(ctx)
+    img = store.resolve(source)
+    with store.lock():
+        store.set_tag(target, img.manifest_digest)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Remove even if containers use the image.")
+@click.argument("images", nargs=-1, required=True)
+@click.pass_context
+def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
+    """Remove images (the tag; then the blobs and layers no other image uses)."""
+    from ..container.records import Containers
+    from ..sandbox.remove import remove_tree
+    from ..sandbox import idmap
+    store = _store(ctx)
+    maps = idmap.detect()
+    failed = False
+    for name in images:
+        try:
+            img = store.resolve(name)
+            users = [c for c in Containers(store).all() if c.image_id == img.id]
+            if users and not force:
+                raise RootlessError(f"image {name} is used by container {users[0].name}: remove it first "
+                                    "('rootless rm'), or use 'rmi -f'")
+            with store.lock():
+                digest = store.untag(img.ref or name)
+                blobs, layer_ids = store.unreferenced(digest) if not users else ([], [])
+                for diff in layer_ids:
+                    remove_tree(maps, store.layer_dir(diff))
+                for b in blobs:
+                    try:
+                        os.unlink(store.blob_path(b))
+                    except FileNotFoundError:
+                        pass
+            click.echo(f"Untagged: {img.ref or name}")
+            for diff in layer_ids:
+                click.echo(f"Deleted layer: {diff}")
+        except RootlessError as e:
+            click.echo(f"rootless: {e}", err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
+    """List images."""
+    import json
+    rows = []
+    store = _store(ctx)
+    for img in store.images():
+        name, _, tag = (img.ref or "<none>:<none>").rpartition(":")
+        size = sum(_layer_size(store, d) for d in img.diff_ids)
+        rows.append({"Repository": name, "Tag": tag, "Id": img.id.removeprefix("sha256:")[:12],
+                     "Created": img.config.get("created", ""), "Size": size})
+    if quiet:
+        for r in dict.fromkeys(r["Id"] for r in rows):
+            click.echo(r)
+    elif fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(f"{'REPOSITORY':<30} {'TAG':<12} {'IMAGE ID':<14} {'CREATED':<22} SIZE")
+        for r in rows:
+            click.echo(f"{r['Repository']:<30} {r['Tag']:<12} {r['Id']:<14} {r['Created'][:19]:<22} "
+                       f"{_human(r['Size'])}")
+
+
+def _layer_size(store, diff_id: str) -> int:
+    import os
+    try:
+        return os.path.getsize(store.blob_path(diff_id))
+    except OSError:
+        return 0
+
+
+def _human(n: float) -> str:
+    from ..units import human_size
+    return human_size(n)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers (default: running).")
+@click.option("-q", "--quiet", is_flag=True, help="Only container ids.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="status=running|exited, name=SUBSTRING, id=PREFIX, ancestor=IMAGE, network=NAME.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
+    """List containers."""
+    wanted: list[tuple[str, str]] = []
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or key not in ("status", "name", "id", "ancestor", "network"):
+            raise click.UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor= or network=")
+        wanted.append((key, value))
+    if any(k == "status" for k, _ in wanted):
+        show_all = True
+    import json
+    import time
+    from ..container.records import Containers, _alive
+    rows = []
+    for r in Containers(_store(ctx)).all():
+        running = r.state == "running" and _alive(r.pid)
+        if not (show_all or running):
+            continue
+        facts = {"status": "running" if running else ("created" if r.exit_code is None and r.state == "created"
+                                                     else "exited"),
+                 "name": r.name, "id": r.id, "ancestor": r.image, "network": " ".join(r.config.get("networks") or ())}
+        if not all((facts[k] == v if k in ("status", "ancestor") else
+                    facts[k].startswith(v) if k == "id" else v in facts[k].split() if k == "network" else
+                    v in facts[k]) for k, v in wanted):
+            continue
+        if running:
+            from ..container.lifecycle import rootfs_lost
+            status = "Up (root filesystem lost: restart it)" if rootfs_lost(r) else "Up"
+            from ..container.rootfs import internal_errors
+            errors = len(internal_errors(_store(ctx).container_dir(r.id)))
+            if errors:
+                status += f" ({errors} overlay error{'s' if errors > 1 else ''}: see inspect)"
+        elif r.state == "removing":
+            status = "Removal In Progress"
+        elif r.state == "running":
+            status = "Exited (unknown): its process is gone"
+        else:
+            ago = int(time.time() - (r.finished or r.created))
+            status = f"Exited ({r.exit_code}) {ago}s ago" if r.exit_code is not None else "Created"
+        from .containers import published
+        rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
+                     "Status": status, "Ports": ", ".join(published(r)), "Names": r.name})
+    if quiet:
+        click.echo("\n".join(r["Id"] for r in rows) if rows else "", nl=bool(rows))
+    elif fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(f"{'CONTAINER ID':<14} {'IMAGE':<24} {'COMMAND':<24} {'STATUS':<24} {'PORTS':<24} NAMES")
+        for r in rows:
+            cmd = r["Command"] if len(r["Command"]) <= 22 else r["Command"][:21] + "…"
+            click.echo(f"{r['Id']:<14} {r['Image']:<24} {cmd:<24} {r['Status']:<24} {r['Ports']:<24} {r['Names']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.option("-v", "--volumes", is_flag=True, help="Remove its anonymous volumes too.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
+    """Remove containers."""
+    from ..container.records import ContainerGone, Containers
+    from ..sandbox import idmap
+    store = _store(ctx)
+    recs = Containers(store)
+    maps = idmap.detect()
+    failed = False
+    for key in containers:
+        try:
+            rec = recs.find(key)
+            try:
+                warnings = recs.remove(rec, maps, force)
+            except ContainerGone:
+                raise RootlessError(f"no such container: '{key}' (it was removed meanwhile)") from None
+            if volumes:
+                from ..volumes import remove_container_volumes
+                remove_container_volumes(store, rec, maps)
+            click.echo(key)
+            for warning in warnings:
+                click.echo(f"rootless: warning: {warning}", err=True)
+        except RootlessError as e:
+            click.echo(f"rootless: {e}", err=True)
+            failed = True
+        except OSError as e:
+            click.echo(f"rootless: cannot remove container {key}: {e.strerror or e}", err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.argument("containers", nargs=-1)
+@click.pass_context
+def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool, fmt: str) -> None:
+    """CPU, memory and process use of running containers, from their cgroups."""
+    from ..container.stats import show
+    sys.exit(show(_store(ctx), list(containers), stream=not no_stream, fmt=fmt))
+
+
+@cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def unshare(command: tuple[str, ...]) -> None:
+    """Run COMMAND (default: your shell) in rootless's user namespace, as its root.
+
+    Files owned by sub-ids (image layers, container trees) can be inspected and removed there.
+    """
+    from ..sandbox.unshare import unshare as run_unshare
+    sys.exit(run_unshare(list(command) or [os.environ.get("SHELL", "/bin/sh")]))
+
+
+def _register_command_modules() -> None:
+    """Commands kept in modules of their own (cli/*.py), each with ``register(group)``."""
+    from . import containers as cli_containers, images as cli_images, networks as cli_networks, volumes as cli_volumes
+    for module in (cli_containers, cli_images, cli_networks, cli_volumes):
+        module.register(cli)
+
+
+_register_command_modules()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="rootless", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f"See '{e.ctx.command_path} --help'." if e.ctx else "See 'rootless --help'."
+        click.echo(f"rootless: {e.format_message()}\n{hint}", err=True)
+        return 125
+    except click.Abort:
+        click.echo("rootless: aborted", err=True)
+        return 130
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except RootlessError as e:
+        if os.environ.get("ROOTLESS_DEBUG"):
+            import traceback
+            traceback.print_exc()
+        click.echo(f"rootless: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - a sentence for the user, the traceback only on request
+        if os.environ.get("ROOTLESS_DEBUG"):
+            raise
+        click.echo(f"rootless: {e} (this looks like a bug in rootless; run with --debug for "
+                   "a traceback and report it)" if not isinstance(e, OSError) else f"rootless: {e}", err=True)
+        return 125
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

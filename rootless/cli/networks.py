@@ -1,0 +1,121 @@
+"""Command line: ``network create|ls|inspect|rm`` (user-defined networks)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+
+
+def _networks(ctx: click.Context):
+    from ..network.user_networks import Networks
+    from ..paths import store_root
+    from ..image.store import Store
+    return Networks(Store(store_root(ctx.find_root().obj["root"])))
+
+
+def _users(ctx: click.Context, name: str) -> list[str]:
+    from ..container.records import Containers
+    nets = _networks(ctx)
+    return [r.name for r in Containers(nets.store).all() if name in (r.config.get("networks") or {})]
+
+
+@click.group(context_settings=CONTEXT)
+def network() -> None:
+    """Manage user-defined networks: containers on one reach each other by name."""
+
+
+@network.command(context_settings=CONTEXT)
+@click.option("--subnet", metavar="CIDR", help="IPv4 subnet (default: the next free /24 of 10.89.0.0/16).")
+@click.option("--internal", is_flag=True, help="No traffic in or out of the machine: containers talk only "
+                                               "to each other.")
+@click.argument("name")
+@click.pass_context
+def create(ctx, name, subnet, internal) -> None:
+    """Create a network."""
+    click.echo(_networks(ctx).create(name, subnet, internal).name)
+
+
+@network.command("ls", context_settings=CONTEXT)
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def ls(ctx, quiet, fmt) -> None:
+    """List networks."""
+    nets = _networks(ctx).all()
+    if quiet:
+        for n in nets:
+            click.echo(n.name)
+    elif fmt == "json":
+        click.echo(json.dumps([{"Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway} for n in nets], indent=2))
+    else:
+        click.echo(f"{'NAME':<24} {'SUBNET':<18} GATEWAY")
+        for n in nets:
+            click.echo(f"{n.name:<24} {n.subnet:<18} {n.gateway}")
+
+
+@network.command(context_settings=CONTEXT)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def inspect(ctx, names) -> None:
+    """Show networks as JSON (Docker's shape: Name, Driver, IPAM, Containers)."""
+    from ..container.records import Containers
+    nets = _networks(ctx)
+    out = []
+    for name in names:
+        n = nets.get(name)
+        members = {r.id: {"Name": r.name, "IPv4Address": r.config["networks"][name]["ip"],
+                          "Aliases": r.config["networks"][name].get("aliases", [])}
+                   for r in Containers(nets.store).all() if name in (r.config.get("networks") or {})}
+        out.append({"Name": n.name, "Driver": "bridge", "Scope": "local", "Internal": n.internal,
+                    "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+                    "Containers": members, "Labels": n.labels})
+    click.echo(json.dumps(out, indent=4))
+
+
+@network.command(context_settings=CONTEXT)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx, names) -> None:
+    """Remove networks (refused while a container uses one)."""
+    from ..errors import RootlessError
+    failed = False
+    for name in names:
+        try:
+            _networks(ctx).remove(name, _users(ctx, name))
+            click.echo(name)
+        except RootlessError as e:
+            click.echo(f"rootless: {e}", err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@network.command(context_settings=CONTEXT)
+@click.option("--alias", multiple=True, metavar="NAME", help="Another name for the container on this network.")
+@click.argument("name")
+@click.argument("container")
+@click.pass_context
+def connect(ctx, name, container, alias) -> None:
+    """Connect a running container (started on a user network) to another network."""
+    from ..network.user_networks import connect as join
+    from ..paths import runtime_dir
+    from ..sandbox import idmap
+    join(_networks(ctx).store, idmap.detect(), runtime_dir(), name, container, list(alias))
+
+
+@network.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("container")
+@click.pass_context
+def disconnect(ctx, name, container) -> None:
+    """Disconnect a container from a network."""
+    from ..network.user_networks import disconnect as leave
+    from ..paths import runtime_dir
+    leave(_networks(ctx).store, runtime_dir(), name, container)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(network)

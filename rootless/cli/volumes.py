@@ -1,0 +1,184 @@
+"""Command line: volume commands: volume create|ls|inspect|rm|prune.
+
+Each command is a thin layer: argument types, one engine call, output.  ``register(group)``
+adds them to the ``rootless`` group (called by ``cli/commands.py``).  Import engine modules inside
+the commands, not at the top: start-up pays only for what runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+
+
+def _volumes(ctx: click.Context):
+    from ..paths import store_root
+    from ..image.store import Store
+    from ..volumes import Volumes
+    return Volumes(Store(store_root(ctx.find_root().obj["root"])))
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str]:
+    from ..errors import UsageError
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid label '{item}': use KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@click.group(context_settings=CONTEXT)
+def volume() -> None:
+    """Manage volumes."""
+
+
+@volume.command(context_settings=CONTEXT)
+@click.option("-d", "--driver", default="local", show_default=True, help="Volume driver (only local).")
+@click.option("--label", multiple=True, metavar="KEY=VALUE", help="Set a label on the volume.")
+@click.option("-o", "--opt", multiple=True, metavar="KEY=VALUE", help="Driver options (none are supported).")
+@click.argument("name", required=False)
+@click.pass_context
+def create(ctx: click.Context, name: str | None, driver: str, label: tuple[str, ...], opt: tuple[str, ...]) -> None:
+    """Create a volume (a generated name if NAME is not given); print its name."""
+    from ..errors import UsageError
+    if driver != "local":
+        raise UsageError(f"volume driver '{driver}' is not supported: only 'local'")
+    if opt:
+        raise UsageError(f"volume driver options are not supported (got '{opt[0]}')")
+    vols = _volumes(ctx)
+    with vols.store.lock():
+        click.echo(vols.create(name, _labels(label)))
+
+
+def _filters(items: tuple[str, ...]):
+    from ..errors import UsageError
+    checks = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("dangling", "name", "label"):
+            raise UsageError(f"invalid filter '{item}': use dangling=true|false, name=TEXT or "
+                             "label=KEY[=VALUE]")
+        if key == "dangling":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise UsageError(f"invalid filter '{item}': dangling is true or false")
+            want = value.lower() in ("true", "1")
+            checks.append(lambda v, used, want=want: (v["Name"] not in used) == want)
+        elif key == "name":
+            checks.append(lambda v, used, value=value: value in v["Name"])
+        else:
+            k, eq2, val = value.partition("=")
+            checks.append(lambda v, used, k=k, eq2=eq2, val=val:
+                          k in v["Labels"] and (not eq2 or v["Labels"][k] == val))
+    return checks
+
+
+@volume.command("ls", context_settings=CONTEXT)
+@click.option("-q", "--quiet", is_flag=True, help="Only volume names.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="dangling=true|false, name=TEXT, label=KEY[=VALUE].")
+@click.pass_context
+def ls(ctx: click.Context, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
+    """List volumes."""
+    import json
+    checks = _filters(filters)
+    vols = _volumes(ctx)
+    used = vols.users() if checks else {}
+    rows = [v for v in vols.all() if all(c(v, used) for c in checks)]
+    if quiet:
+        for v in rows:
+            click.echo(v["Name"])
+    elif fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(f"{'DRIVER':<10}VOLUME NAME")
+        for v in rows:
+            click.echo(f"{v['Driver']:<10}{v['Name']}")
+
+
+@volume.command(context_settings=CONTEXT)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Show volumes as JSON (Docker's fields)."""
+    import json
+    from ..errors import RootlessError
+    vols = _volumes(ctx)
+    out, failed = [], False
+    for name in names:
+        try:
+            out.append(vols.get(name))
+        except RootlessError as e:
+            click.echo(f"rootless: {e}", err=True)
+            failed = True
+    click.echo(json.dumps(out, indent=4))
+    sys.exit(1 if failed else 0)
+
+
+@volume.command(context_settings=CONTEXT)
+@click.option("-f", "--force", is_flag=True, help="Remove even if containers use the volume; no error if missing.")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
+    """Remove volumes (refused while a container, running or not, uses one)."""
+    from ..errors import RootlessError
+    from ..sandbox import idmap
+    from ..volumes import VolumeNotFound
+    vols = _volumes(ctx)
+    maps = idmap.detect()
+    failed = False
+    for name in names:
+        try:
+            with vols.store.lock():
+                vols.remove(name, maps, force)
+            click.echo(name)
+        except VolumeNotFound as e:
+            if not force:
+                click.echo(f"rootless: {e}", err=True)
+                failed = True
+        except RootlessError as e:
+            click.echo(f"rootless: {e}", err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@volume.command(context_settings=CONTEXT)
+@click.option("-a", "--all", "prune_all", is_flag=True, help="Named volumes too, not only anonymous ones.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def prune(ctx: click.Context, prune_all: bool, force: bool) -> None:
+    """Remove the anonymous volumes no container uses (with -a: every unused volume)."""
+    from ..sandbox.remove import remove_tree
+    from ..sandbox import idmap
+    from ..units import human_size
+    what = "local volumes" if prune_all else "anonymous local volumes"
+    if not force and not click.confirm(f"WARNING! This will remove {what} not used by at least one "
+                                       "container.\nAre you sure you want to continue?"):
+        return
+    vols = _volumes(ctx)
+    maps = idmap.detect()
+    removed, space = [], 0
+    with vols.store.lock():
+        used = vols.users()
+        for v in vols.all():
+            name = v["Name"]
+            if name in used or not (prune_all or vols.anonymous(name)):
+                continue
+            space += vols.size(name)
+            remove_tree(maps, vols.path(name))
+            removed.append(name)
+    if removed:
+        click.echo("Deleted Volumes:")
+        for name in removed:
+            click.echo(name)
+        click.echo("")
+    click.echo(f"Total reclaimed space: {human_size(space)}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(volume)

@@ -1,0 +1,215 @@
+"""The per-user fork server: the processes that stay resident per container come from here.
+
+One resident process per user (``python -m rootless.container.forkserver SOCKET``) imports the engine,
+pyfuse3 and trio once, listens at ``RUNTIME/forkserver-CODE.sock`` (CODE: see ``_code_id``) and forks, on request,
+a child that calls one of the entry points it was started with (``--entry NAME=MODULE:FUNCTION``;
+``services.py`` names them and the modules to preload).  It imports none of the code it runs
+itself, so it sits below ``run``, ``monitor`` and ``rootfs``, which call it:
+
+* ``mount``: a fuse-overlay daemon for a container's root filesystem, in the requester's
+  user and mount namespaces (``fuse_overlay.server.mount_child``).  A container starts as
+  fast as with the kernel's overlay: no interpreter and no pyfuse3/trio import per start.
+* ``monitor``: the monitor of a detached container (``run -d``, ``start``, ``restart``).  The
+  CLI sends its parsed options, environment, working directory and umask, with the write
+  end of its "started" pipe and its stdout/stderr; the child becomes the monitor, exactly as
+  a monitor forked by the CLI would (``monitor.run_detached``, ``detached.become_monitor``).
+
+Both children share the server's memory copy-on-write (the server calls ``gc.freeze`` after
+its imports so that the collector does not write to those pages), so what a container costs
+is what its two processes wrote since the fork, not two interpreters and their imports
+(docs/containers.md has the figures).  The server exits after ``--idle`` seconds without
+requests and without children; monitors and daemons are its children, so it stays while a
+container runs.  It is started in a session of its own by the first command that needs it,
+before any namespace or cgroup of a container exists, so it belongs to none.
+
+``ensure``, ``mount`` and ``spawn_monitor`` are the client side.  They return None / raise
+``Unavailable`` rather than fail a command: the caller then forks a monitor or starts a
+fuse-overlay daemon of its own.  ``ROOTLESS_FORKSERVER=0`` disables the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import select
+import socket
+import sys
+import time
+
+START_TIMEOUT = 10.0
+SOCKET = "forkserver.sock"
+LOG = "forkserver.log"
+_RLIMITS = ("RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_STACK", "RLIMIT_MEMLOCK")
+
+
+class Unavailable(Exception):
+    pass
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+@functools.lru_cache(maxsize=1)
+def _code_id(services: str = "") -> str:
+    """Names the code a server runs: the interpreter, the newest source file of rootless
+    and fuse_overlay, and what it preloads and runs (``services``).  A server started before
+    an upgrade (or an edit) keeps its old socket and ends once idle; the next command starts
+    one with the new code."""
+    import hashlib
+    import fuse_overlay
+    newest = 0
+    rootless_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for pkg in (rootless_dir, os.path.dirname(fuse_overlay.__file__)):
+        for base, _dirs, files in os.walk(pkg):
+            for name in files:
+                if name.endswith(".py"):
+                    newest = max(newest, os.stat(os.path.join(base, name)).st_mtime_ns)
+    return hashlib.sha256(f"{sys.executable}\0{newest}\0{services}".encode()).hexdigest()[:12]
+
+
+def ensure(run_dir: str, preload: tuple[str, ...] = (), entries: dict[str, str] | None = None) -> str | None:
+    """The server's socket path, starting the server when none answers; None if it cannot start.
+
+    ``preload``: modules the server imports once (its children share them); ``entries``:
+    what a request may ask it to run, by name, as ``"module:function"`` (``function(request,
+    fds)`` in the forked child, its return value the child's exit status)."""
+    if os.environ.get("ROOTLESS_FORKSERVER") == "0":
+        return None
+    args = ["--preload", ",".join(preload)] if preload else []
+    for name, target in sorted((entries or {}).items()):
+        args += ["--entry", f"{name}={target}"]
+    path = os.path.join(run_dir, SOCKET.replace(".sock", f"-{_code_id(chr(0).join(args))}.sock"))
+    try:
+        _connect(path).close()
+        return path
+    except OSError:
+        pass
+    from ..sandbox.spawn import spawn
+    idle = os.environ.get("ROOTLESS_FORKSERVER_IDLE", "300")
+    log = os.open(os.path.join(run_dir, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        spawn([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", idle, *args],
+              capture_stderr=False, stderr_fd=log, new_session=True)
+    except OSError:
+        return None
+    finally:
+        os.close(log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            _connect(path).close()
+            return path
+        except OSError:
+            time.sleep(0.01)
+    return None
+
+
+def _request(path: str, request: dict, fds: list[int], timeout: float) -> int:
+    """Send ``request`` with ``fds``; the forked child's pid."""
+    try:
+        conn = _connect(path)
+    except OSError as e:
+        raise Unavailable(f"the fork server at {path} does not answer: {e}") from None
+    with conn:
+        try:
+            socket.send_fds(conn, [json.dumps(request).encode()], fds)
+            conn.settimeout(timeout)
+            reply = json.loads(conn.recv(65536) or b"{}")
+        except (OSError, ValueError) as e:
+            raise Unavailable(f"the fork server at {path} failed: {e}") from None
+    if "pid" not in reply:
+        raise Unavailable(f"the fork server refused: {reply.get('error', 'no answer')}")
+    return int(reply["pid"])
+
+
+def mount(path: str, argv: list[str], timeout: float) -> int:
+    """A fuse-overlay mount in this process's user and mount namespaces; the serving pid."""
+    r, w = os.pipe()
+    try:
+        try:
+            pid = _request(path, {"entry": "mount", "pid": os.getpid(), "argv": argv}, [w], timeout)
+        finally:
+            os.close(w)
+        ready, _, _ = select.select([r], [], [], timeout)
+        if not ready or not os.read(r, 16).startswith(b"ready"):
+            raise OSError(f"fuse-overlay did not mount the root filesystem (fork server child {pid}; "
+                          f"see {os.path.join(os.path.dirname(path), LOG)})")
+        return pid
+    finally:
+        os.close(r)
+
+
+def spawn_monitor(path: str, request: dict, report_fd: int) -> int:
+    """Have the server fork the monitor of a detached container; it reports on ``report_fd``."""
+    rlimits = {}
+    for name in _RLIMITS:
+        try:
+            rlimits[name] = resource.getrlimit(getattr(resource, name))[0]
+        except (AttributeError, OSError, ValueError):
+            pass
+    full = {**request, "entry": "monitor", "env": dict(os.environ), "cwd": os.getcwd(),
+            "umask": _umask(), "rlimits": rlimits}
+    return _request(path, full, [report_fd, 1, 2], 10.0)
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+# --- the server side ------------------------------------------------------------------
+
+def _import(target: str):
+    """``"module:function"`` -> the function."""
+    import importlib
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _preloader(modules: list[str]):
+    def preload() -> None:
+        import importlib
+        for name in modules:
+            importlib.import_module(name)
+    return preload
+
+
+def _dispatcher(entries: dict[str, str]):
+    def child(request: dict, fds: list[int]) -> int:
+        name = request.get("entry")
+        if name not in entries:
+            raise ValueError(f"unknown entry point {name!r} (this server runs {', '.join(sorted(entries))})")
+        return _import(entries[name])(request, fds)
+    return child
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-"):
+        print("usage: python -m rootless.container.forkserver SOCKET [--idle SECONDS] [--preload MODULE,...] "
+              "[--entry NAME=MODULE:FUNCTION]...", file=sys.stderr)
+        return 1
+    idle = float(args[args.index("--idle") + 1]) if "--idle" in args else 300.0
+    preload = [m for m in (args[args.index("--preload") + 1] if "--preload" in args else "").split(",") if m]
+    entries = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--entry")
+    # Nothing of whoever started us stays open here (a pipe held by a resident server keeps
+    # its reader waiting; spawn() already closes them, this is for any other starter).
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from fuse_overlay.server import serve
+    return serve(args[0], idle, preload=_preloader(preload), child=_dispatcher(entries))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""``stop``, ``kill``, ``wait``, ``logs`` and ``exec`` on containers started with ``run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+from . import procs
+from .procs import parse_signal
+from .records import Containers, Record, _alive, running
+from ..errors import CommandError, RootlessError, SandboxError, UsageError
+from .monitor import log_path
+from ..image.store import Store
+
+
+def rootfs_lost(rec: Record) -> bool:
+    """A running container whose root filesystem daemon (fuse-overlay) is gone: its files give ENOTCONN."""
+    server = int(rec.config.get("rootfs_server") or 0)
+    return running(rec) and server > 0 and not _alive(server)
+
+
+ROOTFS_LOST = ("its root filesystem daemon (fuse-overlay) has died, so its files cannot be read (ENOTCONN): "
+               "restart it with 'rootless restart {name}' (its files are kept)")
+
+
+def kill(store: Store, key: str, sig: int) -> Record:
+    rec = Containers(store).find(key)
+    if not running(rec):
+        raise RootlessError(f"container {rec.name} is not running")
+    procs.signal_pid(rec.init_pid, rec.init_start, sig)   # through a pidfd: never a reused pid
+    return rec
+
+
+def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | None:
+    """The exit code once the container has ended (None on timeout)."""
+    records = Containers(store)
+    rec = records.find(key)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        rec = records.find(rec.id)
+        if not running(rec):
+            monitor = int(rec.config.get("monitor") or 0)
+            if rec.state == "running" and monitor and _alive(monitor) and (
+                    deadline is None or time.monotonic() < deadline):
+                time.sleep(0.01)        # it ended a moment ago: its monitor is recording how
+                continue
+            if monitor and _alive(monitor) and rec.config.get("stopped"):
+                from .records import _wait_gone
+                _wait_gone(monitor, 10)  # let it finish its clean-up before we return
+            return rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+
+
+def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record:
+    """The stop signal (the image's STOPSIGNAL, or SIGTERM), SIGKILL after ``grace`` seconds.
+
+    Marks the record first, so that a restart policy does not bring the container back."""
+    records = Containers(store)
+    rec = records.find(key)
+    monitor = int(rec.config.get("monitor") or 0)
+    if not running(rec) and not (monitor and _alive(monitor)):
+        return rec
+    rec = records.update(rec.id, lambda r: r.config.__setitem__("stopped", True), rec.name)
+    if not running(rec):
+        return rec  # between two runs of a restart policy: the monitor sees the mark
+    kill(store, rec.id, parse_signal(sig or rec.config.get("stop_signal") or "SIGTERM"))
+    if wait_exit(store, rec.id, grace) is None:
+        procs.signal_pid(rec.init_pid, rec.init_start, signal.SIGKILL)  # from outside, even PID 1 cannot ignore it
+        wait_exit(store, rec.id, 30)
+    return rec
+
+
+def logs(store: Store, key: str, follow: bool, tail: int | None, timestamps: bool, since: float | None) -> None:
+    rec = Containers(store).find(key)
+    path = log_path(store.container_dir(rec.id))
+    if not os.path.exists(path):
+        if rec.config.get("detached"):
+            return
+        raise RootlessError(f"container {rec.name} has no log: only containers started with -d keep one")
+    with open(path, "rb") as f:
+        lines = f.readlines()
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        _emit(lines, timestamps, since)
+        while follow:
+            more = f.readlines()
+            if more:
+                _emit(more, timestamps, since)
+            elif not running(Containers(store).find(rec.id)):
+                _emit(f.readlines(), timestamps, since)
+                return
+            else:
+                time.sleep(0.1)
+
+
+def _emit(lines: list[bytes], timestamps: bool, since: float | None) -> None:
+    import datetime
+    for raw in lines:
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if since is not None:
+            when = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            if when < since:
+                continue
+        out = sys.stdout if entry.get("stream") == "stdout" else sys.stderr
+        out.write((entry["time"] + " " if timestamps else "") + entry["log"])
+        out.flush()
+
+
+def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
+            user: str | None, workdir: str | None, privileged: bool = False, preserve_fds: int = 0) -> int:
+    from .. import security
+    from .run import check_preserve_fds, parse_env, seccomp_program
+    from ..sandbox import channel, container, idmap
+    rec = Containers(store).find(key)
+    if not running(rec) or not rec.init_pid:
+        raise RootlessError(f"container {rec.name} is not running: start one with 'rootless run -d'")
+    if rootfs_lost(rec):
+        raise RootlessError(f"container {rec.name}: " + ROOTFS_LOST.format(name=rec.name))
+    if not command:
+        raise UsageError("exec needs a command, e.g. 'rootless exec -it NAME sh'")
+    if tty and interactive and not os.isatty(0):
+        raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
+    cfg = rec.config
+    envs = dict(cfg.get("env") or {})
+    envs.update(dict(parse_env(env, [])))
+    if tty:
+        envs.setdefault("TERM", "xterm")
+    wd = workdir or cfg.get("cwd") or "/"
+    if not wd.startswith("/"):
+        raise UsageError(f"the working directory '{wd}' is invalid: it needs to be an absolute path")
+    check_preserve_fds(preserve_fds, False)
+    # The container's own security options, as Docker's exec: its seccomp filter, its
+    # capabilities (all of them with --privileged) and no_new_privs.
+    saved = cfg.get("options") or {}
+    sec = security.parse(saved.get("security_opt") or [], privileged or bool(saved.get("privileged")))
+    caps = frozenset(container.caps.NAMES) if privileged else frozenset(cfg.get("caps") or ())
+    from ..sandbox.tty import winsize
+    proc = container.ProcessSpec(args=command, env=envs, cwd=wd,
+                                 user=user if user is not None else cfg.get("user", ""),
+                                 caps=caps, tty=tty, stdin=interactive,
+                                 winsize=winsize(0) if tty else None,
+                                 seccomp=seccomp_program(sec, caps), no_new_privs=sec.no_new_privileges,
+                                 preserve_fds=preserve_fds)
+    join = None
+    if rec.cgroup_paths:
+        from ..cgroups import attach
+        join = attach(rec.cgroup_paths).add
+    try:
+        started = container.enter(rec.init_pid, proc, idmap.detect(), join)
+    except channel.ChildError as e:
+        cls = CommandError if e.kind == "exec" else SandboxError
+        raise cls(str(e), e.exit_code) from None
+    return container.wait(started)
+
+
+def start(store: Store, key: str) -> Record:
+    """Run an exited container again, detached, with the options it was created with."""
+    from .run import RunOptions, run
+    records = Containers(store)
+    rec = records.find(key)
+    if running(rec):
+        return rec
+    saved = rec.config.get("options")
+    if not saved:
+        raise RootlessError(f"container {rec.name} cannot be started again: it was created by an older rootless")
+    opts = RunOptions(**{**saved, "detach": True, "name": None})
+    run(store, opts, existing=rec)
+    return records.find(rec.id)
+
+
+def _cgroup(rec: Record):
+    from ..cgroups import attach
+    if not rec.cgroup_paths:
+        raise RootlessError(f"container {rec.name} has no cgroup: pause needs a delegated cgroup "
+                            "(see docs/cgroups.md)")
+    return attach(rec.cgroup_paths)
+
+
+def pause(store: Store, key: str, paused: bool) -> None:
+    records = Containers(store)
+    rec = records.find(key)
+    if not running(rec):
+        raise RootlessError(f"container {rec.name} is not running")
+    cg = _cgroup(rec)
+    cg.freeze() if paused else cg.thaw()
+    records.update(rec.id, lambda r: r.config.__setitem__("paused", paused), rec.name)
+
+
+def top(store: Store, key: str) -> list[tuple[int, str, str]]:
+    """(host pid, user, command) of every process of the container: PID 1 and its descendants."""
+    rec = Containers(store).find(key)
+    if not running(rec):
+        raise RootlessError(f"container {rec.name} is not running")
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [rec.init_pid]
+    while todo:
+        pid = todo.pop(0)
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+            uid = open(f"/proc/{pid}/status").read().split("Uid:")[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        import pwd
+        try:
+            user = pwd.getpwuid(int(uid)).pw_name
+        except KeyError:
+            user = uid
+        out.append((pid, user, cmd))
+        todo += sorted(children.get(pid, []))
+    return out
+
+
+def rename(store: Store, key: str, new: str) -> None:
+    from .records import _valid_name
+    records = Containers(store)
+    with store.lock():
+        rec = records.find(key)
+        if not _valid_name(new):
+            raise UsageError(f"invalid container name '{new}': use letters, digits, '_', '.' and '-'")
+        if any(r.name == new for r in records.all()):
+            raise RootlessError(f"the container name '{new}' is already in use")
+        records.update(rec.id, lambda r: setattr(r, "name", new), rec.name)
+
+
+def prune(store: Store) -> list[str]:
+    """Remove every container that is not running; their ids."""
+    from ..sandbox import idmap
+    records = Containers(store)
+    maps = idmap.detect()
+    gone = []
+    for rec in records.all():
+        if not running(rec):
+            try:
+                records.remove(rec, maps)
+            except RootlessError:
+                continue        # starting, being removed, or removed meanwhile
+            gone.append(rec.id)
+    return gone
+
+
+def attach(store: Store, key: str, sig_proxy: bool = True) -> int:
+    """Follow a detached container's output from now on, forwarding the user's signals to its
+    PID 1 (Docker's ``--sig-proxy``); its exit status when it ends.
+
+    A container started with ``-dt``/``-di`` has a terminal (console.py): then our input goes to
+    it too, Ctrl-P Ctrl-Q detaches, and with ``-t`` signals are keys on its pty, as in Docker.
+    """
+    records = Containers(store)
+    rec = records.find(key)
+    if not running(rec):
+        raise RootlessError(f"container {rec.name} is not running: 'rootless start -a {rec.name}' runs it "
+                            "again and follows it")
+    options = rec.config.get("options") or {}
+    if options.get("tty") or options.get("interactive"):
+        from .console import socket_path
+        from ..paths import runtime_dir
+        path = socket_path(os.path.join(runtime_dir(), rec.id[:16]))
+        if os.path.exists(path):
+            from .attaching import attach_console
+            if attach_console(path, bool(options.get("tty")), rec.init_pid if sig_proxy else 0):
+                return 0                        # detached with Ctrl-P Ctrl-Q: it runs on
+            return wait_exit(store, rec.id) or 0
+    path = log_path(store.container_dir(rec.id))
+    old = {}
+    init = procs.open_pid(rec.init_pid, rec.init_start) if sig_proxy else None
+    if init is not None:
+        def forward(signum: int, _frame: object) -> None:
+            procs.send(init, signum)
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                more = f.readlines()
+                if more:
+                    _emit(more, False, None)
+                elif not running(records.find(rec.id)):
+                    _emit(f.readlines(), False, None)
+                    break
+                else:
+                    time.sleep(0.05)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if init is not None:
+            os.close(init)
+    return wait_exit(store, rec.id) or 0

@@ -1,0 +1,202 @@
+"""Detached containers (``run -d``): the monitor process that outlives the CLI.
+
+    rootless run -d (CLI)  ── fork ──>  rootless-monitor (new session, stdin /dev/null)
+        waits on a pipe for                 the container's stdout/stderr are pipes, pumped by a
+        "started <id>" or an error,         thread into containers/ID/ctr.log (JSON lines: log,
+        prints the id, exits 0              stream, time — Docker's json-file format); then it is
+                                            P of the process model: starts the container, keeps
+                                            its network helpers and cgroup, waits, records the exit.
+
+The monitor is the container's lifeline: the intermediate process dies with it
+(PR_SET_PDEATHSIG), and with it the whole container — so a monitor killed with -9 leaves
+no container running; ``ps`` then shows it exited, and the next ``run`` sweeps its cgroup.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import threading
+from typing import Callable
+
+MONITOR_NAME = "rootless-mon"    # what ps shows (a process name holds 15 bytes)
+
+
+def log_path(container_dir: str) -> str:
+    return os.path.join(container_dir, "ctr.log")
+
+
+class Detacher:
+    """Forks the monitor; ``started``/``failed`` are called in the monitor, ``wait_parent`` in the CLI."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self.pid = 0
+
+    @classmethod
+    def reporting_to(cls, w: int) -> "Detacher":
+        """The monitor's side only: it reports on ``w`` (a monitor forked by the fork server)."""
+        d = cls.__new__(cls)
+        d.r, d.w, d.pid = -1, w, 0
+        return d
+
+    def fork(self) -> bool:
+        """True in the monitor, False in the CLI."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.r)
+            os.setsid()
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.close(null)
+            from ..sandbox import libc
+            libc.set_process_name(MONITOR_NAME)
+            return True
+        os.close(self.w)
+        return False
+
+    def _send(self, msg: dict) -> None:
+        if self.w < 0:
+            return
+        try:
+            os.write(self.w, json.dumps(msg).encode() + b"\n")
+        except OSError:
+            pass
+        os.close(self.w)
+        self.w = -1
+
+    def started(self, cid: str) -> None:
+        self._send({"id": cid})
+
+    def failed(self, message: str, code: int) -> None:
+        self._send({"error": message, "exit_code": code})
+
+    def wait_parent(self) -> tuple[str | None, str | None, int]:
+        """(id, error, exit code) as the monitor reported them."""
+        with os.fdopen(self.r, "rb") as f:
+            line = f.readline()
+        if not line:
+            return None, ("the container monitor ended before the container started (it was killed, or "
+                          "the container was removed with 'rootless rm -f' meanwhile)"), 125
+        msg = json.loads(line)
+        return msg.get("id"), msg.get("error"), int(msg.get("exit_code", 0))
+
+
+class LogPump:
+    """The container's stdout/stderr (fds 1 and 2 of whatever the monitor starts) into ``path``."""
+
+    def __init__(self, path: str, tee: Callable[[str, bytes], None] | None = None):
+        self.path = path
+        self.pipes = {"stdout": os.pipe(), "stderr": os.pipe()}
+        self.out = open(path, "ab", buffering=0)
+        self.threads: list[threading.Thread] = []
+        self.tee = tee                  # also given every chunk (attached clients, console.py)
+        self.lock = threading.Lock()
+
+    def redirect(self) -> None:
+        """Make the pipes our fds 1 and 2, so that the container inherits them."""
+        os.dup2(self.pipes["stdout"][1], 1)
+        os.dup2(self.pipes["stderr"][1], 2)
+        for _, w in self.pipes.values():
+            os.close(w)
+
+    def start(self) -> None:
+        """Pump in threads; our own fds 1 and 2 go to /dev/null so only the container writes the pipes."""
+        null = os.open("/dev/null", os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        for stream, (r, _) in self.pipes.items():
+            self.add_source(stream, r)
+
+    def add_source(self, stream: str, fd: int) -> None:
+        """Pump ``fd`` (closed at its end) into the log as ``stream``: the pipes, or a pty master."""
+        t = threading.Thread(target=self._pump, args=(stream, fd, self.lock), daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _pump(self, stream: str, fd: int, lock: threading.Lock) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:          # EIO: a pty whose last user closed it
+                chunk = b""
+            if not chunk:
+                break
+            if self.tee is not None:
+                self.tee(stream, chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            self._write(stream, [line + b"\n" for line in lines], lock)
+        if pending:
+            self._write(stream, [pending], lock)
+        os.close(fd)
+
+    def _write(self, stream: str, lines: list[bytes], lock: threading.Lock) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        data = b"".join(json.dumps({"log": line.decode(errors="replace"), "stream": stream,
+                                    "time": now}).encode() + b"\n" for line in lines)
+        with lock:
+            self.out.write(data)
+
+    def finish(self, timeout: float = 5.0) -> None:
+        for t in self.threads:
+            t.join(timeout)
+        self.out.close()
+
+
+_adopted: Detacher | None = None   # set in a monitor forked by the fork server (detached.adopt)
+
+
+def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
+                 request: dict | None = None) -> int:
+    """Have a monitor call ``start(detacher)``; the CLI prints the id and returns.
+
+    The monitor is forked by the per-user fork server when one answers (``request``: what
+    the server's child needs to get here again, see ``detached.adopt``), else by this process."""
+    if _adopted is not None:      # we are that monitor
+        code = 125
+        try:
+            code = start(_adopted)
+        except BaseException as e:  # noqa: BLE001
+            _adopted.failed(str(e), getattr(e, "exit_code", 125))
+        return code if isinstance(code, int) else 125
+    d = Detacher()
+    if request is None or not _spawn_by_server(d, request):
+        if d.fork():
+            code = 125
+            try:
+                code = start(d)
+            except BaseException as e:  # noqa: BLE001 - the CLI hears of it through the pipe
+                d.failed(str(e), getattr(e, "exit_code", 125))
+            finally:
+                os._exit(code if isinstance(code, int) else 125)
+    cid, error, code = d.wait_parent()
+    if error:
+        from ..errors import RootlessError
+        raise RootlessError(error, code)
+    if announce:
+        print(cid)
+    return 0
+
+
+def _spawn_by_server(d: Detacher, request: dict) -> bool:
+    from . import forkserver, services
+    from .. import paths
+    path = services.ensure(paths.runtime_dir())
+    if path is None:
+        return False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        d.pid = forkserver.spawn_monitor(path, request, d.w)
+    except forkserver.Unavailable:
+        return False
+    os.close(d.w)
+    d.w = -1
+    return True

@@ -1,0 +1,291 @@
+"""Container records in the store: ``containers/ID/config.json``, names, ids, removal."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+from . import procs
+from ..errors import RootlessError, StoreError, UsageError
+from ..sandbox.remove import remove_tree
+from ..sandbox import idmap
+from ..image.store import Store
+
+_ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+               "nimble", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen")
+_NOUNS = ("otter", "lynx", "heron", "badger", "falcon", "panda", "beaver", "gecko", "marten", "orca",
+          "puffin", "raven", "stoat", "tapir", "wombat", "yak", "zebu", "ibis")
+
+
+@dataclass
+class Record:
+    id: str
+    name: str
+    image: str
+    image_id: str
+    command: list[str]
+    created: float
+    state: str = "created"            # created, running, exited, removing
+    pid: int = 0
+    exit_code: int | None = None
+    finished: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    oom_killed: bool = False
+    cgroup_paths: list[str] = field(default_factory=list)
+    init_pid: int = 0                 # host pid of the container's PID 1 while it runs
+    init_start: int = 0               # its start time (procs.start_time): the pid is checked against it
+    owner_pid: int = 0                # the process that runs it: the foreground 'run', or the monitor
+    owner_start: int = 0
+
+
+class ContainerGone(RootlessError):
+    """The container was removed (or is being removed) while this command worked on it."""
+
+
+class Containers:
+    """Container records.  Every change is made under the record's lock (``locked``): flock(2)
+    on ``containers/ID/lock``, the record read again, the change applied, the new record written
+    to a file of its own and renamed over ``config.json``.  Removal takes the same lock and
+    renames the directory away, so a writer that waited gets ``ContainerGone``, never the chance
+    to write back a stale copy (docs/architecture.md, "Container records")."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def _path(self, cid: str) -> str:
+        return os.path.join(self.store.container_dir(cid), "config.json")
+
+    def _read(self, cid: str) -> Record:
+        with open(self._path(cid)) as f:
+            return Record(**json.load(f))
+
+    def all(self) -> list[Record]:
+        out = []
+        base = os.path.join(self.store.root, "containers")
+        for cid in os.listdir(base):
+            try:
+                out.append(self._read(cid))
+            except (OSError, ValueError, TypeError):
+                continue
+        return sorted(out, key=lambda r: r.created, reverse=True)
+
+    def _write(self, rec: Record) -> None:
+        """Replace the record (call with its lock held): a temporary file of our own, renamed."""
+        directory = self.store.container_dir(rec.id)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(rec), f)
+            os.rename(tmp, self._path(rec.id))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def locked(self, cid: str, name: str | None = None) -> Iterator[Record]:
+        """Hold the record's lock; yields the record as it is now.  ``ContainerGone`` if removed."""
+        gone = ContainerGone(f"container {name or cid[:12]} was removed meanwhile")
+        path = os.path.join(self.store.container_dir(cid), "lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise gone from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:
+                raise StoreError(f"cannot lock {path} ({e.strerror}): file locks do not work on this "
+                                 "filesystem. Put the store on local disk: --root /tmp/$USER/rootless or "
+                                 "ROOTLESS_ROOT") from None
+            try:
+                st, now = os.fstat(fd), os.stat(path)
+                rec = self._read(cid)
+            except (OSError, ValueError, TypeError):
+                raise gone from None
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                raise gone          # removed (and the lock file with it) while we waited
+            yield rec
+        finally:
+            os.close(fd)
+
+    def update(self, cid: str, change: Callable[[Record], None], name: str | None = None) -> Record:
+        """Apply ``change`` to the current record under its lock and write it; the new record.
+        ``ContainerGone`` if the container was removed or is being removed."""
+        with self.locked(cid, name) as rec:
+            if rec.state == "removing":
+                raise ContainerGone(f"container {rec.name} is being removed")
+            change(rec)
+            self._write(rec)
+            return rec
+
+    def create(self, image: str, image_id: str, command: list[str], name: str | None,
+               setup: Callable[[Record], None] | None = None) -> Record:
+        """Reserve an id and a unique name (call with the store locked).  This process is
+        recorded as the container's owner: ``rm -f`` stops it if the container is removed while
+        it starts."""
+        taken = {r.name: r.id for r in self.all()}
+        if name:
+            if not _valid_name(name):
+                raise UsageError(f"invalid container name '{name}': use letters, digits, '_', '.' and '-', "
+                                 "starting with a letter or digit")
+            if name in taken:
+                raise RootlessError(f"the container name '{name}' is already in use by container "
+                                    f"{taken[name][:12]}: remove it with 'rootless rm {name}' or choose another name")
+        else:
+            name = next((n for n in (_random_name() for _ in range(100)) if n not in taken), None)
+            name = name or f"c_{os.urandom(4).hex()}"
+        cid = os.urandom(32).hex()
+        os.makedirs(self.store.container_dir(cid), mode=0o700)
+        rec = Record(cid, name, image, image_id, command, time.time(),
+                     owner_pid=os.getpid(), owner_start=procs.start_time(os.getpid()))
+        if setup is not None:
+            setup(rec)
+        self._write(rec)
+        return rec
+
+    def find(self, key: str) -> Record:
+        recs = self.all()
+        for r in recs:
+            if r.name == key or r.id == key:
+                return r
+        matches = [r for r in recs if r.id.startswith(key)] if len(key) >= 3 else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UsageError(f"container id prefix '{key}' is ambiguous: give more characters")
+        raise RootlessError(f"no such container: '{key}' ('rootless ps -a' lists them)")
+
+    def remove(self, rec: Record, maps: idmap.IdMaps, force: bool = False) -> list[str]:
+        """Remove the container: with ``force``, first stop whatever runs or starts it.
+
+        Under the record's lock the record is marked ``removing`` (writers then get
+        ``ContainerGone``); the container's PID 1 is killed through a pidfd, so that its owner
+        (the ``run`` in the foreground, or the monitor) ends as after any exit; an owner still
+        starting it, or one that does not end, is killed with its whole process tree.  Then,
+        under the lock again, the directory is renamed away and removed with the cgroup and
+        the run-time directory.  Returns warnings (things left that could not be removed)."""
+        me = os.getpid()
+        with self.locked(rec.id, rec.name) as cur:
+            if cur.state == "removing":
+                remover = cur.config.get("remover") or [0, 0]
+                if remover[0] != me and procs.alive(*remover):
+                    raise RootlessError(f"removal of container {cur.name} is already in progress")
+            owner = _owner(cur)
+            if owner[0] and cur.state in ("exited", "removing") and not _container_alive(cur):
+                owner_fd = procs.open_pid(*owner)        # finishing its clean-up, or between two runs
+                if owner_fd is not None:                 # of a restart policy
+                    procs.wait_fd(owner_fd, 0 if force else 5)
+                    os.close(owner_fd)
+                owner = _owner(cur)
+            busy = _container_alive(cur) or bool(owner[0])
+            if busy and not force:
+                raise RootlessError(f"container {cur.name} is running: stop it first, or use 'rootless rm -f'")
+            if busy:
+                cur.state = "removing"
+                cur.config["remover"] = [me, procs.start_time(me)]
+                self._write(cur)
+            else:
+                return self._discard(cur, maps)
+        # Outside the lock, which the owner needs to record how the container ended.
+        if cur.init_pid and _container_alive(cur):
+            procs.signal_pid(cur.init_pid, cur.init_start, 9)
+            if owner[0] and not procs.wait_gone(*owner, 10):
+                procs.kill_tree(*owner)
+        elif owner[0]:
+            procs.kill_tree(*owner)      # still starting it: nothing of it may go on
+        if cur.init_pid and _container_alive(cur):
+            procs.kill_tree(cur.init_pid, cur.init_start)   # a container that outlived its owner
+        if cur.pid and cur.pid != me and _alive(cur.pid) and not cur.init_start:
+            os.kill(cur.pid, 9)                              # a record from an older rootless
+            _wait_gone(cur.pid)
+        try:
+            with self.locked(cur.id, cur.name) as last:
+                return self._discard(last, maps)
+        except ContainerGone:
+            return []       # another rm -f completed the removal meanwhile
+
+    def _discard(self, rec: Record, maps: idmap.IdMaps) -> list[str]:
+        """Rename the directory away (call with the lock held, nothing of the container running),
+        then remove it, the cgroup and the run-time directory."""
+        directory = self.store.container_dir(rec.id)
+        doomed = os.path.join(self.store.root, "tmp", f"removing-{rec.id}-{os.urandom(4).hex()}")
+        os.rename(directory, doomed)
+        warnings = []
+        if rec.cgroup_paths:
+            from ..cgroups import CgroupError, attach
+            try:
+                present = [p for p in rec.cgroup_paths if os.path.isdir(p)]
+                if present:
+                    attach(present).remove()
+            except CgroupError as e:
+                warnings.append(str(e))
+        run_dir = rec.config.get("run_dir")
+        if run_dir and os.path.isdir(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            remove_tree(maps, doomed)
+        except StoreError as e:
+            raise StoreError(f"container {rec.name} was removed, but not all of its files ({e}): remove them "
+                             f"with 'rootless unshare rm -rf {doomed}'") from None
+        return warnings
+
+
+def _owner(rec: Record) -> tuple[int, int]:
+    """The process running (or starting) the container, if it still runs and is not us."""
+    pid, start = rec.owner_pid, rec.owner_start
+    if not pid:
+        pid = int(rec.config.get("monitor") or 0)   # a record from an older rootless
+    if pid and pid != os.getpid() and procs.alive(pid, start):
+        return pid, start
+    return 0, 0
+
+
+def _container_alive(rec: Record) -> bool:
+    if rec.init_start:
+        return procs.alive(rec.init_pid, rec.init_start)
+    return rec.state in ("running", "removing") and _alive(rec.pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it waits only for its parent to read its status)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
+def _random_name() -> str:
+    a, b = os.urandom(2)
+    return f"{_ADJECTIVES[a % len(_ADJECTIVES)]}_{_NOUNS[b % len(_NOUNS)]}"
+
+
+def _valid_name(name: str) -> bool:
+    import re
+    return bool(re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name))
+
+
+def running(rec: Record) -> bool:
+    return rec.state == "running" and _alive(rec.pid)

@@ -1,0 +1,253 @@
+"""A container's root filesystem, prepared in the container's user and mount namespace.
+
+Drivers (``--storage-driver``, or ``ROOTLESS_STORAGE_DRIVER``):
+
+* ``overlay``: the kernel's overlayfs, mounted as root of the user namespace with the
+  ``userxattr`` option (Linux 5.11+): the image's layers are the read-only lower dirs,
+  shared by every container; ``upper/`` and ``work/`` are the container's own.
+* ``vfs``: a private copy of the layers per container (``cp -a`` as root of the user
+  namespace, so sub-id owners are kept) — slow and large, but works everywhere.
+* ``fuse-overlay``: our pyfuse3 overlay filesystem (``fuse_overlay/``), serving the same
+  lower/upper/work layout, with ``xattr_permissions`` in single-uid mode so that owners other
+  than root can be kept.  The daemon is forked by the per-user fork server
+  (``forkserver.py``) into the intermediate process's user and mount namespaces; it holds no
+  reference to the mount, which ends (and the daemon with it) when the container's processes
+  are gone.  Without the server, the intermediate process starts ``fuse-overlay -f`` itself,
+  with a parent-death signal, and stays until the container ends to unmount and stop it
+  (``daemon``).
+* ``auto`` (default): see ``AUTO_ORDER``.
+
+``prepare`` runs in the intermediate process (see ``sandbox.container``), in the container's
+new mount namespace; ``cleanup`` runs there too when the intermediate process stays (a daemon
+of its own), else the mount simply ends with the container and ``--rm`` is done by the engine.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+from ..errors import UsageError
+from ..sandbox import libc
+
+DRIVERS = ("auto", "fuse-overlay", "overlay", "vfs")
+# fuse-overlay first: with the per-user server (rootless/container/forkserver.py) a mount costs a fork,
+# and a start takes as long as with the kernel's overlay (scripts/bench); the kernel's overlay
+# when FUSE is not usable here, the copy as the last resort.
+AUTO_ORDER = ("fuse-overlay", "overlay", "vfs")
+READY_TIMEOUT = 30.0
+
+
+class ContainerRootfs:
+    """The root filesystem of one container under ``directory`` (the container's store dir)."""
+
+    def __init__(self, layer_dirs: list[str], directory: str, driver: str, remove_after: bool,
+                 single_uid: bool = False, fuse_server: str | None = None,
+                 id_translation: tuple[str, str] | None = None):
+        if driver not in DRIVERS:
+            raise UsageError(f"unknown storage driver '{driver}': use one of {', '.join(DRIVERS)}")
+        self.layer_dirs = layer_dirs            # bottom first
+        self.directory = directory
+        self.target = os.path.join(directory, "rootfs")
+        self.driver = driver
+        self.remove_after = remove_after
+        self.used = ""                          # the driver that served (set by prepare)
+        self.single_uid = single_uid
+        self.daemon = 0                         # fuse-overlay's pid, when our child
+        self.serving = 0                        # the pid serving the root filesystem (fuse-overlay)
+        self.fuse_server = fuse_server          # socket of the per-user fork server
+        # (uidmapping, gidmapping) for fuse-overlay when the container's user namespace maps
+        # ids otherwise than the one the layers were unpacked in (--userns keep-id)
+        self.id_translation = id_translation
+
+    def prepare(self) -> None:
+        os.makedirs(self.target, mode=0o755, exist_ok=True)
+        order = AUTO_ORDER if self.driver == "auto" else (self.driver,)
+        for driver in order:
+            try:
+                {"fuse-overlay": self._mount_fuse, "overlay": self._mount_overlay, "vfs": self._copy}[driver]()
+                self.used = driver
+                if self.id_translation and driver != "fuse-overlay":
+                    os.write(2, f"rootless: warning: with --storage-driver {driver}, the image's files show "
+                                "owners shifted by --userns keep-id (root's as yours); fuse-overlay shows "
+                                "them as in the image\n".encode())
+                return
+            except _Unavailable as e:
+                if driver == order[-1]:
+                    raise OSError(f"storage driver {driver} cannot work here: {e}") from None
+            except OSError as e:
+                if driver == order[-1] or e.errno not in (errno.EINVAL, errno.EPERM, errno.ENODEV):
+                    raise
+
+    def _dirs(self) -> tuple[str, str, str]:
+        upper, work = os.path.join(self.directory, "upper"), os.path.join(self.directory, "work")
+        os.makedirs(upper, mode=0o755, exist_ok=True)
+        os.makedirs(work, mode=0o700, exist_ok=True)
+        return ":".join(reversed(self.layer_dirs)), upper, work  # overlays list the top layer first
+
+    def _mount_fuse(self) -> None:
+        import select
+        import sys
+        from ..sandbox.spawn import spawn
+        exe = os.path.join(os.path.dirname(sys.executable), "fuse-overlay")
+        if not os.path.exists(exe):
+            exe = shutil.which("fuse-overlay") or ""
+        if not exe or not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise _Unavailable("fuse-overlay is not installed, or /dev/fuse is missing or not usable by you")
+        lower, upper, work = self._dirs()
+        opts = f"lowerdir={lower.replace(',', chr(92) + ',')},upperdir={upper},workdir={work}"
+        if self.single_uid:
+            opts += ",xattr_permissions=2"
+        if self.id_translation:
+            opts += f",uidmapping={self.id_translation[0]},gidmapping={self.id_translation[1]}"
+        if self.fuse_server:
+            from . import forkserver
+            try:
+                self.serving = forkserver.mount(self.fuse_server, ["-f", "-o", f"{opts},notify_fd=@", self.target],
+                                                 READY_TIMEOUT)
+                return
+            except forkserver.Unavailable:
+                pass  # start a daemon of our own below
+        r, w = os.pipe()
+        try:
+            self.daemon, err = spawn([exe, "-f", "-o", f"{opts},notify_fd={w}", self.target],
+                                     pass_fds=(w,), die_with_parent=True)
+            self.serving = self.daemon
+        finally:
+            os.close(w)
+        try:
+            ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
+            if not ready or not os.read(r, 16).startswith(b"ready"):
+                detail = _drain(err) if err is not None else ""
+                self._stop_daemon()
+                raise OSError(f"fuse-overlay did not mount the root filesystem: "
+                              f"{detail or 'no answer within %.0f s' % READY_TIMEOUT}")
+        finally:
+            os.close(r)
+            if err is not None:
+                os.close(err)
+
+    def _mount_overlay(self) -> None:
+        lower, upper, work = self._dirs()
+        libc.mount("overlay", self.target, "overlay", 0,
+                   f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+
+    def _copy(self) -> None:
+        """Layer by layer, bottom first, applying each layer's whiteouts as an overlay would.
+
+        Once: a restarted container keeps its copy, with its changes."""
+        import subprocess
+        done = os.path.join(self.directory, "rootfs.copied")
+        if os.path.exists(done):
+            return
+        for layer in self.layer_dirs:
+            whiteouts, opaque = _whiteouts(layer)
+            for rel in opaque:   # an opaque dir hides everything below it in lower layers
+                target = os.path.join(self.target, rel)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    for entry in os.listdir(target):
+                        _remove(os.path.join(target, entry))
+            proc = subprocess.run(["cp", "-a", "--reflink=auto", f"{layer}/.", self.target],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                raise OSError(f"copying the image into the container failed: {proc.stderr.strip()}")
+            for rel in whiteouts:  # the copied whiteout and what it hides
+                _remove(os.path.join(self.target, rel))
+        open(done, "w").close()
+
+    def _stop_daemon(self) -> None:
+        """Wait for fuse-overlay to exit after the unmount; SIGTERM, then SIGKILL, if it lingers."""
+        import signal
+        import time
+        if not self.daemon:
+            return
+        for sig, grace in ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if sig is not None:
+                try:
+                    os.kill(self.daemon, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(self.daemon, os.WNOHANG)[0]:
+                        self.daemon = 0
+                        return
+                except ChildProcessError:
+                    self.daemon = 0
+                    return
+                time.sleep(0.005)
+
+    def cleanup(self) -> None:
+        if self.used in ("overlay", "fuse-overlay"):
+            try:
+                libc.umount2(self.target, libc.MNT_DETACH)
+            except OSError:
+                pass
+        if self.used == "fuse-overlay":
+            self._stop_daemon()
+        if self.remove_after:
+            for name in ("rootfs", "upper", "work"):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+    @staticmethod
+    def changes_dir(directory: str) -> str:
+        """Where a stopped container's own files are: the overlay's upper dir, or the copy."""
+        upper = os.path.join(directory, "upper")
+        return upper if os.path.isdir(upper) else os.path.join(directory, "rootfs")
+
+
+def _whiteouts(layer: str) -> tuple[list[str], list[str]]:
+    """Paths (relative to ``layer``) of its whiteouts (char 0/0) and of its opaque directories."""
+    import stat
+    whiteouts, opaque = [], []
+    for dirpath, dirs, files in os.walk(layer):
+        rel = os.path.relpath(dirpath, layer)
+        try:
+            if os.getxattr(dirpath, "user.overlay.opaque") == b"y" and rel != ".":
+                opaque.append(rel)
+        except OSError:
+            pass
+        for name in files + dirs:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                whiteouts.append(os.path.normpath(os.path.join(rel, name)))
+    return whiteouts, opaque
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class _Unavailable(Exception):
+    """This driver cannot work on this host; ``auto`` tries the next."""
+
+
+def _drain(fd: int) -> str:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 65536).decode(errors="replace").strip()
+    except BlockingIOError:
+        return ""
+
+
+def internal_errors(container_dir: str) -> list[str]:
+    """What the container's fuse-overlay daemon recorded as internal errors (requests it
+    answered with EIO because of a bug in it), one line each; [] for other drivers."""
+    from fuse_overlay.mount import ERRORS_FILE
+    try:
+        with open(os.path.join(container_dir, "work", os.fsdecode(ERRORS_FILE)), errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []

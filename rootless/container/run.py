@@ -1,0 +1,593 @@
+"""``rootless run``: from an image and Docker's flags to a sandbox spec, then run it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .. import paths
+from . import procs
+from .records import Containers
+from ..errors import CommandError, RootlessError, SandboxError, UsageError
+from ..network import NetworkSpec
+from .rootfs import ContainerRootfs
+from ..sandbox import caps, channel, container, idmap, libc, mounts
+from ..image.store import Store
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class RunOptions:
+    image: str
+    command: list[str] = field(default_factory=list)
+    rm: bool = False
+    interactive: bool = False
+    tty: bool = False
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    entrypoint: str | None = None
+    name: str | None = None
+    read_only: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    detach: bool = False
+    storage_driver: str = "auto"
+    network: str | None = None
+    publish: list[str] = field(default_factory=list)
+    add_host: list[str] = field(default_factory=list)
+    memory: str | None = None
+    memory_swap: str | None = None
+    cpus: str | None = None
+    cpu_shares: str | None = None
+    pids_limit: str | None = None
+    cpuset_cpus: str | None = None
+    cgroup_parent: str | None = None
+    restart: str = "no"
+    userns: str = ""                                     # "" or "keep-id"
+    network_alias: list[str] = field(default_factory=list)
+    stop_signal: str | None = None
+    volume: list[str] = field(default_factory=list)      # -v
+    mount: list[str] = field(default_factory=list)       # --mount
+    tmpfs: list[str] = field(default_factory=list)       # --tmpfs
+    security_opt: list[str] = field(default_factory=list)
+    privileged: bool = False
+    read_only_tmpfs: bool = False
+    preserve_fds: int = 0
+
+
+def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
+    """Docker's ``--env-file`` then ``-e`` entries; ``KEY`` alone takes the caller's value if set."""
+    lines: list[str] = []
+    for path in env_files:
+        try:
+            with open(path) as f:
+                lines += [ln.lstrip().rstrip("\n") for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            raise UsageError(f"cannot read env file {path}: {e.strerror}") from None
+    out = []
+    for item in lines + list(items):
+        key, sep, value = item.partition("=")
+        key = key.strip() if not sep else key
+        if not key or any(c.isspace() for c in key):
+            raise UsageError(f"invalid environment variable '{item}': use KEY=VALUE")
+        if not sep:
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        out.append((key, value))
+    return out
+
+
+HOST_NAME_MAX = 64   # bytes, Linux's limit for sethostname(2)
+
+
+def check_hostname(name: str) -> None:
+    """Refuse a --hostname the kernel would refuse, before anything is created."""
+    size = len(name.encode())
+    if size > HOST_NAME_MAX:
+        raise UsageError(f"the --hostname '{name[:20]}...' is {size} bytes long, but Linux allows at most "
+                         f"{HOST_NAME_MAX}: give a shorter name")
+    if "\0" in name or "/" in name or any(c.isspace() for c in name):
+        raise UsageError(f"invalid --hostname {name!r}: use letters, digits, '-' and '.' (no spaces or '/')")
+
+
+def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str, tty: bool) -> dict[str, str]:
+    """Docker's order: the engine's defaults, then the image's ENV, then -e/--env-file."""
+    env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
+    if tty:
+        env["TERM"] = "xterm"
+    for item in image_env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    for key, value in extra:
+        env[key] = value
+    return env
+
+
+def _etc_files(directory: str, hostname: str, net: "NetworkSpec",
+               extra_hosts: list[tuple[str, str]], network_hosts: str = "") -> tuple[tuple[str, str], ...]:
+    from ..network import CONTAINER_IP
+    own_ip = CONTAINER_IP if net.needs_helper else "127.0.1.1"
+    hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+             f"{own_ip}\t{hostname}\n" + "".join(f"{addr}\t{name}\n" for name, addr in extra_hosts)
+             + network_hosts)
+    try:
+        with open("/etc/resolv.conf") as f:
+            host_resolv = f.readlines()
+    except OSError:
+        host_resolv = []
+    if net.mode == "host":
+        resolv = "".join(host_resolv)
+    else:
+        # The host's search domains and options; its nameservers are unreachable from the
+        # container (a loopback one) or replaced by the stack's DNS forwarder.
+        resolv = "".join(ln for ln in host_resolv if not ln.startswith("nameserver"))
+        if net.dns_server:
+            resolv += f"nameserver {net.dns_server}\n"
+    out = []
+    for target, text in (("/etc/hosts", hosts), ("/etc/hostname", hostname + "\n"),
+                         ("/etc/resolv.conf", resolv)):
+        path = os.path.join(directory, os.path.basename(target))
+        with open(path, "w") as f:
+            f.write(text)
+        out.append((target, path))
+    return tuple(out)
+
+
+def warn_single(maps: idmap.IdMaps) -> None:
+    if maps.single and not os.environ.get("ROOTLESS_NO_SINGLE_UID_WARNING"):
+        print(f"rootless: warning: {maps.why_single}; the container gets a single uid/gid mapping "
+              "(only uid 0 exists inside). For the full range, an administrator can run "
+              "'usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER' "
+              "(see docs/troubleshooting.md)", file=sys.stderr)
+
+
+def parse_restart(policy: str) -> tuple[str, int]:
+    """Docker's --restart: no, always, unless-stopped, on-failure[:MAX]."""
+    name, _, count = policy.partition(":")
+    if name not in ("no", "always", "unless-stopped", "on-failure") or (count and (
+            name != "on-failure" or not count.isdigit())):
+        raise UsageError(f"invalid --restart '{policy}': use no, always, unless-stopped or on-failure[:MAX]")
+    return name, int(count or 0)
+
+
+def run(store: Store, opts: RunOptions, existing=None) -> int:
+    """Run a container; with ``existing`` (a record), run that container again (``start``)."""
+    if opts.tty and opts.interactive and not opts.detach and not os.isatty(0):
+        raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
+    from ..sandbox.userns import forbidden_by_sysctl
+    from ..errors import UserNamespaceUnavailable
+    why = forbidden_by_sysctl()
+    if why:
+        raise UserNamespaceUnavailable(why)
+    maps = idmap.detect()
+    stored = maps                # the maps the image's layers were unpacked through
+    passwd_entry = None
+    if opts.userns not in ("", "host-range", "keep-id"):
+        raise UsageError(f"unknown --userns '{opts.userns}': use keep-id (or leave it out)")
+    if opts.userns == "keep-id":
+        import pwd
+        try:
+            maps = idmap.keep_id(maps, os.getuid(), os.getgid())
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        try:
+            me = pwd.getpwuid(os.getuid())
+            passwd_entry = f"{me.pw_name}:x:{me.pw_uid}:{me.pw_gid}::{me.pw_dir}:/bin/sh"
+        except KeyError:
+            passwd_entry = f"user:x:{os.getuid()}:{os.getgid()}::/:/bin/sh"
+        if opts.user is None:
+            opts.user = f"{os.getuid()}:{os.getgid()}"
+    image = store.resolve(opts.image)
+    cfg = image.run_config
+    if opts.entrypoint is not None:
+        entrypoint = [opts.entrypoint] if opts.entrypoint else []
+        cmd = list(opts.command)           # Docker: --entrypoint resets the image's CMD
+    else:
+        entrypoint = list(cfg.get("Entrypoint") or [])
+        cmd = list(opts.command) or list(cfg.get("Cmd") or [])
+    args = entrypoint + cmd
+    if not args:
+        raise UsageError(f"no command specified: give one after the image name, e.g. "
+                         f"'rootless run {opts.image} sh', or set CMD when importing")
+    if opts.stop_signal:
+        from .procs import parse_signal
+        parse_signal(opts.stop_signal)   # refuse a bad name now, not at stop time
+    workdir = opts.workdir or cfg.get("WorkingDir") or "/"
+    if not workdir.startswith("/"):
+        raise UsageError(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
+    if opts.hostname:
+        check_hostname(opts.hostname)
+    from .. import security
+    opts.security_opt = security.absolute_profile_paths(opts.security_opt)
+    sec = security.parse(opts.security_opt, opts.privileged, opts.read_only_tmpfs)
+    wanted_caps = caps.resolve(["ALL"] if sec.privileged else opts.cap_add, [] if sec.privileged else opts.cap_drop)
+    seccomp_prog = seccomp_program(sec, wanted_caps)
+    check_preserve_fds(opts.preserve_fds, opts.detach)
+    extra_env = parse_env(opts.env, opts.env_files)
+    from .. import network
+    user_net = None
+    shared = None             # --network container:NAME: that container's record
+    mode = opts.network
+    if mode and mode.startswith("container:"):
+        from .records import running
+        shared = Containers(store).find(mode.partition(":")[2])
+        if not running(shared) or not shared.init_pid:
+            raise RootlessError(f"--network {mode}: container {shared.name} is not running")
+        if opts.publish:
+            raise UsageError(f"-p cannot be used with --network {mode}: publish the ports on {shared.name}")
+        mode = "none"         # nothing of our own: the other container's namespace is used
+    if mode and mode.split(":")[0] not in network.MODES + ("bridge",):
+        from ..network.user_networks import UserNetworkPlan
+        user_net = UserNetworkPlan(store, [mode], list(opts.network_alias))  # raises if it does not exist
+        # and the default stack, for traffic leaving the machine and -p; none on an internal network
+        mode = "none" if user_net.internal else None
+        if user_net.internal and opts.publish:
+            raise UsageError(f"network {opts.network} is internal (no traffic in or out): -p cannot work on it")
+    elif opts.network_alias:
+        raise UsageError("--network-alias needs a network made with 'rootless network create'")
+    net, extra_hosts = network.parse(mode, opts.publish, opts.add_host)
+    if net.ports:
+        from ..network.ports import check_available
+        check_available(net.ports)
+    run_base = paths.runtime_dir()  # fail early, with the fix, if the run-time directory is unusable
+    from .. import cgroups
+    cg_setup = cgroups.detect(opts.cgroup_parent or os.environ.get(cgroups.ENV))
+    limits = cgroups.Limits.parse(memory=opts.memory, memory_swap=opts.memory_swap, cpus=opts.cpus,
+                                  cpu_shares=opts.cpu_shares, pids=opts.pids_limit, cpuset_cpus=opts.cpuset_cpus)
+    cg_setup.check(limits)  # refuse a limit that cannot be enforced before anything exists
+    warn_single(maps)
+    from .. import volumes
+    opts.volume, opts.mount = volumes.absolute_sources(opts.volume, opts.mount)
+    vols = volumes.plan(store, opts.volume, opts.mount, opts.tmpfs)  # -v/--mount/--tmpfs, checked now
+    policy, max_restarts = parse_restart(opts.restart)
+    if policy != "no" and opts.rm:
+        raise UsageError("--restart and --rm conflict: a container removed when it exits cannot be restarted")
+
+    def execute(detacher=None) -> int:
+        from dataclasses import asdict
+        from contextlib import nullcontext
+        from .records import ContainerGone
+        records = Containers(store)
+
+        def setup(r) -> None:
+            if existing is None:
+                r.config["options"] = {**asdict(opts), "detach": True, "tty": opts.tty and opts.detach,
+                                       "interactive": opts.interactive and opts.detach}
+            else:       # start: this process now owns it
+                r.config.pop("stopped", None)
+                r.owner_pid, r.owner_start = os.getpid(), procs.start_time(os.getpid())
+            r.config["run_dir"] = os.path.join(run_base, r.id[:16])   # for rm -f, whoever runs it
+            if user_net:
+                user_net.reserve(r, records)
+        if existing is None:
+            with store.lock():
+                rec = records.create(image.ref or image.id, image.id, args, opts.name, setup=setup)
+        else:
+            with store.lock() if user_net else nullcontext():
+                rec = records.update(existing.id, setup, existing.name)
+        restarts, backoff = 0, 0.1
+        logging = detacher is not None
+        while True:
+            try:
+                code = once(rec, records, detacher, logging, restarts)
+            except ContainerGone:
+                raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') before it had "
+                                    "started", 137) from None
+            detacher = None  # the CLI has its answer; later rounds only log
+            if code is None:
+                raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') while it ran", 137)
+            if policy == "no":
+                return code
+            again = (policy in ("always", "unless-stopped") or (policy == "on-failure" and code != 0 and (
+                not max_restarts or restarts < max_restarts))) and not _stopped(records, rec)
+            if not again:
+                return code
+            restarts += 1
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            if _stopped(records, rec):  # stopped (or removed) while we waited
+                return code
+
+    def once(rec, records, detacher, logging: bool, restarts: int) -> int | None:
+        """One run of the container: its exit code, or None if it was removed meanwhile."""
+        from .records import ContainerGone
+        directory = store.container_dir(rec.id)
+        hostname = opts.hostname or rec.id[:12]
+        pump = console = None
+        helpers: list = []
+        run_dir = os.path.join(run_base, rec.id[:16])  # short: unix socket paths hold 108 bytes
+        if logging:
+            from .monitor import LogPump, log_path
+            if opts.tty or opts.interactive:      # -dit / -di: a terminal to attach to
+                from .console import Console
+                console = Console(run_dir, opts.tty)
+                if not opts.tty:
+                    console.stdin_pipe()
+            pump = LogPump(log_path(directory), tee=console.broadcast if console else None)
+            pump.redirect()
+        cg = started = None
+        try:
+            cg_setup.sweep("rootless-")  # leftovers of engines that were killed
+            cg_name = f"rootless-{rec.id[:32]}"
+            planned = [os.path.join(h.parent, cg_name) for h in cg_setup.hierarchies]
+            # recorded before it exists: rm -f of a container still starting removes it too
+            rec = records.update(rec.id, lambda r: setattr(r, "cgroup_paths", planned))
+            cg = cg_setup.create(cg_name, limits)
+            rec.cgroup_paths = list(cg.paths)
+            missing = [d for d in image.diff_ids if not store.has_layer(d)]
+            if missing:
+                raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
+                                    "import the image again")
+            server = None
+            if _may_use_fuse(opts.storage_driver):
+                from . import services
+                server = services.ensure(run_base)
+            rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
+                                     opts.storage_driver, remove_after=opts.rm, single_uid=maps.single,
+                                     fuse_server=server,
+                                     id_translation=None if maps is stored else (
+                                         idmap.translation(stored.uids, maps.uids),
+                                         idmap.translation(stored.gids, maps.gids)))
+            spec = container.SandboxSpec(
+                process=container.ProcessSpec(
+                    args=args,
+                    env=merge_env(cfg.get("Env") or [], extra_env, hostname, opts.tty),
+                    cwd=workdir,
+                    user=opts.user if opts.user is not None else (cfg.get("User") or ""),
+                    caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
+                    winsize=(_user_winsize() if not logging else console_winsize()) if opts.tty else None,
+                    passwd_entry=passwd_entry, seccomp=seccomp_prog, no_new_privs=sec.no_new_privileges,
+                    preserve_fds=opts.preserve_fds),
+                rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
+                                         masked=sec.masked_paths(mounts.MASKED_PATHS),
+                                         readonly_paths=sec.readonly_paths(mounts.READONLY_PATHS),
+                                         devices=mounts.usable_host_devices() if sec.privileged else (),
+                                         etc_files=_shared_etc(store, shared, directory) if shared else
+                                         _etc_files(directory, hostname, net, extra_hosts,
+                                                    user_net.hosts_for(records, rec) if user_net else ""),
+                                         ptmx_gid=5 if maps.size("gid") > 5 else None,
+                                         binds=vols.create(rec, maps) + (
+                                             read_only_tmpfs_binds() if opts.read_only and sec.read_only_tmpfs
+                                             else ())),
+                hostname=hostname, maps=maps,
+                prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
+                rootfs_server=lambda: rootfs.serving,
+                cleanup_rootfs=rootfs.cleanup,
+                intermediate_needed=lambda: rootfs.daemon != 0,
+                own_network=net.own_namespace,
+                network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
+                join_cgroup=cg.add if cg.paths else None,
+                join_userns=user_net.start_holder(maps, run_base) if user_net else None)
+            if shared:
+                # NAME's network namespace is owned by NAME's user namespace (a child of the one
+                # its mounts were made in): ours is that one too, made in the same way.
+                try:
+                    spec.join_netns = os.open(f"/proc/{shared.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                    spec.container_userns = libc.ns_ioctl(spec.join_netns, libc.NS_GET_USERNS)
+                    spec.join_userns = libc.ns_ioctl(spec.container_userns, libc.NS_GET_PARENT)
+                except OSError as e:
+                    for fd in (spec.join_netns, spec.container_userns):
+                        if fd is not None:
+                            os.close(fd)
+                    raise SandboxError(f"cannot join the namespaces of container {shared.name}: {e}") from None
+            try:
+                started = container.start(spec)
+            except channel.ChildError as e:
+                cls = CommandError if e.kind == "exec" else SandboxError
+                raise cls(str(e), e.exit_code) from None
+            finally:
+                for fd in (spec.join_userns, spec.join_netns, spec.container_userns):
+                    if fd is not None:
+                        os.close(fd)
+            config = {"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
+                      "caps": sorted(spec.process.caps), "hostname": hostname, "detached": opts.detach,
+                      "stop_signal": opts.stop_signal or cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
+                      "monitor": os.getpid() if logging else 0,
+                      "rootfs_server": started.rootfs_server}
+            if restarts:
+                config["restarts"] = restarts
+            init_start = procs.start_time(started.init_pid)
+
+            def now_running(r) -> None:
+                r.state, r.pid, r.init_pid, r.init_start = ("running", started.intermediate_pid,
+                                                            started.init_pid, init_start)
+                r.exit_code, r.finished, r.cgroup_paths = None, None, list(cg.paths)
+                r.config.update(config)
+            rec = records.update(rec.id, now_running)
+            if detacher is not None:
+                detacher.started(rec.id)
+            if pump is not None:
+                pump.start()
+                if console is not None:
+                    master, started.tty_master = started.tty_master, None   # the console's, not a relay's
+                    console.started(os.dup(master) if master is not None else None)
+                    if master is not None:
+                        pump.add_source("stdout", master)
+                libc.release_free_memory()   # the monitor idles from here on (docs/containers.md)
+            code = container.wait(started)
+            rec.oom_killed = cg.oom_killed()
+            if pump is not None:
+                pump.finish()
+            if console is not None:
+                console.close()
+        except BaseException as e:
+            if started is not None:     # removed just as it started: it must not run on
+                _kill_child(started.init_pid)
+            if console is not None:
+                console.close()
+            _stop(helpers, run_dir)
+            _remove_cgroup(cg)
+            if isinstance(e, ContainerGone):
+                pass        # 'rm -f' removes it
+            elif opts.rm:
+                _remove(records, rec, maps)
+            else:
+                with contextlib.suppress(ContainerGone):
+                    records.update(rec.id, lambda r: _ended(r, getattr(e, "exit_code", 125)))
+            raise
+        _stop(helpers, run_dir)
+        _remove_cgroup(cg)
+        if user_net:
+            user_net.refresh_peers(records, rec.id, leaving=True)
+        oom = rec.oom_killed
+        try:
+            if opts.rm:
+                if records.find(rec.id).state == "removing":
+                    return None
+                _remove(records, rec, maps)
+            else:
+                records.update(rec.id, lambda r: _ended(r, code, oom))
+        except ContainerGone:
+            return None
+        except RootlessError:
+            if opts.rm:
+                raise
+            return None     # no such container: removed meanwhile
+        return code
+
+    if opts.detach:
+        from dataclasses import asdict
+        from .monitor import run_detached
+        return run_detached(execute, announce=existing is None,
+                            request={"store": store.root, "opts": asdict(opts),
+                                     "existing": existing.id if existing is not None else None})
+    return execute()
+
+
+def seccomp_program(sec, wanted_caps: frozenset[str]) -> bytes | None:
+    """The compiled filter the container's processes get (None: unconfined); a bad profile is
+    the user's error, reported before anything starts."""
+    from ..sandbox import seccomp
+    if sec.seccomp == "unconfined":
+        return None
+    try:
+        return seccomp.program(sec.seccomp, wanted_caps)
+    except seccomp.ProfileError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_preserve_fds(count: int, detach: bool) -> None:
+    """--preserve-fds N: descriptors 3..3+N-1 of ours must be open; not with -d (nobody holds them)."""
+    if count < 0:
+        raise UsageError(f"--preserve-fds must be 0 or more (got {count})")
+    if count and detach:
+        raise UsageError("--preserve-fds cannot be used with -d: the descriptors belong to this command, "
+                         "which does not stay; run in the foreground")
+    import fcntl
+    for fd in range(3, 3 + count):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            raise UsageError(f"--preserve-fds {count}: file descriptor {fd} is not open in this shell "
+                             f"(open it, e.g. '{fd}<file', or pass a smaller number)") from None
+
+
+def read_only_tmpfs_binds() -> tuple:
+    """--read-only with --read-only-tmpfs: writable tmpfs on /run, /tmp and /var/tmp (as Podman)."""
+    return tuple(mounts.Bind(target=t, kind="tmpfs", options="mode=1777") for t in ("/run", "/tmp", "/var/tmp"))
+
+
+def _ended(rec, code: int, oom: bool = False) -> None:
+    rec.state, rec.exit_code, rec.finished, rec.oom_killed = "exited", code, time.time(), oom
+
+
+def _stopped(records: Containers, rec) -> bool:
+    """Whether 'stop' marked the container (or it was removed): a restart policy ends then."""
+    try:
+        cur = records.find(rec.id)
+    except RootlessError:
+        return True
+    return bool(cur.config.get("stopped")) or cur.state == "removing"
+
+
+def _kill_child(pid: int) -> None:
+    """SIGKILL our own unreaped child (its pid cannot have been reused: no pidfd needed)."""
+    import signal
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _shared_etc(store: Store, shared, directory: str) -> tuple[tuple[str, str], ...]:
+    """--network container:NAME: that container's hosts and resolv.conf (copied), our hostname."""
+    import shutil
+    out = []
+    for name in ("hosts", "resolv.conf"):
+        src = os.path.join(store.container_dir(shared.id), name)
+        dst = os.path.join(directory, name)
+        try:
+            shutil.copyfile(src, dst)
+        except OSError:
+            open(dst, "w").close()
+        out.append((f"/etc/{name}", dst))
+    return tuple(out)
+
+
+def _network_setup(net: NetworkSpec, run_dir: str, helpers: list, user_net=None, rec=None, records=None):
+    """What P does once PID 1's namespaces exist: the userspace stack, then the user networks."""
+    if not net.needs_helper and user_net is None:
+        return None
+
+    def setup(pid: int) -> None:
+        if net.needs_helper:
+            from ..network import helpers as stacks
+            os.makedirs(run_dir, mode=0o700, exist_ok=True)
+            helpers.extend(stacks.start(net, pid, run_dir))
+        if user_net is not None:
+            user_net.attach(rec, pid, records)
+    return setup
+
+
+def _stop(helpers: list, run_dir: str) -> None:
+    while helpers:
+        helpers.pop().stop()
+    if os.path.isdir(run_dir):
+        import shutil
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _may_use_fuse(driver: str) -> bool:
+    from .rootfs import AUTO_ORDER
+    return driver == "fuse-overlay" or (driver == "auto" and AUTO_ORDER[0] == "fuse-overlay")
+
+
+def _remove_cgroup(cg) -> None:
+    if cg is None:
+        return
+    from ..cgroups import CgroupError
+    try:
+        cg.remove()
+    except CgroupError as e:
+        print(f"rootless: warning: {e}", file=sys.stderr)
+
+
+def console_winsize() -> bytes:
+    """A detached container's pty starts at 24x80; ``attach`` sends the user's size."""
+    from .console import DEFAULT_WINSIZE
+    return DEFAULT_WINSIZE
+
+
+def _user_winsize() -> bytes | None:
+    from ..sandbox.tty import winsize
+    return winsize(0)
+
+
+def _remove(records: Containers, rec, maps: idmap.IdMaps) -> None:
+    """``--rm``: the container, and its anonymous volumes (as Docker's --rm)."""
+    from .records import ContainerGone
+    try:
+        from ..volumes import remove_container_volumes
+        remove_container_volumes(records.store, rec, maps)
+        for warning in records.remove(rec, maps, force=True):
+            print(f"rootless: warning: {warning}", file=sys.stderr)
+    except ContainerGone:
+        pass            # 'rm -f' was quicker
+    except RootlessError as e:
+        print(f"rootless: warning: {e}", file=sys.stderr)

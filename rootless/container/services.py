@@ -1,0 +1,30 @@
+"""What the per-user fork server (``forkserver.py``) runs for containers, named for it.
+
+The server imports none of this code itself: it is started with these module names, imports
+them once (its children share those pages) and forks, on request, a child that calls the
+entry point named in the request.  This module holds only names, so the modules that ask the
+server for something (``rootfs``, ``run``, ``monitor``) import it without a loop.
+"""
+
+from __future__ import annotations
+
+from . import forkserver
+
+PRELOAD = (
+    "rootless.container.records", "rootless.container.lifecycle", "rootless.container.monitor",
+    "rootless.container.rootfs", "rootless.container.run", "rootless.container.detached",
+    "rootless.image.store", "rootless.volumes",
+    "rootless.network.helpers", "rootless.network.ports", "rootless.network.user_networks",
+    "rootless.cgroups", "rootless.sandbox.container", "rootless.sandbox.mounts", "rootless.sandbox.tty",
+    "fuse_overlay.server",
+)
+
+ENTRIES = {
+    "mount": "fuse_overlay.server:mount_child",              # a container's fuse-overlay daemon
+    "monitor": "rootless.container.detached:become_monitor",  # a detached container's monitor
+}
+
+
+def ensure(run_dir: str) -> str | None:
+    """The fork server's socket, started with our preload list and entry points (see forkserver.ensure)."""
+    return forkserver.ensure(run_dir, PRELOAD, ENTRIES)

@@ -1,0 +1,577 @@
+"""``rootless save`` and ``rootless load``: images to and from tar archives.
+
+Two formats, as ``docker save`` / ``podman save`` write them:
+
+* **docker-archive**: ``manifest.json`` (``[{"Config", "RepoTags", "Layers"}]``), ``repositories``,
+  the image config as ``HEX.json`` and each layer, uncompressed, as ``DIFFHEX/layer.tar``.
+* **oci-archive**: an OCI image layout in a tar: ``oci-layout``, ``index.json`` (one manifest
+  per image, named by ``org.opencontainers.image.ref.name``), ``blobs/sha256/HEX`` holding the
+  manifests, configs and layers byte for byte as stored (so every digest holds).
+
+Loading reads both, plain or gzip-compressed.  The archive's entries are never extracted by
+their names: each one is read through ``tarfile`` into a temporary file named by us, and
+every digest is checked (blob names under ``blobs/sha256``, descriptors, and each layer's
+uncompressed sha256 against the config's diff ids) before anything enters the store.  Layers
+the store has are not unpacked again; new ones go through ``layers.unpack`` (chrooted, in the
+user namespace).  If anything fails, the layers, blobs and tags this load added are removed:
+the store is as it was.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import posixpath
+import shutil
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from typing import IO, BinaryIO
+
+from . import layers, reference
+from ..errors import StoreError, UsageError
+from ..sandbox.remove import remove_tree
+from ..sandbox import idmap
+from .store import Image, Store, _hex
+
+FORMATS = ("docker-archive", "oci-archive")
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+EPOCH = 0
+UNTAGGED_REPO = "localhost/untagged"
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- save
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, EPOCH
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_file(tar: tarfile.TarFile, name: str, path: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = os.path.getsize(path), 0o644, EPOCH
+    with open(path, "rb") as f:
+        tar.addfile(info, f)
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, EPOCH
+    tar.addfile(info)
+
+
+def _resolve_all(store: Store, names: list[str]) -> list[tuple[Image, list[str]]]:
+    """Each distinct image once, with the tags to write for it (a name given by id: none)."""
+    out: dict[str, tuple[Image, list[str]]] = {}
+    for name in names:
+        img = store.resolve(name)
+        entry = out.setdefault(img.manifest_digest, (img, []))
+        try:
+            tag = reference.normalize(name)
+        except UsageError:
+            tag = None
+        if tag and tag in store.tags() and tag not in entry[1]:
+            entry[1].append(tag)
+    return list(out.values())
+
+
+def _plain_layer(store: Store, blob_digest: str, media_type: str, tmpdir: str) -> str:
+    """A path to the layer as an uncompressed tar (the blob itself when it is one)."""
+    src = store.blob_path(blob_digest)
+    with open(src, "rb") as f:
+        compressed = f.read(2) == b"\x1f\x8b"
+    if not compressed:
+        return src
+    dst = os.path.join(tmpdir, blob_digest[7:] + ".tar")
+    with gzip.open(src, "rb") as f, open(dst, "wb") as out:
+        shutil.copyfileobj(f, out, 1 << 20)
+    return dst
+
+
+def save(store: Store, names: list[str], fmt: str, out: BinaryIO) -> None:
+    """Write images ``names`` to ``out`` as ``fmt`` (``docker-archive`` or ``oci-archive``)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown archive format '{fmt}': use {' or '.join(FORMATS)}")
+    images = _resolve_all(store, names)
+    for img, _tags in images:
+        manifest = store.read_json(img.manifest_digest)
+        for d in [manifest["config"]] + manifest.get("layers", []):
+            if not os.path.exists(store.blob_path(d["digest"])):
+                raise StoreError(f"blob {d['digest']} of image {img.ref or img.id} is missing from the "
+                                 "store: pull or import the image again")
+    tmpdir = tempfile.mkdtemp(dir=os.path.join(store.root, "tmp"), prefix="save-")
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            if fmt == "docker-archive":
+                _save_docker(store, images, tar, tmpdir)
+            else:
+                _save_oci(store, images, tar)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _save_docker(store: Store, images: list[tuple[Image, list[str]]], tar: tarfile.TarFile,
+                 tmpdir: str) -> None:
+    entries, repositories, written = [], {}, set()
+    for img, tags in images:
+        manifest = store.read_json(img.manifest_digest)
+        config_name = img.id[7:] + ".json"
+        if config_name not in written:
+            _add_file(tar, config_name, store.blob_path(img.id))
+            written.add(config_name)
+        layer_names = []
+        for desc, diff_id in zip(manifest.get("layers", []), img.diff_ids):
+            name = f"{diff_id[7:]}/layer.tar"
+            if name not in written:
+                plain = _plain_layer(store, desc["digest"], desc.get("mediaType", ""), tmpdir)
+                _add_dir(tar, diff_id[7:])
+                _add_bytes(tar, f"{diff_id[7:]}/VERSION", b"1.0")
+                _add_file(tar, name, plain)
+                if plain.startswith(tmpdir):
+                    os.unlink(plain)
+                written.add(name)
+            layer_names.append(name)
+        entries.append({"Config": config_name, "RepoTags": tags or None, "Layers": layer_names})
+        for tag in tags:
+            repo, _, t = tag.rpartition(":")
+            if img.diff_ids:
+                repositories.setdefault(repo, {})[t] = img.diff_ids[-1][7:]
+    _add_bytes(tar, "manifest.json", json.dumps(entries).encode())
+    if repositories:
+        _add_bytes(tar, "repositories", json.dumps(repositories).encode())
+
+
+def _save_oci(store: Store, images: list[tuple[Image, list[str]]], tar: tarfile.TarFile) -> None:
+    _add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+    _add_dir(tar, "blobs")
+    _add_dir(tar, "blobs/sha256")
+    written: set[str] = set()
+    index = []
+    for img, tags in images:
+        manifest = store.read_json(img.manifest_digest)
+        for d in [manifest["config"]] + manifest.get("layers", []) + [{"digest": img.manifest_digest}]:
+            if d["digest"] not in written:
+                _add_file(tar, f"blobs/sha256/{d['digest'][7:]}", store.blob_path(d["digest"]))
+                written.add(d["digest"])
+        desc = {"mediaType": manifest.get("mediaType", MEDIA_OCI_MANIFEST), "digest": img.manifest_digest,
+                "size": os.path.getsize(store.blob_path(img.manifest_digest))}
+        for tag in tags or [None]:
+            index.append({**desc, **({"annotations": {REF_NAME: tag, CONTAINERD_NAME: _full_name(tag)}}
+                                     if tag else {})})
+    _add_bytes(tar, "index.json", json.dumps({"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
+                                              "manifests": index}).encode())
+
+
+def _full_name(tag: str) -> str:
+    name = tag
+    first = name.split("/", 1)[0]
+    if "/" not in name or ("." not in first and ":" not in first and first != "localhost"):
+        name = "docker.io/" + (name if "/" in name else "library/" + name)
+    return name
+
+
+# ----------------------------------------------------------------------------- load
+
+@dataclass
+class _Loaded:
+    config_raw: bytes
+    manifest_raw: bytes | None              # OCI: stored byte for byte; docker-archive: made here
+    layers: list[tuple[str, str, str, str]]  # (diff id, blob digest, media type, temp blob path or "")
+    plain: dict[str, str] = field(default_factory=dict)  # diff id -> uncompressed temp tar
+    tags: list[str] = field(default_factory=list)
+
+
+class _Archive:
+    """Random access to the regular files of a tar by (normalised) name, links followed inside it."""
+
+    def __init__(self, path: str, source: str):
+        self.source = source
+        try:
+            self.tar = tarfile.open(path, "r:")
+            self.members = {}
+            for m in self.tar.getmembers():
+                self.members[posixpath.normpath(m.name.lstrip("/")).removeprefix("./")] = m
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise StoreError(f"{source} is not a valid image archive ({_why(e)})") from None
+
+    def close(self) -> None:
+        self.tar.close()
+
+    def member(self, name: str, chain: tuple[str, ...] = ()) -> tarfile.TarInfo:
+        """The regular file ``name`` names, symbolic and hard links followed (``chain``: the
+        names followed so far, the user's first)."""
+        key = posixpath.normpath(name.lstrip("/")).removeprefix("./")
+        first = chain[0] if chain else name
+        if key.startswith("../") or key == "..":
+            raise StoreError(f"{self.source}: entry '{name}' points outside the archive")
+        if key in chain:
+            raise StoreError(f"{self.source}: '{first}' is a symbolic link loop "
+                             f"({' -> '.join((*chain, key))}): the archive is broken")
+        if len(chain) > 16:
+            raise StoreError(f"{self.source}: '{first}' leads through more than 16 links: the archive "
+                             "is broken")
+        chain = (*chain, key)
+        m = self.members.get(key)
+        if m is None:
+            raise StoreError(f"{self.source}: '{name}' is missing from the archive")
+        if m.issym():
+            if m.linkname.startswith("/"):
+                raise StoreError(f"{self.source}: '{name}' is a symbolic link out of the archive "
+                                 f"({m.linkname})")
+            return self.member(posixpath.join(posixpath.dirname(key), m.linkname), chain)
+        if m.islnk():
+            return self.member(m.linkname, chain)
+        if not m.isfile():
+            raise StoreError(f"{self.source}: '{name}' is not a regular file")
+        return m
+
+    def has(self, name: str) -> bool:
+        return posixpath.normpath(name.lstrip("/")).removeprefix("./") in self.members
+
+    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+        m = self.member(name)
+        if m.size > limit:
+            raise StoreError(f"{self.source}: '{name}' is too large ({m.size} bytes) for a JSON document")
+        try:
+            f = self.tar.extractfile(m)
+            data = f.read() if f else b""
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise StoreError(f"{self.source}: cannot read '{name}' ({_why(e)})") from None
+        if len(data) != m.size:
+            raise StoreError(f"{self.source}: '{name}' is truncated")
+        return data
+
+    def open(self, name: str) -> IO[bytes]:
+        f = self.tar.extractfile(self.member(name))
+        assert f is not None
+        return f
+
+    def json(self, name: str):
+        data = self.read(name)
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise StoreError(f"{self.source}: '{name}' is not valid JSON ({e})") from None
+
+
+def _why(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, (EOFError, tarfile.ReadError)) or "unexpected end" in text:
+        return f"the archive is truncated or corrupt: {text}"
+    return text
+
+
+def _copy_layer(archive: _Archive, name: str, tmpdir: str, want_blob: str | None) -> tuple[str, str, str, str]:
+    """Copy layer ``name`` out of the archive: (blob temp path, blob digest, plain temp path, diff id).
+
+    The blob is the layer as it is in the archive; the plain tar is it decompressed (the same
+    file when it is not compressed).
+    """
+    blob = os.path.join(tmpdir, os.urandom(8).hex())
+    hb = hashlib.sha256()
+    try:
+        with archive.open(name) as src, open(blob, "wb") as out:
+            size = 0
+            while chunk := src.read(1 << 20):
+                hb.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        if size != archive.member(name).size:
+            raise StoreError(f"{archive.source}: layer '{name}' is truncated")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise StoreError(f"{archive.source}: cannot read layer '{name}' ({_why(e)})") from None
+    blob_digest = "sha256:" + hb.hexdigest()
+    if want_blob and blob_digest != want_blob:
+        raise StoreError(f"{archive.source}: layer '{name}' has digest {blob_digest}, but the archive "
+                         f"names it {want_blob}: the archive is corrupt or tampered with")
+    with open(blob, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        raise StoreError(f"{archive.source}: layer '{name}' is zstd-compressed, which load does not "
+                         "support yet")
+    if not head.startswith(b"\x1f\x8b"):
+        return blob, blob_digest, blob, blob_digest
+    plain = blob + ".tar"
+    hp = hashlib.sha256()
+    try:
+        with gzip.open(blob, "rb") as src, open(plain, "wb") as out:
+            while chunk := src.read(1 << 20):
+                hp.update(chunk)
+                out.write(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise StoreError(f"{archive.source}: layer '{name}' is not valid gzip ({_why(e)})") from None
+    return blob, blob_digest, plain, "sha256:" + hp.hexdigest()
+
+
+def _blob_name(digest: str) -> str:
+    return f"blobs/sha256/{_hex(digest)}"
+
+
+def _check_diff(archive: _Archive, name: str, got: str, want: str) -> None:
+    if got != want:
+        raise StoreError(f"{archive.source}: layer '{name}' has content digest {got}, but the image "
+                         f"config says {want}: the archive is corrupt or tampered with")
+
+
+def _read_docker(archive: _Archive, store: Store, tmpdir: str) -> list[_Loaded]:
+    entries = archive.json("manifest.json")
+    if not isinstance(entries, list) or not entries:
+        raise StoreError(f"{archive.source}: manifest.json lists no images")
+    out = []
+    for entry in entries:
+        try:
+            config_name, layer_names = entry["Config"], list(entry["Layers"])
+            repo_tags = list(entry.get("RepoTags") or [])
+        except (KeyError, TypeError):
+            raise StoreError(f"{archive.source}: manifest.json is not a docker-archive manifest") from None
+        config_raw = archive.read(config_name)
+        config_digest = "sha256:" + hashlib.sha256(config_raw).hexdigest()
+        base = posixpath.basename(config_name).removesuffix(".json")
+        if posixpath.normpath(config_name).startswith("blobs/sha256/") and base != config_digest[7:]:
+            raise StoreError(f"{archive.source}: config '{config_name}' has digest {config_digest}: "
+                             "the archive is corrupt or tampered with")
+        if len(base) == 64 and all(c in "0123456789abcdef" for c in base) and base != config_digest[7:]:
+            raise StoreError(f"{archive.source}: config '{config_name}' has digest {config_digest}: "
+                             "the archive is corrupt or tampered with")
+        config = _parse_config(archive, config_raw)
+        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+        if len(diff_ids) != len(layer_names):
+            raise StoreError(f"{archive.source}: the image config lists {len(diff_ids)} layers, "
+                             f"manifest.json {len(layer_names)}: the archive is broken")
+        loaded = _Loaded(config_raw, None, [], tags=[_tag(archive, t) for t in repo_tags])
+        for name, diff_id in zip(layer_names, diff_ids):
+            _hex(diff_id)
+            named = posixpath.normpath(name)
+            want = "sha256:" + named.rsplit("/", 1)[1] if named.startswith("blobs/sha256/") else None
+            if store.has_layer(diff_id) and os.path.exists(store.blob_path(diff_id)) and want is None:
+                loaded.layers.append((diff_id, diff_id, MEDIA_OCI_LAYER, ""))
+                continue
+            blob, blob_digest, plain, got = _copy_layer(archive, name, tmpdir, want)
+            _check_diff(archive, name, got, diff_id)
+            if blob != plain:
+                os.unlink(blob)  # stored uncompressed, as import does: the blob is the diff
+            loaded.plain[diff_id] = plain
+            loaded.layers.append((diff_id, diff_id, MEDIA_OCI_LAYER, plain))
+        out.append(loaded)
+    return out
+
+
+def _parse_config(archive: _Archive, raw: bytes) -> dict:
+    try:
+        config = json.loads(raw)
+    except ValueError as e:
+        raise StoreError(f"{archive.source}: an image config is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise StoreError(f"{archive.source}: an image config is not a JSON object")
+    return config
+
+
+def _tag(archive: _Archive, name: str) -> str:
+    try:
+        return reference.normalize(name)
+    except UsageError:
+        raise StoreError(f"{archive.source}: '{name}' is not a valid image name") from None
+
+
+def _host_platform() -> tuple[str, str]:
+    from .importer import ARCH
+    import platform
+    return "linux", ARCH.get(platform.machine(), platform.machine())
+
+
+def _read_blob(archive: _Archive, desc: dict) -> bytes:
+    digest = desc.get("digest", "")
+    _hex(digest)
+    data = archive.read(_blob_name(digest))
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != digest:
+        raise StoreError(f"{archive.source}: blob {digest} has digest {got}: the archive is corrupt "
+                         "or tampered with")
+    return data
+
+
+def _read_oci(archive: _Archive, store: Store, tmpdir: str) -> list[_Loaded]:
+    index = archive.json("index.json")
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not manifests:
+        raise StoreError(f"{archive.source}: index.json lists no images")
+    by_digest: dict[str, _Loaded] = {}
+    for desc in manifests:
+        raw = _read_blob(archive, desc)
+        data = json.loads(raw)
+        if desc.get("mediaType") in (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST) or "manifests" in data:
+            os_, arch = _host_platform()
+            choice = next((m for m in data.get("manifests", [])
+                           if (m.get("platform") or {}).get("os") == os_
+                           and (m.get("platform") or {}).get("architecture") == arch), None)
+            if choice is None:
+                raise StoreError(f"{archive.source}: no image for {os_}/{arch} in its index")
+            raw = _read_blob(archive, choice)
+            data = json.loads(raw)
+            desc = {**choice, "annotations": desc.get("annotations") or {}}
+        digest = desc["digest"]
+        annotations = desc.get("annotations") or {}
+        name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME)
+        # A bare tag ("latest") names no repository: such an image is loaded untagged.
+        tag = _tag(archive, name) if name and (":" in name or "/" in name) else None
+        if digest in by_digest:
+            if tag and tag not in by_digest[digest].tags:
+                by_digest[digest].tags.append(tag)
+            continue
+        config_raw = _read_blob(archive, data["config"])
+        config = _parse_config(archive, config_raw)
+        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+        layer_descs = data.get("layers") or []
+        if len(diff_ids) != len(layer_descs):
+            raise StoreError(f"{archive.source}: the image config lists {len(diff_ids)} layers, its "
+                             f"manifest {len(layer_descs)}: the archive is broken")
+        loaded = _Loaded(config_raw, raw, [], tags=[tag] if tag else [])
+        for ld, diff_id in zip(layer_descs, diff_ids):
+            _hex(diff_id)
+            blob_digest = ld["digest"]
+            _hex(blob_digest)
+            if store.has_layer(diff_id) and os.path.exists(store.blob_path(blob_digest)):
+                loaded.layers.append((diff_id, blob_digest, ld.get("mediaType", ""), ""))
+                continue
+            blob, got_blob, plain, got = _copy_layer(archive, _blob_name(blob_digest), tmpdir, blob_digest)
+            _check_diff(archive, _blob_name(blob_digest), got, diff_id)
+            loaded.plain[diff_id] = plain
+            loaded.layers.append((diff_id, blob_digest, ld.get("mediaType", ""), blob))
+        by_digest[digest] = loaded
+    return list(by_digest.values())
+
+
+def _spool(source: str, tmpdir: str) -> str:
+    """The archive as a plain tar file we may seek in (decompressed when gzip)."""
+    try:
+        raw = os.fdopen(os.dup(0), "rb") if source == "-" else open(source, "rb")
+    except OSError as e:
+        raise UsageError(f"cannot read {source}: {e.strerror}") from None
+    with raw:
+        head = raw.read(2)
+        if head != b"\x1f\x8b" and source != "-":
+            return source
+        path = os.path.join(tmpdir, "archive.tar")
+        try:
+            with open(path, "wb") as out:
+                if head == b"\x1f\x8b":
+                    raw.seek(0) if source != "-" else None
+                    src = gzip.GzipFile(fileobj=raw) if source != "-" else \
+                        gzip.GzipFile(fileobj=io.BufferedReader(_Prefixed(head, raw)))  # type: ignore[arg-type]
+                else:
+                    out.write(head)
+                    src = raw
+                shutil.copyfileobj(src, out, 1 << 20)
+        except (OSError, EOFError, zlib.error) as e:
+            raise StoreError(f"cannot read the archive {source}: {_why(e)}") from None
+        return path
+
+
+class _Prefixed(io.RawIOBase):
+    def __init__(self, head: bytes, rest: BinaryIO):
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        if self.head:
+            n = min(len(b), len(self.head))
+            b[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.rest.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, list[str]]]:
+    """Load every image of archive ``source`` (a path or ``-``); [(image, its tags)]."""
+    tmpdir = tempfile.mkdtemp(dir=os.path.join(store.root, "tmp"), prefix="load-")
+    added_layers: list[str] = []
+    added_blobs: list[str] = []
+    old_tags: dict[str, str] | None = None
+    try:
+        archive = _Archive(_spool(source, tmpdir), source)
+        try:
+            if archive.has("manifest.json"):
+                images = _read_docker(archive, store, tmpdir)
+            elif archive.has("index.json") and archive.has("oci-layout"):
+                images = _read_oci(archive, store, tmpdir)
+            else:
+                raise StoreError(f"{source} is neither a docker-archive (no manifest.json) nor an "
+                                 "oci-archive (no oci-layout and index.json)")
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise StoreError(f"{source}: a manifest or config of the archive is malformed "
+                             f"({type(e).__name__}: {e})") from None
+        finally:
+            archive.close()
+        result = []
+        with store.lock():
+            old_tags = store.tags()
+            try:
+                for img in images:
+                    for diff_id, blob_digest, media_type, blob in img.layers:
+                        if not store.has_layer(diff_id):
+                            if diff_id not in img.plain:
+                                raise StoreError(f"layer {diff_id} is missing from the store")
+                            layers.unpack(store, maps, img.plain[diff_id], diff_id,
+                                          f"layer {diff_id} of {source}")
+                            added_layers.append(diff_id)
+                        if blob and not os.path.exists(store.blob_path(blob_digest)):
+                            store.adopt_blob(blob, blob_digest)
+                            added_blobs.append(blob_digest)
+                    if img.manifest_raw is None:
+                        img.manifest_raw = json.dumps({
+                            "schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST,
+                            "config": {"mediaType": MEDIA_OCI_CONFIG,
+                                       "digest": "sha256:" + hashlib.sha256(img.config_raw).hexdigest(),
+                                       "size": len(img.config_raw)},
+                            "layers": [{"mediaType": MEDIA_OCI_LAYER, "digest": d,
+                                        "size": os.path.getsize(store.blob_path(d))}
+                                       for d, _b, _m, _p in img.layers]}, sort_keys=True).encode()
+                    for raw in (img.config_raw, img.manifest_raw):
+                        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+                        if not os.path.exists(store.blob_path(digest)):
+                            store.put_blob(raw)
+                            added_blobs.append(digest)
+                    manifest_digest = "sha256:" + hashlib.sha256(img.manifest_raw).hexdigest()
+                    if not img.tags:  # the store knows images by their tags: name it by its id
+                        img.tags = [f"{UNTAGGED_REPO}/{hashlib.sha256(img.config_raw).hexdigest()[:12]}:latest"]
+                    for tag in img.tags:
+                        store.set_tag(tag, manifest_digest)
+                    result.append((store.image(manifest_digest, img.tags[0] if img.tags else None), img.tags))
+            except BaseException:
+                store.restore_tags(old_tags)
+                for d in added_blobs:
+                    try:
+                        os.unlink(store.blob_path(d))
+                    except OSError:
+                        pass
+                for d in added_layers:
+                    remove_tree(maps, store.layer_dir(d))
+                raise
+        return result
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+__all__ = ["save", "load", "FORMATS"]

@@ -1,0 +1,196 @@
+"""Garbage collection of the image store, ``image prune`` and ``system df``.
+
+The store knows an image by its tags; a container keeps the image it was made from alive
+(by its image id) even after ``rmi -f``.  Live: every tagged manifest, every manifest whose
+config is a container's image, their configs, layer blobs and unpacked layers.  Everything
+else under ``blobs/`` and ``layers/`` (and ``layers/.tmp-*`` left by a killed unpack) is
+garbage: ``collect`` removes it with the store locked (every writer of blobs, layers and tags
+holds the lock), removing layers as root of the user namespace (their files may be owned by
+sub-ids).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from ..container.records import Containers, _alive
+from ..errors import RootlessError
+from ..sandbox.remove import remove_tree
+from ..sandbox import idmap
+from .store import Store
+
+MAX_MANIFEST = 4 << 20
+
+
+@dataclass
+class Collected:
+    blobs: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    untagged: list[str] = field(default_factory=list)
+    reclaimed: int = 0
+
+
+def _manifest(store: Store, digest: str) -> dict | None:
+    """Blob ``digest`` parsed, if it is an image manifest."""
+    path = store.blob_path(digest)
+    try:
+        if os.path.getsize(path) > MAX_MANIFEST:
+            return None
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if not data.lstrip()[:1] == b"{":
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("config"), dict) and isinstance(doc.get("layers"), list):
+        return doc
+    return None
+
+
+def live(store: Store) -> tuple[set[str], set[str]]:
+    """(blob digests, diff ids) in use by tags and containers."""
+    used_ids = {r.image_id for r in Containers(store).all()}
+    manifests = set(store.tags().values())
+    if used_ids:
+        for digest in store.blob_digests():
+            if digest not in manifests:
+                doc = _manifest(store, digest)
+                if doc and doc["config"].get("digest") in used_ids:
+                    manifests.add(digest)
+    blobs: set[str] = set()
+    layers: set[str] = set()
+    for digest in manifests:
+        doc = _manifest(store, digest)
+        if doc is None:
+            continue
+        blobs.add(digest)
+        blobs.add(doc["config"]["digest"])
+        blobs |= {d["digest"] for d in doc["layers"]}
+        try:
+            config = store.read_json(doc["config"]["digest"])
+            layers |= set((config.get("rootfs") or {}).get("diff_ids") or [])
+        except (OSError, ValueError, RootlessError):
+            pass
+    return blobs, layers
+
+
+def _tree_size(path: str) -> int:
+    total = 0
+    for dirpath, dirs, files in os.walk(path):
+        for name in files + dirs:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if not (name in dirs and not os.path.islink(os.path.join(dirpath, name))):
+                total += st.st_blocks * 512 if st.st_blocks else st.st_size
+    return total
+
+
+def collect(store: Store, maps: idmap.IdMaps) -> Collected:
+    """Remove blobs and layers nothing uses.  Takes the store lock."""
+    out = Collected()
+    with store.lock():
+        keep_blobs, keep_layers = live(store)
+        for digest in store.blob_digests():
+            if digest not in keep_blobs:
+                path = store.blob_path(digest)
+                try:
+                    size = os.path.getsize(path)
+                    os.unlink(path)
+                    out.blobs.append(digest)
+                    out.reclaimed += size
+                except FileNotFoundError:
+                    pass
+        base = os.path.join(store.root, "layers")
+        for diff_id in store.layer_ids():
+            if diff_id not in keep_layers:
+                path = store.layer_dir(diff_id)
+                out.reclaimed += _tree_size(path)
+                remove_tree(maps, path)
+                out.layers.append(diff_id)
+        for name in os.listdir(base):
+            if name.startswith(".tmp-"):
+                remove_tree(maps, os.path.join(base, name))
+    return out
+
+
+def prune(store: Store, maps: idmap.IdMaps, all_images: bool) -> Collected:
+    """``image prune``: unreferenced blobs and layers, and the dangling images (loaded without a
+    name: ``archive.UNTAGGED_REPO``) no container uses; with ``all_images``, every image no
+    container uses (its tags removed first)."""
+    from .archive import UNTAGGED_REPO
+    untagged = []
+    used = {r.image_id for r in Containers(store).all()}
+    with store.lock():
+        for tag, digest in sorted(store.tags().items()):
+            if not (all_images or tag.startswith(UNTAGGED_REPO + "/")):
+                continue
+            doc = _manifest(store, digest)
+            if doc is None or doc["config"].get("digest") not in used:
+                store.untag(tag)
+                untagged.append(tag)
+    out = collect(store, maps)
+    out.untagged = untagged
+    return out
+
+
+def df(store: Store) -> list[dict]:
+    """``system df``: images, containers and local volumes: count, active, size, reclaimable."""
+    recs = Containers(store).all()
+    used_ids = {r.image_id for r in recs}
+    sizes: dict[str, int] = {}
+    images: dict[str, set[str]] = {}      # image id -> blob digests of its layers
+    for tag, digest in store.tags().items():
+        doc = _manifest(store, digest)
+        if doc is None:
+            continue
+        layer_blobs = {d["digest"] for d in doc["layers"]}
+        images.setdefault(doc["config"]["digest"], set()).update(layer_blobs)
+        for d in doc["layers"]:
+            try:
+                sizes[d["digest"]] = os.path.getsize(store.blob_path(d["digest"]))
+            except OSError:
+                sizes[d["digest"]] = 0
+    total = sum(sizes.values())
+    active_blobs = set().union(*(b for i, b in images.items() if i in used_ids)) if images else set()
+    rows = [{"Type": "Images", "TotalCount": len(images), "Active": len(set(images) & used_ids),
+             "Size": total, "Reclaimable": sum(s for d, s in sizes.items() if d not in active_blobs)}]
+    c_size = c_reclaim = active = 0
+    for r in recs:
+        directory = store.container_dir(r.id)
+        own = os.path.join(directory, "upper")
+        size = _tree_size(own if os.path.isdir(own) else os.path.join(directory, "rootfs"))
+        c_size += size
+        if r.state == "running" and _alive(r.pid):
+            active += 1
+        else:
+            c_reclaim += size
+    rows.append({"Type": "Containers", "TotalCount": len(recs), "Active": active, "Size": c_size,
+                 "Reclaimable": c_reclaim})
+    vdir = os.path.join(store.root, "volumes")
+    v_total = v_active = v_size = v_reclaim = 0
+    if os.path.isdir(vdir):
+        in_use = {v for r in recs for v in ((r.config or {}).get("volumes") or ())}
+        for name in sorted(os.listdir(vdir)):
+            if name.startswith(".") or not os.path.isdir(os.path.join(vdir, name)):
+                continue
+            v_total += 1
+            size = _tree_size(os.path.join(vdir, name))
+            v_size += size
+            if name in in_use:
+                v_active += 1
+            else:
+                v_reclaim += size
+    rows.append({"Type": "Local Volumes", "TotalCount": v_total, "Active": v_active, "Size": v_size,
+                 "Reclaimable": v_reclaim})
+    return rows
+
+
+__all__ = ["collect", "prune", "df", "live"]

@@ -1,0 +1,129 @@
+"""``rootless import``: a one-layer image from a root filesystem tarball."""
+
+from __future__ import annotations
+
+import bz2
+import datetime
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import platform
+import sys
+import tarfile
+import tempfile
+from typing import BinaryIO
+
+from . import changes as changes_mod
+from . import layers, reference
+from ..errors import StoreError, UsageError
+from ..sandbox import idmap
+from .store import Image, Store
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
+        "riscv64": "riscv64"}
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def _decompressed(raw: BinaryIO) -> BinaryIO:
+    head = raw.peek(6)[:6] if hasattr(raw, "peek") else b""
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(raw)  # type: ignore[return-value]
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        import zstandard
+        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+    return raw
+
+
+def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
+    h = hashlib.sha256()
+    while chunk := src.read(1 << 20):
+        h.update(chunk)
+        dst.write(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _check_tarball(path: str, size: int, name: str) -> None:
+    """Refuse, in the user's terms, what is not a tar archive (``path``: already decompressed)."""
+    kinds = "a tar archive, plain or compressed with gzip, bzip2, xz or zstd"
+    if size == 0:
+        raise UsageError(f"{name} is empty: give a root filesystem tarball ({kinds})")
+    try:
+        with tarfile.open(path, "r:") as tar:
+            tar.next()
+    except (tarfile.TarError, EOFError):
+        raise UsageError(f"{name} is not a tar archive: give a root filesystem tarball ({kinds})") from None
+
+
+def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None,
+                  changes: list[str], message: str = "") -> tuple[Image, list[str]]:
+    """Store ``source`` (a path, or ``-`` for stdin) as a one-layer image tagged ``ref``.
+
+    Returns the image and the device nodes that could not be created.
+    """
+    if ref:
+        ref = reference.normalize(ref)
+    config_section: dict = {"Env": [DEFAULT_PATH]}
+    for change in changes:
+        changes_mod.apply(config_section, change)
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.join(store.root, "tmp"), suffix=".tar")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                raw = sys.stdin.buffer if source == "-" else open(source, "rb")
+            except OSError as e:
+                raise UsageError(f"cannot read {source}: {e.strerror}") from None
+            try:
+                diff_id = _copy_hashing(_decompressed(raw), out)
+            except Exception as e:  # noqa: BLE001 - gzip, bz2, xz, zstd and I/O errors: unreadable
+                if isinstance(e, UsageError):
+                    raise
+                raise StoreError(f"cannot read the archive {source}: {e}") from None
+            finally:
+                if raw is not sys.stdin.buffer:
+                    raw.close()
+        size = os.path.getsize(tmp)
+        _check_tarball(tmp, size, "standard input" if source == "-" else source)
+        devices: list[str] = []
+        with store.lock():
+            if not store.has_layer(diff_id):
+                devices = layers.unpack(store, maps, tmp, diff_id,
+                                        f"the layer of {'standard input' if source == '-' else source}")
+            if not os.path.exists(store.blob_path(diff_id)):
+                store.adopt_blob(tmp, diff_id)
+            now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            config = {
+                "created": now,
+                "architecture": ARCH.get(platform.machine(), platform.machine()),
+                "os": "linux",
+                "config": config_section,
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                "history": [{"created": now, "created_by": "rootless import " + os.path.basename(source),
+                             **({"comment": message} if message else {})}],
+            }
+            config_raw = json.dumps(config, sort_keys=True).encode()
+            config_digest = store.put_blob(config_raw)
+            manifest = {
+                "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+                "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_raw)},
+                "layers": [{"mediaType": MEDIA_LAYER, "digest": diff_id, "size": size}],
+            }
+            manifest_digest = store.put_blob(json.dumps(manifest, sort_keys=True).encode())
+            if ref:
+                store.set_tag(ref, manifest_digest)
+        return store.image(manifest_digest, ref), devices
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+__all__ = ["import_rootfs"]

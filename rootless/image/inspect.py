@@ -1,0 +1,322 @@
+"""``rootless inspect`` and ``rootless history``: images and containers in Docker's JSON shape.
+
+``inspect`` returns, for each name, the fields people script against, spelled as
+``docker inspect`` spells them; ``render`` applies a ``--format`` template of the simple
+Go-template form (``{{.Id}}``, ``{{.Config.Cmd}}``, ``{{json .Config}}``, text around them).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import time
+from typing import Any
+
+from ..container.records import Containers, Record, _alive
+from ..errors import ImageNotFound, RootlessError, UsageError
+from .store import Image, Store
+
+IMAGE_CONFIG_FIELDS = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels", "ExposedPorts",
+                       "StopSignal", "Volumes")
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def _iso(ts: float | None) -> str:
+    if not ts:
+        return ZERO_TIME
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def blob_size(store: Store, digest: str) -> int:
+    try:
+        return os.path.getsize(store.blob_path(digest))
+    except (OSError, RootlessError):
+        return 0
+
+
+def image_size(store: Store, img: Image) -> int:
+    """As ``rootless images`` counts it: the stored layer blobs."""
+    try:
+        manifest = store.read_json(img.manifest_digest)
+    except (OSError, RootlessError):
+        return 0
+    return sum(blob_size(store, d["digest"]) for d in manifest.get("layers", []))
+
+
+def image_info(store: Store, img: Image) -> dict[str, Any]:
+    tags = sorted(t for t, d in store.tags().items() if _config_of(store, d) == img.id)
+    cfg = img.run_config
+    return {
+        "Id": img.id,
+        "RepoTags": tags,
+        "RepoDigests": sorted({f"{t.rpartition(':')[0]}@{d}" for t, d in store.tags().items() if t in tags}),
+        "Parent": "",
+        "Comment": ((img.config.get("history") or [{}])[-1] or {}).get("comment", ""),
+        "Created": img.config.get("created", ""),
+        "Author": img.config.get("author", ""),
+        "Architecture": img.config.get("architecture", ""),
+        "Variant": img.config.get("variant", ""),
+        "Os": img.config.get("os", ""),
+        "Config": {k: cfg.get(k) for k in IMAGE_CONFIG_FIELDS} | {
+            "WorkingDir": cfg.get("WorkingDir") or "", "User": cfg.get("User") or "", "Image": "", "OnBuild": None},
+        "RootFS": {"Type": (img.config.get("rootfs") or {}).get("type", "layers"), "Layers": list(img.diff_ids)},
+        "Size": image_size(store, img),
+        "Metadata": {"LastTagTime": ""},
+    }
+
+
+def _config_of(store: Store, manifest_digest: str) -> str | None:
+    try:
+        return store.read_json(manifest_digest)["config"]["digest"]
+    except (OSError, RootlessError, KeyError, ValueError):
+        return None
+
+
+def _bytes(text: str | None) -> int:
+    """Docker's size strings (``512m``, ``2g``) in bytes; 0 when unset or unreadable."""
+    if not text:
+        return 0
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = str(text).strip().lower().removesuffix("b") or "0"
+    try:
+        if t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except (ValueError, IndexError):
+        return -1 if t == "-1" else 0
+
+
+def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Docker's HostConfig fields, from the run options the record keeps."""
+    o = cfg.get("options") or {}
+    restart = str(o.get("restart") or "no")
+    name, _, count = restart.partition(":")
+    try:
+        cpus = int(float(o.get("cpus")) * 1e9) if o.get("cpus") else 0
+    except ValueError:
+        cpus = 0
+    ports: dict[str, list] = {}
+    for p in o.get("publish") or []:
+        spec, _, proto = p.partition("/")
+        parts = spec.split(":")
+        ip, host, cport = (["", *parts] if len(parts) == 2 else parts if len(parts) == 3 else ["", "", parts[0]])[-3:]
+        ports.setdefault(f"{cport}/{proto or 'tcp'}", []).append({"HostIp": ip, "HostPort": host})
+    return {
+        "Binds": list(o.get("volume") or []) or None,
+        "NetworkMode": o.get("network") or "",
+        "PortBindings": ports,
+        "RestartPolicy": {"Name": name, "MaximumRetryCount": int(count) if count.isdigit() else 0},
+        "AutoRemove": bool(o.get("rm")),
+        "CapAdd": list(o.get("cap_add") or []) or None,
+        "CapDrop": list(o.get("cap_drop") or []) or None,
+        "ExtraHosts": list(o.get("add_host") or []) or None,
+        "ReadonlyRootfs": bool(o.get("read_only")),
+        "Privileged": bool(o.get("privileged")),
+        "SecurityOpt": list(o.get("security_opt") or []) or None,
+        "Tmpfs": {t.partition(":")[0]: t.partition(":")[2] for t in o.get("tmpfs") or []} or None,
+        "Memory": _bytes(o.get("memory")),
+        "MemorySwap": _bytes(o.get("memory_swap")),
+        "NanoCpus": cpus,
+        "CpuShares": int(o["cpu_shares"]) if str(o.get("cpu_shares") or "").isdigit() else 0,
+        "CpusetCpus": o.get("cpuset_cpus") or "",
+        "PidsLimit": int(o["pids_limit"]) if str(o.get("pids_limit") or "").lstrip("-").isdigit() else None,
+        "CgroupParent": o.get("cgroup_parent") or "",
+    }
+
+
+def container_info(store: Store, rec: Record) -> dict[str, Any]:
+    running = rec.state == "running" and _alive(rec.pid)
+    cfg = rec.config or {}
+    if running:
+        status = "paused" if cfg.get("paused") else "running"
+    elif rec.state == "created":
+        status = "created"
+    else:
+        status = "exited"
+    image_cfg: dict[str, Any] = {}
+    try:
+        image_cfg = store.read_json(rec.image_id).get("config") or {}
+    except (OSError, ValueError, RootlessError):
+        pass
+    env = cfg.get("env")
+    if isinstance(env, dict):
+        env = [f"{k}={v}" for k, v in env.items()]
+    directory = store.container_dir(rec.id)
+    upper = os.path.join(directory, "upper")
+    driver = "overlay" if os.path.isdir(upper) else "vfs"
+    from ..container.rootfs import internal_errors
+    errors = internal_errors(directory)
+    return {
+        "Id": rec.id,
+        "Created": _iso(rec.created),
+        "Path": rec.command[0] if rec.command else "",
+        "Args": rec.command[1:],
+        "State": {
+            "Status": status,
+            "Running": running,
+            "Paused": bool(running and cfg.get("paused")),
+            "Restarting": False,
+            "OOMKilled": bool(rec.oom_killed),
+            "Dead": False,
+            "Pid": rec.pid if running else 0,
+            "ExitCode": rec.exit_code if rec.exit_code is not None else 0,
+            "Error": (f"fuse-overlay answered {len(errors)} request(s) with EIO after an internal error "
+                      f"(last: {errors[-1]}); see {os.path.join(directory, 'work', 'fuse-overlay.errors')} "
+                      "and report it") if errors else "",
+            "StartedAt": _iso(cfg.get("started") or (rec.created if rec.state != "created" else None)),
+            "FinishedAt": _iso(rec.finished),
+        },
+        "Image": rec.image_id,
+        "Name": "/" + rec.name,
+        "RestartCount": int(cfg.get("restarts") or 0),
+        "Driver": driver,
+        "HostConfig": _host_config(cfg),
+        "GraphDriver": {"Name": driver,
+                        "Data": {"UpperDir": upper if driver == "overlay" else os.path.join(directory, "rootfs"),
+                                 "MergedDir": os.path.join(directory, "rootfs")}},
+        "Mounts": [{"Type": "volume", "Name": v, "Source": os.path.join(store.root, "volumes", v, "_data")}
+                   for v in cfg.get("volumes") or []],
+        "Config": {
+            "Hostname": cfg.get("hostname") or rec.id[:12],
+            "Env": env if env is not None else image_cfg.get("Env"),
+            "Cmd": rec.command,
+            "Image": rec.image,
+            "WorkingDir": cfg.get("cwd") or image_cfg.get("WorkingDir") or "",
+            "Entrypoint": image_cfg.get("Entrypoint"),
+            "User": cfg.get("user") if cfg.get("user") is not None else image_cfg.get("User") or "",
+            "Labels": image_cfg.get("Labels") or {},
+            "StopSignal": cfg.get("stop_signal") or image_cfg.get("StopSignal"),
+            "Tty": bool((cfg.get("options") or {}).get("tty")),
+            "OpenStdin": bool((cfg.get("options") or {}).get("interactive")),
+        },
+    }
+
+
+def inspect(store: Store, names: list[str], kind: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The objects found, and an error message per name not found."""
+    found, errors = [], []
+    records = Containers(store)
+    for name in names:
+        obj = None
+        if kind in (None, "container"):
+            try:
+                obj = container_info(store, records.find(name))
+            except RootlessError:
+                obj = None
+        if obj is None and kind in (None, "image"):
+            try:
+                obj = image_info(store, store.resolve(name))
+            except (ImageNotFound, UsageError, RootlessError):
+                obj = None
+        if obj is None:
+            what = {"image": "image", "container": "container"}.get(kind or "", "object")
+            errors.append(f"Error: No such {what}: {name}")
+        else:
+            found.append(obj)
+    return found, errors
+
+
+# --- --format: the Go template subset -------------------------------------------------
+
+_ACTION = re.compile(r"\{\{\s*(-\s*)?(?:(json|upper|lower|len)\s+)?(\.[A-Za-z0-9_.]*|\$)\s*(-\s*)?\}\}")
+
+
+def _lookup(obj: Any, path: str, template: str) -> Any:
+    if path in (".", "$"):
+        return obj
+    for part in path.strip(".").split("."):
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+            raise UsageError(f"template parsing error: {template}: can't evaluate field {part}")
+        elif obj is None:
+            return None
+        else:
+            raise UsageError(f"template parsing error: {template}: can't evaluate field {part} in type "
+                             f"{type(obj).__name__}")
+    return obj
+
+
+def _go_text(value: Any) -> str:
+    """A value as Go's text/template prints it."""
+    if value is None:
+        return "<no value>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + " ".join(_go_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_text(v)}" for k, v in sorted(value.items())) + "]"
+    return str(value)
+
+
+def render(template: str, obj: Any) -> str:
+    if "{{" in template and not _ACTION.search(template):
+        raise UsageError(f"template parsing error: {template}: only {{{{.Field.Sub}}}} and "
+                         "{{json .Field}} are supported")
+
+    def one(m: re.Match) -> str:
+        func, path = m.group(2), m.group(3)
+        value = _lookup(obj, path, template)
+        if func == "json":
+            return json.dumps(value)
+        if func == "len":
+            return str(len(value or []))
+        text = _go_text(value)
+        return text.upper() if func == "upper" else text.lower() if func == "lower" else text
+
+    out = _ACTION.sub(one, template)
+    if "{{" in out:
+        raise UsageError(f"template parsing error: {template}: only {{{{.Field.Sub}}}} and "
+                         "{{json .Field}} are supported")
+    return out.replace("\\n", "\n").replace("\\t", "\t")
+
+
+# --- history ----------------------------------------------------------------------------
+
+def ago(created: str) -> str:
+    """Docker's 'N units ago' for an RFC 3339 time."""
+    try:
+        when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00")[:26] +
+                                               ("+00:00" if created.endswith("Z") else ""))
+    except ValueError:
+        try:
+            when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+        except ValueError:
+            return "N/A"
+    secs = time.time() - when.timestamp()
+    for unit, size in (("years", 365 * 86400), ("months", 30 * 86400), ("weeks", 7 * 86400),
+                       ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if secs >= 2 * size:
+            return f"{int(secs // size)} {unit} ago"
+    if secs >= 60:
+        return "About a minute ago"
+    return f"{max(int(secs), 0)} seconds ago" if secs >= 1 else "Less than a second ago"
+
+
+def history(store: Store, name: str) -> list[dict[str, Any]]:
+    """Rows newest first: Id (the image id on the top row, <missing> below), Created, CreatedBy, Size, Comment."""
+    img = store.resolve(name)
+    manifest = store.read_json(img.manifest_digest)
+    sizes = [d.get("size", blob_size(store, d["digest"])) for d in manifest.get("layers", [])]
+    entries = list(img.config.get("history") or [])
+    if not entries:  # an image without history: one row per layer
+        entries = [{"created": img.config.get("created", ""), "created_by": ""} for _ in img.diff_ids]
+    rows = []
+    layer = 0
+    for h in entries:
+        size = 0
+        if not h.get("empty_layer"):
+            size = sizes[layer] if layer < len(sizes) else 0
+            layer += 1
+        rows.append({"Id": "<missing>", "Created": h.get("created", ""), "CreatedBy": h.get("created_by", ""),
+                     "Size": size, "Comment": h.get("comment", "")})
+    rows.reverse()
+    if rows:
+        rows[0]["Id"] = img.id
+    return rows
+
+
+__all__ = ["inspect", "render", "history", "image_info", "container_info", "ago"]
