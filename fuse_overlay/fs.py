@@ -56,6 +56,8 @@ def _handler(fn: F) -> F:
         fs.active += 1
         if changes:
             fs.generation += 1
+            if fs.layers.dirfds:
+                fs.layers.forget_dirfds()
         try:
             return await fn(*args)
         except pyfuse3.FUSEError:
@@ -70,6 +72,8 @@ def _handler(fn: F) -> F:
             loop.handler_done()
             if changes:
                 fs.generation += 1     # also after: a listing read meanwhile is stale
+                if fs.layers.dirfds:
+                    fs.layers.forget_dirfds()
             fs.active -= 1
             if fs.layers.held and not fs.active:
                 fs.layers.release()     # fds behind long backing paths: no request uses them now

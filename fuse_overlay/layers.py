@@ -82,6 +82,7 @@ class Layers:
         self.upper = upper
         self.whiteout_as_file = False
         self.held: list[int] = []      # fds behind the long paths :meth:`real` returned
+        self.dirfds: dict[bytes, int] = {}   # path opened -> its fd in ``held``, for reuse
 
     def real(self, layer: int, path: bytes) -> bytes:
         """The backing path of ``path`` (``b''`` or ``b'/a/b'``) in ``layer``: root + path,
@@ -100,14 +101,26 @@ class Layers:
             cut = rest.rfind(b"/", 0, PATH_ROOM - len(base))
             if cut <= 0:
                 raise OSError(errno.ENAMETOOLONG, "backing path component too long", base + rest[:200])
-            fd = os.open(base + rest[:cut], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            self.held.append(fd)
+            prefix = base + rest[:cut]
+            fd = self.dirfds.get(prefix)
+            if fd is None:
+                fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                self.held.append(fd)
+                self.dirfds[prefix] = fd
             base, rest = _PROC_FD % fd, rest[cut:]
         return base + rest
+
+    def forget_dirfds(self) -> None:
+        """Stop reusing the directory fds opened so far (they stay open until
+        :meth:`release`): called whenever a request that may move or remove
+        directories starts or ends, so an fd is reused only while the path it was opened
+        by still leads to it."""
+        self.dirfds.clear()
 
     def release(self) -> None:
         """Close the directory fds :meth:`real` opened for long paths."""
         held, self.held = self.held, []
+        self.dirfds.clear()
         for fd in held:
             os.close(fd)
 

@@ -477,6 +477,8 @@ def test_paths_longer_than_path_max(make_pair):
         ["sh", "mkdir -p p/q/r && echo hi > p/q/r/f && cat p/q/r/f && ls -R p | wc -l"],
         ["unlink", "top-link"], ["unlink", "b"], ["unlink", "nonexistent"],
         ["listdir", "."], ["listdir", ".."],
+        # a big deep directory listed with attributes (one directory fd serves all entries)
+        ["sh", "for i in $(seq 300); do : > m$i; done; ls -l | wc -l; ls -l ../d19-* | wc -l; rm m*"],
     ]
     p.same("deep", "deep", DEEP_LEVELS, DEEP_NAMELEN, steps)
     check(p, remount=True)

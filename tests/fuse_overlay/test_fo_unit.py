@@ -136,6 +136,10 @@ def test_long_backing_paths_go_through_directory_fds(tmp_path):
     assert real.startswith(b"/proc/self/fd/") and len(real) < PATH_ROOM and real.endswith(b"/f")
     assert stat.S_ISREG(os.lstat(real).st_mode)
     assert len(layers.held) == 1        # ~5000 bytes: one directory fd, then the rest
+    assert layers.real(1, rel[:-1] + b"g") == real[:-1] + b"g"    # same directory: fd reused
+    assert len(layers.held) == 1
+    layers.forget_dirfds()              # a request that may move directories began or ended
+    assert layers.real(1, rel) != real and len(layers.held) == 2
     held = list(layers.held)
     layers.release()
     assert not layers.held
