@@ -52,8 +52,12 @@ def _handler(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
         loop.handler_started()
+        fs = args[0]
+        fs.active += 1
         if changes:
-            args[0].generation += 1
+            fs.generation += 1
+            if fs.layers.dirfds:
+                fs.layers.forget_dirfds()
         try:
             return await fn(*args)
         except pyfuse3.FUSEError:
@@ -67,7 +71,12 @@ def _handler(fn: F) -> F:
         finally:
             loop.handler_done()
             if changes:
-                args[0].generation += 1     # also after: a listing read meanwhile is stale
+                fs.generation += 1     # also after: a listing read meanwhile is stale
+                if fs.layers.dirfds:
+                    fs.layers.forget_dirfds()
+            fs.active -= 1
+            if fs.layers.held and not fs.active:
+                fs.layers.release()     # fds behind long backing paths: no request uses them now
     return wrapper  # type: ignore[return-value]
 
 
@@ -153,6 +162,7 @@ class OverlayFS(pyfuse3.Operations):
         self.listing_rows = 0
         self.kernel_notify = False
         self.internal_errors = 0
+        self.active = 0          # handlers running (suspended ones included)
 
     # ------------------------------------------------------------ helpers
 
@@ -881,7 +891,7 @@ class OverlayFS(pyfuse3.Operations):
                 try:
                     fd = dirfds.get(layer)
                     if fd is None:
-                        fd = dirfds[layer] = os.open(self.layers.roots[layer] + dpath,  # type: ignore[operator]
+                        fd = dirfds[layer] = os.open(self.layers.real(layer, dpath),
                                                      os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                     node, attr = self._readdir_entry(d, dpath, name, layer, fd)
                 except (pyfuse3.FUSEError, FileNotFoundError, NotADirectoryError):
@@ -942,7 +952,7 @@ class OverlayFS(pyfuse3.Operations):
         if layer == 0 or stat_mod.S_ISDIR(mode) or st.st_nlink > 1 or stat_mod.S_ISCHR(mode):
             return self._lookup(d, name, layer, dpath)
         # the backing path, needed for ownership xattrs only
-        real = self.layers.roots[layer] + dpath + b"/" + name if self.cfg.xattr_permissions else None  # type: ignore[operator]
+        real = self.layers.real(layer, dpath + b"/" + name) if self.cfg.xattr_permissions else None
         ino = self.inomap.encode(st.st_dev, st.st_ino)
         node = self.table.nodes.get(ino)
         if node is None and ino != ROOT_INODE:          # the common case: new to us

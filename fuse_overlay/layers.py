@@ -45,6 +45,12 @@ def hidden_xattr(name: bytes) -> bool:
     return name.startswith(HIDDEN_XATTR_PREFIXES)
 
 
+# Backing paths handed to system calls stay shorter than this, so that a name (and a
+# ``.wh.`` prefix) can still be appended without reaching PATH_MAX (4096 with its NUL).
+PATH_ROOM = 4096 - 1 - 1 - NAME_MAX - len(WH_PREFIX) - 16
+_PROC_FD = b"/proc/self/fd/%d"
+
+
 def _lstat(path: bytes) -> os.stat_result | None:
     try:
         return os.lstat(path)
@@ -75,14 +81,54 @@ class Layers:
         self.roots: list[bytes | None] = [upper] + list(lowers)
         self.upper = upper
         self.whiteout_as_file = False
+        self.held: list[int] = []      # fds behind the long paths :meth:`real` returned
+        self.dirfds: dict[bytes, int] = {}   # path opened -> its fd in ``held``, for reuse
 
     def real(self, layer: int, path: bytes) -> bytes:
+        """The backing path of ``path`` (``b''`` or ``b'/a/b'``) in ``layer``: root + path,
+        or, when that would be too long for a system call (deep trees reached through the
+        mount with relative paths), ``/proc/self/fd/N/rest`` where N is an ``O_PATH`` fd of a
+        directory on the way (opened here, closed by :meth:`release` once no request is
+        running).  Raises OSError if a directory on the way cannot be opened."""
         root = self.roots[layer]
         assert root is not None
-        return root + path
+        if len(root) + len(path) < PATH_ROOM:
+            return root + path
+        return self._long(root, path)
+
+    def _long(self, base: bytes, rest: bytes) -> bytes:
+        while len(base) + len(rest) >= PATH_ROOM:
+            cut = rest.rfind(b"/", 0, PATH_ROOM - len(base))
+            if cut <= 0:
+                raise OSError(errno.ENAMETOOLONG, "backing path component too long", base + rest[:200])
+            prefix = base + rest[:cut]
+            fd = self.dirfds.get(prefix)
+            if fd is None:
+                fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                self.held.append(fd)
+                self.dirfds[prefix] = fd
+            base, rest = _PROC_FD % fd, rest[cut:]
+        return base + rest
+
+    def forget_dirfds(self) -> None:
+        """Stop reusing the directory fds opened so far (they stay open until
+        :meth:`release`): called whenever a request that may move or remove
+        directories starts or ends, so an fd is reused only while the path it was opened
+        by still leads to it."""
+        self.dirfds.clear()
+
+    def release(self) -> None:
+        """Close the directory fds :meth:`real` opened for long paths."""
+        held, self.held = self.held, []
+        self.dirfds.clear()
+        for fd in held:
+            os.close(fd)
 
     def is_opaque(self, layer: int, path: bytes) -> bool:
-        real = self.real(layer, path)
+        try:
+            real = self.real(layer, path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
         for name in OPAQUE_XATTRS:
             try:
                 if os.getxattr(real, name, follow_symlinks=False) == b"y":
@@ -104,8 +150,11 @@ class Layers:
         merged: list[int] = []
         last = len(dirlayers) - 1
         for i, layer in enumerate(dirlayers):
-            root = self.roots[layer]
-            st = _lstat(root + child)  # type: ignore[operator]
+            try:
+                real = self.real(layer, child)
+            except (FileNotFoundError, NotADirectoryError):
+                real = None
+            st = _lstat(real) if real is not None else None
             if st is not None:
                 if is_whiteout(st):
                     break
@@ -118,7 +167,7 @@ class Layers:
                 merged.append(layer)
                 if i == last or self.is_opaque(layer, child):
                     break
-            if i != last and wh is not None and _exists(root + parent + b"/" + wh):  # type: ignore[operator]
+            if i != last and wh is not None and real is not None and _exists(real[:-len(name)] + wh):
                 break
         if top is None:
             return None
@@ -165,7 +214,7 @@ class Layers:
         assert self.upper is not None
         if not self.whiteout_as_file:
             try:
-                os.mknod(self.upper + parent + b"/" + name, stat_mod.S_IFCHR | 0, os.makedev(0, 0))
+                os.mknod(self.real(0, parent + b"/" + name), stat_mod.S_IFCHR | 0, os.makedev(0, 0))
                 return
             except PermissionError:
                 self.whiteout_as_file = True
@@ -173,7 +222,7 @@ class Layers:
         if wh is None:
             raise OSError(errno.ENAMETOOLONG, "this upper filesystem cannot hold a whiteout for a name "
                           "this long (mknod of a 0/0 device was refused)")
-        fd = os.open(self.upper + parent + b"/" + wh,
+        fd = os.open(self.real(0, parent + b"/" + wh),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.close(fd)
 
@@ -182,7 +231,7 @@ class Layers:
         one was there (the new object must then hide the lower ones)."""
         assert self.upper is not None
         removed = False
-        p = self.upper + parent + b"/" + name
+        p = self.real(0, parent + b"/" + name)
         st = _lstat(p)
         if st is not None and is_whiteout(st):
             os.unlink(p)
@@ -191,7 +240,7 @@ class Layers:
         if wh is None:
             return removed
         try:
-            os.unlink(self.upper + parent + b"/" + wh)
+            os.unlink(self.real(0, parent + b"/" + wh))
             removed = True
         except (FileNotFoundError, NotADirectoryError):
             pass
@@ -201,7 +250,7 @@ class Layers:
         """Delete whiteouts and markers from an upper directory that looks
         empty through the overlay, so that rmdir/rename over it works."""
         assert self.upper is not None
-        real = self.upper + path
+        real = self.real(0, path)
         with os.scandir(real) as it:
             for entry in it:
                 name = os.fsencode(entry.name)
@@ -217,7 +266,7 @@ class Layers:
 
     def set_opaque(self, path: bytes) -> None:
         assert self.upper is not None
-        real = self.upper + path
+        real = self.real(0, path)
         try:
             os.setxattr(real, OPAQUE_XATTRS[0], b"y", follow_symlinks=False)
         except OSError as e:

@@ -38,6 +38,29 @@ def mode_available(mode: str) -> bool:
     return _available[mode]
 
 
+def _short(x: Any, n: int = 2000) -> str:
+    s = repr(x)
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def _diff(f: Any, k: Any) -> str:
+    """What differs between fuse's and the kernel's answer (only the differing entries of
+    mappings and lists of equal length, with long names shortened)."""
+    ff, kk = f.get("ok") if isinstance(f, dict) else None, k.get("ok") if isinstance(k, dict) else None
+    if isinstance(ff, dict) and isinstance(kk, dict):
+        keys = sorted(set(ff) | set(kk))
+        rows = [(key, ff.get(key, "<absent>"), kk.get(key, "<absent>")) for key in keys
+                if ff.get(key, "<absent>") != kk.get(key, "<absent>")]
+    elif isinstance(ff, list) and isinstance(kk, list) and len(ff) == len(kk):
+        rows = [(i, a, b) for i, (a, b) in enumerate(zip(ff, kk)) if a != b]
+    else:
+        return f"fuse {_short(f)} != kernel {_short(k)}"
+    import re
+    shorten = lambda s: re.sub(r"x{20,}", lambda m: f"x*{len(m.group())}", str(s))
+    return "\n".join(f"  {shorten(key)}: fuse {shorten(a)[:400]} != kernel {shorten(b)[:400]}"
+                      for key, a, b in rows[:40])
+
+
 class NsPair:
     """Kernel overlay + fuse-overlay over the same lowers, in a namespace."""
 
@@ -75,7 +98,7 @@ class NsPair:
     def same(self, op: str, *args: Any) -> Any:
         """Run ``op`` on both mounts and assert both saw the same result."""
         res = self.call(op, *args)
-        assert res["f"] == res["k"], f"{op}{args}: fuse {res['f']} != kernel {res['k']}"
+        assert res["f"] == res["k"], f"{op}{_short(args)}: {_diff(res['f'], res['k'])}"
         return res["f"]
 
     def close(self) -> None:

@@ -37,6 +37,9 @@ def build_layer(root: str, entries: list[dict], oci: bool) -> None:
     os.makedirs(root, exist_ok=True)
     links = []
     for e in entries:
+        if e["type"] == "deep":
+            build_deep(root, e, oci)
+            continue
         p = os.path.join(root, e["path"])
         os.makedirs(os.path.dirname(p), exist_ok=True)
         t = e["type"]
@@ -84,6 +87,77 @@ def build_layer(root: str, entries: list[dict], oci: bool) -> None:
         os.link(target, p)
 
 
+def deep_name(i: int, namelen: int) -> str:
+    """The name of level ``i`` of a deep tree: ``namelen`` bytes."""
+    return ("d%02d-" % i).ljust(namelen, "x")
+
+
+def build_deep(root: str, e: dict, oci: bool) -> None:
+    """``{"type": "deep", "path": TOP, "levels": N, "namelen": L, "entries": [...]}``: a chain
+    of N directories of L-byte names under TOP, built one level at a time (chdir) because the
+    whole path is longer than PATH_MAX; ``entries`` (files, symlinks, dirs, whiteouts, one
+    component each) are created at the bottom."""
+    here = os.open(".", os.O_PATH)
+    try:
+        os.makedirs(os.path.join(root, e["path"]), exist_ok=True)
+        os.chdir(os.path.join(root, e["path"]))
+        for i in range(e["levels"]):
+            name = deep_name(i, e["namelen"])
+            os.makedirs(name, exist_ok=True)
+            os.chdir(name)
+        for sub in e["entries"]:
+            t, n = sub["type"], sub["path"]
+            if t == "file":
+                with open(n, "wb") as f:
+                    f.write(sub.get("data", "").encode())
+            elif t == "dir":
+                os.mkdir(n)
+            elif t == "symlink":
+                os.symlink(sub["target"], n)
+            elif t == "whiteout":
+                if oci:
+                    open(".wh." + n, "wb").close()
+                else:
+                    os.mknod(n, stat.S_IFCHR, os.makedev(0, 0))
+            for k, v in sub.get("xattrs", {}).items():
+                os.setxattr(n, k, v.encode(), follow_symlinks=False)
+    finally:
+        os.fchdir(here)
+        os.close(here)
+
+
+def observe_at(dirfd: int, name: str) -> dict:
+    """:func:`observe_path` of ``name`` in the directory open at ``dirfd`` (any depth)."""
+    st = os.lstat(name, dir_fd=dirfd)
+    o: dict = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode),
+               "uid": st.st_uid, "gid": st.st_gid, "nlink": st.st_nlink}
+    if stat.S_ISREG(st.st_mode):
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dirfd)
+        with os.fdopen(fd, "rb") as f:
+            o["sha"] = hashlib.sha1(f.read()).hexdigest()[:12]
+        o["size"] = st.st_size
+    elif stat.S_ISLNK(st.st_mode):
+        o["target"] = os.readlink(name, dir_fd=dirfd)
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        o["rdev"] = st.st_rdev
+    path = f"/proc/self/fd/{dirfd}/{name}"      # no *at call for xattrs: a short path
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        names = []
+    xs = {}
+    for n in sorted(names):
+        if n.startswith(PRIVATE):
+            continue
+        try:
+            xs[n] = os.getxattr(path, n, follow_symlinks=False).decode("latin1")
+        except OSError as e:
+            xs[n] = "E" + errno.errorcode.get(e.errno, str(e.errno))
+    if xs:
+        o["xattrs"] = xs
+    return o
+
+
 def observe_path(path: str) -> dict:
     st = os.lstat(path)
     o: dict = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode),
@@ -114,19 +188,45 @@ def observe_path(path: str) -> dict:
 
 
 def snapshot(root: str) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for n in sorted(dirnames + filenames):
-            p = os.path.join(dirpath, n)
+    """Observations of every object under ``root``, walked with directory fds so that trees
+    deeper than PATH_MAX are seen whole; an error is recorded as what was seen."""
+    out: dict = {}
+
+    def walk(dirfd: int, rel: str) -> None:
+        try:
+            names = sorted(os.listdir(dirfd))
+        except OSError as e:
+            out[(rel or ".") + " (listing)"] = {"err": errno.errorcode.get(e.errno, str(e.errno))}
+            return
+        for n in names:
+            p = os.path.join(rel, n)
             try:
-                out[os.path.relpath(p, root)] = observe_path(p)
+                out[p] = observe_at(dirfd, n)
             except FileNotFoundError:
                 # Kernel quirk: a whiteout with nothing below it, in a
                 # directory that is not merged, is listed but cannot be
                 # looked up.  fuse-overlay does not list it; compare what
                 # can be reached.
                 continue
+            except OSError as e:       # shown, to be compared
+                out[p] = {"err": errno.errorcode.get(e.errno, str(e.errno))}
+                continue
+            if out[p]["type"] == stat.S_IFDIR:
+                try:
+                    fd = os.open(n, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+                except OSError as e:
+                    out[p + " (open)"] = {"err": errno.errorcode.get(e.errno, str(e.errno))}
+                    continue
+                try:
+                    walk(fd, p)
+                finally:
+                    os.close(fd)
+
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        walk(top, "")
+    finally:
+        os.close(top)
     out["."] = observe_path(root)
     del out["."]["nlink"]   # root link count: both report real counts, but differ in merging
     return out
@@ -341,6 +441,34 @@ def op_rw_old_fd(m, path, data):
         os.close(r)
 
 
+def op_deep(m, top, levels, namelen, steps):
+    """Walk down (chdir, creating missing levels with mkdir) ``levels`` directories of
+    ``namelen``-byte names under ``top``, then run ``steps`` there, each ``[op, args...]``
+    with paths relative to that directory: the whole path from the mount's root is longer
+    than PATH_MAX.  Returns each step's result or error name."""
+    here = os.open(".", os.O_PATH)
+    out = []
+    try:
+        os.chdir(os.path.join(m, top))
+        for i in range(levels):
+            name = deep_name(i, namelen)
+            try:
+                os.mkdir(name)
+            except FileExistsError:
+                pass
+            os.chdir(name)
+        for step in steps:
+            op, args = step[0], step[1:]
+            try:
+                out.append({"ok": OPS[op](".", *args)})
+            except OSError as e:
+                out.append({"err": errno.errorcode.get(e.errno, str(e.errno))})
+    finally:
+        os.fchdir(here)
+        os.close(here)
+    return out
+
+
 OPS = {k[3:]: v for k, v in globals().items() if k.startswith("op_")}
 
 
@@ -470,7 +598,8 @@ def main() -> None:
             try:
                 res = pair.run(req["op"], req.get("args", []))
             except Exception as e:  # report, keep serving
-                res = {"driver_error": repr(e)}
+                import traceback
+                res = {"driver_error": repr(e) + " at " + "".join(traceback.format_tb(e.__traceback__)[-2:])}
             print(json.dumps(res), flush=True)
     finally:
         pair.umount()

@@ -426,3 +426,65 @@ def test_upper_directories_move_between_drivers(make_pair):
     p.same("write", "etc/x.conf", "after swap\n")              # each keeps working on the other's upper
     p.same("unlink", "fresh/file")
     check(p, remount=True)
+
+
+DEEP_LEVELS, DEEP_NAMELEN = 20, 250      # ~5000 bytes of path below the mount: beyond PATH_MAX
+
+
+def _deep(path, entries, levels=DEEP_LEVELS):
+    return {"path": path, "type": "deep", "levels": levels, "namelen": DEEP_NAMELEN, "entries": entries}
+
+
+def test_paths_longer_than_path_max(make_pair):
+    """A tree deeper than PATH_MAX, reached with relative paths (chdir one level at a time,
+    as ``mkdir -p`` and ``rm -r`` do): everything the kernel overlay does there works —
+    lookups through merged deep directories, copy-up of deep lower files (and of the chain of
+    lower directories above them), whiteouts and opaque directories deep down, create,
+    write, stat, rename, link, symlinks, xattrs, times, unlink, rmdir — and the result is the
+    same after a remount."""
+    spec = {"layers": [
+        [_deep("deep", [{"path": "top", "type": "file", "data": "top layer\n"},
+                        {"path": "b", "type": "whiteout"},
+                        {"path": "tl", "type": "symlink", "target": "top"}])],
+        [_deep("deep", [{"path": "a", "type": "file", "data": "lower a\n", "xattrs": {"user.k": "v"}},
+                        {"path": "b", "type": "file", "data": "hidden\n"},
+                        {"path": "c", "type": "file", "data": "lower c\n"},
+                        {"path": "ld", "type": "dir"}]),
+         _deep("deep/d00-" + "x" * (DEEP_NAMELEN - 4), [{"path": "f", "type": "file", "data": "x\n"}],
+               levels=DEEP_LEVELS - 1)],      # a second deep chain inside the first: merged dirs
+    ]}
+    p = make_pair(spec)
+    check(p)
+    steps = [
+        ["listdir", "."], ["read", "a"], ["read", "b"], ["stat", "top"], ["stat", "tl"],
+        ["write", "a", "appended\n", "a"],                  # copy-up of a deep lower file
+        ["getxattr", "a", "user.k"], ["stat", "a"],
+        ["unlink", "c"], ["stat", "c"],                     # whiteout deep down
+        ["rmdir", "ld"], ["mkdir", "ld", 0o700], ["listdir", "ld"],   # opaque deep down
+        ["write", "new", "new file\n", "x"], ["stat", "new"],
+        ["rename", "new", "new2"], ["read", "new2"],
+        ["rename", "new2", "../moved-up"], ["read", "../moved-up"],
+        ["symlink", "new2", "sl"], ["stat", "sl"], ["unlink", "sl"],
+        ["link", "top", "top-link"], ["stat", "top-link"],
+        ["chmod", "top", 0o600], ["chown", "a", 0, 0],
+        ["setxattr", "top", "user.x", "y"], ["getxattr", "top", "user.x"],
+        ["removexattr", "a", "user.k"],
+        ["utime", "top", 1000000, 2000000],
+        ["truncate", "top", 3],
+        ["mkfifo", "fifo"], ["mknod", "node", 0o010644, 0, 0],
+        ["mkdir", "sub"], ["write", "sub/f", "deeper\n"], ["rename", "sub", "sub2"],
+        ["unlink", "sub2/f"], ["rmdir", "sub2"],
+        ["sh", "mkdir -p p/q/r && echo hi > p/q/r/f && cat p/q/r/f && ls -R p | wc -l"],
+        ["unlink", "top-link"], ["unlink", "b"], ["unlink", "nonexistent"],
+        ["listdir", "."], ["listdir", ".."],
+        # a big deep directory listed with attributes (one directory fd serves all entries)
+        ["sh", "for i in $(seq 300); do : > m$i; done; ls -l | wc -l; ls -l ../d19-* | wc -l; rm m*"],
+    ]
+    p.same("deep", "deep", DEEP_LEVELS, DEEP_NAMELEN, steps)
+    check(p, remount=True)
+    # Deeper still, below what the lower layers have: upper-only directories, then removal.
+    more = [["write", "bottom", "b\n"], ["stat", "bottom"], ["mkdir", "e"], ["listdir", "."]]
+    p.same("deep", "deep", DEEP_LEVELS + 4, DEEP_NAMELEN, more)
+    check(p, remount=True)
+    p.same("sh", "rm -rf deep/d00-*/d01-*/d02-* && ls -R deep | wc -l")
+    check(p, remount=True)

@@ -110,3 +110,47 @@ async def test_internal_errors_are_counted_and_recorded(tmp_path):
     assert ops.internal_errors == 2
     lines = errors.read_text().splitlines()
     assert len(lines) == 2 and "lookup: KeyError" in lines[0]
+
+
+def test_long_backing_paths_go_through_directory_fds(tmp_path):
+    """A backing path too long for one system call is reached through an O_PATH fd of a
+    directory on the way (``/proc/self/fd/N/rest``); short ones stay plain paths; the fds
+    are closed once no request runs."""
+    from fuse_overlay.layers import PATH_ROOM, Layers
+    root = os.fsencode(tmp_path)
+    names = [b"%02d" % i + b"x" * 248 for i in range(20)]
+    fd = os.open(root, os.O_PATH)
+    try:
+        for n in names:
+            os.mkdir(n, dir_fd=fd)
+            new = os.open(n, os.O_PATH, dir_fd=fd)
+            os.close(fd)
+            fd = new
+        os.close(os.open(b"f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    layers = Layers(None, [root])
+    assert layers.real(1, b"/a") == root + b"/a" and not layers.held
+    rel = b"/" + b"/".join(names) + b"/f"
+    real = layers.real(1, rel)
+    assert real.startswith(b"/proc/self/fd/") and len(real) < PATH_ROOM and real.endswith(b"/f")
+    assert stat.S_ISREG(os.lstat(real).st_mode)
+    assert len(layers.held) == 1        # ~5000 bytes: one directory fd, then the rest
+    assert layers.real(1, rel[:-1] + b"g") == real[:-1] + b"g"    # same directory: fd reused
+    assert len(layers.held) == 1
+    layers.forget_dirfds()              # a request that may move directories began or ended
+    assert layers.real(1, rel) != real and len(layers.held) == 2
+    held = list(layers.held)
+    layers.release()
+    assert not layers.held
+    for fd in held:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    with pytest.raises(FileNotFoundError):
+        layers.real(1, b"/missing" + rel)
+
+
+async def test_handlers_close_long_path_fds(ops):
+    ops.layers.held.append(os.open("/", os.O_PATH))     # as if a handler reached a long path
+    await ops.getattr(pyfuse3.ROOT_INODE, CTX)
+    assert not ops.layers.held
