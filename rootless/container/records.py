@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
@@ -79,7 +78,9 @@ class Containers:
     def _write(self, rec: Record) -> None:
         """Replace the record (call with its lock held): a temporary file of our own, renamed."""
         directory = self.store.container_dir(rec.id)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config.", suffix=".tmp")
+        # A name of our own (not tempfile's: its import costs every start ~6 ms).
+        tmp = os.path.join(directory, f".config.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(asdict(rec), f)
