@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import procs
@@ -83,7 +83,7 @@ class Containers:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(asdict(rec), f)
+                json.dump(vars(rec), f)      # the fields as they are: asdict's deep copy costs ~1 ms a write
             os.rename(tmp, self._path(rec.id))
         except BaseException:
             with contextlib.suppress(OSError):
