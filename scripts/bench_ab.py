@@ -48,15 +48,16 @@ def main() -> int:
             env = {**os.environ, "PYTHONPATH": tree, "ROOTLESS_ROOT": os.path.join(work, f"store{i}"),
                    "XDG_RUNTIME_DIR": run_dir, "ROOTLESS_NO_SINGLE_UID_WARNING": "1"}
             subprocess.run([rootless, "import", "-c", 'CMD ["/bin/sh"]', tar, "busybox"], env=env, check=True,
-                           stdout=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, cwd=work)
             envs.append(env)
         for net in ([], ["--network", "none"]):
             times: list[list[float]] = [[], []]
             for r in range(args.runs + 3):
                 for i, env in enumerate(envs):
                     t0 = time.perf_counter()
+                    # cwd: not a checkout, whose rootless/ would shadow PYTHONPATH for `python -m`
                     subprocess.run([rootless, "run", "--rm", *net, "busybox", "true"], env=env, check=True,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, cwd=work)
                     if r >= 3:
                         times[i].append(time.perf_counter() - t0)
             a, b = (statistics.median(t) for t in times)
