@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from . import procs
 from ..errors import RootlessError, StoreError, UsageError
 from ..sandbox.remove import remove_tree
 from ..sandbox import idmap
-from ..image.store import Store
+from ..image.store import Store, lock_exclusive
 
 _ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
                "nimble", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen")
@@ -100,12 +99,7 @@ class Containers:
         except FileNotFoundError:
             raise gone from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as e:
-                raise StoreError(f"cannot lock {path} ({e.strerror}): file locks do not work on this "
-                                 "filesystem. Put the store on local disk: --root /tmp/$USER/rootless or "
-                                 "ROOTLESS_ROOT") from None
+            lock_exclusive(fd, path)
             try:
                 st, now = os.fstat(fd), os.stat(path)
                 rec = self._read(cid)

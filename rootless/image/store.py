@@ -98,6 +98,16 @@ def _cannot_create(root: str, e: OSError) -> str:
     return f"cannot create the store at {root} ({os.strerror(e.errno).lower() if e.errno else e}): {CHOOSE}"
 
 
+def lock_exclusive(fd: int, what: str) -> None:
+    """flock(2) ``fd``, or say that this filesystem has no working file locks and what to do."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:
+        raise StoreError(f"cannot lock {what} ({e.strerror}): file locks do not work on this filesystem "
+                         "(NFS or Lustre without locking?). Put the store on local disk: "
+                         "--root /tmp/$USER/rootless or ROOTLESS_ROOT") from None
+
+
 class Store:
     def __init__(self, root: str):
         self.root = root
@@ -117,12 +127,7 @@ class Store:
     def lock(self) -> Iterator[None]:
         fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as e:
-                raise StoreError(f"cannot lock the store at {self.root} ({e.strerror}): file locks do not "
-                                 "work on this filesystem (NFS or Lustre without locking?). Put the store on "
-                                 "local disk: --root /tmp/$USER/rootless or ROOTLESS_ROOT") from None
+            lock_exclusive(fd, f"the store at {self.root}")
             yield
         finally:
             os.close(fd)

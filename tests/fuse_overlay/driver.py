@@ -127,7 +127,7 @@ def build_deep(root: str, e: dict, oci: bool) -> None:
 
 
 def observe_at(dirfd: int, name: str) -> dict:
-    """:func:`observe_path` of ``name`` in the directory open at ``dirfd`` (any depth)."""
+    """What a process sees of ``name`` in the directory open at ``dirfd`` (any depth)."""
     st = os.lstat(name, dir_fd=dirfd)
     o: dict = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode),
                "uid": st.st_uid, "gid": st.st_gid, "nlink": st.st_nlink}
@@ -159,32 +159,13 @@ def observe_at(dirfd: int, name: str) -> dict:
 
 
 def observe_path(path: str) -> dict:
-    st = os.lstat(path)
-    o: dict = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode),
-               "uid": st.st_uid, "gid": st.st_gid, "nlink": st.st_nlink}
-    if stat.S_ISREG(st.st_mode):
-        with open(path, "rb") as f:
-            o["sha"] = hashlib.sha1(f.read()).hexdigest()[:12]
-        o["size"] = st.st_size
-    elif stat.S_ISLNK(st.st_mode):
-        o["target"] = os.readlink(path)
-    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        o["rdev"] = st.st_rdev
+    """What a process sees of ``path``: type, mode, owners, links, content digest, xattrs."""
+    path = os.path.abspath(path)
+    dirfd = os.open(os.path.dirname(path) or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        names = []
-    xs = {}
-    for n in sorted(names):
-        if n.startswith(PRIVATE):
-            continue
-        try:
-            xs[n] = os.getxattr(path, n, follow_symlinks=False).decode("latin1")
-        except OSError as e:
-            xs[n] = "E" + errno.errorcode.get(e.errno, str(e.errno))
-    if xs:
-        o["xattrs"] = xs
-    return o
+        return observe_at(dirfd, os.path.basename(path) or ".")
+    finally:
+        os.close(dirfd)
 
 
 def snapshot(root: str) -> dict:
