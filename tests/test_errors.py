@@ -196,3 +196,14 @@ def test_save_to_a_path_that_cannot_be_written(rl, tmp_path):
     # a device is written to as it is (as Docker does), not replaced
     ok = rl("save", "-o", "/dev/null", "busybox")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_failed_mount_is_reported_when_many_start_at_once(rl):
+    """Under load the container's first process may fail before the engine tells it the network
+    is ready: the engine's write then met EPIPE, which click turned into exit status 1 and no
+    message.  The mount's own error must be reported every time."""
+    procs = [rl.popen("run", "--rm", "-v", "/tmp:/sys/x", "busybox", "true",
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(12)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 125 and "/sys/x" in err, (p.returncode, err)

@@ -50,7 +50,13 @@ def send_error(sock: socket.socket, message: str, exit_code: int = 125, kind: st
 
 def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """The next message and any file descriptors that came with it; ``{"kind": "eof"}`` at the end."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 4)
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 4)
+    except ConnectionResetError:
+        # The peer ended without reading what we sent it (e.g. "network-ready" to a child
+        # whose mount failed).  The kernel reports that once, ahead of what the peer sent
+        # before it ended (its error): read on.
+        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_PACKET, 4)
     if not data:
         for fd in fds:
             os.close(fd)

@@ -145,7 +145,14 @@ def start(spec: SandboxSpec) -> Started:
                     _raise_child_error(sock)
                     raise
             if spec.network_setup is not None or msg.get("intermediate_exits"):
-                channel.send(sock, "network-ready")
+                try:
+                    channel.send(sock, "network-ready")
+                except (BrokenPipeError, ConnectionResetError):
+                    # B has ended already (a mount failed): its error waits in the socket.
+                    # (An EPIPE left to click would end the command with status 1, silently.)
+                    _raise_child_error(sock)
+                    raise channel.ChildError("the container's first process ended before its command "
+                                             "started, without saying why") from None
         except BaseException as e:
             _abandon(pid, e)
             raise
