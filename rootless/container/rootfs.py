@@ -62,7 +62,7 @@ class ContainerRootfs:
         self.id_translation = id_translation
 
     def prepare(self) -> None:
-        os.makedirs(self.target, mode=0o755, exist_ok=True)
+        _subdir(self.target, 0o755)
         order = AUTO_ORDER if self.driver == "auto" else (self.driver,)
         for driver in order:
             try:
@@ -82,8 +82,8 @@ class ContainerRootfs:
 
     def _dirs(self) -> tuple[str, str, str]:
         upper, work = os.path.join(self.directory, "upper"), os.path.join(self.directory, "work")
-        os.makedirs(upper, mode=0o755, exist_ok=True)
-        os.makedirs(work, mode=0o700, exist_ok=True)
+        _subdir(upper, 0o755)
+        _subdir(work, 0o700)
         return ":".join(reversed(self.layer_dirs)), upper, work  # overlays list the top layer first
 
     def _mount_fuse(self) -> None:
@@ -251,3 +251,15 @@ def internal_errors(container_dir: str) -> list[str]:
             return f.read().splitlines()
     except OSError:
         return []
+
+
+def _subdir(path: str, mode: int) -> None:
+    """Make ``path`` in the container's directory, which must still exist: a container removed
+    ('rm -f') while it starts must not have its directory made again (makedirs would)."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise OSError(errno.ENOENT, f"the container was removed while it started ({os.path.dirname(path)} "
+                      "is gone)") from None
