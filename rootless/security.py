@@ -35,7 +35,7 @@ class SecurityOptions:
 
     def masked_paths(self, defaults: tuple[str, ...]) -> tuple[str, ...]:
         if self.privileged:
-            return tuple(p for p in self.mask)
+            return self.mask
         return tuple(p for p in defaults + self.mask if not self._unmasked(p))
 
     def readonly_paths(self, defaults: tuple[str, ...]) -> tuple[str, ...]:

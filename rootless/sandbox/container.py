@@ -420,7 +420,14 @@ def _become(proc: ProcessSpec, maps: idmap.IdMaps, sock: socket.socket) -> NoRet
 
     # A session keyring of its own: the caller's keys are neither readable nor writable
     # inside (runc and crun do the same).  Before the filter, which forbids keyctl.
-    libc.join_session_keyring()
+    try:
+        libc.join_session_keyring()
+    except OSError as e:
+        # ENOSYS (no keyrings in this kernel) or EPERM from a filter rootless itself runs under
+        # (e.g. inside another runtime's container): that filter is inherited by the container
+        # too, so it cannot reach the caller's keys either.  Anything else is a real failure.
+        if e.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
     caps.limit_bounding_set(proc.caps)
     if proc.seccomp is not None:
         # Loaded while we are still root of the user namespace: without no_new_privs the
