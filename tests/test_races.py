@@ -226,3 +226,19 @@ def test_concurrent_writers_lose_no_update(rl_races):
         assert rl("rm", "-f", new).returncode == 0
     left = _settled(rl)
     assert not left, "left behind:\n" + "\n".join(left)
+
+
+def test_mount_points_are_never_made_above_the_root(tmp_path):
+    """The intermediate process makes missing mount points in the image's tree; once 'rm -f'
+    renamed the container's directory away, it must fail there, not make the tree again at the
+    old path (the leftover 'containers/ID/rootfs' CI once found after this module)."""
+    from rootless.sandbox import mounts
+    containers = tmp_path / "containers"
+    containers.mkdir()
+    root = containers / "ID" / "rootfs"
+    with pytest.raises(FileNotFoundError):
+        mounts._ensure(str(root), str(root / "etc" / "hosts"), "file")
+    assert not any(containers.iterdir())
+    root.mkdir(parents=True)                 # while it exists, missing parents are made below it
+    mounts._ensure(str(root), str(root / "a" / "b" / "hosts"), "file")
+    assert (root / "a" / "b" / "hosts").is_file()

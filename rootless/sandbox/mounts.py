@@ -82,11 +82,24 @@ def usable_host_devices() -> tuple[str, ...]:
     return tuple(found)
 
 
-def _ensure(path: str, kind: str, mode: int = 0o755) -> None:
-    """Create a mount point (a dir or an empty file) when it is missing."""
+def _ensure(root: str, path: str, kind: str, mode: int = 0o755) -> None:
+    """Create a mount point (a dir or an empty file) under ``root`` when it is missing.
+
+    Missing parents are made below ``root`` only, never ``root`` or above it: a container
+    removed ('rm -f') while it starts has its directory renamed away, and its tree must not
+    be made again at the old path (``makedirs`` would)."""
     if os.path.lexists(path):
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    parent = os.path.dirname(path)
+    missing = []
+    while parent != root and parent.startswith(root.rstrip("/") + "/") and not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o755)
+        except FileExistsError:
+            pass
     if kind == "dir":
         os.mkdir(path, mode)
     else:
@@ -113,13 +126,13 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     libc.mount(root, root, None, MS_BIND | MS_REC)
 
     proc = _inside(root, "/proc")
-    _ensure(proc, "dir")
+    _ensure(root, proc, "dir")
     libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
     _mount_dev(root, plan.ptmx_gid, plan.devices)
 
     sys_dir = _inside(root, "/sys")
-    _ensure(sys_dir, "dir")
+    _ensure(root, sys_dir, "dir")
     try:
         libc.mount("sysfs", sys_dir, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
     except OSError:
@@ -131,7 +144,7 @@ def enter_rootfs(plan: RootfsPlan) -> None:
         dest = os.path.join(_inside(root, os.path.dirname(target)), os.path.basename(target))
         if os.path.islink(dest):
             os.unlink(dest)  # e.g. /etc/resolv.conf -> ../run/...: replace with our file
-        _ensure(dest, "file")
+        _ensure(root, dest, "file")
         libc.mount(source, dest, None, MS_BIND)
 
     for bind in plan.binds:
@@ -156,7 +169,7 @@ def _mount_bind(root: str, bind: Bind) -> None:
     # Errors name the container path: the user never saw where the root filesystem is on the host.
     what = "a tmpfs" if bind.kind == "tmpfs" else bind.source
     try:
-        _ensure(dest, "dir" if bind.kind == "tmpfs" or os.path.isdir(bind.source) else "file")
+        _ensure(root, dest, "dir" if bind.kind == "tmpfs" or os.path.isdir(bind.source) else "file")
     except OSError as e:
         why = {errno.EROFS: "that part of the container's tree is read-only",
                errno.ENOTDIR: "a parent of it is not a directory in the image",
@@ -188,16 +201,16 @@ def _why(e: OSError) -> str:
 
 def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = ()) -> None:
     dev = _inside(root, "/dev")
-    _ensure(dev, "dir")
+    _ensure(root, dev, "dir")
     libc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | libc.MS_STRICTATIME, "mode=755,size=65536k")
     for name in DEVICES:
         target = os.path.join(dev, name)
-        _ensure(target, "file")
+        _ensure(root, target, "file")
         libc.mount(f"/dev/{name}", target, None, MS_BIND)
     for source in extra:                 # --privileged: e.g. /dev/fuse, /dev/net/tun
         target = os.path.join(dev, os.path.relpath(source, "/dev"))
         if not os.path.lexists(target):
-            _ensure(target, "file")
+            _ensure(root, target, "file")
             libc.mount(source, target, None, MS_BIND)
     pts = os.path.join(dev, "pts")
     os.mkdir(pts, 0o755)
