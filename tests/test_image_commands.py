@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import uuid
@@ -183,12 +184,15 @@ def test_podman_loads_our_archives_and_we_load_podmans(rl, archives):
     run_root = tempfile.mkdtemp(prefix="rl-podman-", dir="/tmp")  # podman wants <= 50 characters
     podman = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
               "--root", str(archives / "p-root"), "--runroot", run_root]
+    # podman's run-time dir is ours too: the pause process it leaves (pause.pid there) is stopped below
+    env = {**os.environ, "XDG_RUNTIME_DIR": run_root}
     docker, oci = archives / "d.tar", archives / "o.tar"
     assert rl("save", "-o", str(docker), "busybox").returncode == 0
     assert rl("save", "--format", "oci-archive", "-o", str(oci), "busybox").returncode == 0
     try:
         for path in (docker, oci):
-            proc = subprocess.run([*podman, "load", "-i", str(path)], capture_output=True, text=True, timeout=60)
+            proc = subprocess.run([*podman, "load", "-i", str(path)], capture_output=True, text=True, timeout=60,
+                                  env=env)
             environmental = ("insufficient UIDs", "newuidmap", "permission denied", "cannot set up namespace",
                              "cannot re-exec", "not allowed")
             if proc.returncode != 0 and any(e.lower() in proc.stderr.lower() for e in environmental):
@@ -197,18 +201,32 @@ def test_podman_loads_our_archives_and_we_load_podmans(rl, archives):
             assert "Loaded image" in proc.stdout
         out = archives / "from-podman.tar"
         proc = subprocess.run([*podman, "save", "-o", str(out), "docker.io/library/busybox:latest"],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, env=env)
         assert proc.returncode == 0, proc.stderr
         assert rl("rmi", "busybox").returncode == 0
         loaded = rl("load", "-i", str(out))
         assert loaded.returncode == 0 and loaded.stdout == "Loaded image: busybox:latest\n", loaded.stderr
         assert rl("run", "--rm", "busybox", "echo", "ok").stdout == "ok\n"
     finally:
+        pause = _podman_pause_pid(Path(run_root))       # 'podman unshare' joins it
         subprocess.run([*podman, "unshare", "rm", "-rf", str(archives / "p-root"), run_root],
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=60, env=env)
+        if pause:
+            try:
+                os.kill(pause, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(run_root, ignore_errors=True)
         if rl("inspect", "busybox").returncode != 0:  # leave the session's image as we found it
             rl("load", "-i", str(docker), check=True)
+
+
+def _podman_pause_pid(run_root: Path) -> int:
+    """Rootless podman leaves a pause process holding its namespaces: it is ours to stop."""
+    try:
+        return int((run_root / "libpod" / "tmp" / "pause.pid").read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def test_untagged_image_is_loaded_by_id_and_pruned_as_dangling(rl, archives):
