@@ -459,3 +459,61 @@ def test_monitor_is_named_in_ps(rl):
             assert f.read().strip() == "rootless-mon"
     finally:
         rl("rm", "-f", "named-monitor")
+
+
+def test_create_then_start_a_behaves_like_run(rl, tmp_path):
+    """'create' records a container (no process yet); 'start -a' runs it as 'run' would."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_text("from the host\n")
+    script = 'cat /data/f; echo "$GREETING"; echo to-stderr >&2; exit 3'
+    args = ["--network", "none", "-e", "GREETING=hello", "-v", "./data:/data", "busybox", "sh", "-c", script]
+    ran = subprocess.run([*ROOTLESS, "run", "--rm", *args], cwd=tmp_path, env=rl.env, capture_output=True,
+                         text=True, timeout=60)
+    # relative -v resolved at create time, against the caller's directory (as run does)
+    created = subprocess.run([*ROOTLESS, "create", "--name", "made", *args], cwd=tmp_path, env=rl.env,
+                             capture_output=True, text=True, timeout=60)
+    try:
+        assert created.returncode == 0, created.stderr
+        cid = created.stdout.strip()
+        assert len(cid) == 64 and created.stderr == ""
+        assert _ps(rl)["made"]["Status"] == "Created"
+        assert rl("inspect", "--format", "{{.State.Status}}", "made").stdout.strip() == "created"
+        assert rl("logs", "made").stdout == ""                   # nothing ran yet: empty, as Docker
+        assert rl("wait", "made", timeout=10).stdout == "0\n"    # not running: Docker answers at once
+        started = rl("start", "-a", "made", timeout=60)
+        assert (started.returncode, started.stdout) == (ran.returncode, ran.stdout) == (3, "from the host\nhello\n")
+        assert "to-stderr" in started.stderr
+        assert "Exited (3)" in _ps(rl)["made"]["Status"]
+        again = rl("start", "-a", "made", timeout=60)           # and again, as any stopped container
+        assert (again.returncode, again.stdout) == (3, "from the host\nhello\n")
+    finally:
+        rl("rm", "-f", "made")
+
+
+def test_create_checks_everything_before_recording(rl):
+    before = set(_ps(rl))
+    for args, why in ((["no-such-image"], "no-such-image"), (["--restart", "always", "--rm", "busybox"], "conflict"),
+                      (["-w", "relative", "busybox", "true"], "absolute"), (["--memory", "lots", "busybox"], "lots")):
+        proc = rl("create", *args)
+        assert proc.returncode == 125 and why in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert set(_ps(rl)) == before
+    assert rl("create", "--name", "once", "busybox", "true").returncode == 0
+    try:
+        taken = rl("create", "--name", "once", "busybox", "true")
+        assert taken.returncode == 125 and "already in use" in taken.stderr
+        assert rl("rm", "once").returncode == 0              # a created container is not running
+    finally:
+        rl("rm", "-f", "once")
+
+
+def test_create_i_then_start_ai_and_create_rm(rl):
+    assert rl("create", "-i", "--network", "none", "--name", "asks", "busybox", "sh", "-c",
+              'read line; echo "got $line"').returncode == 0
+    try:
+        proc = rl("start", "-ai", "asks", input="typed\n", timeout=30)
+        assert (proc.returncode, proc.stdout) == (0, "got typed\n"), proc.stderr
+    finally:
+        rl("rm", "-f", "asks")
+    assert rl("create", "--rm", "--network", "none", "--name", "brief", "busybox", "echo", "bye").returncode == 0
+    assert rl("start", "-a", "brief", timeout=30).stdout == "bye\n"
+    _until(lambda: "brief" not in _ps(rl))                     # --rm: gone once it ended

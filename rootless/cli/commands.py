@@ -36,69 +36,112 @@ def _store(ctx: click.Context):
     return Store(store_root(ctx.obj["root"]))
 
 
+def _container_flags(command):
+    """The flags 'run' and 'create' share (Docker's container configuration)."""
+    flags = [
+        click.option("--rm", is_flag=True, help="Remove the container when it exits."),
+        click.option("--stop-signal", metavar="SIGNAL",
+                     help="Signal 'stop' sends first (default: the image's, or TERM)."),
+        click.option("--userns", default="", metavar="MODE",
+                     help="keep-id: your own uid/gid inside (files you write in bind mounts stay yours)."),
+        click.option("--restart", default="no", show_default=True, metavar="POLICY",
+                     help="no, always, unless-stopped or on-failure[:MAX] (with -d: the monitor restarts it)."),
+        click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (pass it to the container)."),
+        click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal."),
+        click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable."),
+        click.option("--env-file", "env_files", multiple=True, metavar="FILE",
+                     help="Read environment variables from FILE."),
+        click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the container."),
+        click.option("-u", "--user", metavar="USER[:GROUP]", help="User (name or uid) and group to run as."),
+        click.option("-h", "--hostname", metavar="NAME", help="Container host name (default: its short id)."),
+        click.option("--entrypoint", metavar="CMD", help="Override the image's ENTRYPOINT ('' clears it)."),
+        click.option("--name", metavar="NAME", help="Name the container."),
+        click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+        click.option("-v", "--volume", multiple=True, metavar="[HOST_PATH|NAME:]PATH[:ro]",
+                     help="Bind-mount a host path, or mount a volume (named or anonymous)."),
+        click.option("--mount", multiple=True, metavar="type=bind|volume|tmpfs,source=..,target=..",
+                     help="Mount a host path, a volume or a tmpfs (Docker's --mount keys)."),
+        click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]",
+                     help="Mount a tmpfs (e.g. /run:size=64m)."),
+        click.option("--security-opt", multiple=True, metavar="OPT",
+                     help="seccomp=unconfined|PROFILE.json, no-new-privileges, mask=PATHS, unmask=ALL|PATHS."),
+        click.option("--privileged", is_flag=True,
+                     help="All capabilities of the user namespace, no seccomp filter, no masked paths, "
+                           "the host devices you can open."),
+        click.option("--read-only-tmpfs", is_flag=True,
+                     help="With --read-only: writable tmpfs on /run, /tmp, /var/tmp."),
+        click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL)."),
+        click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL)."),
+        click.option("--network", "--net", "network", metavar="MODE",
+                     help="slirp4netns, pasta, none, host, or a network made with 'network create' "
+                           "(default: slirp4netns if installed, else pasta)."),
+        click.option("--network-alias", multiple=True, metavar="NAME",
+                     help="Another name for the container on its user network."),
+        click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
+                     help="Publish a container port on the host."),
+        click.option("--add-host", multiple=True, metavar="NAME:ADDRESS",
+                     help="Add a line to /etc/hosts (NAME:host-gateway names the gateway 10.0.2.2; the "
+                           "host's loopback needs --network slirp4netns:allow_host_loopback=true)."),
+        click.option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m, 2g)."),
+        click.option("--memory-swap", metavar="BYTES", help="Memory plus swap limit (-1: unlimited swap)."),
+        click.option("--cpus", metavar="N", help="Number of CPUs (e.g. 1.5)."),
+        click.option("-c", "--cpu-shares", metavar="N", help="CPU shares (relative weight, default 1024)."),
+        click.option("--pids-limit", metavar="N", help="Maximum number of processes (-1: unlimited)."),
+        click.option("--cpuset-cpus", metavar="LIST", help="CPUs the container may use (e.g. 0-1, 0,2)."),
+        click.option("--cgroup-parent", metavar="DIRS", envvar="ROOTLESS_CGROUP_PARENT",
+                     help="Delegated cgroup directories to create containers in (colon-separated, "
+                           "one per hierarchy)."),
+        click.option("--storage-driver", default="auto", envvar="ROOTLESS_STORAGE_DRIVER", show_default=True,
+                     type=click.Choice(["auto", "fuse-overlay", "overlay", "vfs"]),
+                     help="How the root filesystem is assembled."),
+        click.argument("image"),
+        click.argument("command", nargs=-1, type=click.UNPROCESSED),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+def _warn(warning: str) -> None:
+    click.echo(f"rootless: warning: {warning}", err=True)
+
+
+def _options(image: str, command: tuple[str, ...], flags: dict):
+    from ..container.run import RunOptions
+    return RunOptions(image=image, command=list(command),
+                      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()})
+
+
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
-@click.option("--rm", is_flag=True, help="Remove the container when it exits.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container id.")
-@click.option("--stop-signal", metavar="SIGNAL", help="Signal 'stop' sends first (default: the image's, or TERM).")
-@click.option("--userns", default="", metavar="MODE",
-              help="keep-id: your own uid/gid inside (files you write in bind mounts stay yours).")
-@click.option("--restart", default="no", show_default=True, metavar="POLICY",
-              help="no, always, unless-stopped or on-failure[:MAX] (with -d: the monitor restarts it).")
-@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (pass it to the container).")
-@click.option("-t", "--tty", is_flag=True, help="Give the container a pseudo-terminal.")
-@click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
-@click.option("--env-file", "env_files", multiple=True, metavar="FILE", help="Read environment variables from FILE.")
-@click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the container.")
-@click.option("-u", "--user", metavar="USER[:GROUP]", help="User (name or uid) and group to run as.")
-@click.option("-h", "--hostname", metavar="NAME", help="Container host name (default: its short id).")
-@click.option("--entrypoint", metavar="CMD", help="Override the image's ENTRYPOINT ('' clears it).")
-@click.option("--name", metavar="NAME", help="Name the container.")
-@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
-@click.option("-v", "--volume", multiple=True, metavar="[HOST_PATH|NAME:]PATH[:ro]",
-              help="Bind-mount a host path, or mount a volume (named or anonymous).")
-@click.option("--mount", multiple=True, metavar="type=bind|volume|tmpfs,source=..,target=..",
-              help="Mount a host path, a volume or a tmpfs (Docker's --mount keys).")
-@click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (e.g. /run:size=64m).")
-@click.option("--security-opt", multiple=True, metavar="OPT",
-              help="seccomp=unconfined|PROFILE.json, no-new-privileges, mask=PATHS, unmask=ALL|PATHS.")
-@click.option("--privileged", is_flag=True,
-              help="All capabilities of the user namespace, no seccomp filter, no masked paths, "
-                   "the host devices you can open.")
-@click.option("--read-only-tmpfs", is_flag=True, help="With --read-only: writable tmpfs on /run, /tmp, /var/tmp.")
 @click.option("--preserve-fds", type=int, default=0, metavar="N",
               help="Pass file descriptors 3 to 3+N-1 to the container (none others are passed).")
-@click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability (or ALL).")
-@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (or ALL).")
-@click.option("--network", "--net", "network", metavar="MODE",
-              help="slirp4netns, pasta, none, host, or a network made with 'network create' "
-                   "(default: slirp4netns if installed, else pasta).")
-@click.option("--network-alias", multiple=True, metavar="NAME",
-              help="Another name for the container on its user network.")
-@click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]",
-              help="Publish a container port on the host.")
-@click.option("--add-host", multiple=True, metavar="NAME:ADDRESS",
-              help="Add a line to /etc/hosts (NAME:host-gateway names the gateway 10.0.2.2; the "
-                   "host's loopback needs --network slirp4netns:allow_host_loopback=true).")
-@click.option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m, 2g).")
-@click.option("--memory-swap", metavar="BYTES", help="Memory plus swap limit (-1: unlimited swap).")
-@click.option("--cpus", metavar="N", help="Number of CPUs (e.g. 1.5).")
-@click.option("-c", "--cpu-shares", metavar="N", help="CPU shares (relative weight, default 1024).")
-@click.option("--pids-limit", metavar="N", help="Maximum number of processes (-1: unlimited).")
-@click.option("--cpuset-cpus", metavar="LIST", help="CPUs the container may use (e.g. 0-1, 0,2).")
-@click.option("--cgroup-parent", metavar="DIRS", envvar="ROOTLESS_CGROUP_PARENT",
-              help="Delegated cgroup directories to create containers in (colon-separated, one per hierarchy).")
-@click.option("--storage-driver", default="auto", envvar="ROOTLESS_STORAGE_DRIVER", show_default=True,
-              type=click.Choice(["auto", "fuse-overlay", "overlay", "vfs"]),
-              help="How the root filesystem is assembled.")
-@click.argument("image")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@_container_flags
 @click.pass_context
 def run(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> None:
     """Run COMMAND in a new container from IMAGE."""
-    from ..container.run import RunOptions, run as run_container
-    opts = RunOptions(image=image, command=list(command),
-                      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()})
-    sys.exit(run_container(_store(ctx), opts))
+    from ..container.run import plan, run as run_container
+    store = _store(ctx)
+    p = plan(store, _options(image, command, flags))
+    for warning in p.warnings:
+        _warn(warning)
+    result = run_container(store, p, on_warning=_warn)
+    if result.container_id:
+        click.echo(result.container_id)
+    sys.exit(result.exit_code)
+
+
+@cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+@_container_flags
+@click.pass_context
+def create(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> None:
+    """Create a container from IMAGE, to be run by 'rootless start'; print its id."""
+    from ..container.run import create as create_container, plan
+    store = _store(ctx)
+    p = plan(store, _options(image, command, {**flags, "detach": True}))
+    for warning in p.warnings:
+        _warn(warning)
+    click.echo(create_container(store, p).id)
 
 
 @cli.command("import", context_settings=CONTEXT)

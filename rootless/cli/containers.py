@@ -106,30 +106,26 @@ def wait(ctx, containers) -> None:
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-a", "--attach", is_flag=True, help="Follow the container's output until it ends.")
+@click.option("-a", "--attach", is_flag=True,
+              help="Run the container in the foreground, as 'run' does (one container): its output "
+                   "and exit status are yours.")
 @click.option("-i", "--interactive", is_flag=True,
-              help="With -a: your input goes to the container too (one started with -i or -t).")
+              help="With -a: your input goes to the container too (one created with -i or -t).")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def start(ctx, containers, attach, interactive) -> None:
-    """Start exited containers again (detached; their files are kept)."""
+    """Start created or exited containers (detached; their files are kept)."""
     from ..errors import UsageError
-    from ..container.lifecycle import attach as attach_to, logs as show, start as do_start, wait_exit
-    from ..container.records import Containers
-    if interactive and (not attach or len(containers) != 1):
-        raise UsageError("start -i goes with -a and one container: rootless start -ai CONTAINER")
+    from ..container.lifecycle import start as do_start, start_attached
+    if interactive and not attach:
+        raise UsageError("start -i goes with -a: rootless start -ai CONTAINER")
+    if attach:
+        if len(containers) != 1:
+            raise UsageError("start -a follows one container: give one (or start them without -a)")
+        sys.exit(start_attached(_store(ctx), containers[0], interactive,
+                                lambda w: click.echo(f"rootless: warning: {w}", err=True)))
     for key in containers:
-        if interactive:
-            options = Containers(_store(ctx)).find(key).config.get("options") or {}
-            if not (options.get("tty") or options.get("interactive")):
-                raise UsageError(f"container {key} has no input to attach to: it was not created with "
-                                 "-i or -t (use 'rootless start -a')")
-        rec = do_start(_store(ctx), key)
-        if interactive:
-            sys.exit(attach_to(_store(ctx), rec.id))
-        if attach:
-            show(_store(ctx), rec.id, True, 0, False, None)
-            sys.exit(wait_exit(_store(ctx), rec.id) or 0)
+        do_start(_store(ctx), key)
         click.echo(key)
 
 

@@ -1,10 +1,9 @@
 """A detached container's monitor, forked by the per-user fork server (entry point ``monitor``).
 
 ``become_monitor`` runs in the server's child: it takes on the CLI's descriptors, environment,
-working directory, umask and soft rlimits, then ``adopt`` calls ``run`` again with the CLI's
-options; ``monitor.run_detached`` sees that it is in the adopted monitor and runs the
-container in this process.  This module sits above ``run`` and ``monitor``; the fork server
-knows it only by name (``services.ENTRIES``).
+working directory, umask and soft rlimits, then ``adopt`` plans the container again from the
+CLI's options and starts it in this process (``run.monitor_main``).  This module sits above
+``run`` and ``monitor``; the fork server knows it only by name (``services.ENTRIES``).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import os
 import resource
 
-from . import monitor
 from .monitor import MONITOR_NAME, Detacher
 
 
@@ -47,23 +45,21 @@ def become_monitor(request: dict, fds: list[int]) -> int:
 
 
 def adopt(detacher: Detacher, request: dict) -> int:
-    """In a child of the fork server: run the CLI's detached command here, as its monitor.
+    """In a child of the fork server: be the monitor of the CLI's ``run -d`` or ``start``.
 
-    ``request`` holds what ``run_detached`` was given (the store, the run options, the
-    container to start again); ``run`` is called again with them, its checks pass as they
-    did in the CLI, and ``run_detached`` then runs the container in this process."""
+    ``request`` holds what ``run_detached`` was given: the store, the run options, the
+    container to start again (None: create one)."""
     from ..errors import RootlessError
     from ..image.store import Store
-    from .records import Containers
-    from .run import RunOptions, run
-    monitor._adopted = detacher
+    from .run import RunOptions, monitor_main
+    code = 125
     try:
-        store = Store(request["store"])
-        existing = Containers(store).find(request["existing"]) if request.get("existing") else None
-        return run(store, RunOptions(**request["opts"]), existing=existing)
+        code = monitor_main(Store(request["store"]), RunOptions(**request["opts"]), request.get("existing"),
+                            detacher)
     except RootlessError as e:
         detacher.failed(str(e), e.exit_code)
         return e.exit_code
     except BaseException as e:  # noqa: BLE001 - the CLI hears of it through the pipe
         detacher.failed(f"the container monitor failed: {e!r}", 125)
         return 125
+    return code if isinstance(code, int) else 125

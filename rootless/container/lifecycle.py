@@ -41,7 +41,9 @@ def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | Non
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         rec = records.find(rec.id)
-        if not running(rec):
+        if rec.state == "created" and not _starting(rec):
+            return 0                    # as Docker: a container never started is not running
+        if not running(rec) and rec.state != "created":
             monitor = int(rec.config.get("monitor") or 0)
             if rec.state == "running" and monitor and _alive(monitor) and (
                     deadline is None or time.monotonic() < deadline):
@@ -54,6 +56,11 @@ def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | Non
         if deadline is not None and time.monotonic() > deadline:
             return None
         time.sleep(0.01)
+
+
+def _starting(rec: Record) -> bool:
+    """Whether a process is starting the created container (``run``, or a monitor)."""
+    return bool(rec.owner_pid) and procs.alive(rec.owner_pid, rec.owner_start)
 
 
 def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record:
@@ -79,7 +86,7 @@ def logs(store: Store, key: str, follow: bool, tail: int | None, timestamps: boo
     rec = Containers(store).find(key)
     path = log_path(store.container_dir(rec.id))
     if not os.path.exists(path):
-        if rec.config.get("detached"):
+        if rec.config.get("detached") or rec.state == "created":
             return
         raise RootlessError(f"container {rec.name} has no log: only containers started with -d keep one")
     with open(path, "rb") as f:
@@ -163,18 +170,28 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
 
 
 def start(store: Store, key: str) -> Record:
-    """Run an exited container again, detached, with the options it was created with."""
-    from .run import RunOptions, run
+    """Start a created or exited container, detached, with the options it was created with."""
+    from .run import start as start_container
     records = Containers(store)
     rec = records.find(key)
     if running(rec):
         return rec
-    saved = rec.config.get("options")
-    if not saved:
-        raise RootlessError(f"container {rec.name} cannot be started again: it was created by an older rootless")
-    opts = RunOptions(**{**saved, "detach": True, "name": None})
-    run(store, opts, existing=rec)
+    start_container(store, rec)
     return records.find(rec.id)
+
+
+def start_attached(store: Store, key: str, interactive: bool, on_warning) -> int:
+    """``start -a``: a running container is followed (``attach``); another one runs in the
+    foreground, as ``run`` would run it (``run.start_attached``).  Its exit status."""
+    from .run import start_attached as run_attached
+    rec = Containers(store).find(key)
+    if running(rec):
+        return attach(store, rec.id)
+    options = rec.config.get("options") or {}
+    if interactive and not (options.get("tty") or options.get("interactive")):
+        raise UsageError(f"container {key} has no input to attach to: it was not created with "
+                         "-i or -t (use 'rootless start -a')")
+    return run_attached(store, rec, interactive, on_warning)
 
 
 def _cgroup(rec: Record):

@@ -150,22 +150,12 @@ class LogPump:
         self.out.close()
 
 
-_adopted: Detacher | None = None   # set in a monitor forked by the fork server (detached.adopt)
-
-
-def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
-                 request: dict | None = None) -> int:
-    """Have a monitor call ``start(detacher)``; the CLI prints the id and returns.
+def run_detached(start: Callable[["Detacher"], int], request: dict | None = None) -> str:
+    """Have a monitor call ``start(detacher)``; returns the container's id once it has started.
 
     The monitor is forked by the per-user fork server when one answers (``request``: what
-    the server's child needs to get here again, see ``detached.adopt``), else by this process."""
-    if _adopted is not None:      # we are that monitor
-        code = 125
-        try:
-            code = start(_adopted)
-        except BaseException as e:  # noqa: BLE001
-            _adopted.failed(str(e), getattr(e, "exit_code", 125))
-        return code if isinstance(code, int) else 125
+    the server's child needs to plan and start the same container, see ``detached.adopt``),
+    else by this process."""
     d = Detacher()
     if request is None or not _spawn_by_server(d, request):
         if d.fork():
@@ -180,9 +170,7 @@ def run_detached(start: Callable[["Detacher"], int], announce: bool = True,
     if error:
         from ..errors import RootlessError
         raise RootlessError(error, code)
-    if announce:
-        print(cid)
-    return 0
+    return cid
 
 
 def _spawn_by_server(d: Detacher, request: dict) -> bool:

@@ -7,15 +7,16 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .. import paths
 from . import procs
-from .records import Containers
+from .records import Containers, Record
 from ..errors import CommandError, RootlessError, SandboxError, UsageError
 from ..network import NetworkSpec
 from .rootfs import ContainerRootfs
 from ..sandbox import caps, channel, container, idmap, libc, mounts
-from ..image.store import Store
+from ..image.store import Image, Store
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -141,12 +142,14 @@ def _etc_files(directory: str, hostname: str, net: "NetworkSpec",
     return tuple(out)
 
 
-def warn_single(maps: idmap.IdMaps) -> None:
+def single_uid_warning(maps: idmap.IdMaps) -> list[str]:
+    """What the face tells a user without a subordinate id range (once per container)."""
     if maps.single and not os.environ.get("ROOTLESS_NO_SINGLE_UID_WARNING"):
-        print(f"rootless: warning: {maps.why_single}; the container gets a single uid/gid mapping "
-              "(only uid 0 exists inside). For the full range, an administrator can run "
-              "'usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER' "
-              "(see docs/troubleshooting.md)", file=sys.stderr)
+        return [f"{maps.why_single}; the container gets a single uid/gid mapping "
+                "(only uid 0 exists inside). For the full range, an administrator can run "
+                "'usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER' "
+                "(see docs/troubleshooting.md)"]
+    return []
 
 
 def parse_restart(policy: str) -> tuple[str, int]:
@@ -158,8 +161,47 @@ def parse_restart(policy: str) -> tuple[str, int]:
     return name, int(count or 0)
 
 
-def run(store: Store, opts: RunOptions, existing=None) -> int:
-    """Run a container; with ``existing`` (a record), run that container again (``start``)."""
+def _to_stderr(warning: str) -> None:
+    """Where warnings go when the caller gives no place (a monitor: its stderr)."""
+    sys.stderr.write(f"rootless: warning: {warning}\n")
+
+
+@dataclass
+class Plan:
+    """A container's options checked against the image and the host: what ``create`` records
+    and ``start`` runs.  Made again from the record's saved options by each start."""
+    opts: RunOptions
+    image: Image
+    args: list[str]
+    workdir: str
+    maps: idmap.IdMaps
+    stored: idmap.IdMaps                 # the maps the image's layers were unpacked through
+    passwd_entry: str | None
+    sec: object                          # security.SecurityOptions
+    wanted_caps: frozenset[str]
+    seccomp_prog: bytes | None
+    extra_env: list[tuple[str, str]]
+    net: NetworkSpec
+    extra_hosts: list[tuple[str, str]]
+    user_net: object | None              # network.user_networks.UserNetworkPlan
+    shared: object | None                # --network container:NAME: that container's record
+    run_base: str
+    cg_setup: object                     # cgroups.CgroupSetup
+    limits: object                       # cgroups.Limits
+    vols: object                         # volumes.VolumePlan
+    policy: str
+    max_restarts: int
+    warnings: list[str] = field(default_factory=list)   # for the face to print
+
+    @property
+    def cfg(self) -> dict:
+        return self.image.run_config
+
+
+def plan(store: Store, opts: RunOptions) -> Plan:
+    """Check ``opts`` against the image and the host, before anything exists (Docker's create
+    validates as much).  Paths in ``opts`` are made absolute here, so that a start from
+    another working directory finds them."""
     if opts.tty and opts.interactive and not opts.detach and not os.isatty(0):
         raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
     from ..sandbox.userns import forbidden_by_sysctl
@@ -168,7 +210,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     if why:
         raise UserNamespaceUnavailable(why)
     maps = idmap.detect()
-    stored = maps                # the maps the image's layers were unpacked through
+    stored = maps
     passwd_entry = None
     if opts.userns not in ("", "host-range", "keep-id"):
         raise UsageError(f"unknown --userns '{opts.userns}': use keep-id (or leave it out)")
@@ -214,7 +256,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     extra_env = parse_env(opts.env, opts.env_files)
     from .. import network
     user_net = None
-    shared = None             # --network container:NAME: that container's record
+    shared = None
     mode = opts.network
     if mode and mode.startswith("container:"):
         from .records import running
@@ -243,51 +285,141 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
     limits = cgroups.Limits.parse(memory=opts.memory, memory_swap=opts.memory_swap, cpus=opts.cpus,
                                   cpu_shares=opts.cpu_shares, pids=opts.pids_limit, cpuset_cpus=opts.cpuset_cpus)
     cg_setup.check(limits)  # refuse a limit that cannot be enforced before anything exists
-    warn_single(maps)
     from .. import volumes
     opts.volume, opts.mount = volumes.absolute_sources(opts.volume, opts.mount)
     vols = volumes.plan(store, opts.volume, opts.mount, opts.tmpfs)  # -v/--mount/--tmpfs, checked now
     policy, max_restarts = parse_restart(opts.restart)
     if policy != "no" and opts.rm:
         raise UsageError("--restart and --rm conflict: a container removed when it exits cannot be restarted")
+    return Plan(opts=opts, image=image, args=args, workdir=workdir, maps=maps, stored=stored,
+                passwd_entry=passwd_entry, sec=sec, wanted_caps=wanted_caps, seccomp_prog=seccomp_prog,
+                extra_env=extra_env, net=net, extra_hosts=extra_hosts, user_net=user_net, shared=shared,
+                run_base=run_base, cg_setup=cg_setup, limits=limits, vols=vols, policy=policy,
+                max_restarts=max_restarts, warnings=single_uid_warning(maps))
 
-    def execute(detacher=None) -> int:
+
+def create(store: Store, p: Plan, started_later: bool = True) -> Record:
+    """Record the container (state ``created``; no process yet), its name reserved and its
+    options saved for every later start.  ``started_later``: by ``start``, detached, as
+    ``rootless create`` does (its -t/-i are kept for ``start -a``/``attach``); else this
+    process starts it now (``run``) and owns it meanwhile."""
+    from dataclasses import asdict
+    opts = p.opts
+    records = Containers(store)
+    keep_terminal = started_later or opts.detach
+
+    def setup(r: Record) -> None:
+        r.config["options"] = {**asdict(opts), "detach": True, "tty": opts.tty and keep_terminal,
+                               "interactive": opts.interactive and keep_terminal}
+        r.config["run_dir"] = os.path.join(p.run_base, r.id[:16])   # for rm -f, whoever runs it
+        if started_later:
+            r.owner_pid = r.owner_start = 0          # nobody runs it until 'start'
+        if p.user_net:
+            p.user_net.reserve(r, records)
+    with store.lock():
+        return records.create(p.image.ref or p.image.id, p.image.id, p.args, opts.name, setup=setup)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    container_id: str | None            # -d: the id, for the face to print
+
+
+def run(store: Store, p: Plan, on_warning: Callable[[str], None] = _to_stderr) -> RunResult:
+    """``rootless run`` of plan ``p`` (see ``plan``): create, then start in this process, in
+    the foreground — or, with ``-d``, in a monitor, returning as soon as it has started."""
+    if p.opts.detach:
         from dataclasses import asdict
+        from .monitor import run_detached
+        cid = run_detached(lambda detacher: start_planned(store, p, None, detacher),
+                           request={"store": store.root, "opts": asdict(p.opts), "existing": None})
+        return RunResult(0, cid)
+    return RunResult(start_planned(store, p, None, None, on_warning), None)
+
+
+def start(store: Store, rec: Record) -> None:
+    """Start a created or exited container in a monitor, with the options it was created
+    with (``rootless start``); returns once it has started."""
+    from dataclasses import asdict
+    from .monitor import run_detached
+    opts = RunOptions(**{**saved_options(rec), "detach": True, "name": None})
+    p = plan(store, opts)
+    run_detached(lambda detacher: start_planned(store, p, rec, detacher),
+                 request={"store": store.root, "opts": asdict(opts), "existing": rec.id})
+
+
+def start_attached(store: Store, rec: Record, interactive: bool,
+                   on_warning: Callable[[str], None] = _to_stderr) -> int:
+    """``start -a`` (``-ai``): run a created or exited container in this process, as ``run``
+    runs one in the foreground: its output (and with ``interactive`` our input, with -t our
+    terminal) is the caller's; its exit status once it has ended."""
+    saved = saved_options(rec)
+    opts = RunOptions(**{**saved, "detach": False, "name": None,
+                         "interactive": bool(saved.get("interactive")) and interactive})
+    return start_planned(store, plan(store, opts), rec, None, on_warning)
+
+
+def saved_options(rec: Record) -> dict:
+    saved = rec.config.get("options")
+    if not saved:
+        raise RootlessError(f"container {rec.name} cannot be started again: it was created by an older rootless")
+    return saved
+
+
+def monitor_main(store: Store, opts: RunOptions, existing: str | None, detacher) -> int:
+    """In a monitor forked by the fork server (``detached.adopt``): plan again, then create
+    (unless ``existing``) and start, as ``run``/``start`` would have in their own fork."""
+    p = plan(store, opts)
+    rec = Containers(store).find(existing) if existing else None
+    return start_planned(store, p, rec, detacher)
+
+
+def start_planned(store: Store, p: Plan, existing: Record | None, detacher,
+                  on_warning: Callable[[str], None] = _to_stderr) -> int:
+    """Run the container of plan ``p`` in this process until it ends, restarting it as its
+    policy says: its exit code.  ``existing``: the record of a created or exited container
+    (``start``); None: create it first (``run``).  ``detacher``: in a monitor, told when the
+    container has started (its output then goes to the log)."""
+    return _Starter(store, p, detacher, on_warning).execute(existing)
+
+
+class _Starter:
+    def __init__(self, store: Store, p: Plan, detacher, on_warning: Callable[[str], None]) -> None:
+        self.store, self.p, self.detacher, self.on_warning = store, p, detacher, on_warning
+
+    def execute(self, existing: Record | None) -> int:
         from contextlib import nullcontext
         from .records import ContainerGone
+        store, p = self.store, self.p
         records = Containers(store)
-
-        def setup(r) -> None:
-            if existing is None:
-                r.config["options"] = {**asdict(opts), "detach": True, "tty": opts.tty and opts.detach,
-                                       "interactive": opts.interactive and opts.detach}
-            else:       # start: this process now owns it
+        if existing is None:
+            rec = create(store, p, started_later=False)
+        else:
+            def own(r: Record) -> None:      # start: this process now owns it
                 r.config.pop("stopped", None)
                 r.owner_pid, r.owner_start = os.getpid(), procs.start_time(os.getpid())
-            r.config["run_dir"] = os.path.join(run_base, r.id[:16])   # for rm -f, whoever runs it
-            if user_net:
-                user_net.reserve(r, records)
-        if existing is None:
-            with store.lock():
-                rec = records.create(image.ref or image.id, image.id, args, opts.name, setup=setup)
-        else:
-            with store.lock() if user_net else nullcontext():
-                rec = records.update(existing.id, setup, existing.name)
+                r.config["run_dir"] = os.path.join(p.run_base, r.id[:16])
+                if p.user_net:
+                    p.user_net.reserve(r, records)
+            with store.lock() if p.user_net else nullcontext():
+                rec = records.update(existing.id, own, existing.name)
         restarts, backoff = 0, 0.1
+        detacher = self.detacher
         logging = detacher is not None
         while True:
             try:
-                code = once(rec, records, detacher, logging, restarts)
+                code = self.once(rec, records, detacher, logging, restarts)
             except ContainerGone:
                 raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') before it had "
                                     "started", 137) from None
             detacher = None  # the CLI has its answer; later rounds only log
             if code is None:
                 raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') while it ran", 137)
-            if policy == "no":
+            if p.policy == "no":
                 return code
-            again = (policy in ("always", "unless-stopped") or (policy == "on-failure" and code != 0 and (
-                not max_restarts or restarts < max_restarts))) and not _stopped(records, rec)
+            again = (p.policy in ("always", "unless-stopped") or (p.policy == "on-failure" and code != 0 and (
+                not p.max_restarts or restarts < p.max_restarts))) and not _stopped(records, rec)
             if not again:
                 return code
             restarts += 1
@@ -296,8 +428,12 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             if _stopped(records, rec):  # stopped (or removed) while we waited
                 return code
 
-    def once(rec, records, detacher, logging: bool, restarts: int) -> int | None:
+    def once(self, rec, records, detacher, logging: bool, restarts: int) -> int | None:
         """One run of the container: its exit code, or None if it was removed meanwhile."""
+        store, p = self.store, self.p
+        opts, maps, stored, image, cfg = p.opts, p.maps, p.stored, p.image, p.cfg
+        net, user_net, shared, run_base, cg_setup = p.net, p.user_net, p.shared, p.run_base, p.cg_setup
+        sec, vols = p.sec, p.vols
         from .records import ContainerGone
         directory = store.container_dir(rec.id)
         hostname = opts.hostname or rec.id[:12]
@@ -320,7 +456,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             planned = [os.path.join(h.parent, cg_name) for h in cg_setup.hierarchies]
             # recorded before it exists: rm -f of a container still starting removes it too
             rec = records.update(rec.id, lambda r: setattr(r, "cgroup_paths", planned))
-            cg = cg_setup.create(cg_name, limits)
+            cg = cg_setup.create(cg_name, p.limits)
             rec.cgroup_paths = list(cg.paths)
             missing = [d for d in image.diff_ids if not store.has_layer(d)]
             if missing:
@@ -338,20 +474,20 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                                          idmap.translation(stored.gids, maps.gids)))
             spec = container.SandboxSpec(
                 process=container.ProcessSpec(
-                    args=args,
-                    env=merge_env(cfg.get("Env") or [], extra_env, hostname, opts.tty),
-                    cwd=workdir,
+                    args=p.args,
+                    env=merge_env(cfg.get("Env") or [], p.extra_env, hostname, opts.tty),
+                    cwd=p.workdir,
                     user=opts.user if opts.user is not None else (cfg.get("User") or ""),
-                    caps=wanted_caps, tty=opts.tty, stdin=opts.interactive,
+                    caps=p.wanted_caps, tty=opts.tty, stdin=opts.interactive,
                     winsize=(_user_winsize() if not logging else console_winsize()) if opts.tty else None,
-                    passwd_entry=passwd_entry, seccomp=seccomp_prog, no_new_privs=sec.no_new_privileges,
+                    passwd_entry=p.passwd_entry, seccomp=p.seccomp_prog, no_new_privs=sec.no_new_privileges,
                     preserve_fds=opts.preserve_fds),
                 rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
                                          masked=sec.masked_paths(mounts.MASKED_PATHS),
                                          readonly_paths=sec.readonly_paths(mounts.READONLY_PATHS),
                                          devices=mounts.usable_host_devices() if sec.privileged else (),
                                          etc_files=_shared_etc(store, shared, directory) if shared else
-                                         _etc_files(directory, hostname, net, extra_hosts,
+                                         _etc_files(directory, hostname, net, p.extra_hosts,
                                                     user_net.hosts_for(records, rec) if user_net else ""),
                                          ptmx_gid=5 if maps.size("gid") > 5 else None,
                                          binds=vols.create(rec, maps) + (
@@ -424,17 +560,17 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             if console is not None:
                 console.close()
             _stop(helpers, run_dir)
-            _remove_cgroup(cg)
+            _remove_cgroup(cg, self.on_warning)
             if isinstance(e, ContainerGone):
                 pass        # 'rm -f' removes it
             elif opts.rm:
-                _remove(records, rec, maps)
+                _remove(records, rec, maps, self.on_warning)
             else:
                 with contextlib.suppress(ContainerGone):
                     records.update(rec.id, lambda r: _ended(r, getattr(e, "exit_code", 125)))
             raise
         _stop(helpers, run_dir)
-        _remove_cgroup(cg)
+        _remove_cgroup(cg, self.on_warning)
         if user_net:
             user_net.refresh_peers(records, rec.id, leaving=True)
         oom = rec.oom_killed
@@ -442,7 +578,7 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             if opts.rm:
                 if records.find(rec.id).state == "removing":
                     return None
-                _remove(records, rec, maps)
+                _remove(records, rec, maps, self.on_warning)
             else:
                 records.update(rec.id, lambda r: _ended(r, code, oom))
         except ContainerGone:
@@ -452,14 +588,6 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
                 raise
             return None     # no such container: removed meanwhile
         return code
-
-    if opts.detach:
-        from dataclasses import asdict
-        from .monitor import run_detached
-        return run_detached(execute, announce=existing is None,
-                            request={"store": store.root, "opts": asdict(opts),
-                                     "existing": existing.id if existing is not None else None})
-    return execute()
 
 
 def seccomp_program(sec, wanted_caps: frozenset[str]) -> bytes | None:
@@ -558,14 +686,14 @@ def _may_use_fuse(driver: str) -> bool:
     return driver == "fuse-overlay" or (driver == "auto" and AUTO_ORDER[0] == "fuse-overlay")
 
 
-def _remove_cgroup(cg) -> None:
+def _remove_cgroup(cg, on_warning: Callable[[str], None]) -> None:
     if cg is None:
         return
     from ..cgroups import CgroupError
     try:
         cg.remove()
     except CgroupError as e:
-        print(f"rootless: warning: {e}", file=sys.stderr)
+        on_warning(str(e))
 
 
 def console_winsize() -> bytes:
@@ -579,15 +707,15 @@ def _user_winsize() -> bytes | None:
     return winsize(0)
 
 
-def _remove(records: Containers, rec, maps: idmap.IdMaps) -> None:
+def _remove(records: Containers, rec, maps: idmap.IdMaps, on_warning: Callable[[str], None]) -> None:
     """``--rm``: the container, and its anonymous volumes (as Docker's --rm)."""
     from .records import ContainerGone
     try:
         from ..volumes import remove_container_volumes
         remove_container_volumes(records.store, rec, maps)
         for warning in records.remove(rec, maps, force=True):
-            print(f"rootless: warning: {warning}", file=sys.stderr)
+            on_warning(warning)
     except ContainerGone:
         pass            # 'rm -f' was quicker
     except RootlessError as e:
-        print(f"rootless: warning: {e}", file=sys.stderr)
+        on_warning(str(e))
