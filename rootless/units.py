@@ -9,3 +9,14 @@ def human_size(n: float) -> str:
             return f"{n:.3g}{unit}"
         n /= 1000
     return f"{n:.3g}TB"
+
+
+def human_binary(n: float | None) -> str:
+    """Memory as Docker's ``stats`` prints it (binary units: KiB, MiB, GiB); ``--`` unknown."""
+    if n is None:
+        return "--"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.4g}{unit}"
+        n /= 1024
+    return f"{n:.4g}TiB"

@@ -410,8 +410,22 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bo
 @click.pass_context
 def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool, fmt: str) -> None:
     """CPU, memory and process use of running containers, from their cgroups."""
-    from ..container.stats import show
-    sys.exit(show(_store(ctx), list(containers), stream=not no_stream, fmt=fmt))
+    import json
+    from ..container.stats import samples
+    from ..units import human_binary
+    for rows in samples(_store(ctx), list(containers), stream=not no_stream):
+        if fmt == "json":
+            click.echo(json.dumps(rows))
+            continue
+        if not no_stream:
+            click.echo("\x1b[2J\x1b[H", nl=False)
+        click.echo(f"{'CONTAINER ID':<14} {'NAME':<20} {'CPU %':>7}   {'MEM USAGE / LIMIT':<24} PIDS")
+        for row in rows:
+            cpu = f"{row['CPUPerc']:.2f}%" if row["CPUPerc"] is not None else "--"
+            limit = human_binary(row["MemLimit"]) if row["MemLimit"] else "unlimited"
+            mem = f"{human_binary(row['MemUsage'])} / {limit}"
+            click.echo(f"{row['Id']:<14} {row['Name']:<20} {cpu:>7}   {mem:<24} "
+                       f"{row['Pids'] if row['Pids'] is not None else '--'}")
 
 
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})

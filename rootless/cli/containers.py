@@ -46,7 +46,15 @@ def logs(ctx, container, follow, tail, timestamps, since) -> None:
                 cutoff = datetime.datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
             except ValueError:
                 raise UsageError(f"invalid --since '{since}': use seconds or an RFC 3339 time") from None
-    show(_store(ctx), container, follow, n, timestamps, cutoff)
+    for line in show(_store(ctx), container, follow, n, cutoff):
+        _print_line(line, timestamps)
+
+
+def _print_line(line, timestamps: bool = False) -> None:
+    """One line of a container's output, on our stdout or stderr as the container wrote it."""
+    out = sys.stdout if line.stream == "stdout" else sys.stderr
+    out.write((line.time + " " if timestamps else "") + line.text)
+    out.flush()
 
 
 @click.command("exec", context_settings={**CONTEXT, "allow_interspersed_args": False})
@@ -123,7 +131,7 @@ def start(ctx, containers, attach, interactive) -> None:
         if len(containers) != 1:
             raise UsageError("start -a follows one container: give one (or start them without -a)")
         sys.exit(start_attached(_store(ctx), containers[0], interactive,
-                                lambda w: click.echo(f"rootless: warning: {w}", err=True)))
+                                lambda w: click.echo(f"rootless: warning: {w}", err=True), _print_line))
     for key in containers:
         do_start(_store(ctx), key)
         click.echo(key)
@@ -228,7 +236,7 @@ def port(ctx, container, private) -> None:
 def attach(ctx, container, sig_proxy) -> None:
     """Follow a running detached container's output until it ends (its exit status); with -dit/-di, type into it (Ctrl-P Ctrl-Q detaches)."""
     from ..container.lifecycle import attach as follow
-    sys.exit(follow(_store(ctx), container, sig_proxy))
+    sys.exit(follow(_store(ctx), container, _print_line, sig_proxy))
 
 
 @click.command(context_settings=CONTEXT)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from . import procs
 from .procs import parse_signal
@@ -82,7 +83,15 @@ def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record
     return rec
 
 
-def logs(store: Store, key: str, follow: bool, tail: int | None, timestamps: bool, since: float | None) -> None:
+@dataclass(frozen=True)
+class LogLine:
+    stream: str          # "stdout" or "stderr"
+    time: str            # RFC 3339, as recorded
+    text: str            # with its newline (the last line of a stream may have none)
+
+
+def logs(store: Store, key: str, follow: bool, tail: int | None, since: float | None) -> Iterator[LogLine]:
+    """What a detached container wrote, line by line; with ``follow``, until it ends."""
     rec = Containers(store).find(key)
     path = log_path(store.container_dir(rec.id))
     if not os.path.exists(path):
@@ -93,19 +102,19 @@ def logs(store: Store, key: str, follow: bool, tail: int | None, timestamps: boo
         lines = f.readlines()
         if tail is not None:
             lines = lines[-tail:] if tail > 0 else []
-        _emit(lines, timestamps, since)
+        yield from _entries(lines, since)
         while follow:
             more = f.readlines()
             if more:
-                _emit(more, timestamps, since)
+                yield from _entries(more, since)
             elif not running(Containers(store).find(rec.id)):
-                _emit(f.readlines(), timestamps, since)
+                yield from _entries(f.readlines(), since)
                 return
             else:
                 time.sleep(0.1)
 
 
-def _emit(lines: list[bytes], timestamps: bool, since: float | None) -> None:
+def _entries(lines: list[bytes], since: float | None) -> Iterator[LogLine]:
     import datetime
     for raw in lines:
         try:
@@ -117,9 +126,7 @@ def _emit(lines: list[bytes], timestamps: bool, since: float | None) -> None:
                 tzinfo=datetime.timezone.utc).timestamp()
             if when < since:
                 continue
-        out = sys.stdout if entry.get("stream") == "stdout" else sys.stderr
-        out.write((entry["time"] + " " if timestamps else "") + entry["log"])
-        out.flush()
+        yield LogLine(entry.get("stream") or "stdout", entry["time"], entry["log"])
 
 
 def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
@@ -180,13 +187,14 @@ def start(store: Store, key: str) -> Record:
     return records.find(rec.id)
 
 
-def start_attached(store: Store, key: str, interactive: bool, on_warning) -> int:
+def start_attached(store: Store, key: str, interactive: bool, on_warning: Callable[[str], None],
+                   emit: Callable[[LogLine], None]) -> int:
     """``start -a``: a running container is followed (``attach``); another one runs in the
     foreground, as ``run`` would run it (``run.start_attached``).  Its exit status."""
     from .run import start_attached as run_attached
     rec = Containers(store).find(key)
     if running(rec):
-        return attach(store, rec.id)
+        return attach(store, rec.id, emit)
     options = rec.config.get("options") or {}
     if interactive and not (options.get("tty") or options.get("interactive")):
         raise UsageError(f"container {key} has no input to attach to: it was not created with "
@@ -272,9 +280,9 @@ def prune(store: Store) -> list[str]:
     return gone
 
 
-def attach(store: Store, key: str, sig_proxy: bool = True) -> int:
+def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: bool = True) -> int:
     """Follow a detached container's output from now on, forwarding the user's signals to its
-    PID 1 (Docker's ``--sig-proxy``); its exit status when it ends.
+    PID 1 (Docker's ``--sig-proxy``); its exit status when it ends.  Each line goes to ``emit``.
 
     A container started with ``-dt``/``-di`` has a terminal (console.py): then our input goes to
     it too, Ctrl-P Ctrl-Q detaches, and with ``-t`` signals are keys on its pty, as in Docker.
@@ -307,9 +315,11 @@ def attach(store: Store, key: str, sig_proxy: bool = True) -> int:
             while True:
                 more = f.readlines()
                 if more:
-                    _emit(more, False, None)
+                    for line in _entries(more, None):
+                        emit(line)
                 elif not running(records.find(rec.id)):
-                    _emit(f.readlines(), False, None)
+                    for line in _entries(f.readlines(), None):
+                        emit(line)
                     break
                 else:
                     time.sleep(0.05)

@@ -198,10 +198,11 @@ class Plan:
         return self.image.run_config
 
 
-def plan(store: Store, opts: RunOptions) -> Plan:
+def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     """Check ``opts`` against the image and the host, before anything exists (Docker's create
     validates as much).  Paths in ``opts`` are made absolute here, so that a start from
-    another working directory finds them."""
+    another working directory finds them.  ``image``: this one rather than ``opts.image``
+    looked up in the store (the builder's state between two steps)."""
     if opts.tty and opts.interactive and not opts.detach and not os.isatty(0):
         raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
     from ..sandbox.userns import forbidden_by_sysctl
@@ -227,7 +228,7 @@ def plan(store: Store, opts: RunOptions) -> Plan:
             passwd_entry = f"user:x:{os.getuid()}:{os.getgid()}::/:/bin/sh"
         if opts.user is None:
             opts.user = f"{os.getuid()}:{os.getgid()}"
-    image = store.resolve(opts.image)
+    image = image or store.resolve(opts.image)
     cfg = image.run_config
     if opts.entrypoint is not None:
         entrypoint = [opts.entrypoint] if opts.entrypoint else []
@@ -376,17 +377,21 @@ def monitor_main(store: Store, opts: RunOptions, existing: str | None, detacher)
 
 
 def start_planned(store: Store, p: Plan, existing: Record | None, detacher,
-                  on_warning: Callable[[str], None] = _to_stderr) -> int:
+                  on_warning: Callable[[str], None] = _to_stderr,
+                  stdio: tuple[int, int, int] | None = None) -> int:
     """Run the container of plan ``p`` in this process until it ends, restarting it as its
     policy says: its exit code.  ``existing``: the record of a created or exited container
     (``start``); None: create it first (``run``).  ``detacher``: in a monitor, told when the
-    container has started (its output then goes to the log)."""
-    return _Starter(store, p, detacher, on_warning).execute(existing)
+    container has started (its output then goes to the log).  ``stdio``: the container's
+    stdin, stdout and stderr (None: ours; the builder passes a pipe it reads)."""
+    return _Starter(store, p, detacher, on_warning, stdio).execute(existing)
 
 
 class _Starter:
-    def __init__(self, store: Store, p: Plan, detacher, on_warning: Callable[[str], None]) -> None:
+    def __init__(self, store: Store, p: Plan, detacher, on_warning: Callable[[str], None],
+                 stdio: tuple[int, int, int] | None = None) -> None:
         self.store, self.p, self.detacher, self.on_warning = store, p, detacher, on_warning
+        self.stdio = stdio
 
     def execute(self, existing: Record | None) -> int:
         from contextlib import nullcontext
@@ -501,7 +506,8 @@ class _Starter:
                 own_network=net.own_namespace,
                 network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
                 join_cgroup=cg.add if cg.paths else None,
-                join_userns=user_net.start_holder(maps, run_base) if user_net else None)
+                join_userns=user_net.start_holder(maps, run_base) if user_net else None,
+                stdio=self.stdio)
             if shared:
                 # NAME's network namespace is owned by NAME's user namespace (a child of the one
                 # its mounts were made in): ours is that one too, made in the same way.

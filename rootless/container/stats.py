@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
+from typing import Iterator
 
 from .records import Containers, Record, _alive
 from ..image.store import Store
@@ -18,16 +17,6 @@ def _sample(rec: Record) -> dict:
         return attach(rec.cgroup_paths).stats()
     except (CgroupError, OSError):
         return {}
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "--"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.4g}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n:.4g}TiB"
 
 
 def _rows(recs: list[Record], interval: float) -> list[dict]:
@@ -46,26 +35,17 @@ def _rows(recs: list[Record], interval: float) -> list[dict]:
     return rows
 
 
-def show(store: Store, keys: list[str], stream: bool, fmt: str) -> int:
+def samples(store: Store, keys: list[str], stream: bool, interval: float = 0.5) -> Iterator[list[dict]]:
+    """Rows of the running containers (``keys``: those only), one list per ``interval``; one
+    list only unless ``stream``.  Row keys as Docker's --format json: Id, Name, CPUPerc,
+    MemUsage, MemLimit (bytes; None: unknown or unlimited), Pids."""
     records = Containers(store)
     while True:
         running = [r for r in records.all() if r.state == "running" and _alive(r.pid)]
         if keys:
             wanted = {records.find(k).id for k in keys}
             running = [r for r in running if r.id in wanted]
-        rows = _rows(running, 0.5)
-        if fmt == "json":
-            print(json.dumps(rows))
-        else:
-            if stream:
-                sys.stdout.write("\x1b[2J\x1b[H")
-            print(f"{'CONTAINER ID':<14} {'NAME':<20} {'CPU %':>7}   {'MEM USAGE / LIMIT':<24} PIDS")
-            for row in rows:
-                cpu = f"{row['CPUPerc']:.2f}%" if row["CPUPerc"] is not None else "--"
-                mem = f"{_human(row['MemUsage'])} / {_human(row['MemLimit']) if row['MemLimit'] else 'unlimited'}"
-                print(f"{row['Id']:<14} {row['Name']:<20} {cpu:>7}   {mem:<24} "
-                      f"{row['Pids'] if row['Pids'] is not None else '--'}")
-        sys.stdout.flush()
+        yield _rows(running, interval)
         if not stream:
-            return 0
-        time.sleep(0.5)
+            return
+        time.sleep(interval)

@@ -102,6 +102,8 @@ class SandboxSpec:
     # Asked in C once the root filesystem is prepared: must C stay until the container ends
     # (it owns what serves the root filesystem) and then run ``cleanup_rootfs``?
     intermediate_needed: Callable[[], bool] = lambda: False
+    # The container's stdin, stdout and stderr (fds of P's); None: P's own 0, 1 and 2.
+    stdio: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -238,6 +240,10 @@ def wait(started: Started) -> int:
 def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
     for s in _IGNORED_IN_C:
         signal.signal(s, signal.SIG_IGN)
+    if spec.stdio is not None:
+        for target, fd in enumerate(spec.stdio):
+            if fd != target:
+                os.dup2(fd, target)
     unblock_signals()  # blocked by P around the fork; ignored here, default again in B
     libc.unshare(libc.CLONE_NEWNS)
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
