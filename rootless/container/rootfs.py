@@ -160,25 +160,10 @@ class ContainerRootfs:
     def _stop_daemon(self) -> None:
         """Wait for fuse-overlay to exit after the unmount; SIGTERM, then SIGKILL, if it lingers."""
         import signal
-        import time
-        if not self.daemon:
-            return
-        for sig, grace in ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if sig is not None:
-                try:
-                    os.kill(self.daemon, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                try:
-                    if os.waitpid(self.daemon, os.WNOHANG)[0]:
-                        self.daemon = 0
-                        return
-                except ChildProcessError:
-                    self.daemon = 0
-                    return
-                time.sleep(0.005)
+        from ..sandbox.spawn import stop
+        if self.daemon:
+            stop(self.daemon, ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
+            self.daemon = 0
 
     def cleanup(self) -> None:
         if self.used in ("overlay", "fuse-overlay"):

@@ -45,24 +45,8 @@ class Helper:
             self.exit_fd = None
         if self.pid <= 0:
             return
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if done:
-                return
-            time.sleep(0.005)
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        from ..sandbox.spawn import stop
+        stop(self.pid, ((signal.SIGTERM, 5.0), (signal.SIGKILL, 30.0)))
 
 
 def start(spec: NetworkSpec, pid: int, run_dir: str) -> list[Helper]:

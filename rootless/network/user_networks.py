@@ -164,26 +164,19 @@ def ensure_holder(maps: idmap.IdMaps, run_dir: str) -> int:
 
 def _ip(userns_pid: int, netns_pid: int, commands: list[str], tolerate: str = "") -> None:
     """Run ``ip -batch`` in the network namespace of ``netns_pid``, as root of ``userns_pid``'s."""
-    from ..sandbox.spawn import read_all
+    from ..sandbox.spawn import read_all, spawn
     fds = [os.open(f"/proc/{userns_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC),
            os.open(f"/proc/{netns_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
+
+    def enter() -> None:
+        libc.setns(fds[0], libc.CLONE_NEWUSER)
+        libc.setns(fds[1], libc.CLONE_NEWNET)
     r, w = os.pipe()
-    er, ew = os.pipe()
-    ip = shutil.which("ip") or "/sbin/ip"
-    pid = os.fork()
-    if pid == 0:
-        try:
-            libc.setns(fds[0], libc.CLONE_NEWUSER)
-            libc.setns(fds[1], libc.CLONE_NEWNET)
-            os.dup2(r, 0)
-            os.dup2(ew, 2)
-            os.execv(ip, [ip, "-force", "-batch", "-"])
-        except BaseException as e:  # noqa: BLE001
-            os.write(ew, f"{e}\n".encode())
-        finally:
-            os._exit(127)
-    for fd in fds + [r, ew]:
-        os.close(fd)
+    try:
+        pid, er = spawn([shutil.which("ip") or "/sbin/ip", "-force", "-batch", "-"], stdin_fd=r, setup=enter)
+    finally:
+        for fd in fds + [r]:
+            os.close(fd)
     os.write(w, "".join(c + "\n" for c in commands).encode())
     os.close(w)
     detail = read_all(er)

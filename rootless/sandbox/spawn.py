@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Callable
 
 
 _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -18,19 +19,23 @@ _DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT
 
 def spawn(args: list[str], pass_fds: tuple[int, ...] = (), capture_stderr: bool = True,
           stdout_fd: int | None = None, die_with_parent: bool = False,
-          stderr_fd: int | None = None, new_session: bool = False) -> tuple[int, int | None]:
-    """Start ``args`` (stdin and stdout on /dev/null unless ``stdout_fd``); (pid, stderr read end or None).
+          stderr_fd: int | None = None, new_session: bool = False,
+          stdin_fd: int | None = None, setup: Callable[[], None] | None = None) -> tuple[int, int | None]:
+    """Start ``args`` (stdin and stdout on /dev/null unless ``stdin_fd``/``stdout_fd``); (pid,
+    stderr read end or None).
 
     ``pass_fds`` stay open in the child under the same numbers.  ``die_with_parent``: the
     child gets SIGKILL when this process dies (``PR_SET_PDEATHSIG``), for helpers that must
-    not outlive the engine; that needs a fork rather than ``posix_spawn``.
+    not outlive the engine; ``setup``: called in the child just before ``execve`` (e.g.
+    ``setns`` into a container's namespaces).  Both need a fork rather than ``posix_spawn``.
     """
-    if die_with_parent:
-        return _fork_exec(args, pass_fds, capture_stderr, stdout_fd)
+    if die_with_parent or setup is not None:
+        return _fork_exec(args, pass_fds, capture_stderr, stdout_fd, die_with_parent, stdin_fd, setup)
     r = w = None
     if capture_stderr:
         r, w = os.pipe()
-    actions: list[tuple] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    actions: list[tuple] = [(os.POSIX_SPAWN_DUP2, stdin_fd, 0) if stdin_fd is not None
+                            else (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
     actions.append((os.POSIX_SPAWN_DUP2, stdout_fd, 1) if stdout_fd is not None
                    else (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0))
     if w is not None:
@@ -58,25 +63,29 @@ def spawn(args: list[str], pass_fds: tuple[int, ...] = (), capture_stderr: bool 
     return pid, r
 
 
-def _fork_exec(args: list[str], pass_fds: tuple[int, ...], capture_stderr: bool,
-               stdout_fd: int | None) -> tuple[int, int | None]:
+def _fork_exec(args: list[str], pass_fds: tuple[int, ...], capture_stderr: bool, stdout_fd: int | None,
+               die_with_parent: bool = True, stdin_fd: int | None = None,
+               setup: Callable[[], None] | None = None) -> tuple[int, int | None]:
     from . import libc
     r, w = os.pipe() if capture_stderr else (None, None)
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
-            libc.set_pdeathsig(signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(1)  # the parent died before we could ask to follow it
+            if die_with_parent:
+                libc.set_pdeathsig(signal.SIGKILL)
+                if os.getppid() != parent:
+                    os._exit(1)  # the parent died before we could ask to follow it
             for sig in _DEFAULT_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             null = os.open("/dev/null", os.O_RDWR)
-            os.dup2(null, 0)
+            os.dup2(stdin_fd if stdin_fd is not None else null, 0)
             os.dup2(stdout_fd if stdout_fd is not None else null, 1)
             if w is not None:
                 os.dup2(w, 2)
+            if setup is not None:
+                setup()
             libc.close_range_cloexec(3)
             for fd in pass_fds:
                 os.set_inheritable(fd, True)
@@ -113,3 +122,29 @@ def read_all(fd: int) -> str:
 def wait(pid: int) -> int:
     """The exit status as a shell reports it."""
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def stop(pid: int, steps: tuple[tuple[int | None, float], ...] = ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
+         ) -> int | None:
+    """End our child ``pid``: for each (signal, grace) step, send the signal (None: none, just
+    wait) and poll for its exit for up to ``grace`` seconds.  Its wait status once reaped;
+    None if it outlived every step (or was not our child)."""
+    import time
+    for sig, grace in steps:
+        if sig is not None:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if done:
+                return status
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+    return None
