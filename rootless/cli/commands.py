@@ -18,7 +18,16 @@ from ..errors import RootlessError
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from ..info import version
+        click.echo(f"rootless version {version()['Version']}")
+        ctx.exit()
+
+
 @click.group(context_settings=CONTEXT)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version and exit.")
 @click.option("--root", metavar="DIR", envvar="ROOTLESS_ROOT",
               help="Image store directory (default $XDG_DATA_HOME/rootless).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
@@ -401,6 +410,43 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bo
             click.echo(f"rootless: cannot remove container {key}: {e.strerror or e}", err=True)
             failed = True
     sys.exit(1 if failed else 0)
+
+
+def _report(data: dict, fmt: str) -> None:
+    """A nested dict as indented 'Key: value' lines (info, version), or JSON."""
+    import json
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+        return
+
+    def lines(d: dict, depth: int) -> None:
+        for key, value in d.items():
+            if isinstance(value, dict):
+                click.echo(f"{'  ' * depth}{key}:")
+                lines(value, depth + 1)
+            elif isinstance(value, list):
+                click.echo(f"{'  ' * depth}{key}: {', '.join(map(str, value)) or '-'}")
+            else:
+                click.echo(f"{'  ' * depth}{key}: {'-' if value in (None, '') else value}")
+    lines(data, 0)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def info(ctx: click.Context, fmt: str) -> None:
+    """What rootless found on this host: id maps, storage driver, cgroups, network tools (for bug reports)."""
+    from ..info import info as gather
+    from ..paths import store_root
+    _report(gather(store_root(ctx.obj["root"])), fmt)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def version(fmt: str) -> None:
+    """The versions of rootless, Python, the kernel and the libraries it uses."""
+    from ..info import version as gather
+    _report(gather(), fmt)
 
 
 @cli.command(context_settings=CONTEXT)

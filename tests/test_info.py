@@ -1,0 +1,42 @@
+"""``rootless info``, ``version`` and ``--version``: what a user pastes into a bug report."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.both_modes
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def _version() -> str:
+    return re.search(r'^version = "([^"]+)"', PYPROJECT.read_text(), re.M).group(1)
+
+
+def test_version_and_dash_dash_version(rl):
+    assert rl("--version").stdout == f"rootless version {_version()}\n"
+    data = json.loads(rl("version", "--format", "json").stdout)
+    assert data["Version"] == _version() and data["Kernel"] == os.uname().release
+    assert "Python:" in rl("version").stdout
+
+
+def test_info_says_what_was_found_here(rl):
+    data = json.loads(rl("info", "--format", "json").stdout)
+    import pwd
+    me = pwd.getpwuid(os.getuid()).pw_name
+    has_range = any(line.split(":")[0] in (me, str(os.getuid())) for line in open("/etc/subuid"))
+    assert data["IdMaps"]["Mode"] == ("range" if has_range else "single")
+    if not has_range:
+        assert "/etc/subuid" in data["IdMaps"]["Why"]
+    assert data["IdMaps"]["UidMap"][0] == f"0:{os.getuid()}:1"
+    assert data["Store"] == str(rl.root)
+    assert data["StorageDriver"]["Auto"] in ("fuse-overlay", "overlay", "vfs")
+    assert data["Network"]["Tools"]["slirp4netns"] or data["Network"]["Tools"]["pasta"]
+    assert data["Cgroups"]["Kind"] in ("v1", "v2", "none")
+    text = rl("info").stdout
+    assert "IdMaps:" in text and "StorageDriver:" in text and "Traceback" not in text
