@@ -61,6 +61,17 @@ class RunOptions:
     privileged: bool = False
     read_only_tmpfs: bool = False
     preserve_fds: int = 0
+    label: list[str] = field(default_factory=list)
+    label_file: list[str] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_option: list[str] = field(default_factory=list)
+    group_add: list[str] = field(default_factory=list)
+    ulimit: list[str] = field(default_factory=list)
+    sysctl: list[str] = field(default_factory=list)
+    init: bool = False
+    publish_all: bool = False
+    domainname: str | None = None
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -89,14 +100,14 @@ def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
 HOST_NAME_MAX = 64   # bytes, Linux's limit for sethostname(2)
 
 
-def check_hostname(name: str) -> None:
-    """Refuse a --hostname the kernel would refuse, before anything is created."""
+def check_hostname(name: str, flag: str = "--hostname") -> None:
+    """Refuse a --hostname (--domainname) the kernel would refuse, before anything is created."""
     size = len(name.encode())
     if size > HOST_NAME_MAX:
-        raise UsageError(f"the --hostname '{name[:20]}...' is {size} bytes long, but Linux allows at most "
+        raise UsageError(f"the {flag} '{name[:20]}...' is {size} bytes long, but Linux allows at most "
                          f"{HOST_NAME_MAX}: give a shorter name")
     if "\0" in name or "/" in name or any(c.isspace() for c in name):
-        raise UsageError(f"invalid --hostname {name!r}: use letters, digits, '-' and '.' (no spaces or '/')")
+        raise UsageError(f"invalid {flag} {name!r}: use letters, digits, '-' and '.' (no spaces or '/')")
 
 
 def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str, tty: bool) -> dict[str, str]:
@@ -113,7 +124,8 @@ def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str,
 
 
 def _etc_files(directory: str, hostname: str, net: "NetworkSpec",
-               extra_hosts: list[tuple[str, str]], network_hosts: str = "") -> tuple[tuple[str, str], ...]:
+               extra_hosts: list[tuple[str, str]], network_hosts: str = "",
+               resolv_extra: str = "") -> tuple[tuple[str, str], ...]:
     from ..network import CONTAINER_IP
     own_ip = CONTAINER_IP if net.needs_helper else "127.0.1.1"
     hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -130,8 +142,12 @@ def _etc_files(directory: str, hostname: str, net: "NetworkSpec",
         # The host's search domains and options; its nameservers are unreachable from the
         # container (a loopback one) or replaced by the stack's DNS forwarder.
         resolv = "".join(ln for ln in host_resolv if not ln.startswith("nameserver"))
-        if net.dns_server:
+        if net.dns_server and "nameserver" not in resolv_extra:
             resolv += f"nameserver {net.dns_server}\n"
+    if resolv_extra:       # --dns replaces the nameservers, --dns-search/--dns-option those lines
+        kinds = {ln.split()[0] for ln in resolv_extra.splitlines()}
+        resolv = "".join(ln for ln in resolv.splitlines(True) if ln.split()[:1] and ln.split()[0] not in kinds
+                         and not (ln.split()[0] == "domain" and "search" in kinds)) + resolv_extra
     out = []
     for target, text in (("/etc/hosts", hosts), ("/etc/hostname", hostname + "\n"),
                          ("/etc/resolv.conf", resolv)):
@@ -192,6 +208,11 @@ class Plan:
     policy: str
     max_restarts: int
     warnings: list[str] = field(default_factory=list)   # for the face to print
+    labels: dict[str, str] = field(default_factory=dict)
+    resolv_extra: str = ""               # --dns, --dns-search, --dns-option lines
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    init: str | None = None              # --init: the host's init program
 
     @property
     def cfg(self) -> dict:
@@ -255,6 +276,20 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     seccomp_prog = seccomp_program(sec, wanted_caps)
     check_preserve_fds(opts.preserve_fds, opts.detach)
     extra_env = parse_env(opts.env, opts.env_files)
+    from . import runflags
+    labels = runflags.labels(opts.label, opts.label_file)
+    opts.label, opts.label_file = [f"{k}={v}" for k, v in labels.items()], []   # files read once, now
+    resolv_extra = runflags.dns(opts.dns, opts.dns_search, opts.dns_option)
+    rlimits = runflags.ulimits(opts.ulimit)
+    if opts.group_add and maps.single:
+        raise UsageError(f"--group-add needs a subordinate id range: in single-uid mode ({maps.why_single}) "
+                         "the kernel allows no supplementary groups; see docs/troubleshooting.md")
+    init = runflags.init_program() if opts.init else None
+    if opts.domainname:
+        check_hostname(opts.domainname, "--domainname")
+    if opts.publish_all:
+        opts.publish = list(opts.publish) + runflags.publish_all(cfg.get("ExposedPorts"))
+        opts.publish_all = False        # the ports are chosen once: a restart keeps them
     from .. import network
     user_net = None
     shared = None
@@ -277,6 +312,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     elif opts.network_alias:
         raise UsageError("--network-alias needs a network made with 'rootless network create'")
     net, extra_hosts = network.parse(mode, opts.publish, opts.add_host)
+    sysctls = runflags.sysctls(opts.sysctl, net.mode == "host")
     if net.ports:
         from ..network.ports import check_available
         check_available(net.ports)
@@ -296,7 +332,8 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
                 passwd_entry=passwd_entry, sec=sec, wanted_caps=wanted_caps, seccomp_prog=seccomp_prog,
                 extra_env=extra_env, net=net, extra_hosts=extra_hosts, user_net=user_net, shared=shared,
                 run_base=run_base, cg_setup=cg_setup, limits=limits, vols=vols, policy=policy,
-                max_restarts=max_restarts, warnings=single_uid_warning(maps))
+                max_restarts=max_restarts, warnings=single_uid_warning(maps), labels=labels,
+                resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init)
 
 
 def create(store: Store, p: Plan, started_later: bool = True) -> Record:
@@ -313,6 +350,8 @@ def create(store: Store, p: Plan, started_later: bool = True) -> Record:
         r.config["options"] = {**asdict(opts), "detach": True, "tty": opts.tty and keep_terminal,
                                "interactive": opts.interactive and keep_terminal}
         r.config["run_dir"] = os.path.join(p.run_base, r.id[:16])   # for rm -f, whoever runs it
+        if p.labels:
+            r.config["labels"] = p.labels
         if started_later:
             r.owner_pid = r.owner_start = 0          # nobody runs it until 'start'
         if p.user_net:
@@ -479,26 +518,28 @@ class _Starter:
                                          idmap.translation(stored.gids, maps.gids)))
             spec = container.SandboxSpec(
                 process=container.ProcessSpec(
-                    args=p.args,
+                    args=_with_init(p.init, p.args),
                     env=merge_env(cfg.get("Env") or [], p.extra_env, hostname, opts.tty),
                     cwd=p.workdir,
                     user=opts.user if opts.user is not None else (cfg.get("User") or ""),
                     caps=p.wanted_caps, tty=opts.tty, stdin=opts.interactive,
                     winsize=(_user_winsize() if not logging else console_winsize()) if opts.tty else None,
                     passwd_entry=p.passwd_entry, seccomp=p.seccomp_prog, no_new_privs=sec.no_new_privileges,
-                    preserve_fds=opts.preserve_fds),
+                    preserve_fds=opts.preserve_fds, groups_add=tuple(opts.group_add), rlimits=p.rlimits),
                 rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
                                          masked=sec.masked_paths(mounts.MASKED_PATHS),
                                          readonly_paths=sec.readonly_paths(mounts.READONLY_PATHS),
                                          devices=mounts.usable_host_devices() if sec.privileged else (),
                                          etc_files=_shared_etc(store, shared, directory) if shared else
                                          _etc_files(directory, hostname, net, p.extra_hosts,
-                                                    user_net.hosts_for(records, rec) if user_net else ""),
+                                                    user_net.hosts_for(records, rec) if user_net else "",
+                                                    p.resolv_extra),
                                          ptmx_gid=5 if maps.size("gid") > 5 else None,
                                          binds=vols.create(rec, maps) + (
                                              read_only_tmpfs_binds() if opts.read_only and sec.read_only_tmpfs
-                                             else ())),
-                hostname=hostname, maps=maps,
+                                             else ()) + _init_bind(p.init),
+                                         sysctls=p.sysctls),
+                hostname=hostname, domainname=opts.domainname, maps=maps,
                 prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
                 rootfs_server=lambda: rootfs.serving,
                 cleanup_rootfs=rootfs.cleanup,
@@ -622,6 +663,21 @@ def check_preserve_fds(count: int, detach: bool) -> None:
         except OSError:
             raise UsageError(f"--preserve-fds {count}: file descriptor {fd} is not open in this shell "
                              f"(open it, e.g. '{fd}<file', or pass a smaller number)") from None
+
+
+def _with_init(program: str | None, args: list[str]) -> list[str]:
+    if not program:
+        return args
+    from .runflags import INIT_PATH
+    return [INIT_PATH, "--", *args]
+
+
+def _init_bind(program: str | None) -> tuple:
+    """--init: the host's init program, read-only, where the container's PID 1 is run from."""
+    if not program:
+        return ()
+    from .runflags import INIT_PATH
+    return (mounts.Bind(source=program, target=INIT_PATH, readonly=True),)
 
 
 def read_only_tmpfs_binds() -> tuple:

@@ -186,7 +186,7 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
             "WorkingDir": cfg.get("cwd") or image_cfg.get("WorkingDir") or "",
             "Entrypoint": image_cfg.get("Entrypoint"),
             "User": cfg.get("user") if cfg.get("user") is not None else image_cfg.get("User") or "",
-            "Labels": image_cfg.get("Labels") or {},
+            "Labels": {**(image_cfg.get("Labels") or {}), **(cfg.get("labels") or {})},
             "StopSignal": cfg.get("stop_signal") or image_cfg.get("StopSignal"),
             "Tty": bool((cfg.get("options") or {}).get("tty")),
             "OpenStdin": bool((cfg.get("options") or {}).get("interactive")),

@@ -42,6 +42,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import resource
 import signal
 import termios
 import socket
@@ -72,6 +73,8 @@ class ProcessSpec:
     seccomp: bytes | None = None      # a compiled filter (seccomp.program), loaded last; None: unconfined
     no_new_privs: bool = False        # --security-opt no-new-privileges (Docker's default: off)
     preserve_fds: int = 0             # --preserve-fds N: fds 3..3+N-1 stay open; no others do
+    groups_add: tuple[str, ...] = ()  # --group-add: more supplementary groups (names or gids)
+    rlimits: tuple[tuple[int, int, int], ...] = ()   # --ulimit: (resource, soft, hard)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class SandboxSpec:
     rootfs: mounts.RootfsPlan
     hostname: str
     maps: idmap.IdMaps
+    domainname: str | None = None
     # Run in C as root of the user namespace, in its new mount namespace:
     prepare_rootfs: Callable[[], None] = lambda: None
     cleanup_rootfs: Callable[[], None] = lambda: None
@@ -372,6 +376,8 @@ def _init(spec: SandboxSpec, sock: socket.socket, userns: int, parent_stays: boo
     os.close(userns)
     libc.unshare(libc.CLONE_NEWNS)
     libc.sethostname(spec.hostname)
+    if spec.domainname:
+        libc.setdomainname(spec.domainname)
     if spec.own_network and spec.join_netns is None:
         net.loopback_up()
     if spec.network_setup is not None or not parent_stays:
@@ -402,6 +408,11 @@ def _become(proc: ProcessSpec, maps: idmap.IdMaps, sock: socket.socket) -> NoRet
         _ensure_passwd(proc.passwd_entry)
     try:
         ident = users.resolve(proc.user)
+        if proc.groups_add:
+            ident = users.add_groups(ident, proc.groups_add)
+            if maps.single:
+                raise LookupError("--group-add needs a subordinate id range: in single-uid mode the kernel "
+                                  "allows no supplementary groups (see docs/troubleshooting.md)")
     except LookupError as e:
         raise RuntimeError(str(e)) from None
     for kind, value in (("uid", ident.uid), ("gid", ident.gid)):
@@ -434,6 +445,11 @@ def _become(proc: ProcessSpec, maps: idmap.IdMaps, sock: socket.socket) -> NoRet
         # too, so it cannot reach the caller's keys either.  Anything else is a real failure.
         if e.errno not in (errno.ENOSYS, errno.EPERM):
             raise
+    for res, soft, hard in proc.rlimits:
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"--ulimit: cannot set limit {res} to {soft}:{hard}: {e}") from None
     caps.limit_bounding_set(proc.caps)
     if proc.seccomp is not None:
         # Loaded while we are still root of the user namespace: without no_new_privs the

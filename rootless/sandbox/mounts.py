@@ -58,6 +58,7 @@ class RootfsPlan:
     masked: tuple[str, ...] = MASKED_PATHS           # --security-opt mask=/unmask=, --privileged
     readonly_paths: tuple[str, ...] = READONLY_PATHS
     devices: tuple[str, ...] = ()    # more host device nodes for /dev (--privileged): host paths
+    sysctls: tuple[tuple[str, str], ...] = ()   # --sysctl: namespaced parameters, set before the masks
 
 
 def usable_host_devices() -> tuple[str, ...]:
@@ -157,7 +158,20 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
+    for key, value in plan.sysctls:     # /proc/sys is made read-only below
+        _set_sysctl(key, value)
     _mask_paths(plan.masked, plan.readonly_paths)
+
+
+def _set_sysctl(key: str, value: str) -> None:
+    path = "/proc/sys/" + key.replace(".", "/")
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except FileNotFoundError:
+        raise OSError(f"--sysctl {key}: this kernel has no such parameter") from None
+    except OSError as e:
+        raise OSError(f"--sysctl {key}={value}: {_why(e)}") from None
 
 
 def _mount_bind(root: str, bind: Bind) -> None:

@@ -52,3 +52,21 @@ def resolve(spec: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -
                           if name and name in e[3].split(",") and e[2].isdigit()} - {gid}))
     home = entry[5] if entry and entry[5] else "/"
     return Identity(uid, gid, (gid,) + extra, home)
+
+
+def add_groups(ident: Identity, extra: tuple[str, ...], group: str = "/etc/group") -> Identity:
+    """``ident`` with more supplementary groups (Docker's --group-add): gids, or names looked
+    up in the container's /etc/group."""
+    groups_file = [e for e in _entries(group) if len(e) >= 3]
+    gids = list(ident.groups)
+    for g in extra:
+        if g.isdigit():
+            gid = int(g)
+        else:
+            match = next((e for e in groups_file if e[0] == g and e[2].isdigit()), None)
+            if match is None:
+                raise LookupError(f"unable to find group {g}: no matching entries in group file")
+            gid = int(match[2])
+        if gid not in gids:
+            gids.append(gid)
+    return Identity(ident.uid, ident.gid, tuple(gids), ident.home)

@@ -1,0 +1,143 @@
+"""Checking the smaller ``run``/``create`` flags: labels, DNS, ulimits, sysctls, --init, -P.
+
+Each function takes the flag's raw values and returns what the sandbox needs, or raises a
+``UsageError`` that names the flag and the fix, before anything is created."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import resource
+import shutil
+
+from ..errors import UsageError
+
+INIT_PATH = "/run/rootless-init"          # where --init's program is mounted in the container
+INIT_PROGRAMS = ("catatonit", "tini-static", "/usr/libexec/podman/catatonit")
+
+
+def labels(items: list[str], files: list[str]) -> dict[str, str]:
+    """--label-file lines, then --label K=V (K alone: an empty value), as Docker."""
+    lines: list[str] = []
+    for path in files:
+        try:
+            with open(path) as f:
+                lines += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            raise UsageError(f"cannot read label file {path}: {e.strerror}") from None
+    out = {}
+    for item in lines + list(items):
+        key, _, value = item.partition("=")
+        if not key.strip():
+            raise UsageError(f"invalid label '{item}': use KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def dns(servers: list[str], search: list[str], options: list[str]) -> str:
+    """The resolv.conf lines --dns, --dns-search and --dns-option ask for ('' for none)."""
+    text = ""
+    for server in servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise UsageError(f"invalid --dns '{server}': give an IP address (e.g. 10.0.2.3)") from None
+        text += f"nameserver {server}\n"
+    if search:
+        if any(not s or any(c.isspace() for c in s) for s in search):
+            raise UsageError(f"invalid --dns-search {search!r}: give domain names without spaces")
+        text += "search " + " ".join(s for s in search if s != ".") + "\n"
+    if options:
+        text += "options " + " ".join(options) + "\n"
+    return text
+
+
+_RLIMITS = {"as": "RLIMIT_AS", "core": "RLIMIT_CORE", "cpu": "RLIMIT_CPU", "data": "RLIMIT_DATA",
+            "fsize": "RLIMIT_FSIZE", "locks": "RLIMIT_LOCKS", "memlock": "RLIMIT_MEMLOCK",
+            "msgqueue": "RLIMIT_MSGQUEUE", "nice": "RLIMIT_NICE", "nofile": "RLIMIT_NOFILE",
+            "nproc": "RLIMIT_NPROC", "rss": "RLIMIT_RSS", "rtprio": "RLIMIT_RTPRIO",
+            "rttime": "RLIMIT_RTTIME", "sigpending": "RLIMIT_SIGPENDING", "stack": "RLIMIT_STACK"}
+
+
+def ulimits(items: list[str]) -> tuple[tuple[int, int, int], ...]:
+    """--ulimit NAME=SOFT[:HARD] (-1: unlimited) as (resource, soft, hard).  A hard limit above
+    our own cannot be set without privilege: refused now, with the limit we have."""
+    out = []
+    for item in items:
+        name, sep, values = item.partition("=")
+        res = getattr(resource, _RLIMITS.get(name.strip(), ""), None)
+        if not sep or res is None:
+            raise UsageError(f"invalid --ulimit '{item}': use NAME=SOFT[:HARD] with NAME one of "
+                             f"{', '.join(sorted(_RLIMITS))}")
+        try:
+            soft_s, _, hard_s = values.partition(":")
+            soft = int(soft_s)
+            hard = int(hard_s) if hard_s else soft
+        except ValueError:
+            raise UsageError(f"invalid --ulimit '{item}': the limits are numbers (-1: unlimited)") from None
+        soft = resource.RLIM_INFINITY if soft == -1 else soft
+        hard = resource.RLIM_INFINITY if hard == -1 else hard
+        if _above(soft, hard):
+            raise UsageError(f"invalid --ulimit '{item}': the soft limit is above the hard one")
+        ours = resource.getrlimit(res)[1]
+        if _above(hard, ours):
+            raise UsageError(f"--ulimit {item}: your own hard limit for {name} is {ours}, and raising it "
+                             f"needs privilege; ask for at most {ours} (see 'ulimit -H -a')")
+        out.append((res, soft, hard))
+    return tuple(out)
+
+
+def _above(a: int, b: int) -> bool:
+    inf = resource.RLIM_INFINITY
+    return a != b and (a == inf or (b != inf and a > b))
+
+
+# Namespaced kernel parameters, as Docker allows them (the rest would change the whole host).
+_IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+                "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+
+
+def sysctls(items: list[str], host_network: bool) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("/", ".")
+        if not sep or not key:
+            raise UsageError(f"invalid --sysctl '{item}': use KEY=VALUE, e.g. net.ipv4.ip_forward=1")
+        if key.startswith("net."):
+            if host_network:
+                raise UsageError(f"--sysctl {key} cannot be used with --network host: it would change the host's "
+                                 "network")
+        elif not (key in _IPC_SYSCTLS or key.startswith("fs.mqueue.")):
+            raise UsageError(f"--sysctl {key} is not a namespaced kernel parameter: it would change the whole "
+                             "host, which a container may not do (allowed: net.*, kernel.shm*, kernel.msg*, "
+                             "kernel.sem, fs.mqueue.*)")
+        out.append((key, value))
+    return tuple(out)
+
+
+def init_program() -> str:
+    """The host's statically linked init for --init (catatonit, or tini-static)."""
+    for name in INIT_PROGRAMS:
+        path = name if os.path.isabs(name) else shutil.which(name)
+        if path and os.access(path, os.X_OK):
+            return path
+    raise UsageError("--init needs a small init program on the host: install the Debian package "
+                     "'catatonit' (or 'tini', which has tini-static)")
+
+
+def publish_all(exposed: dict | None) -> list[str]:
+    """-P: every port the image EXPOSEs, published on a free host port (as HOST:PORT/PROTO)."""
+    import socket
+    out = []
+    for spec in sorted(exposed or {}):
+        port, _, proto = spec.partition("/")
+        proto = proto or "tcp"
+        if not port.isdigit() or proto not in ("tcp", "udp"):
+            continue
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("", 0))
+            host_port = s.getsockname()[1]
+        out.append(f"{host_port}:{port}/{proto}")
+    return out
