@@ -144,6 +144,8 @@ class ContainerRootfs:
         from ..image import whiteouts
         for layer in self.layer_dirs:
             found = whiteouts.in_tree(layer)
+            for rel in found.hidden:  # what the layer deletes; removed first: cp cannot put a file over a directory
+                _remove(os.path.join(self.target, rel))
             for rel in found.opaque:   # an opaque dir hides everything below it in lower layers
                 target = os.path.join(self.target, rel)
                 if os.path.isdir(target) and not os.path.islink(target):
@@ -154,7 +156,7 @@ class ContainerRootfs:
                                   stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise OSError(f"copying the image into the container failed: {proc.stderr.strip()}")
-            for rel in found.markers + found.hidden:  # the copied whiteouts and markers, what they hide
+            for rel in found.markers + found.hidden:  # the whiteouts and markers copied with the layer
                 _remove(os.path.join(self.target, rel))
         open(done, "w").close()
 
