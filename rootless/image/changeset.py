@@ -10,6 +10,7 @@ Where the changes are:
   them changed.
 
 Both give the same stream of ``Change``s, in the layer's order (parents first, names sorted).
+Empty files and directories where the engine makes mount points (``ignore``) are left out.
 
 The layer is an uncompressed OCI tar, as ``import`` stores them (the blob's digest is its diff id):
 ``.wh.NAME`` for a deleted entry, ``DIR/.wh..wh..opq`` right after an opaque directory, owners and
@@ -22,8 +23,9 @@ changes give the same bytes (sorted entries, sorted xattrs, integer mtimes, clam
 Files in the change set may be owned by sub-ids and unreadable to the caller: the walk runs as
 root of a user namespace with the caller's maps (``userns.fork_into_userns``), as ``export`` does;
 there ``lstat`` shows the owners the container saw.  The child writes the tar straight into a
-temporary file of the store, hashing as it goes, and reports the digest; the layer directory is
-then unpacked from that tar (``layers.unpack``: the same, checked path as ``pull`` and ``import``).
+temporary file of the store, hashing as it goes, and builds the layer directory at the same time
+(``LayerWriter``: file data copied in the kernel, from the tar); it reports the digest, and both
+are moved into place under the store's lock.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterator, NoReturn
 
-from . import layers
 from .store import Store
 from .whiteouts import OPAQUE_MARKER, WH_PREFIX, is_device_whiteout, is_opaque, merged, private_xattr, read_dir
 from ..errors import StoreError
@@ -219,44 +220,6 @@ def _tar_order(changes: list[Change], rel: str) -> list[Change]:
 
 # ----------------------------------------------------------------------------- the tar
 
-class _HashingWriter:
-    """What tarfile writes to: the file, with the sha256 and the size of what passed."""
-
-    def __init__(self, fd: int):
-        self.f = os.fdopen(fd, "wb", buffering=_COPY_CHUNK)
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.f.write(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-
-
-class _Exactly:
-    """A file's first ``size`` bytes, padded with zeros if it shrank since its lstat (a running
-    container may write meanwhile; the header is written already)."""
-
-    def __init__(self, f, size: int):
-        self.f, self.left = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        if len(data) < n:
-            data += bytes(n - len(data))
-        self.left -= len(data)
-        return data
-
-
 def _seen_as(path: str, st: os.stat_result, single_uid: bool) -> tuple[int, int, int, int]:
     """(mode, uid, gid, rdev) as the container saw the object."""
     if single_uid and not stat.S_ISLNK(st.st_mode):
@@ -267,7 +230,7 @@ def _seen_as(path: str, st: os.stat_result, single_uid: bool) -> tuple[int, int,
     return st.st_mode, st.st_uid, st.st_gid, st.st_rdev
 
 
-def _xattrs(path: str) -> dict[str, str]:
+def _xattrs(path: str) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -277,10 +240,9 @@ def _xattrs(path: str) -> dict[str, str]:
         if private_xattr(name):
             continue
         try:
-            value = os.getxattr(path, name, follow_symlinks=False)
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
         except OSError:
             continue
-        out["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
     return out
 
 
@@ -289,65 +251,265 @@ def _clamp(mtime: float, epoch: int | None) -> int:
     return min(t, epoch) if epoch is not None else t
 
 
-def write_tar(changes: Iterator[Change], out, single_uid: bool, epoch: int | None) -> int:
-    """Write the layer tar of ``changes`` to ``out`` (needs write and tell); the number of entries."""
-    count = 0
-    links: dict[tuple[int, int], str] = {}
-    last_dir: dict[str, os.stat_result] = {}
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_COPY_CHUNK) as tar:
-        for c in changes:
-            count += 1
-            if c.kind in ("whiteout", "opaque"):
-                parent, _, name = c.rel.rpartition("/")
-                info = tarfile.TarInfo(f"{c.rel}/{OPAQUE_MARKER}" if c.kind == "opaque"
-                                       else (f"{parent}/" if parent else "") + WH_PREFIX + name)
-                info.mode = 0o600
-                ref = last_dir.get(c.rel) if c.kind == "opaque" else None
-                info.mtime = _clamp(ref.st_mtime, epoch) if ref is not None else 0
-                tar.addfile(info)
+def _copy_range(src: int, dst: int, size: int, src_off: int, dst_off: int) -> int:
+    """Copy up to ``size`` bytes in the kernel (copy_file_range), read/write where it cannot;
+    the bytes copied (fewer at the source's end)."""
+    done = 0
+    while done < size:
+        n = 0
+        try:
+            n = os.copy_file_range(src, dst, size - done, src_off + done, dst_off + done)
+        except OSError as e:
+            import errno
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            data = os.pread(src, min(_COPY_CHUNK, size - done), src_off + done)
+            n = os.pwrite(dst, data, dst_off + done) if data else 0
+        if n <= 0:
+            break
+        done += n
+    return done
+
+
+class _Hasher:
+    """sha256 of the tar, in order, in a thread of its own (hashlib and pread release the GIL):
+    the hashing of one file's data overlaps the copy of the next."""
+
+    def __init__(self, fd: int):
+        import queue
+        import threading
+        self.fd = fd
+        self.sha = hashlib.sha256()
+        self.todo: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.todo.get()) is not None:
+            if self.error is not None:
                 continue
             try:
-                st = os.lstat(c.path)
-            except FileNotFoundError:
-                count -= 1
-                continue                       # removed meanwhile (a running container)
-            mode, uid, gid, rdev = _seen_as(c.path, st, single_uid)
-            info = tarfile.TarInfo(c.rel)
-            info.mode, info.uid, info.gid = stat.S_IMODE(mode), uid, gid
-            info.uname = info.gname = ""
-            info.mtime = _clamp(st.st_mtime, epoch)
-            info.pax_headers = _xattrs(c.path)
-            data = None
-            if stat.S_ISREG(mode) and stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and key in links:
-                    info.type, info.linkname = tarfile.LNKTYPE, links[key]
-                else:
-                    if st.st_nlink > 1:
-                        links[key] = c.rel
-                    info.size = st.st_size
-                    data = c.path
-            elif stat.S_ISREG(mode):
-                pass                            # an empty file standing for a device: never here
-            elif stat.S_ISDIR(mode):
-                info.type = tarfile.DIRTYPE
-                last_dir[c.rel] = st
-            elif stat.S_ISLNK(mode):
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(c.path)
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-                info.devmajor, info.devminor = os.major(rdev), os.minor(rdev)
-            elif stat.S_ISFIFO(mode):
-                info.type = tarfile.FIFOTYPE
+                if isinstance(item, bytes):
+                    self.sha.update(item)
+                    continue
+                off, end = item
+                while off < end:
+                    chunk = os.pread(self.fd, min(4 * _COPY_CHUNK, end - off), off)
+                    if not chunk:
+                        raise OSError("the layer tar is shorter than what was written to it")
+                    self.sha.update(chunk)
+                    off += len(chunk)
+            except BaseException as e:  # noqa: BLE001 - raised by digest(), in the writer's thread
+                self.error = e
+
+    def bytes(self, data: bytes) -> None:
+        self.todo.put(bytes(data))
+
+    def range(self, offset: int, size: int) -> None:
+        if size:
+            self.todo.put((offset, offset + size))
+
+    def digest(self) -> str:
+        self.todo.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return "sha256:" + self.sha.hexdigest()
+
+
+class LayerWriter:
+    """Writes a change set as a layer tar (to ``tar_fd``, hashing it) and, when ``layer_dir`` is
+    given, as the layer's directory in the store's form at the same time, each file's data copied
+    in the kernel from the tar just written (so both hold the same bytes, even of a file that a
+    running container changes meanwhile).  Runs as root of the user namespace.
+
+    The layer directory is made here rather than unpacked from the tar: the paths come from a
+    walk of our own trees, parents first, and every object is created without following a
+    symbolic link (the parent of each is a directory this writer made), so nothing can land
+    outside it; and a copy in the kernel is several times faster than tarfile's extraction.
+    """
+
+    def __init__(self, tar_fd: int, layer_dir: str | None, single_uid: bool, epoch: int | None,
+                 consume: bool = False):
+        self.fd, self.dir, self.single, self.epoch = tar_fd, layer_dir, single_uid, epoch
+        self.consume = consume
+        self.hasher = _Hasher(tar_fd)
+        self.pos = 0
+        self.count = 0
+        self.links: dict[tuple[int, int], str] = {}
+        self.dirs: list[tuple[str, tarfile.TarInfo]] = []      # times and modes set at the end
+        self.last_dir: dict[str, os.stat_result] = {}
+        self.skipped_devices: list[str] = []
+
+    # --- the tar
+    def _write(self, data: bytes) -> None:
+        self.hasher.bytes(data)
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, self.pos)
+            self.pos += n
+            view = view[n:]
+
+    def _header(self, info: tarfile.TarInfo) -> None:
+        self._write(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+
+    def _data(self, path: str, size: int) -> int:
+        """Append ``size`` bytes of file ``path`` (zeros past its end, if it shrank); their offset."""
+        start = self.pos
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            got = _copy_range(fd, self.fd, size, 0, start)
+        finally:
+            os.close(fd)
+        if got < size:
+            os.pwrite(self.fd, bytes(size - got), start + got)
+        self.hasher.range(start, size)   # what the tar holds, hashed while the next file is copied
+        self.pos = start + size
+        pad = -size % tarfile.BLOCKSIZE
+        if pad:
+            self._write(bytes(pad))
+        return start
+
+    # --- the layer directory
+    def _at(self, rel: str) -> str:
+        assert self.dir is not None
+        return os.path.join(self.dir, rel)
+
+    def _own(self, path: str, info: tarfile.TarInfo, xattrs: dict[str, bytes], chmod: bool = True) -> None:
+        try:
+            os.lchown(path, info.uid, info.gid)
+        except OSError:
+            pass             # an id the namespace does not map (single-uid mode): root's, as unpack does
+        if chmod:
+            os.chmod(path, info.mode, follow_symlinks=False)
+        for name, value in xattrs.items():
+            try:
+                os.setxattr(path, name, value, follow_symlinks=False)
+            except OSError:
+                pass         # trusted.*, or a filesystem without xattrs: as unpack, which keeps none
+        if info.type != tarfile.DIRTYPE:
+            os.utime(path, ns=(info.mtime * 10**9,) * 2, follow_symlinks=False)
+
+    def _whiteout(self, rel: str) -> None:
+        path = self._at(rel)
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        except PermissionError:
+            parent, _, name = rel.rpartition("/")
+            os.close(os.open(self._at(os.path.join(parent, WH_PREFIX + name)),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+
+    def _opaque(self, rel: str) -> None:
+        path = self._at(rel)
+        try:
+            os.setxattr(path, "user.overlay.opaque", b"y", follow_symlinks=False)
+        except OSError:
+            os.close(os.open(os.path.join(path, OPAQUE_MARKER),
+                             os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+
+    # --- entries
+    def add(self, c: Change) -> None:
+        if c.kind in ("whiteout", "opaque"):
+            parent, _, name = c.rel.rpartition("/")
+            info = tarfile.TarInfo(f"{c.rel}/{OPAQUE_MARKER}" if c.kind == "opaque"
+                                   else (f"{parent}/" if parent else "") + WH_PREFIX + name)
+            info.mode = 0o600
+            ref = self.last_dir.get(c.rel) if c.kind == "opaque" else None
+            info.mtime = _clamp(ref.st_mtime, self.epoch) if ref is not None else 0
+            self._header(info)
+            self.count += 1
+            if self.dir is not None:
+                self._opaque(c.rel) if c.kind == "opaque" else self._whiteout(c.rel)
+            return
+        try:
+            st = os.lstat(c.path)
+        except FileNotFoundError:
+            return                             # removed meanwhile (a running container)
+        mode, uid, gid, rdev = _seen_as(c.path, st, self.single)
+        info = tarfile.TarInfo(c.rel)
+        info.mode, info.uid, info.gid = stat.S_IMODE(mode), uid, gid
+        info.uname = info.gname = ""
+        info.mtime = _clamp(st.st_mtime, self.epoch)
+        xattrs = _xattrs(c.path)
+        info.pax_headers = {"SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()}
+        data = False
+        if stat.S_ISREG(mode) and stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.links:
+                info.type, info.linkname = tarfile.LNKTYPE, self.links[key]
             else:
-                count -= 1
-                continue                       # a socket: a tar cannot hold one (Docker skips them too)
-            if data is None:
-                tar.addfile(info)
-            else:
-                with open(data, "rb") as f:
-                    tar.addfile(info, _Exactly(f, info.size))
-    return count
+                if st.st_nlink > 1:
+                    self.links[key] = c.rel
+                info.size = st.st_size
+                data = True
+        elif stat.S_ISDIR(mode):
+            info.type = tarfile.DIRTYPE
+            self.last_dir[c.rel] = st
+        elif stat.S_ISLNK(mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(c.path)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(rdev), os.minor(rdev)
+        elif stat.S_ISFIFO(mode):
+            info.type = tarfile.FIFOTYPE
+        else:
+            return                             # a socket (a tar cannot hold one; Docker skips them too),
+                                               # or an empty file standing for a device
+        self._header(info)
+        offset = self._data(c.path, info.size) if data else 0
+        self.count += 1
+        if self.dir is not None:
+            self._create(info, offset, xattrs, c.path)
+
+    def _create(self, info: tarfile.TarInfo, offset: int, xattrs: dict[str, bytes], source: str) -> None:
+        path = self._at(info.name)
+        if info.type == tarfile.LNKTYPE:
+            os.link(self._at(info.linkname), path, follow_symlinks=False)
+            return
+        if info.type == tarfile.REGTYPE and self.consume:
+            # The change set is thrown away after this: its file becomes the layer's (no copy),
+            # with the tar's times and without the overlay's xattrs.
+            os.link(source, path, follow_symlinks=False)
+            for name in os.listxattr(path, follow_symlinks=False):
+                if private_xattr(name):
+                    try:
+                        os.removexattr(path, name, follow_symlinks=False)
+                    except OSError:
+                        pass
+        elif info.type == tarfile.REGTYPE:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                if info.size:
+                    _copy_range(self.fd, fd, info.size, offset, 0)
+            finally:
+                os.close(fd)
+        elif info.type == tarfile.DIRTYPE:
+            os.mkdir(path, 0o700)
+            self.dirs.append((path, info))
+        elif info.type == tarfile.SYMTYPE:
+            os.symlink(info.linkname, path)
+            self._own(path, info, xattrs, chmod=False)
+            return
+        elif info.type == tarfile.FIFOTYPE:
+            os.mkfifo(path, 0o600)
+        else:
+            try:
+                os.mknod(path, (stat.S_IFCHR if info.type == tarfile.CHRTYPE else stat.S_IFBLK) | 0o600,
+                         os.makedev(info.devmajor, info.devminor))
+            except PermissionError:
+                self.skipped_devices.append(info.name)      # as unpack: not in a user namespace
+                return
+        self._own(path, info, xattrs)
+
+    def finish(self) -> None:
+        self._write(bytes(2 * tarfile.BLOCKSIZE))
+        for path, info in reversed(self.dirs):   # children first: their creation changed the times
+            os.utime(path, ns=(info.mtime * 10**9,) * 2, follow_symlinks=False)
+
+    @property
+    def digest(self) -> str:
+        return self.hasher.digest()
 
 
 # ----------------------------------------------------------------------------- in the user namespace
@@ -379,25 +541,31 @@ def _in_userns(maps: idmap.IdMaps, work, what: str) -> dict:
 def layer_from_changes(store: Store, maps: idmap.IdMaps, changes_dir: str, *, single_uid: bool,
                        image_layers: list[str] | None = None, full_copy: bool = False,
                        ignore: frozenset[str] = frozenset(),
-                       source_date_epoch: int | None = None) -> NewLayer:
+                       source_date_epoch: int | None = None, consume: bool = False) -> NewLayer:
     """Store the changes in ``changes_dir`` as a layer (blob and layer directory).
 
     ``changes_dir``: an overlay's upper directory, or with ``full_copy`` a copy (vfs) of
     ``image_layers`` (the image's layer directories, bottom first) to compare with them.
     ``single_uid``: the container ran without a subuid range (owners from fuse-overlay's
     xattr).  ``ignore``: the engine's mount points (``walk_upper``).  ``source_date_epoch``:
-    no time in the layer is later.  Takes the store lock itself: call it without.
+    no time in the layer is later.  ``consume``: ``changes_dir`` is removed after this and never
+    used again (the builder's RUN containers): its files become the layer directory's (hard
+    links, their times set to the tar's) instead of being copied — about twice as fast.  Takes
+    the store lock itself: call it without.
     """
     import tempfile
+    from ..sandbox.remove import remove_tree
     layers_below = list(image_layers or [])
     fd, tmp = tempfile.mkstemp(dir=os.path.join(store.root, "tmp"), suffix=".tar")
+    layer_tmp = os.path.join(store.root, "layers", f".tmp-{os.urandom(16).hex()}")
+    os.mkdir(layer_tmp, 0o755)
     try:
         def work() -> dict:
-            out = _HashingWriter(os.dup(fd))
-            count = write_tar(_changes(changes_dir, layers_below, full_copy, ignore), out, single_uid,
-                              source_date_epoch)
-            out.close()
-            return {"digest": "sha256:" + out.sha.hexdigest(), "size": out.size, "count": count}
+            writer = LayerWriter(fd, layer_tmp, single_uid, source_date_epoch, consume)
+            for change in _changes(changes_dir, layers_below, full_copy, ignore):
+                writer.add(change)
+            writer.finish()
+            return {"digest": writer.digest, "size": writer.pos, "count": writer.count}
 
         try:
             result = _in_userns(maps, work, "the container's changes")
@@ -408,13 +576,15 @@ def layer_from_changes(store: Store, maps: idmap.IdMaps, changes_dir: str, *, si
             return NewLayer(diff_id, size, True)
         with store.lock():
             if not store.has_layer(diff_id):
-                layers.unpack(store, maps, tmp, diff_id, "the container's changes")
+                os.rename(layer_tmp, store.layer_dir(diff_id))
             if not os.path.exists(store.blob_path(diff_id)):
                 store.adopt_blob(tmp, diff_id)
         return NewLayer(diff_id, size, False)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if os.path.lexists(layer_tmp):
+            remove_tree(maps, layer_tmp)
 
 
 def diff(maps: idmap.IdMaps, changes_dir: str, image_layers: list[str], *, full_copy: bool = False,
@@ -457,4 +627,4 @@ def diff(maps: idmap.IdMaps, changes_dir: str, image_layers: list[str], *, full_
         return [(kind, path) for path, kind in json.loads(f.read())]
 
 
-__all__ = ["Change", "NewLayer", "walk_upper", "walk_copy", "write_tar", "layer_from_changes", "diff"]
+__all__ = ["Change", "NewLayer", "LayerWriter", "walk_upper", "walk_copy", "layer_from_changes", "diff"]

@@ -46,7 +46,7 @@ def _extract_chrooted(tar_path: str, layer: str) -> None:
     with open(tar_path, "rb") as f:
         os.chroot(layer)
         os.chdir("/")
-        with tarfile.open(fileobj=f) as tar:
+        with tarfile.open(fileobj=f, copybufsize=1 << 20) as tar:
             members = [m for m in tar
                        if not ((m.ischr() or m.isblk()) and (m.devmajor, m.devminor) != (0, 0))]
             current: list[tarfile.TarInfo] = []
