@@ -308,3 +308,37 @@ def test_committed_image_saves_pushes_and_pulls(rl, tmp_path):
     finally:
         rl("rm", name)
         rl("rmi", image)
+
+
+def test_builder_api_layer_of_and_new_image(rl):
+    """What the builder calls for a RUN step: layer_of (consuming the container's files), then
+    new_image; a copy of the same changes gives the same layer."""
+    from rootless.container.commit import layer_of
+    from rootless.image.importer import new_image
+    from rootless.image.store import Store
+    from rootless.sandbox import idmap
+    script = "mkdir /built && echo built > /built/f && ln /built/f /built/g && rm /bin/ls"
+    kept, consumed = _made(rl, "auto", script), _made(rl, "auto", script)
+    store, maps = Store(str(rl.root)), idmap.detect()
+    image = f"built/{consumed}:1"
+    try:
+        copied, _ = layer_of(store, maps, kept, source_date_epoch=1)
+        taken, warnings = layer_of(store, maps, consumed, source_date_epoch=1, consume=True)
+        assert not taken.empty and taken.diff_id == copied.diff_id and warnings == []
+        assert rl("rm", consumed).returncode == 0      # the layer's files outlive the container's
+        with store.lock():
+            img = new_image(store, store.resolve("busybox"), [taken.diff_id], {"Cmd": ["cat", "/built/g"]},
+                            [{"created_by": "RUN " + script}], [image])
+        assert img.diff_ids[-1] == taken.diff_id
+        out = rl("run", "--rm", image)
+        assert out.returncode == 0 and out.stdout == "built\n", out.stderr
+        history = rl("history", "--no-trunc", image)
+        assert "RUN " + script in history.stdout
+        nothing = _made(rl, "auto", "true")
+        empty, _ = layer_of(store, maps, nothing, consume=True)
+        assert empty.empty
+        rl("rm", nothing)
+    finally:
+        rl("rm", kept)
+        rl("rm", consumed)
+        rl("rmi", image)

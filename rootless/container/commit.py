@@ -142,7 +142,7 @@ def _pause(store: Store, rec: Record, warnings: list[str]):
 
 
 def _layer(store: Store, maps: idmap.IdMaps, rec: Record, image: Image, pause: bool,
-           source_date_epoch: int | None) -> tuple[changeset.NewLayer, list[str]]:
+           source_date_epoch: int | None, consume: bool = False) -> tuple[changeset.NewLayer, list[str]]:
     where = _where(store, rec, image)
     warnings: list[str] = []
     if where.directory is None:
@@ -152,18 +152,22 @@ def _layer(store: Store, maps: idmap.IdMaps, rec: Record, image: Image, pause: b
         layer = changeset.layer_from_changes(store, maps, where.directory, single_uid=maps.single,
                                              image_layers=where.image_layers,
                                              full_copy=where.base_layers is not None, ignore=MOUNT_POINTS,
-                                             source_date_epoch=source_date_epoch)
+                                             source_date_epoch=source_date_epoch, consume=consume)
     finally:
         thaw()
     return layer, warnings
 
 
 def layer_of(store: Store, maps: idmap.IdMaps, key: str, *, pause: bool = True,
-             source_date_epoch: int | None = None) -> tuple[changeset.NewLayer, list[str]]:
+             source_date_epoch: int | None = None, consume: bool = False) -> tuple[changeset.NewLayer, list[str]]:
     """Container ``key``'s changes stored as a layer (nothing stored when it changed nothing:
-    ``empty``), and warnings for the user.  For the builder's RUN steps: then ``new_image``."""
+    ``empty``), and warnings for the user.  For the builder's RUN steps, then ``new_image``.
+    ``consume``: the container is removed right after and never started again (a RUN step):
+    its files become the layer's instead of being copied (``changeset.layer_from_changes``)."""
     rec = Containers(store).find(key)
-    return _layer(store, maps, rec, _image_of(store, rec), pause, source_date_epoch)
+    if consume and running(rec):
+        raise RootlessError(f"container {rec.name} is running: its files cannot be taken for a layer")
+    return _layer(store, maps, rec, _image_of(store, rec), pause, source_date_epoch, consume)
 
 
 def commit(store: Store, maps: idmap.IdMaps, key: str, ref: str | None = None, *, message: str = "",
