@@ -76,5 +76,10 @@ def diff(ctx: click.Context, container: str, fmt: str) -> None:
 
 
 def register(group: click.Group) -> None:
+    """``commit`` and ``diff``, and Docker's ``container commit``/``container diff`` (registered
+    after cli/containers.py's ``container`` group)."""
+    container_group = group.commands.get("container")
     for command in (commit, diff):
         group.add_command(command)
+        if isinstance(container_group, click.Group):
+            container_group.add_command(command)
