@@ -342,3 +342,32 @@ def test_builder_api_layer_of_and_new_image(rl):
         rl("rm", kept)
         rl("rm", consumed)
         rl("rmi", image)
+
+
+@pytest.mark.skipif(not shutil.which("docker-registry"), reason="docker-registry is not installed")
+def test_commit_of_a_pulled_image_with_compressed_layers_pushes(rl, busybox_tar):
+    """The new manifest names the pulled image's gzip layers and the new uncompressed one."""
+    from .test_images import push_image
+    with running_registry() as reg:
+        push_image(reg, "gz/base:1", [busybox_tar.read_bytes()])
+        base = f"{reg.host}/gz/base:1"
+        assert rl("pull", "-q", base).returncode == 0
+        name = _name("gz")
+        assert rl("run", "--name", name, base, "sh", "-c", "echo on-gzip > /added").returncode == 0
+        target = f"{reg.host}/gz/committed:1"
+        try:
+            proc = rl("commit", name, target)
+            assert proc.returncode == 0, proc.stderr
+            types = [d["mediaType"] for d in _manifest(rl, target)["layers"]]
+            # (the store had busybox's layer: the pull kept no gzip blob, so the plain one is named)
+            assert types[-1] == "application/vnd.oci.image.layer.v1.tar" and len(types) == 2
+            proc = rl("push", target)
+            assert proc.returncode == 0, proc.stderr
+            assert rl("rmi", target).returncode == 0
+            assert rl("pull", "-q", target).returncode == 0
+            out = rl("run", "--rm", target, "cat", "/added")
+            assert out.stdout == "on-gzip\n", out.stderr
+        finally:
+            rl("rm", name)
+            rl("rmi", target)
+            rl("rmi", base)

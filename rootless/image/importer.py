@@ -110,6 +110,13 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
             os.unlink(tmp)
 
 
+_OCI_LAYER_TYPES = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar": MEDIA_LAYER,
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -128,8 +135,14 @@ def new_image(store: Store, parent: Image | None, diff_ids: list[str], config: d
     created = created or now_rfc3339()
     if parent is not None:
         base_manifest = store.read_json(parent.manifest_digest)
-        base_layers = list(base_manifest.get("layers") or [])
         base_diff_ids = list(parent.diff_ids)
+        # an OCI manifest names its layers with OCI's media types (a pulled image may have Docker's);
+        # a pulled layer the store had already has no compressed blob here: name the plain one
+        base_layers = []
+        for d, diff_id in zip(base_manifest.get("layers") or [], base_diff_ids):
+            if not os.path.exists(store.blob_path(d["digest"])) and os.path.exists(store.blob_path(diff_id)):
+                d = {"mediaType": MEDIA_LAYER, "digest": diff_id, "size": os.path.getsize(store.blob_path(diff_id))}
+            base_layers.append({**d, "mediaType": _OCI_LAYER_TYPES.get(d.get("mediaType", ""), d.get("mediaType"))})
         base_history = list(parent.config.get("history") or [])
         arch = {k: parent.config[k] for k in ("architecture", "os", "variant", "os.version")
                 if k in parent.config}
