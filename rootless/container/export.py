@@ -1,10 +1,9 @@
 """``rootless export``: a container's root filesystem as a tar, as the container sees it.
 
 The tree is merged here, not mounted: the image's layers (bottom first) and the container's
-own upper directory, top layer winning, whiteouts (character devices 0/0, or ``.wh.NAME``
-files) hiding what is below them and opaque directories (``user.overlay.opaque`` /
-``trusted.overlay.opaque`` = ``y``, or ``.wh..wh..opq``) hiding everything below them.  A vfs
-container's copy already has its changes applied and is archived as it is.
+own upper directory, top layer winning, whiteouts and opaque directories read as
+``image/whiteouts.py`` reads them (``merged``).  A vfs container's copy already has its changes
+applied and is archived as it is.
 
 Files may be owned by sub-ids and unreadable to the caller, so the walk runs as root of a
 user namespace with the caller's maps (``userns.fork_into_userns``) and streams the tar to a
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 import tarfile
 from typing import BinaryIO, NoReturn
 
@@ -24,78 +22,7 @@ from ..errors import StoreError
 from ..sandbox import channel, idmap
 from ..sandbox.userns import fork_into_userns, wait
 from ..image.store import Store
-
-WH = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
-
-
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def _opaque(path: str) -> bool:
-    for attr in OPAQUE_XATTRS:
-        try:
-            if os.getxattr(path, attr, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            pass
-    return os.path.lexists(os.path.join(path, OPAQUE_MARKER))
-
-
-def merged(layer_dirs: list[str]):
-    """Yield (relative path, host path) of the merged tree of ``layer_dirs`` (bottom first), parents first."""
-    top = len(layer_dirs) - 1
-
-    def walk(rel: str, floor: int):
-        entries: dict[str, tuple[str, int]] = {}   # name -> (path, layer index) of the top-most entry
-        stops: dict[str, int] = {}                 # name -> lowest layer index that still counts for it
-        hidden: set[str] = set()
-        for i in range(top, floor - 1, -1):
-            d = os.path.join(layer_dirs[i], rel) if rel else layer_dirs[i]
-            try:
-                st = os.lstat(d)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                break                                # a file here hides the directories below
-            for name in sorted(os.listdir(d)):
-                if name == OPAQUE_MARKER:
-                    continue
-                if name.startswith(WH):
-                    target = name[len(WH):]
-                    if target not in entries:
-                        hidden.add(target)
-                    stops.setdefault(target, i + 1)
-                    continue
-                path = os.path.join(d, name)
-                est = os.lstat(path)
-                if name in hidden:
-                    continue
-                if _is_whiteout(est):
-                    if name not in entries:
-                        hidden.add(name)
-                    stops.setdefault(name, i + 1)
-                    continue
-                if name in entries:
-                    if not stat.S_ISDIR(est.st_mode):
-                        stops.setdefault(name, i + 1)
-                    continue
-                entries[name] = (path, i)
-                if not stat.S_ISDIR(est.st_mode):
-                    stops.setdefault(name, i + 1)
-            if i > floor and rel and _opaque(d):
-                break
-        for name in sorted(entries):
-            path, _i = entries[name]
-            child = f"{rel}/{name}" if rel else name
-            yield child, path
-            if stat.S_ISDIR(os.lstat(path).st_mode):
-                yield from walk(child, max(floor, stops.get(name, floor)))
-
-    yield from walk("", 0)
-
+from ..image.whiteouts import merged
 
 def _write_tar(layer_dirs: list[str], fd: int) -> None:
     with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -160,4 +87,4 @@ def export(store: Store, maps: idmap.IdMaps, name: str, out: BinaryIO) -> None:
         wait(pid)
 
 
-__all__ = ["export", "merged"]
+__all__ = ["export", "layer_dirs_of"]

@@ -141,9 +141,12 @@ class ContainerRootfs:
         done = os.path.join(self.directory, "rootfs.copied")
         if os.path.exists(done):
             return
+        from ..image import whiteouts
         for layer in self.layer_dirs:
-            whiteouts, opaque = _whiteouts(layer)
-            for rel in opaque:   # an opaque dir hides everything below it in lower layers
+            found = whiteouts.in_tree(layer)
+            for rel in found.hidden:  # what the layer deletes; removed first: cp cannot put a file over a directory
+                _remove(os.path.join(self.target, rel))
+            for rel in found.opaque:   # an opaque dir hides everything below it in lower layers
                 target = os.path.join(self.target, rel)
                 if os.path.isdir(target) and not os.path.islink(target):
                     for entry in os.listdir(target):
@@ -153,7 +156,7 @@ class ContainerRootfs:
                                   stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise OSError(f"copying the image into the container failed: {proc.stderr.strip()}")
-            for rel in whiteouts:  # the copied whiteout and what it hides
+            for rel in found.markers + found.hidden:  # the whiteouts and markers copied with the layer
                 _remove(os.path.join(self.target, rel))
         open(done, "w").close()
 
@@ -182,27 +185,6 @@ class ContainerRootfs:
         """Where a stopped container's own files are: the overlay's upper dir, or the copy."""
         upper = os.path.join(directory, "upper")
         return upper if os.path.isdir(upper) else os.path.join(directory, "rootfs")
-
-
-def _whiteouts(layer: str) -> tuple[list[str], list[str]]:
-    """Paths (relative to ``layer``) of its whiteouts (char 0/0) and of its opaque directories."""
-    import stat
-    whiteouts, opaque = [], []
-    for dirpath, dirs, files in os.walk(layer):
-        rel = os.path.relpath(dirpath, layer)
-        try:
-            if os.getxattr(dirpath, "user.overlay.opaque") == b"y" and rel != ".":
-                opaque.append(rel)
-        except OSError:
-            pass
-        for name in files + dirs:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                whiteouts.append(os.path.normpath(os.path.join(rel, name)))
-    return whiteouts, opaque
 
 
 def _remove(path: str) -> None:

@@ -1,4 +1,4 @@
-"""Dockerfile instructions accepted by ``import --change`` (as ``docker import -c``)."""
+"""Dockerfile instructions accepted by ``import --change`` and ``commit --change`` (as Docker's ``-c``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import UsageError
 
-SUPPORTED = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE", "STOPSIGNAL")
+SUPPORTED = ("CMD", "ENTRYPOINT", "ENV", "WORKDIR", "USER", "LABEL", "EXPOSE", "STOPSIGNAL", "VOLUME")
 
 
 def _command(value: str) -> list[str]:
@@ -20,6 +20,18 @@ def _command(value: str) -> list[str]:
         if isinstance(parsed, list) and all(isinstance(x, str) for x in parsed):
             return parsed
     return ["/bin/sh", "-c", value]
+
+
+def _list(value: str) -> list[str]:
+    """A JSON array of strings, or words."""
+    if value.startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and all(isinstance(x, str) for x in parsed):
+            return parsed
+    return value.split()
 
 
 def _pairs(value: str, instruction: str) -> list[tuple[str, str]]:
@@ -64,3 +76,10 @@ def apply(config: dict[str, Any], change: str) -> None:
             config.setdefault("ExposedPorts", {})[port if "/" in port else f"{port}/tcp"] = {}
     elif instruction == "STOPSIGNAL":
         config["StopSignal"] = value
+    elif instruction == "VOLUME":
+        paths = _list(value)
+        if not paths or not all(p.startswith("/") for p in paths):
+            raise UsageError(f"--change '{change}': VOLUME needs absolute paths, as VOLUME /data or "
+                             'VOLUME ["/data"]')
+        for path in paths:
+            config.setdefault("Volumes", {})[path] = {}

@@ -13,7 +13,7 @@ import platform
 import sys
 import tarfile
 import tempfile
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from . import changes as changes_mod
 from . import layers, reference
@@ -100,30 +100,80 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
                                         f"the layer of {'standard input' if source == '-' else source}")
             if not os.path.exists(store.blob_path(diff_id)):
                 store.adopt_blob(tmp, diff_id)
-            now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            config = {
-                "created": now,
-                "architecture": ARCH.get(platform.machine(), platform.machine()),
-                "os": "linux",
-                "config": config_section,
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-                "history": [{"created": now, "created_by": "rootless import " + os.path.basename(source),
-                             **({"comment": message} if message else {})}],
-            }
-            config_raw = json.dumps(config, sort_keys=True).encode()
-            config_digest = store.put_blob(config_raw)
-            manifest = {
-                "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
-                "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_raw)},
-                "layers": [{"mediaType": MEDIA_LAYER, "digest": diff_id, "size": size}],
-            }
-            manifest_digest = store.put_blob(json.dumps(manifest, sort_keys=True).encode())
-            if ref:
-                store.set_tag(ref, manifest_digest)
-        return store.image(manifest_digest, ref), devices
+            image = new_image(store, None, [diff_id], config_section,
+                              [{"created_by": "rootless import " + os.path.basename(source),
+                                **({"comment": message} if message else {})}],
+                              [ref] if ref else [])
+        return image, devices
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-__all__ = ["import_rootfs"]
+_OCI_LAYER_TYPES = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar": MEDIA_LAYER,
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_image(store: Store, parent: Image | None, diff_ids: list[str], config: dict[str, Any],
+              history: list[dict[str, Any]], tags: list[str], *, author: str = "",
+              created: str | None = None) -> Image:
+    """Write a new image: ``parent``'s layers (none for a base image) then ``diff_ids``, whose
+    blobs must be in the store (uncompressed layer tars named by their digest); ``config`` is its
+    run configuration (the config's ``config`` section: Cmd, Env, ...); its history is
+    ``parent``'s, then ``history`` (entries without ``created`` get ``created``; one per new
+    layer, plus any marked ``empty_layer``).  Tags it with each of ``tags``.
+
+    The one way images are written (import, commit, build).  Call with the store locked.
+    """
+    created = created or now_rfc3339()
+    if parent is not None:
+        base_manifest = store.read_json(parent.manifest_digest)
+        base_diff_ids = list(parent.diff_ids)
+        # an OCI manifest names its layers with OCI's media types (a pulled image may have Docker's);
+        # a pulled layer the store had already has no compressed blob here: name the plain one
+        base_layers = []
+        for d, diff_id in zip(base_manifest.get("layers") or [], base_diff_ids):
+            if not os.path.exists(store.blob_path(d["digest"])) and os.path.exists(store.blob_path(diff_id)):
+                d = {"mediaType": MEDIA_LAYER, "digest": diff_id, "size": os.path.getsize(store.blob_path(diff_id))}
+            base_layers.append({**d, "mediaType": _OCI_LAYER_TYPES.get(d.get("mediaType", ""), d.get("mediaType"))})
+        base_history = list(parent.config.get("history") or [])
+        arch = {k: parent.config[k] for k in ("architecture", "os", "variant", "os.version")
+                if k in parent.config}
+    else:
+        base_layers, base_diff_ids, base_history = [], [], []
+        arch = {"architecture": ARCH.get(platform.machine(), platform.machine()), "os": "linux"}
+    for d in diff_ids:
+        if not os.path.exists(store.blob_path(d)):
+            raise StoreError(f"layer {d} is missing from the store")
+    image_config: dict[str, Any] = {
+        "created": created,
+        **arch,
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": base_diff_ids + list(diff_ids)},
+        "history": base_history + [{"created": created, **h} for h in history],
+    }
+    if author:
+        image_config["author"] = author
+    config_raw = json.dumps(image_config, sort_keys=True).encode()
+    config_digest = store.put_blob(config_raw)
+    manifest = {
+        "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_raw)},
+        "layers": base_layers + [{"mediaType": MEDIA_LAYER, "digest": d,
+                                  "size": os.path.getsize(store.blob_path(d))} for d in diff_ids],
+    }
+    manifest_digest = store.put_blob(json.dumps(manifest, sort_keys=True).encode())
+    refs = [reference.normalize(t) for t in tags]
+    for ref in refs:
+        store.set_tag(ref, manifest_digest)
+    return store.image(manifest_digest, refs[0] if refs else None)
+
+
+__all__ = ["import_rootfs", "new_image", "now_rfc3339"]

@@ -19,6 +19,7 @@ from ..errors import StoreError
 from ..sandbox.remove import remove_tree
 from ..sandbox import channel, idmap
 from ..sandbox.userns import run_as_root
+from . import whiteouts
 from .store import Store
 
 
@@ -45,7 +46,7 @@ def _extract_chrooted(tar_path: str, layer: str) -> None:
     with open(tar_path, "rb") as f:
         os.chroot(layer)
         os.chdir("/")
-        with tarfile.open(fileobj=f) as tar:
+        with tarfile.open(fileobj=f, copybufsize=1 << 20) as tar:
             members = [m for m in tar
                        if not ((m.ischr() or m.isblk()) and (m.devmajor, m.devminor) != (0, 0))]
             current: list[tarfile.TarInfo] = []
@@ -63,7 +64,7 @@ def _extract_chrooted(tar_path: str, layer: str) -> None:
                 if not current:
                     raise
                 raise LayerEntryError(_explain(current[0], e)) from None
-        _convert_whiteouts("/")
+        whiteouts.to_overlay("/")
 
 
 class LayerEntryError(Exception):
@@ -102,35 +103,6 @@ def _explain(m: tarfile.TarInfo, e: BaseException) -> str:
         return f"entry '{m.name}' needs '{prefix}' to be a directory, but the layer has it as {kind}"
     why = os.strerror(e.errno).lower() if isinstance(e, OSError) and e.errno else str(e)
     return f"entry '{m.name}' cannot be created ({why})"
-
-
-WHITEOUT_PREFIX = ".wh."
-OPAQUE = ".wh..wh..opq"
-
-
-def _convert_whiteouts(root: str) -> None:
-    """OCI whiteouts into the kernel overlay's format, which both overlays read.
-
-    ``.wh.NAME`` becomes a character device 0/0 named NAME; ``.wh..wh..opq`` in a directory
-    becomes its ``user.overlay.opaque=y`` xattr (the ``userxattr`` form: we are not root of
-    the host).  Where the kernel refuses the device node (before Linux 5.8 in a user
-    namespace) the OCI files are kept: fuse-overlay reads those too.
-    """
-    import stat
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if not name.startswith(WHITEOUT_PREFIX):
-                continue
-            path = os.path.join(dirpath, name)
-            try:
-                if name == OPAQUE:
-                    os.setxattr(dirpath, "user.overlay.opaque", b"y")
-                else:
-                    target = os.path.join(dirpath, name[len(WHITEOUT_PREFIX):])
-                    os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str, what: str = "") -> list[str]:
