@@ -163,6 +163,8 @@ class _Lexer:
             raise ExpandError("syntax error: bad substitution")
         name = self._name()
         ch = self.next()
+        if ch == "":
+            raise ExpandError("syntax error: missing '}'")
         if ch == "}":
             return self._get(name)[0]
         null_is_unset = False
