@@ -138,7 +138,7 @@ def test_config_instructions_as_docker_records_them():
     assert c["OnBuild"] == ["RUN echo later"]
     assert c["Cmd"] == ["/bin/sh", "-c", "echo hi"]
     created = [s.created_by for s in steps(p)]
-    assert "EXPOSE map[53/udp:{} 8000/tcp:{} 8001/tcp:{} 80/tcp:{}]" in created
+    assert "EXPOSE map[53/udp:{} 80/tcp:{} 8000/tcp:{} 8001/tcp:{}]" in created
     assert 'CMD ["/bin/sh" "-c" "echo hi"]' in created
     assert all(s.empty_layer for s in steps(p, ConfigStep))
 
