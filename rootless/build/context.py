@@ -55,7 +55,20 @@ def _is_tar(head: bytes) -> bool:
 def _unpack(data: BinaryIO, dest: str) -> None:
     try:
         with tarfile.open(fileobj=data, mode="r:*") as tar:
-            tar.extractall(dest, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:                                  # Python before 3.11.4: check the names ourselves
+                for m in tar.getmembers():
+                    name = posixpath.normpath(m.name)
+                    target = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.linkname)
+                                                if m.issym() else m.linkname or ".")
+                    if any(p.startswith("/") or p == ".." or p.startswith("../") for p in
+                           [name] + ([target, m.linkname] if m.issym() or m.islnk() else [])):
+                        raise tarfile.TarError(f"{m.name} would land outside the context")
+                    if m.isdev():
+                        continue
+                    m.mode &= 0o777
+                    tar.extract(m, dest, set_attrs=not m.issym())
     except (tarfile.TarError, OSError) as e:
         raise UsageError(f"cannot read the build context from stdin: {e}") from None
 
