@@ -59,11 +59,13 @@ def _unpack(data: BinaryIO, dest: str) -> None:
                 tar.extractall(dest, filter="data")
             else:                                  # Python before 3.11.4: check the names ourselves
                 for m in tar.getmembers():
-                    name = posixpath.normpath(m.name)
-                    target = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.linkname)
-                                                if m.issym() else m.linkname or ".")
-                    if any(p.startswith("/") or p == ".." or p.startswith("../") for p in
-                           [name] + ([target, m.linkname] if m.issym() or m.islnk() else [])):
+                    checks = [posixpath.normpath(m.name)]
+                    if m.issym():
+                        checks += [m.linkname[:1] if m.linkname.startswith("/") else
+                                   posixpath.normpath(posixpath.join(posixpath.dirname(checks[0]), m.linkname))]
+                    elif m.islnk():
+                        checks.append(posixpath.normpath(m.linkname))
+                    if any(p.startswith("/") or p == ".." or p.startswith("../") for p in checks):
                         raise tarfile.TarError(f"{m.name} would land outside the context")
                     if m.isdev():
                         continue
