@@ -37,7 +37,7 @@ from typing import BinaryIO
 import httpx
 
 from ..errors import BuildError
-from .context import match_sources
+from .context import HashCache, SourceDigest, digest_sources, match_sources
 from .fsview import FsView
 from .plan import CopyStep, is_url
 
@@ -329,6 +329,31 @@ def _add_archive(layer: _Layer, tar: tarfile.TarFile, dest: str) -> None:
                              devmajor=m.devmajor, devminor=m.devminor))
 
 
+def digest_copy(step: CopyStep, source: FsView | None, *, cache: HashCache | None = None,
+                downloads: Mapping[str, Download] | None = None, what: str = "the build context") -> SourceDigest:
+    """What a COPY/ADD step reads, as one digest: its local sources in ``source``, its
+    downloads, its heredocs.  ``cache_key(parent, step, d.hex)``; ``step.created_by(d.id)``."""
+    local = [s for s in step.sources if not is_url(s)]
+    if local and source is None:
+        raise BuildError(f"{step.keyword} {local[0]}: there is no build context to copy from")
+    d = (digest_sources(source, local, cache=cache, what=what, ignore=getattr(source, "ignore", None))
+         if local and source is not None else SourceDigest("multi", hashlib.sha256().hexdigest()))
+    count = len(d.paths) + len(step.urls) + len(step.heredocs)
+    if not step.urls and not step.heredocs:
+        return d
+    h = hashlib.sha256(d.hex.encode())
+    for url in step.urls:
+        dl = (downloads or {}).get(url)
+        if dl is None:
+            raise BuildError(f"ADD {url}: not downloaded (the executor calls copying.download first)")
+        h.update(f"url\0{dl.name}\0{dl.sha256}\0".encode())
+    for name, content in step.heredocs:
+        h.update(f"heredoc\0{name}\0".encode())
+        h.update(hashlib.sha256(content.encode()).hexdigest().encode())
+    kind = "file" if count == 1 else "multi"
+    return SourceDigest(kind, h.hexdigest(), d.files + len(step.urls) + len(step.heredocs), d.paths)
+
+
 def write_layer(out: BinaryIO, step: CopyStep, source: FsView | None, lower: FsView | None, *,
                 downloads: Mapping[str, Download] | None = None, epoch: int | None = None,
                 now: int | None = None, what: str = "the build context") -> None:
@@ -407,4 +432,4 @@ def write_layer(out: BinaryIO, step: CopyStep, source: FsView | None, lower: FsV
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["Download", "download", "resolve_chown", "write_layer"]
+__all__ = ["Download", "digest_copy", "download", "resolve_chown", "write_layer"]

@@ -12,7 +12,7 @@ import threading
 import pytest
 import zstandard
 
-from rootless.build.copying import download, resolve_chown, write_layer
+from rootless.build.copying import digest_copy, download, resolve_chown, write_layer
 from rootless.build.fsview import DirView, LayersView
 from rootless.build.plan import CopyStep
 from rootless.errors import BuildError
@@ -260,3 +260,18 @@ def test_add_url_errors(server, tmp_path):
     with pytest.raises(BuildError, match=rf"ADD http://127.0.0.1:{port}/f: cannot download it: "):
         download(f"http://127.0.0.1:{port}/f", str(tmp_path), timeout=5)
     assert os.listdir(tmp_path) == []
+
+
+def test_digest_copy_covers_sources_downloads_and_heredocs(server, tmp_path, ctx):
+    url = f"{server}/f"
+    d = download(url, str(tmp_path))
+    a = digest_copy(copy(["a.txt"], "/x"), ctx)
+    assert a.kind == "file" and a.id.startswith("file:")
+    both = digest_copy(copy(["a.txt", url], "/x/", keyword="ADD"), ctx, downloads={url: d})
+    assert both.kind == "multi" and both.hex != a.hex
+    h1 = digest_copy(copy([], "/x", heredocs=[("h", "1")]), None)
+    h2 = digest_copy(copy([], "/x", heredocs=[("h", "2")]), None)
+    assert h1.kind == "file" and h1.hex != h2.hex
+    with pytest.raises(BuildError, match="not downloaded"):
+        digest_copy(copy([url], "/x", keyword="ADD"), None)
+    os.unlink(d.path)
