@@ -216,7 +216,11 @@ def _instruction(cmd, filename: str, text_for_trigger: str | None = None) -> Ins
         body = re.sub(r"(?is)^\s*ONBUILD\s*", "", cmd.original)
         if not body.strip():
             raise DockerfileError(filename, line, "ONBUILD needs an instruction", "write ONBUILD INSTRUCTION")
-        sub = _bk.parse_string(body)[0]
+        try:
+            subs = _bk.parse_string(body)
+        except _bk.GoParseError as e:
+            raise DockerfileError(filename, line, f"ONBUILD {body.strip()}: {e}") from None
+        sub = subs[0]
         trigger = _instruction(sub, filename)
         trigger = _relocate(trigger, line)
         if trigger.keyword in ("ONBUILD", "FROM", "MAINTAINER"):
