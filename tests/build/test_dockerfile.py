@@ -155,7 +155,7 @@ def test_onbuild_triggers():
     assert ins.trigger.keyword == "COPY" and ins.trigger.flag("from") == "x" and ins.trigger.line == 2
     assert "not allowed as an ONBUILD trigger" in err("FROM a\nONBUILD ONBUILD RUN x\n")
     assert "not allowed as an ONBUILD trigger" in err("FROM a\nONBUILD FROM b\n")
-    assert err("FROM a\nONBUILD ENV A\n") == "Dockerfile:2: ONBUILD ENV A: ENV must have two arguments"
+    assert err("FROM a\nONBUILD ENV A\n") == "Dockerfile:2: ENV must have two arguments"
 
 
 def test_dockerfile_error_is_a_build_error():
