@@ -545,7 +545,7 @@ class _StageState:
         self.config_step(ins, ports, f"EXPOSE map[{shown}]")
 
     def do_volume(self, ins: Instruction) -> None:
-        vols = [self.word(ins, a) if not ins.json else a for a in ins.args]
+        vols = [self.word(ins, a) for a in ins.args]
         if any(not v.strip() for v in vols):
             raise ins.error("VOLUME names an empty path")
         self.config_step(ins, vols, f"VOLUME [{' '.join(vols)}]")
@@ -693,11 +693,11 @@ class _StageState:
                         raise ins.error(f"heredoc {h.name}: {e}") from None
                 heredocs.append((h.name, body))
                 continue
-            src = w if ins.json else self.p._word(ins, w, env)
+            src = self.p._word(ins, w, env)         # the JSON form expands too, as BuildKit
             if not src:
                 raise ins.error(f"{ins.keyword} has an empty source")
             sources.append(src)
-        dest = dest_raw if ins.json else self.p._word(ins, dest_raw, env)
+        dest = self.p._word(ins, dest_raw, env)
         if not dest:
             raise ins.error(f"{ins.keyword} has an empty destination", f"write {ins.keyword} SOURCE /DEST")
         dir_dest = dest.endswith("/") or dest in (".", "..") or dest.endswith(("/.", "/.."))

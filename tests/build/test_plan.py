@@ -172,6 +172,9 @@ def test_copy_destinations():
     last = steps(p, CopyStep)[-1]
     assert last.chown == ":1" and last.chmod == 0o755
     assert steps(p, CopyStep)[5].sources == ["x y"]
+    p = plan('FROM alpine\nARG S=src\nCOPY ["$S dir", "/${S}/"]\nVOLUME ["/$S"]\n')
+    assert steps(p, CopyStep)[0].sources == ["src dir"] and steps(p, CopyStep)[0].dest == "/src/"
+    assert p.target.config["Volumes"] == {"/src": {}}
 
 
 def test_copy_errors():
