@@ -124,8 +124,21 @@ class DockerIgnore:
         return matched
 
     def may_include_below(self, directory: str) -> bool:
-        """Whether something under an ignored directory may be included again by an exception."""
-        return self.has_exclusions
+        """Whether something under an ignored directory may be included again by an exception:
+        one whose components match the directory's, as far as both go (``**`` matches any)."""
+        dparts = clean(directory).lstrip("/").split("/")
+        for p in self.patterns:
+            if not p.exclusion:
+                continue
+            pparts = p.text.split("/")
+            for i, dp in enumerate(dparts):
+                if i >= len(pparts) or "**" in pparts[i]:
+                    return True
+                if not _regex(pparts[i]).match(dp):
+                    break
+            else:
+                return True
+        return False
 
 
 __all__ = ["DockerIgnore", "clean", "read_patterns"]

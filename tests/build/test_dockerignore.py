@@ -47,7 +47,10 @@ def test_leading_slash_and_dirs():
     assert d.ignored("node_modules/a/b.js") and not d.ignored("src/node_modules")
     d = ign("dir\n!dir/keep\n")
     assert d.ignored("dir") and d.ignored("dir/other") and not d.ignored("dir/keep")
-    assert d.may_include_below("dir")
+    assert d.may_include_below("dir") and not d.may_include_below("other")
+    assert ign("*\n!**/keep\n").may_include_below("a/b") and ign("*\n!a\n").may_include_below("a/b")
+    assert ign("*\n!s*/keep\n").may_include_below("src") and not ign("*\n!s*/keep\n").may_include_below("lib")
+    assert not ign("*\n").may_include_below("a")
 
 
 def test_escapes_and_classes():
