@@ -364,7 +364,9 @@ def write_layer(out: BinaryIO, step: CopyStep, source: FsView | None, lower: FsV
     URL sources must be in ``downloads`` (``download()`` them first).
     """
     owner = resolve_chown(step.chown, lower) if step.chown else None
-    layer = _Layer(step, lower, owner, epoch, int(time.time()) if now is None else now)
+    # --link: the layer stands on its own (BuildKit copies onto scratch), so nothing of the
+    # image decides what it holds; the image still names the --chown user
+    layer = _Layer(step, None if step.link else lower, owner, epoch, int(time.time()) if now is None else now)
     dest = step.dest
     dest_dir = dest.endswith("/")
     dest_rel = dest.strip("/")

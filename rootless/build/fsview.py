@@ -167,9 +167,18 @@ class LayersView(FsView):
 
     def __init__(self, layer_dirs: list[str]):
         self.dirs = [os.path.abspath(d) for d in layer_dirs]
+        self._found: dict[str, tuple[str, int, os.stat_result, int] | None] = {}
 
     def _find(self, path: str) -> tuple[str, int, os.stat_result, int] | None:
-        """(host path, its layer, lstat, the lowest layer its children may come from)."""
+        """(host path, its layer, lstat, the lowest layer its children may come from).
+
+        Remembered: the layers do not change while a build reads them."""
+        key = _norm(path)
+        if key not in self._found:
+            self._found[key] = self._lookup(key)
+        return self._found[key]
+
+    def _lookup(self, path: str) -> tuple[str, int, os.stat_result, int] | None:
         parts = _norm(path).split("/") if _norm(path) else []
         top = len(self.dirs) - 1
         if top < 0:

@@ -275,3 +275,21 @@ def test_digest_copy_covers_sources_downloads_and_heredocs(server, tmp_path, ctx
     with pytest.raises(BuildError, match="not downloaded"):
         digest_copy(copy([url], "/x", keyword="ADD"), None)
     os.unlink(d.path)
+
+
+def test_link_copies_ignore_the_image(ctx, lower):
+    out = layer(copy(["a.txt"], "/app", link=True, chown="bob"), ctx, lower)
+    assert list(out) == ["app"] and out["app"][0].isreg() and out["app"][0].uid == 1000
+    out = layer(copy(["a.txt"], "/usr/lib/", link=True), ctx, lower)
+    assert list(out) == ["usr", "usr/lib", "usr/lib/a.txt"]
+
+
+def test_layers_view_character_device_whiteouts(tmp_path):
+    l0 = make(tmp_path / "l0", {"d/a": "a", "d/b": "b"})
+    l1 = make(tmp_path / "l1", {"d": None})
+    try:
+        os.mknod(os.path.join(l1, "d/a"), 0o600 | __import__("stat").S_IFCHR, 0)
+    except PermissionError:
+        pytest.skip("making a character device needs CAP_MKNOD")
+    v = LayersView([l0, l1])
+    assert v.listdir("d") == ["b"] and v.lstat("d/a") is None

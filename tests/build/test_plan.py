@@ -281,3 +281,12 @@ def test_expose_and_stopsignal_errors():
     with pytest.raises(DockerfileError, match="not a signal"):
         plan("FROM alpine\nSTOPSIGNAL SIGNOPE\n")
     assert plan("FROM alpine\nSTOPSIGNAL 9\n").target.config["StopSignal"] == "9"
+
+
+def test_from_with_defaults_and_maintainer():
+    p = plan("ARG TAG\nFROM alpine:${TAG:-latest}\nMAINTAINER me <me@x>\n")
+    assert p.asked == [("alpine:latest", None)]
+    assert p.target.author == "me <me@x>"
+    assert any("MAINTAINER is deprecated" in w for w in p.warnings)
+    p = plan("ARG TAG\nFROM alpine:${TAG:-latest}\n", build_args={"TAG": "3.19"})
+    assert p.asked == [("alpine:3.19", None)]
