@@ -659,7 +659,8 @@ class _StageState:
         run_env = [f"{k}={v}" for k, v in image_env.items()]
         run_env += [f"{k}={v}" for k, v in arg_env.items()]
         run_env += [f"{k}={v}" for k, v in proxies.items() if k not in image_env]
-        shown = [f"{k}={v}" for k, v in arg_env.items() if k not in PROXY_ARGS]
+        # BuildKit's runCommandString: every ARG declared in the stage, valued as RUN sees it
+        shown = [f"{k}={image_env.get(k, v or '')}" for k, v in self.args.items()]
         prefix = f"|{len(shown)} {' '.join(shown)} " if shown else ""
         created_by = f"RUN {prefix}{' '.join(argv)}"
         step = RunStep(ins.keyword, ins.line, ins.filename, argv=argv, env=run_env,

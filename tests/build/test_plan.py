@@ -94,6 +94,8 @@ def test_arg_scoping():
     assert "LOCAL=env" in r2.env and "LOCAL=l-3" not in r2.env       # ENV wins over ARG
     assert "LATE=late" in r3.env
     assert r1.created_by == "RUN |2 TAG=3 LOCAL=l-3 /bin/sh -c echo"
+    assert r2.created_by == "RUN |2 TAG=3 LOCAL=env /bin/sh -c echo"
+    assert r3.created_by == "RUN |3 TAG=3 LOCAL=env LATE=late /bin/sh -c echo $ONLYGLOBAL"
     assert not any(e.startswith(("TAG=", "LATE=")) for e in p.target.config["Env"])   # ARGs are not kept
 
 
