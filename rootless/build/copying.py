@@ -402,8 +402,8 @@ def write_layer(out: BinaryIO, step: CopyStep, source: FsView | None, lower: FsV
             if st is None:
                 raise BuildError(f"{step.keyword} {pattern}: /{path} is a symbolic link to nothing in {what}")
             if stat.S_ISDIR(st.st_mode):
-                if dest_rel:
-                    layer.add_source_entry(source, real, st, dest_rel)
+                if dest_rel and real:          # a new DEST takes the source directory's mode, but
+                    layer.add_source_entry(source, real, st, dest_rel)   # not the context root's
                 layer.add_tree(source, real, dest_rel)
             elif step.keyword == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(source, real):
                 tar = _open_archive(source, real, tmp)

@@ -293,3 +293,10 @@ def test_layers_view_character_device_whiteouts(tmp_path):
         pytest.skip("making a character device needs CAP_MKNOD")
     v = LayersView([l0, l1])
     assert v.listdir("d") == ["b"] and v.lstat("d/a") is None
+
+
+def test_copying_the_context_root_makes_dest_0755(tmp_path, lower):
+    root = make(tmp_path / "ctx0700", {"f": "x"})
+    os.chmod(root, 0o700)
+    out = layer(copy(["."], "/new/"), DirView(root), lower)
+    assert list(out) == ["new", "new/f"] and out["new"][0].mode == 0o755
