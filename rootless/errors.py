@@ -6,7 +6,9 @@
      │    └── ImageNotFound
      ├── SandboxError             the kernel refused part of the sandbox
      │    └── UserNamespaceUnavailable
-     └── CommandError             the container's command could not start (126, 127)
+     ├── CommandError             the container's command could not start (126, 127)
+     └── BuildError               a build cannot go on: a COPY source missing, a URL unreachable (1)
+          └── DockerfileError     FILE:LINE: what is wrong with the Dockerfile[; the fix]
 
 The CLI prints ``rootless: <message>`` and exits with ``exit_code``; tracebacks are
 shown only with ``--debug``.
@@ -46,3 +48,17 @@ class UserNamespaceUnavailable(SandboxError):
 
 class CommandError(RootlessError):
     """The container's own command could not be executed (Docker's 126/127)."""
+
+
+class BuildError(RootlessError):
+    """A build cannot go on (``docker build`` exits 1 for these)."""
+    exit_code = 1
+
+
+class DockerfileError(BuildError):
+    """The Dockerfile itself is wrong: the message starts with ``FILE:LINE:``."""
+
+    def __init__(self, filename: str, line: int | None, problem: str, fix: str | None = None):
+        where = f"{filename}:{line}" if line else filename
+        super().__init__(f"{where}: {problem}" + (f"; {fix}" if fix else ""))
+        self.filename, self.line, self.problem, self.fix = filename, line, problem, fix
