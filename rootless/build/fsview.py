@@ -23,10 +23,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from .dockerignore import DockerIgnore
-
-WH = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
+from ..image.whiteouts import OPAQUE_MARKER, WH_PREFIX as WH, is_device_whiteout as _is_whiteout, is_opaque as _opaque
 
 
 def _norm(path: str) -> str:
@@ -139,20 +136,6 @@ class DirView(FsView):
         if self.ignore is None:
             return names
         return [n for n in names if self.lstat(f"{p}/{n}" if p else n) is not None]
-
-
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def _opaque(path: str) -> bool:
-    for attr in OPAQUE_XATTRS:
-        try:
-            if os.getxattr(path, attr, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            pass
-    return os.path.lexists(os.path.join(path, OPAQUE_MARKER))
 
 
 def _lstat(path: str) -> os.stat_result | None:
