@@ -142,7 +142,8 @@ def _pause(store: Store, rec: Record, warnings: list[str]):
 
 
 def _layer(store: Store, maps: idmap.IdMaps, rec: Record, image: Image, pause: bool,
-           source_date_epoch: int | None, consume: bool = False) -> tuple[changeset.NewLayer, list[str]]:
+           source_date_epoch: int | None, consume: bool = False,
+           ignore: frozenset[str] = frozenset()) -> tuple[changeset.NewLayer, list[str]]:
     where = _where(store, rec, image)
     warnings: list[str] = []
     if where.directory is None:
@@ -151,7 +152,8 @@ def _layer(store: Store, maps: idmap.IdMaps, rec: Record, image: Image, pause: b
     try:
         layer = changeset.layer_from_changes(store, maps, where.directory, single_uid=maps.single,
                                              image_layers=where.image_layers,
-                                             full_copy=where.base_layers is not None, ignore=MOUNT_POINTS,
+                                             full_copy=where.base_layers is not None,
+                                             ignore=MOUNT_POINTS | ignore,
                                              source_date_epoch=source_date_epoch, consume=consume)
     finally:
         thaw()
@@ -159,15 +161,19 @@ def _layer(store: Store, maps: idmap.IdMaps, rec: Record, image: Image, pause: b
 
 
 def layer_of(store: Store, maps: idmap.IdMaps, key: str, *, pause: bool = True,
-             source_date_epoch: int | None = None, consume: bool = False) -> tuple[changeset.NewLayer, list[str]]:
+             source_date_epoch: int | None = None, consume: bool = False, image: Image | None = None,
+             ignore: frozenset[str] = frozenset()) -> tuple[changeset.NewLayer, list[str]]:
     """Container ``key``'s changes stored as a layer (nothing stored when it changed nothing:
     ``empty``), and warnings for the user.  For the builder's RUN steps, then ``new_image``.
     ``consume``: the container is removed right after and never started again (a RUN step):
-    its files become the layer's instead of being copied (``changeset.layer_from_changes``)."""
+    its files become the layer's instead of being copied (``changeset.layer_from_changes``).
+    ``image``: the one it was made from, when not in the store (the builder's state);
+    ``ignore``: more mount points to leave out when only they were made (RUN --mount targets)."""
     rec = Containers(store).find(key)
     if consume and running(rec):
         raise RootlessError(f"container {rec.name} is running: its files cannot be taken for a layer")
-    return _layer(store, maps, rec, _image_of(store, rec), pause, source_date_epoch, consume)
+    return _layer(store, maps, rec, image or _image_of(store, rec), pause, source_date_epoch, consume,
+                  ignore)
 
 
 def commit(store: Store, maps: idmap.IdMaps, key: str, ref: str | None = None, *, message: str = "",

@@ -57,7 +57,12 @@ def layer_dirs_of(store: Store, cid: str, image_id: str) -> list[str]:
 
 def export(store: Store, maps: idmap.IdMaps, name: str, out: BinaryIO) -> None:
     rec = Containers(store).find(name)
-    dirs = layer_dirs_of(store, rec.id, rec.image_id)
+    export_layers(maps, layer_dirs_of(store, rec.id, rec.image_id), out, f"container {rec.name}")
+
+
+def export_layers(maps: idmap.IdMaps, dirs: list[str], out: BinaryIO, what: str) -> None:
+    """The merged tree of ``dirs`` (bottom first) as a tar on ``out``, read as root of a user
+    namespace with ``maps`` (``what`` names it in errors)."""
     r, w = os.pipe()
 
     def child(sock: socket.socket) -> NoReturn:
@@ -82,9 +87,9 @@ def export(store: Store, maps: idmap.IdMaps, name: str, out: BinaryIO) -> None:
             try:
                 channel.expect(sock, "done")
             except channel.ChildError as e:
-                raise StoreError(f"cannot export container {rec.name}: {e}") from None
+                raise StoreError(f"cannot export {what}: {e}") from None
     finally:
         wait(pid)
 
 
-__all__ = ["export", "layer_dirs_of"]
+__all__ = ["export", "export_layers", "layer_dirs_of"]
