@@ -24,6 +24,7 @@ from ..atomic import write_file
 class Entry:
     diff_id: str          # "" for a step that changed nothing
     created_by: str
+    created: str = ""     # when the step ran (RFC 3339): a cached rebuild makes the same image
 
 
 class BuildCache:
@@ -42,7 +43,8 @@ class BuildCache:
                 data = json.load(f)
         except (OSError, ValueError):
             return None
-        entry = Entry(str(data.get("diff_id") or ""), str(data.get("created_by") or ""))
+        entry = Entry(str(data.get("diff_id") or ""), str(data.get("created_by") or ""),
+                      str(data.get("created_at") or ""))
         if entry.diff_id and not self.store.has_layer(entry.diff_id):
             return None                       # its layer was pruned since
         return entry
@@ -50,7 +52,7 @@ class BuildCache:
     def put(self, key: str, entry: Entry) -> None:
         os.makedirs(self.steps, mode=0o700, exist_ok=True)
         write_file(self._path(key), json.dumps({"diff_id": entry.diff_id, "created_by": entry.created_by,
-                                                "created": time.time()}).encode())
+                                                "created_at": entry.created, "created": time.time()}).encode())
 
     def mount_dir(self, cache_id: str, mode: int) -> str:
         """The persistent directory of ``RUN --mount=type=cache,id=...`` (made on first use)."""

@@ -191,9 +191,20 @@ class _Layer:
         elif e.path in self.entries and self.entries[e.path].type == tarfile.DIRTYPE:
             return                                         # an earlier source made it already
         elif self.lower_dir(e.path) and not e.path == "":
-            return                                         # keep the image's directory as it is
+            e = self._as_in_lower(e.path) or e             # keep the image's directory as it is
         if e.path:
             self.entries[e.path] = e
+
+    def _as_in_lower(self, path: str) -> "_Entry | None":
+        """An entry for the image's own directory ``path``, as it is there.  A layer must hold
+        every parent of what it adds: unpacked, a missing one would be made with other owner
+        and mode, and in an overlay the top layer's directory is the one seen."""
+        if self.lower is None:
+            return None
+        st = self.lower.lstat(path)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return None
+        return _Entry(path, tarfile.DIRTYPE, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, self.time(st.st_mtime))
 
     def add_source_entry(self, view: FsView, src: str, st: os.stat_result, dest: str) -> None:
         uid, gid = self.ids()
@@ -227,7 +238,12 @@ class _Layer:
             parts = path.split("/")[:-1]
             for n in range(1, len(parts) + 1):
                 p = "/".join(parts[:n])
-                if p in self.entries or self.lower_dir(p):
+                if p in self.entries:
+                    continue
+                if self.lower_dir(p):
+                    kept = self._as_in_lower(self.lower.resolve(p)) if self.lower is not None else None
+                    if kept is not None and kept.path == p:
+                        self.entries[p] = kept
                     continue
                 self.entries[p] = _Entry(p, tarfile.DIRTYPE, 0o755, uid, gid, self.time(None))
 

@@ -79,6 +79,7 @@ class _State:
     history: list[dict]                 # their history entries (and the empty ones)
     config: dict                        # the whole image config (architecture, os, config...)
     key: str                            # the cache key of the last step (the chain)
+    created: str = ""                   # when its last layer was made (config steps take it too)
 
     @property
     def diff_ids(self) -> list[str]:
@@ -162,14 +163,28 @@ class Builder:
         base = stage.base
         if base.kind == "stage":
             prev = self.results[base.stage]
-            return _State(prev.parent, list(prev.layers), list(prev.history), copy.deepcopy(prev.config), prev.key)
+            return _State(prev.parent, list(prev.layers), list(prev.history), copy.deepcopy(prev.config), prev.key,
+                          prev.created)
         if base.kind == "scratch":
             arch = planmod.host_platform().split("/")
             cfg = {"architecture": arch[1], "os": arch[0], "config": {}}
-            return _State(None, [], [], cfg, "sha256:" + hashlib.sha256(b"scratch").hexdigest())
+            return _State(None, [], [], cfg, "sha256:" + hashlib.sha256(b"scratch").hexdigest(), self._epoch_or(
+                "1970-01-01T00:00:00Z"))
         img = self._image(base.ref, base.platform)
-        cfg = {k: copy.deepcopy(v) for k, v in img.config.items() if k not in ("rootfs", "history")}
-        return _State(img, [], [], cfg, img.id)
+        cfg = {k: copy.deepcopy(v) for k, v in img.config.items() if k not in ("rootfs", "history", "created")}
+        return _State(img, [], [], cfg, img.id, self._epoch_or(str(img.config.get("created") or "")))
+
+    def _epoch_or(self, when: str) -> str:
+        """SOURCE_DATE_EPOCH as RFC 3339 when set, else ``when``."""
+        import datetime
+        if self.req.source_date_epoch is None:
+            return when
+        return datetime.datetime.fromtimestamp(self.req.source_date_epoch, datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+
+    def _now(self) -> str:
+        from ..image.importer import now_rfc3339
+        return self._epoch_or(now_rfc3339())
 
     # ------------------------------------------------------------------ steps
     def _step(self, stage: planmod.Stage, step: planmod.Step, state: _State) -> bool:
@@ -177,9 +192,10 @@ class Builder:
         if step.kind == "CONFIG":
             planmod.apply_config(state.config.setdefault("config", {}), step)
             if getattr(step, "created_by", ""):
-                state.history.append({"created_by": step.created_by, "empty_layer": True})
+                state.history.append({"created": state.created, "created_by": step.created_by, "empty_layer": True})
             return False
         if step.kind == "RUN":
+            self._check_secrets(step)
             extra = self._run_mount_material(step)
             key = planmod.cache_key(state.key, step, extra)
             created_by = step.created_by
@@ -192,19 +208,28 @@ class Builder:
         cached = entry is not None
         try:
             if entry is None:
-                entry = Entry(make(), created_by)
+                entry = Entry(make(), created_by, self._now())
                 self.cache.put(key, entry)
         finally:
             for d in self._downloads.values():
                 shutil.rmtree(os.path.dirname(d.path), ignore_errors=True)
             self._downloads = {}
+        state.created = entry.created or self._now()
         if entry.diff_id:
             state.layers.append(entry.diff_id)
-            state.history.append({"created_by": created_by})
+            state.history.append({"created": state.created, "created_by": created_by})
         else:
-            state.history.append({"created_by": created_by, "empty_layer": True})
+            state.history.append({"created": state.created, "created_by": created_by, "empty_layer": True})
         state.key = key
         return cached
+
+    def _check_secrets(self, step: planmod.RunStep) -> None:
+        """A required secret that was not given fails the step, cached or not (as BuildKit)."""
+        given = {s.id for s in self.req.secrets}
+        for m in step.mounts:
+            if m.type == "secret" and m.required and (m.id or "") not in given:
+                raise BuildError(f"{step.filename}:{step.line}: RUN --mount=type=secret,id={m.id}: no such "
+                                 f"secret; pass it with --secret id={m.id},src=FILE")
 
     # RUN
     def _run_mount_material(self, step: planmod.RunStep) -> str | None:
@@ -265,7 +290,7 @@ class Builder:
             return "" if layer.empty else layer.diff_id
         finally:
             if rec is not None:
-                from ..errors import ContainerGone
+                from ..container.records import ContainerGone
                 try:
                     records = Containers(self.store)
                     records.remove(records.find(rec.id), self.maps, force=True)
@@ -439,7 +464,7 @@ class Builder:
         history = list(state.history)
         with self.store.lock():
             img = new_image(self.store, state.parent, state.layers, copy.deepcopy(state.config.get("config") or {}),
-                            history, tags, author=stage.author or "")
+                            history, tags, author=stage.author or "", created=state.created or None)
             if not tags:
                 from ..image.archive import UNTAGGED_REPO
                 tag = f"{UNTAGGED_REPO}/{img.id.removeprefix('sha256:')[:12]}:latest"

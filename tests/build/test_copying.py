@@ -76,11 +76,15 @@ def test_file_to_a_new_path_creates_parents(ctx, lower):
     assert data == b"A" and f.mode == 0o644 and (f.uid, f.gid) == (0, 0)
 
 
-def test_existing_parents_are_not_written(ctx, lower):
-    out = layer(copy(["a.txt"], "/app/"), ctx, lower)
-    assert list(out) == ["app/a.txt"]
-    out = layer(copy(["a.txt"], "/app"), ctx, lower)           # an existing directory: copied into it
-    assert list(out) == ["app/a.txt"]
+def test_existing_parents_are_written_as_they_are_in_the_image(ctx, lower):
+    """Unpacked, a layer without the parent would get one made 0755 root, and in an overlay
+    the top layer's directory is the one seen: the image's own goes in, unchanged."""
+    st = lower.lstat("app")
+    for dest in ("/app/", "/app"):                               # an existing directory: copied into it
+        out = layer(copy(["a.txt"], dest), ctx, lower)
+        assert list(out) == ["app", "app/a.txt"]
+        app = out["app"][0]
+        assert (app.mode, app.uid, app.gid, app.mtime) == (0o700, st.st_uid, st.st_gid, int(st.st_mtime))
 
 
 def test_directory_copies_its_contents_with_links(ctx, lower):
@@ -123,7 +127,7 @@ def test_chown_chmod(ctx, lower):
 
 def test_dest_through_a_symlink_of_the_image(ctx, lower):
     out = layer(copy(["a.txt"], "/var/run/a"), ctx, lower)
-    assert list(out) == ["run/a"]
+    assert list(out) == ["run", "run/a"]
 
 
 def test_epoch_clamps_times(ctx, lower):

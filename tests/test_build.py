@@ -1,0 +1,281 @@
+"""``rootless build``: Dockerfiles built into images that run, with the build cache, as the
+unprivileged users (with and without a subordinate id range)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .conftest import RANGE_MODE
+
+pytestmark = pytest.mark.both_modes
+
+
+def _ctx(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    ctx = tmp_path / f"ctx-{uuid.uuid4().hex[:6]}"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for name, content in (files or {}).items():
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text(content)
+    return ctx
+
+
+def _build(rl, ctx: Path, *args: str, ok: bool = True):
+    proc = rl("build", *args, str(ctx), timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _said(proc) -> str:
+    """What the steps printed (the progress lines with the instructions left out)."""
+    return "\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith(("[", "  CACHED", "  DONE")))
+
+
+def _tag() -> str:
+    return f"built-{uuid.uuid4().hex[:8]}"
+
+
+def _run(rl, image: str, *cmd: str) -> str:
+    proc = rl("run", "--rm", "--network", "none", image, *cmd)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+BASIC = """\
+# syntax=docker/dockerfile:1
+FROM busybox AS base
+ARG GREETING=hello
+ENV APP=/app \\
+    MODE=test
+WORKDIR $APP
+COPY a.txt ./
+COPY --chmod=0755 tool.sh /usr/local/bin/tool
+RUN echo "$GREETING from RUN in $(pwd)" > run.txt && rm /bin/vi
+RUN <<EOF
+echo "heredoc RUN" > /app/heredoc-run.txt
+EOF
+COPY <<EOF /app/heredoc.txt
+here ${APP}
+EOF
+LABEL team=hpc
+EXPOSE 8080
+USER 0:0
+STOPSIGNAL SIGINT
+CMD ["cat", "/app/run.txt"]
+"""
+
+
+def test_a_dockerfile_builds_an_image_that_runs(rl, tmp_path):
+    ctx = _ctx(tmp_path, BASIC, {"a.txt": "content a\n", "tool.sh": "#!/bin/sh\necho tool ran\n"})
+    tag = _tag()
+    proc = _build(rl, ctx, "-t", tag)
+    image_id = proc.stdout.strip().splitlines()[-1]
+    assert image_id.startswith("sha256:") and "[1/" in proc.stderr and "syntax" in proc.stderr   # noted, ignored
+    try:
+        assert _run(rl, tag) == "hello from RUN in /app\n"                       # CMD, WORKDIR, ARG in RUN
+        out = _run(rl, tag, "sh", "-c", 'ls /app; cat /app/heredoc.txt /app/heredoc-run.txt; tool; '
+                                        'echo "$APP $MODE"; ls /bin/vi 2>&1 || true; stat -c %a /usr/local/bin/tool')
+        assert out.splitlines() == ["a.txt", "heredoc-run.txt", "heredoc.txt", "run.txt", "here /app",
+                                    "heredoc RUN", "tool ran", "/app test",
+                                    "ls: /bin/vi: No such file or directory", "755"]
+        info = json.loads(rl("inspect", tag).stdout)[0]
+        cfg = info["Config"]
+        assert cfg["Labels"] == {"team": "hpc"} and "8080/tcp" in cfg["ExposedPorts"]
+        assert cfg["WorkingDir"] == "/app" and cfg["StopSignal"] == "SIGINT" and "APP=/app" in cfg["Env"]
+        assert not any(e.startswith("GREETING=") for e in cfg["Env"])          # ARGs are not kept
+        history = rl("history", "--no-trunc", tag).stdout
+        assert "RUN |1 GREETING=hello /bin/sh -c echo" in history and "COPY file:" in history
+        # the RUN's deletion is a whiteout in its layer
+        layers = _layers(rl, tag)
+        assert any("bin/.wh.vi" in t.getnames() for t in layers)
+    finally:
+        rl("rmi", tag)
+
+
+def _layers(rl, tag: str) -> list[tarfile.TarFile]:
+    tags = json.loads((rl.root / "tags.json").read_text())
+    key = next(k for k in tags if k.endswith("/" + tag + ":latest") or k == tag + ":latest")
+    manifest = json.loads((rl.root / "blobs/sha256" / tags[key][7:]).read_text())
+    out = []
+    for layer in manifest["layers"]:
+        path = rl.root / "blobs/sha256" / layer["digest"][7:]
+        if path.exists():
+            out.append(tarfile.open(path))
+    return out
+
+
+def test_the_cache_reruns_from_the_first_changed_step(rl, tmp_path):
+    df = ("FROM busybox\nCOPY a.txt /a.txt\nRUN echo ran-one && cat /a.txt > /one\n"
+          "COPY b.txt /b.txt\nARG V=1\nRUN echo ran-two-$V\n")
+    ctx = _ctx(tmp_path, df, {"a.txt": "a1\n", "b.txt": "b1\n"})
+    tag = _tag()
+    try:
+        first = _build(rl, ctx, "-t", tag)
+        assert "ran-one" in _said(first) and "ran-two-1" in _said(first)
+        again = _build(rl, ctx, "-t", tag)                           # nothing changed: nothing runs
+        assert "ran-one" not in _said(again) and "ran-two" not in _said(again)
+        assert again.stderr.count("CACHED") == 4
+        assert again.stdout == first.stdout                          # the same image
+        os.utime(ctx / "a.txt", (1, 1))                              # a new mtime is no change
+        assert "ran-one" not in _said(_build(rl, ctx, "-t", tag))
+        (ctx / "b.txt").write_text("b2\n")                           # from the second COPY on
+        changed = _build(rl, ctx, "-t", tag)
+        assert "ran-one" not in _said(changed) and "ran-two-1" in _said(changed)
+        arg = _build(rl, ctx, "-t", tag, "--build-arg", "V=2")      # a build arg the RUN sees
+        assert "ran-one" not in _said(arg) and "ran-two-2" in _said(arg)
+        nocache = _build(rl, ctx, "-t", tag, "--no-cache")
+        assert "ran-one" in _said(nocache) and "CACHED" not in _said(nocache)
+    finally:
+        rl("rmi", tag)
+
+
+def test_env_change_reruns_the_run_after_it(rl, tmp_path):
+    tag = _tag()
+    try:
+        ctx = _ctx(tmp_path, "FROM busybox\nENV X=1\nRUN echo run-sees-$X\n")
+        assert "run-sees-1" in _said(_build(rl, ctx, "-t", tag))
+        (ctx / "Dockerfile").write_text("FROM busybox\nENV X=2\nRUN echo run-sees-$X\n")
+        assert "run-sees-2" in _said(_build(rl, ctx, "-t", tag))
+    finally:
+        rl("rmi", tag)
+
+
+def test_multi_stage_builds_only_what_the_target_needs(rl, tmp_path):
+    df = """\
+FROM busybox AS tools
+RUN echo made-in-tools > /made
+FROM busybox AS unused
+RUN echo unused-stage-ran && false
+FROM scratch AS final
+COPY --from=tools /made /made
+COPY --from=tools /bin/busybox /bin/busybox
+CMD ["/bin/busybox", "cat", "/made"]
+FROM final AS test
+RUN ["/bin/busybox", "echo", "test-stage"]
+"""
+    ctx = _ctx(tmp_path, df)
+    tag = _tag()
+    try:
+        proc = _build(rl, ctx, "-t", tag, "--target", "final")
+        assert "unused-stage-ran" not in _said(proc) and "test-stage" not in _said(proc)
+        assert _run(rl, tag) == "made-in-tools\n"
+        assert len(json.loads(rl("inspect", tag).stdout)[0]["RootFS"]["Layers"]) == 2   # scratch + 2 COPYs
+        bad = _build(rl, ctx, "--target", "nope", ok=False)
+        assert bad.returncode != 0 and "nope" in _said(bad) and "Traceback" not in _said(bad)
+    finally:
+        rl("rmi", tag)
+
+
+def test_dockerignore_keeps_files_out(rl, tmp_path):
+    ctx = _ctx(tmp_path, "FROM busybox\nCOPY . /ctx/\nRUN find /ctx -type f | sort\n",
+               {"keep.txt": "k", "secret.key": "s", "logs/a.log": "l", "docs/README.md": "r", "docs/x.md": "x",
+                ".dockerignore": "*.key\n**/*.log\ndocs/*.md\n!docs/README.md\n"})
+    tag = _tag()
+    try:
+        _build(rl, ctx, "-t", tag)
+        files = _run(rl, tag, "find", "/ctx", "-type", "f").split()
+        assert sorted(files) == ["/ctx/.dockerignore", "/ctx/Dockerfile", "/ctx/docs/README.md", "/ctx/keep.txt"]
+    finally:
+        rl("rmi", tag)
+
+
+@pytest.mark.skipif(not RANGE_MODE, reason="other owners need a subordinate id range")
+def test_a_user_made_in_run_owns_files_and_runs_the_image(rl, tmp_path):
+    df = ("FROM busybox\nRUN echo app:x:1000:1000::/data:/bin/sh >> /etc/passwd && echo app:x:1000: >> /etc/group "
+          "&& mkdir /data && chown app:app /data\n"
+          "COPY --chown=app:app note.txt /data/note.txt\nUSER app\nWORKDIR /data\n"
+          'RUN echo "written by $(id -un)" > mine.txt\nCMD ["sh", "-c", "id -u; stat -c %u:%g /data /data/note.txt /data/mine.txt"]\n')
+    ctx = _ctx(tmp_path, df, {"note.txt": "n\n"})
+    tag = _tag()
+    try:
+        _build(rl, ctx, "-t", tag)
+        assert _run(rl, tag).split() == ["1000", "1000:1000", "1000:1000", "1000:1000"]
+    finally:
+        rl("rmi", tag)
+
+
+def test_run_mount_cache_persists_between_builds(rl, tmp_path):
+    df = ("FROM busybox\nARG N=1\nRUN --mount=type=cache,target=/cache "
+          "echo build-$N >> /cache/log && cat /cache/log && test ! -e /kept\n")
+    ctx = _ctx(tmp_path, df)
+    tag = _tag()
+    try:
+        _build(rl, ctx, "-t", tag, "--build-arg", "N=1")
+        second = _build(rl, ctx, "-t", tag, "--build-arg", "N=2")
+        assert "build-1\nbuild-2" in _said(second)
+        assert _run(rl, tag, "sh", "-c", "ls -A /cache 2>/dev/null | wc -l").strip() == "0"   # not in the image
+    finally:
+        rl("rmi", tag)
+
+
+def test_run_mounts_bind_secret_and_tmpfs(rl, tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    df = ("FROM busybox\nRUN --mount=type=bind,source=data,target=/in --mount=type=secret,id=tok,required=true "
+          "--mount=type=tmpfs,target=/scratch cat /in/f /run/secrets/tok && touch /scratch/x && echo ok > /out\n")
+    ctx = _ctx(tmp_path, df, {"data/f": "bound\n"})
+    tag = _tag()
+    try:
+        proc = _build(rl, ctx, "-t", tag, "--secret", f"id=tok,src={secret}")
+        assert "bound\ns3cret" in _said(proc)
+        assert _run(rl, tag, "sh", "-c", "cat /out; ls /run/secrets /in /scratch 2>&1 | grep -c 'No such'") == "ok\n3\n"
+        missing = _build(rl, ctx, ok=False)
+        assert missing.returncode != 0 and "--secret id=tok" in _said(missing)
+    finally:
+        rl("rmi", tag)
+
+
+def test_a_failing_step_says_which_and_leaves_nothing(rl, tmp_path):
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN echo before\nRUN echo some output; exit 3\nRUN echo after\n")
+    tag = _tag()
+    records = set(p.name for p in (rl.root / "containers").iterdir()) if (rl.root / "containers").exists() else set()
+    proc = _build(rl, ctx, "-t", tag, ok=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "Dockerfile:3" in _said(proc) and "exit code 3" in _said(proc) and "some output" in _said(proc)
+    assert "after" not in _said(proc) and "Traceback" not in _said(proc)
+    assert rl("inspect", tag).returncode != 0                                 # nothing tagged
+    assert set(p.name for p in (rl.root / "containers").iterdir()) == records  # no container left
+    quiet = _build(rl, ctx, "-q", ok=False)
+    assert "some output" in _said(quiet)                                      # -q: the tail on failure
+
+
+def test_dockerfile_errors_name_the_line_and_the_fix(rl, tmp_path):
+    proc = _build(rl, _ctx(tmp_path, "FROM: busybox\n"), ok=False)
+    assert proc.returncode != 0 and "Dockerfile:1" in proc.stderr and "no colon" in proc.stderr
+    proc = _build(rl, _ctx(tmp_path, "FROM busybox\nRUNN echo\n"), ok=False)
+    assert "Dockerfile:2" in proc.stderr and "RUN" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _build(rl, _ctx(tmp_path, "FROM busybox\nCOPY missing.txt /\n"), ok=False)
+    assert "missing.txt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_quiet_iidfile_outputs_and_stdin(rl, tmp_path):
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN echo loud && echo data > /result\n")
+    iid = tmp_path / "iid"
+    proc = _build(rl, ctx, "-q", "--iidfile", str(iid), "-o", f"type=local,dest={tmp_path / 'out'}",
+                  "-o", f"type=tar,dest={tmp_path / 'out.tar'}")
+    image_id = proc.stdout.strip()
+    assert proc.stdout == image_id + "\n" and "loud" not in _said(proc) and iid.read_text() == image_id
+    assert (tmp_path / "out" / "result").read_text() == "data\n"
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        assert "result" in tar.getnames() and "bin/busybox" in tar.getnames()
+    piped = rl("build", "-q", "-", input="FROM busybox\nRUN echo from-stdin > /f\n", timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert _run(rl, piped.stdout.strip(), "cat", "/f") == "from-stdin\n"
+
+
+def test_builder_prune_empties_the_cache(rl, tmp_path):
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN echo pruned-run && echo x > /p\n")
+    _build(rl, ctx)
+    assert "pruned-run" not in _said(_build(rl, ctx))
+    proc = rl("builder", "prune", "-f")
+    assert proc.returncode == 0 and "Total reclaimed space" in proc.stdout, proc.stderr
+    assert "pruned-run" in _said(_build(rl, ctx))
+    refused = rl("builder", "prune")
+    assert refused.returncode == 125 and "-f" in _said(refused)
