@@ -193,36 +193,23 @@ def tag(ctx: click.Context, source: str, target: str) -> None:
 @click.argument("images", nargs=-1, required=True)
 @click.pass_context
 def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
-    """Remove images (the tag; then the blobs and layers no other image uses)."""
-    from ..container.records import Containers
-    from ..sandbox.remove import remove_tree
+    """Remove images (the tag; then the blobs and layers no other image or container uses)."""
+    from ..image.gc import remove_image
     from ..sandbox import idmap
     store = _store(ctx)
     maps = idmap.detect()
     failed = False
     for name in images:
         try:
-            img = store.resolve(name)
-            users = [c for c in Containers(store).all() if c.image_id == img.id]
-            if users and not force:
-                raise RootlessError(f"image {name} is used by container {users[0].name}: remove it first "
-                                    "('rootless rm'), or use 'rmi -f'")
-            with store.lock():
-                digest = store.untag(img.ref or name)
-                blobs, layer_ids = store.unreferenced(digest) if not users else ([], [])
-                for diff in layer_ids:
-                    remove_tree(maps, store.layer_dir(diff))
-                for b in blobs:
-                    try:
-                        os.unlink(store.blob_path(b))
-                    except FileNotFoundError:
-                        pass
-            click.echo(f"Untagged: {img.ref or name}")
-            for diff in layer_ids:
-                click.echo(f"Deleted layer: {diff}")
+            out = remove_image(store, maps, name, force)
         except RootlessError as e:
             click.echo(f"rootless: {e}", err=True)
             failed = True
+            continue
+        for tag in out.untagged:
+            click.echo(f"Untagged: {tag}")
+        for diff in out.layers:
+            click.echo(f"Deleted layer: {diff}")
     sys.exit(1 if failed else 0)
 
 
@@ -233,13 +220,8 @@ def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
 def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
     """List images."""
     import json
-    rows = []
-    store = _store(ctx)
-    for img in store.images():
-        name, _, tag = (img.ref or "<none>:<none>").rpartition(":")
-        size = sum(_layer_size(store, d) for d in img.diff_ids)
-        rows.append({"Repository": name, "Tag": tag, "Id": img.id.removeprefix("sha256:")[:12],
-                     "Created": img.config.get("created", ""), "Size": size})
+    from ..image.inspect import image_rows
+    rows = image_rows(_store(ctx))
     if quiet:
         for r in dict.fromkeys(r["Id"] for r in rows):
             click.echo(r)
@@ -250,14 +232,6 @@ def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
         for r in rows:
             click.echo(f"{r['Repository']:<30} {r['Tag']:<12} {r['Id']:<14} {r['Created'][:19]:<22} "
                        f"{_human(r['Size'])}")
-
-
-def _layer_size(store, diff_id: str) -> int:
-    import os
-    try:
-        return os.path.getsize(store.blob_path(diff_id))
-    except OSError:
-        return 0
 
 
 def _human(n: float) -> str:

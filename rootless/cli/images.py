@@ -20,78 +20,18 @@ def _store(ctx: click.Context):
     return Store(store_root(ctx.find_root().obj["root"]))
 
 
-def _output(path: str | None, what: str):
-    """An opened binary output: ``path``, or stdout when it is not a terminal."""
-    from ..errors import UsageError
-    if path and path != "-":
-        try:
-            return open(path, "wb")
-        except OSError as e:
-            raise UsageError(_cannot_write(path, e)) from None
-    if sys.stdout.isatty():
-        raise UsageError(f"refusing to write {what} to a terminal: use -o FILE or redirect the output")
-    return open(sys.stdout.fileno(), "wb", closefd=False)
-
-
-def _cannot_write(path: str, e: OSError) -> str:
-    """Why ``path`` (as the user gave it) cannot be written, and what to do."""
-    import errno
-    import os
-    parent = os.path.dirname(os.path.abspath(path))
-    why = {
-        errno.ENOENT: f"the directory {parent} does not exist" if not os.path.isdir(parent)
-        else f"no file can be created in {parent}",
-        errno.ENOTDIR: f"{parent} is not a directory",
-        errno.EACCES: f"you may not write in {parent}",
-        errno.EPERM: f"you may not write in {parent}",
-        errno.EROFS: f"{parent} is on a read-only filesystem",
-        errno.EISDIR: "it is a directory",
-        errno.ENOSPC: "the filesystem is full",
-    }.get(e.errno, os.strerror(e.errno).lower() if e.errno else str(e))
-    return f"cannot write {path}: {why}; give another file with -o"
-
-
 def _write_output(path: str | None, what: str, writer) -> None:
-    """Run ``writer(fileobj)``; a file given with -o is written atomically (removed on failure).
-
-    Errors name ``path``, never the temporary file beside it.  An existing path that is not a
-    regular file (/dev/null, a FIFO) is written to directly, as Docker does.
-    """
-    import os
-    import stat
-    from ..errors import UsageError
-    if not path or path == "-":
-        with _output(None, what) as out:
-            writer(out)
+    """``writer(fileobj)`` into ``path`` (the engine writes it atomically), or into stdout when
+    it is not a terminal."""
+    if path and path != "-":
+        from ..image.archive import write_to
+        write_to(path, writer)
         return
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"cannot write {path}: it is a directory; give a file name with -o")
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        with _output(path, what) as out:
-            writer(out)
-        return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        try:
-            out = open(tmp, "wb")
-        except OSError as e:
-            raise UsageError(_cannot_write(path, e)) from None
-        with out:
-            writer(out)
-        try:
-            os.rename(tmp, path)
-        except OSError as e:
-            raise UsageError(_cannot_write(path, e)) from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    if sys.stdout.isatty():
+        from ..errors import UsageError
+        raise UsageError(f"refusing to write {what} to a terminal: use -o FILE or redirect the output")
+    with open(sys.stdout.fileno(), "wb", closefd=False) as out:
+        writer(out)
 
 
 @click.command(context_settings=CONTEXT)

@@ -185,7 +185,8 @@ def run(store: Store, opts: RunOptions, existing=None) -> int:
             passwd_entry = f"user:x:{os.getuid()}:{os.getgid()}::/:/bin/sh"
         if opts.user is None:
             opts.user = f"{os.getuid()}:{os.getgid()}"
-    image = store.resolve(opts.image)
+    # start: the container's own image, by id (its tag may be gone or moved: 'rmi -f', pull)
+    image = store.resolve(existing.image_id if existing is not None else opts.image)
     cfg = image.run_config
     if opts.entrypoint is not None:
         entrypoint = [opts.entrypoint] if opts.entrypoint else []

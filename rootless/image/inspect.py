@@ -29,20 +29,19 @@ def _iso(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def blob_size(store: Store, digest: str) -> int:
-    try:
-        return os.path.getsize(store.blob_path(digest))
-    except (OSError, RootlessError):
-        return 0
-
-
 def image_size(store: Store, img: Image) -> int:
-    """As ``rootless images`` counts it: the stored layer blobs."""
-    try:
-        manifest = store.read_json(img.manifest_digest)
-    except (OSError, RootlessError):
-        return 0
-    return sum(blob_size(store, d["digest"]) for d in manifest.get("layers", []))
+    """Docker's figure for ``images`` SIZE and ``inspect`` .Size: the unpacked size of its layers."""
+    return sum(store.layer_size(d) for d in dict.fromkeys(img.diff_ids))
+
+
+def image_rows(store: Store) -> list[dict[str, Any]]:
+    """``rootless images``: one row per tag (Repository, Tag, Id (short), Created, Size)."""
+    rows = []
+    for img in store.images():
+        name, _, tag = (img.ref or "<none>:<none>").rpartition(":")
+        rows.append({"Repository": name, "Tag": tag, "Id": img.id.removeprefix("sha256:")[:12],
+                     "Created": img.config.get("created", ""), "Size": image_size(store, img)})
+    return rows
 
 
 def image_info(store: Store, img: Image) -> dict[str, Any]:
@@ -299,8 +298,7 @@ def ago(created: str) -> str:
 def history(store: Store, name: str) -> list[dict[str, Any]]:
     """Rows newest first: Id (the image id on the top row, <missing> below), Created, CreatedBy, Size, Comment."""
     img = store.resolve(name)
-    manifest = store.read_json(img.manifest_digest)
-    sizes = [d.get("size", blob_size(store, d["digest"])) for d in manifest.get("layers", [])]
+    sizes = [store.layer_size(d) for d in img.diff_ids]
     entries = list(img.config.get("history") or [])
     if not entries:  # an image without history: one row per layer
         entries = [{"created": img.config.get("created", ""), "created_by": ""} for _ in img.diff_ids]
