@@ -72,6 +72,11 @@ def stale(name: str) -> bool:
     return start_time(pid) != start
 
 
+def has_writer(name: str) -> bool:
+    """Whether ``name`` was made by ``temp_name`` (it names its writer)."""
+    return _NAME.search(name) is not None
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -114,4 +119,4 @@ def write_file(path: str, data: bytes, tmpdir: str | None = None, mode: int = 0o
         f.write(data)
 
 
-__all__ = ["step", "temp_name", "stale", "publish", "writing", "write_file", "fsync_dir", "start_time"]
+__all__ = ["step", "temp_name", "stale", "has_writer", "publish", "writing", "write_file", "fsync_dir", "start_time"]

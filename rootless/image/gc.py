@@ -110,18 +110,18 @@ def _collect(store: Store, maps: idmap.IdMaps) -> Collected:
                 continue
             store.remove_blob(digest)
             out.blobs.append(digest)
-    base = os.path.join(store.root, "layers")
     for diff_id in store.layer_ids():
         if diff_id not in keep_layers:
             out.reclaimed += store.layer_size(diff_id)
             store.remove_layer(maps, diff_id)
             out.layers.append(diff_id)
-    for name in os.listdir(base):      # sizes of layers removed by a command that was killed
-        if name.endswith(".size") and not store.has_layer("sha256:" + name[:-5]):
-            try:
-                os.unlink(os.path.join(base, name))
-            except (OSError, RootlessError):
-                pass
+    sizes = os.path.join(store.root, "sizes")
+    for name in os.listdir(sizes):      # of layers a killed command was removing, or unpacking
+        try:
+            if not store.has_layer("sha256:" + name):
+                os.unlink(os.path.join(sizes, name))
+        except (OSError, RootlessError):
+            pass
     return out
 
 

@@ -3,12 +3,17 @@
     ROOT/
       blobs/sha256/HEX        content-addressed blobs: layer tars, image configs, manifests
       layers/HEX/             each layer unpacked once (HEX = its diff id), shared read-only
+      sizes/HEX               the unpacked size of layer HEX (written before the layer appears)
       tags.json               {"name:tag": "sha256:MANIFEST"}
       containers/ID/          one per container: config.json, its root filesystem, etc files
       lock                    flock(2) held by commands that change the store
 
-Blob writes are verified against their digest and atomic (temp file + rename); tags.json
-is replaced atomically.  Files inside ``layers/`` and container root filesystems are owned
+Every change is crash-safe (``rootless.atomic``): a blob, a layer or tags.json becomes
+visible by one rename once complete and flushed; temporary files and half-made layers are
+named after their writer (pid and start time) and removed by the next command that takes the
+lock once that writer is gone.  Writers make things visible in an order that keeps the store
+whole after a kill at any point: blobs, then layers, then the config and manifest, then the
+tag; removers go the other way (tag first; a layer is renamed away before it is removed).  Files inside ``layers/`` and container root filesystems are owned
 through the user namespace (sub-ids), so only code running in it may remove them.
 """
 
@@ -51,7 +56,7 @@ def _hex(digest: str) -> str:
     return value
 
 
-SUBDIRS = ("blobs/sha256", "layers", "containers", "tmp")
+SUBDIRS = ("blobs/sha256", "layers", "sizes", "containers", "tmp")
 CHOOSE = "choose a store of your own with --root DIR or ROOTLESS_ROOT=DIR (default ~/.local/share/rootless)"
 
 
@@ -223,7 +228,9 @@ class Store:
             for name in names:
                 if base != self.tmp_dir() and not name.startswith(".tmp-"):
                     continue
-                if not atomic.stale(name):
+                # A half-made layer without its writer's name is from a version of rootless that
+                # unpacked with the lock held: seen with the lock, its writer is gone.
+                if not (atomic.stale(name) or (base != self.tmp_dir() and not atomic.has_writer(name))):
                     continue
                 path = os.path.join(base, name)
                 _remove_any(path)
@@ -280,14 +287,17 @@ class Store:
         (the caller removes ``tmp``).  Call with the store locked."""
         if self.has_layer(diff_id):
             return False
-        self._write_atomic(self.layer_dir(diff_id) + ".size", str(size).encode())
+        self._write_atomic(self._size_path(diff_id), str(size).encode())
         atomic.publish(tmp, self.layer_dir(diff_id))
         return True
+
+    def _size_path(self, diff_id: str) -> str:
+        return os.path.join(self.root, "sizes", _hex(diff_id))
 
     def layer_size(self, diff_id: str) -> int:
         """The unpacked size of a layer (the sum of its regular files, as Docker counts it)."""
         try:
-            with open(self.layer_dir(diff_id) + ".size") as f:
+            with open(self._size_path(diff_id)) as f:
                 return int(f.read().strip() or 0)
         except (OSError, ValueError):
             pass
@@ -312,7 +322,7 @@ class Store:
             return
         atomic.step("rename layer away")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(final + ".size")
+            os.unlink(self._size_path(diff_id))
         remove_tree(maps, doomed)
 
     def remove_blob(self, digest: str) -> None:
