@@ -176,6 +176,23 @@ class Volumes:
         return total
 
 
+    def prune(self, maps: idmap.IdMaps, all_volumes: bool = False) -> tuple[list[str], int]:
+        """``volume prune``: remove the anonymous volumes no container uses (``all_volumes``:
+        every unused volume); (their names, the space freed).  With the store locked."""
+        from .sandbox.remove import remove_tree
+        removed, space = [], 0
+        with self.store.lock():
+            used = self.users()
+            for v in self.all():
+                name = v["Name"]
+                if name in used or not (all_volumes or self.anonymous(name)):
+                    continue
+                space += self.size(name)
+                remove_tree(maps, self.path(name))
+                removed.append(name)
+        return removed, space
+
+
 def remove_container_volumes(store: Store, rec, maps: idmap.IdMaps) -> list[str]:
     """For ``rm -v`` (and ``run --rm``): remove ``rec``'s anonymous volumes no other container uses.
 

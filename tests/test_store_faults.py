@@ -328,3 +328,29 @@ def test_images_shows_the_unpacked_size(store, registry):
     (info,) = json.loads(rl("inspect", ref).stdout)
     assert info["Size"] == row["Size"]
     assert "9kB" in rl("images").stdout
+
+
+# ----------------------------------------------------------------------------- system prune
+
+def test_system_prune(store, busybox_tar, tmp_path):
+    rl = store
+    assert rl("import", "-c", 'CMD ["/bin/sh"]', str(busybox_tar), "keep:1").returncode == 0
+    assert rl("network", "create", "unused-net").returncode == 0
+    assert rl("run", "--name", "stopped", "--network", "none", "keep:1", "true").returncode == 0
+    dangling = tmp_path / "dangling.tar"
+    from .test_image_commands import docker_archive
+    dangling.write_bytes(docker_archive([_layer({"d/file": b"x" * 4000})], None))
+    assert rl("load", "-i", str(dangling)).returncode == 0
+    proc = rl("system", "prune")                    # stdin is not a terminal: refused, nothing removed
+    assert proc.returncode != 0 and "-f" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert rl("inspect", "stopped").returncode == 0
+    proc = rl("system", "prune", "-f")
+    assert proc.returncode == 0, proc.stderr
+    assert "Deleted Containers:" in proc.stdout and "Deleted Networks:\nunused-net" in proc.stdout
+    assert "untagged: localhost/untagged/" in proc.stdout
+    assert "Total reclaimed space: " in proc.stdout and "Total reclaimed space: 0B" not in proc.stdout
+    assert rl("inspect", "stopped").returncode != 0
+    assert rl("inspect", "keep:1").returncode == 0       # tagged: kept without -a
+    proc = rl("system", "prune", "-a", "-f")
+    assert proc.returncode == 0 and "untagged: keep:1" in proc.stdout, proc.stdout
+    assert os.listdir(rl.root / "layers") == [] and os.listdir(rl.root / "blobs/sha256") == []

@@ -182,10 +182,7 @@ def logout(registry: str) -> None:
 @click.pass_context
 def tag(ctx: click.Context, source: str, target: str) -> None:
     """Give image SOURCE the name TARGET."""
-    store = _store(ctx)
-    img = store.resolve(source)
-    with store.lock():
-        store.set_tag(target, img.manifest_digest)
+    _store(ctx).tag(source, target)
 
 
 @cli.command(context_settings=CONTEXT)

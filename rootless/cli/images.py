@@ -1,4 +1,4 @@
-"""Command line: image commands beyond pull/push/tag/rmi/images/import: save, load, export, inspect, history, system df, image prune.
+"""Command line: image commands beyond pull/push/tag/rmi/images/import: save, load, export, inspect, history, system df and prune, image prune.
 
 Each command is a thin layer: argument types, one engine call, output.  ``register(group)``
 adds them to the ``rootless`` group (called by ``cli/commands.py``).  Import engine modules inside
@@ -198,6 +198,47 @@ def image_prune(ctx: click.Context, all_images: bool, force: bool, fmt: str) -> 
     click.echo(f"Total reclaimed space: {_human(out.reclaimed)}")
 
 
+@click.command("prune", context_settings=CONTEXT)
+@click.option("-a", "--all", "all_images", is_flag=True, help="Remove every image no container uses, not only dangling ones.")
+@click.option("--volumes", is_flag=True, help="Remove the anonymous volumes no container uses too.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def system_prune(ctx: click.Context, all_images: bool, volumes: bool, force: bool) -> None:
+    """Remove stopped containers, unused networks, dangling images (-a: every unused image) and
+    with --volumes unused anonymous volumes."""
+    from ..errors import UsageError
+    from ..system import prune
+    if not force:
+        items = ["all stopped containers", "all networks not used by at least one container"]
+        if volumes:
+            items.append("all anonymous volumes not used by at least one container")
+        items.append("all images without at least one container associated to them" if all_images
+                     else "all dangling images")
+        items.append("unused build cache")
+        if not sys.stdin.isatty():
+            raise UsageError("system prune asks for confirmation, and standard input is not a terminal: "
+                             "use -f to prune without asking")
+        text = "WARNING! This will remove:\n" + "".join(f"  - {i}\n" for i in items)
+        if not click.confirm(text + "\nAre you sure you want to continue?", default=False):
+            return
+    out = prune(_store(ctx), all_images, volumes)
+    for title, names in (("Deleted Containers:", out.containers), ("Deleted Networks:", out.networks),
+                         ("Deleted Volumes:", out.volumes)):
+        if names:
+            click.echo(title)
+            for name in names:
+                click.echo(name)
+            click.echo()
+    if out.images.untagged or out.images.layers:
+        click.echo("Deleted Images:")
+        for t in out.images.untagged:
+            click.echo(f"untagged: {t}")
+        for d in out.images.layers:
+            click.echo(f"deleted: {d}")
+        click.echo()
+    click.echo(f"Total reclaimed space: {_human(out.reclaimed)}")
+
+
 COMMANDS = [save, load, export, inspect, history]
 
 
@@ -221,5 +262,6 @@ def register(group: click.Group) -> None:
         image.add_command(group.commands["images"], "ls")
     system = _subgroup(group, "system", "Manage the store.")
     system.add_command(system_df)
+    system.add_command(system_prune)
     container = _subgroup(group, "container", "Manage containers.")
     container.add_command(export)

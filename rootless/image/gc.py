@@ -92,6 +92,13 @@ def _tree_size(path: str) -> int:
     return total
 
 
+def container_size(store: Store, cid: str) -> int:
+    """What a container's own files take (its upper layer, or its copied root filesystem)."""
+    directory = store.container_dir(cid)
+    own = os.path.join(directory, "upper")
+    return _tree_size(own if os.path.isdir(own) else os.path.join(directory, "rootfs"))
+
+
 def collect(store: Store, maps: idmap.IdMaps) -> Collected:
     """Remove blobs and layers nothing uses.  Takes the store lock."""
     with store.lock():
@@ -224,9 +231,7 @@ def df(store: Store) -> list[dict]:
              "Size": total, "Reclaimable": sum(s for d, s in sizes.items() if d not in active_blobs)}]
     c_size = c_reclaim = active = 0
     for r in recs:
-        directory = store.container_dir(r.id)
-        own = os.path.join(directory, "upper")
-        size = _tree_size(own if os.path.isdir(own) else os.path.join(directory, "rootfs"))
+        size = container_size(store, r.id)
         c_size += size
         if r.state == "running" and _alive(r.pid):
             active += 1
@@ -253,4 +258,4 @@ def df(store: Store) -> list[dict]:
     return rows
 
 
-__all__ = ["collect", "prune", "df", "live", "remove_image", "Removed", "Collected"]
+__all__ = ["collect", "prune", "df", "live", "remove_image", "container_size", "Removed", "Collected"]

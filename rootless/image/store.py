@@ -349,6 +349,11 @@ class Store:
         tags[reference.normalize(ref)] = manifest_digest
         self._write_atomic(self._tags_path(), json.dumps(tags, indent=1, sort_keys=True).encode())
 
+    def tag(self, source: str, target: str) -> None:
+        """``tag SOURCE TARGET``: the look-up and the change with the store locked."""
+        with self.lock():
+            self.set_tag(target, self.resolve(source).manifest_digest)
+
     def image(self, manifest_digest: str, ref: str | None = None) -> Image:
         manifest = self.read_json(manifest_digest)
         config_digest = manifest["config"]["digest"]
