@@ -16,6 +16,7 @@ from typing import Any
 
 from ..container.records import Containers, Record, _alive
 from ..errors import ImageNotFound, RootlessError, UsageError
+from ..units import parse_size
 from .store import Image, Store
 
 IMAGE_CONFIG_FIELDS = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels", "ExposedPorts",
@@ -77,14 +78,12 @@ def _bytes(text: str | None) -> int:
     """Docker's size strings (``512m``, ``2g``) in bytes; 0 when unset or unreadable."""
     if not text:
         return 0
-    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = str(text).strip().lower().removesuffix("b") or "0"
+    if str(text).strip() == "-1":
+        return -1
     try:
-        if t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except (ValueError, IndexError):
-        return -1 if t == "-1" else 0
+        return parse_size(text, "a size")
+    except UsageError:
+        return 0
 
 
 def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
