@@ -2,11 +2,12 @@
 
 The store knows an image by its tags; a container keeps the image it was made from alive
 (by its image id) even after ``rmi -f``.  Live: every tagged manifest, every manifest whose
-config is a container's image, their configs, layer blobs and unpacked layers.  Everything
-else under ``blobs/`` and ``layers/`` (and ``layers/.tmp-*`` left by a killed unpack) is
-garbage: ``collect`` removes it with the store locked (every writer of blobs, layers and tags
-holds the lock), removing layers as root of the user namespace (their files may be owned by
-sub-ids).
+config is a container's image, their configs, layer blobs and unpacked layers (``live``: the
+one liveness rule, used by ``rmi``, ``image prune`` and ``system prune``).  Everything else
+under ``blobs/`` and ``layers/`` is garbage: ``collect`` removes it with the store locked
+(every writer makes blobs, layers and tags visible with the lock held; what killed writers
+left under ``tmp/`` and ``layers/.tmp-*`` is removed by ``Store.lock`` itself), removing
+layers as root of the user namespace (their files may be owned by sub-ids).
 """
 
 from __future__ import annotations
