@@ -245,46 +245,9 @@ def _human(n: float) -> str:
 @click.pass_context
 def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List containers."""
-    wanted: list[tuple[str, str]] = []
-    for f in filters:
-        key, sep, value = f.partition("=")
-        if not sep or key not in ("status", "name", "id", "ancestor", "network"):
-            raise click.UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor= or network=")
-        wanted.append((key, value))
-    if any(k == "status" for k, _ in wanted):
-        show_all = True
     import json
-    import time
-    from ..container.records import Containers, _alive
-    rows = []
-    for r in Containers(_store(ctx)).all():
-        running = r.state == "running" and _alive(r.pid)
-        if not (show_all or running):
-            continue
-        facts = {"status": "running" if running else ("created" if r.exit_code is None and r.state == "created"
-                                                     else "exited"),
-                 "name": r.name, "id": r.id, "ancestor": r.image, "network": " ".join(r.config.get("networks") or ())}
-        if not all((facts[k] == v if k in ("status", "ancestor") else
-                    facts[k].startswith(v) if k == "id" else v in facts[k].split() if k == "network" else
-                    v in facts[k]) for k, v in wanted):
-            continue
-        if running:
-            from ..container.lifecycle import rootfs_lost
-            status = "Up (root filesystem lost: restart it)" if rootfs_lost(r) else "Up"
-            from ..container.rootfs import internal_errors
-            errors = len(internal_errors(_store(ctx).container_dir(r.id)))
-            if errors:
-                status += f" ({errors} overlay error{'s' if errors > 1 else ''}: see inspect)"
-        elif r.state == "removing":
-            status = "Removal In Progress"
-        elif r.state == "running":
-            status = "Exited (unknown): its process is gone"
-        else:
-            ago = int(time.time() - (r.finished or r.created))
-            status = f"Exited ({r.exit_code}) {ago}s ago" if r.exit_code is not None else "Created"
-        from .containers import published
-        rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
-                     "Status": status, "Ports": ", ".join(published(r)), "Names": r.name})
+    from ..container.listing import ps as list_containers
+    rows = list_containers(_store(ctx), show_all, list(filters))
     if quiet:
         click.echo("\n".join(r["Id"] for r in rows) if rows else "", nl=bool(rows))
     elif fmt == "json":
