@@ -13,8 +13,10 @@ their names: each one is read through ``tarfile`` into a temporary file named by
 every digest is checked (blob names under ``blobs/sha256``, descriptors, and each layer's
 uncompressed sha256 against the config's diff ids) before anything enters the store.  Layers
 the store has are not unpacked again; new ones go through ``layers.unpack`` (chrooted, in the
-user namespace).  If anything fails, the layers, blobs and tags this load added are removed:
-the store is as it was.
+user namespace), before the store lock is taken; with the lock, each is made visible by one
+rename.  If anything fails, the layers, blobs and tags this load added are removed: the store
+is as it was (and a load killed at any point leaves nothing that the next command does not
+clean up: ``Store.lock``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from . import compression, layers, reference
 from .. import atomic
 from ..errors import StoreError, UsageError
 from ..sandbox import idmap
+from ..sandbox.remove import remove_tree
 from .store import Image, Store, _hex
 
 FORMATS = ("docker-archive", "oci-archive")
@@ -517,6 +520,7 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
     tmpdir = store.new_temp_dir("load")
     added_layers: list[str] = []
     added_blobs: list[str] = []
+    prepared: dict[str, tuple[str, int]] = {}   # diff id -> (unpacked temporary directory, size)
     old_tags: dict[str, str] | None = None
     try:
         archive = _Archive(_spool(source, tmpdir), source)
@@ -534,16 +538,28 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
         finally:
             archive.close()
         result = []
+        # New layers are unpacked before the lock is taken (nothing sees them yet): other
+        # commands go on meanwhile; with the lock, each is made visible by one rename.
+        for img in images:
+            for diff_id, _blob_digest, _media_type, _blob in img.layers:
+                if diff_id in img.plain and diff_id not in prepared and not store.has_layer(diff_id):
+                    layer_tmp, size, _devices = layers.unpack_temp(store, maps, img.plain[diff_id],
+                                                                    f"layer {diff_id} of {source}")
+                    prepared[diff_id] = (layer_tmp, size)
         with store.lock():
             old_tags = store.tags()
             try:
                 for img in images:
                     for diff_id, blob_digest, media_type, blob in img.layers:
                         if not store.has_layer(diff_id):
-                            if diff_id not in img.plain:
+                            if diff_id in prepared:
+                                layer_tmp, size = prepared.pop(diff_id)
+                                store.publish_layer(layer_tmp, diff_id, size)
+                            elif diff_id in img.plain:    # removed by rmi or prune since we looked
+                                layers.unpack(store, maps, img.plain[diff_id], diff_id,
+                                              f"layer {diff_id} of {source}")
+                            else:
                                 raise StoreError(f"layer {diff_id} is missing from the store")
-                            layers.unpack(store, maps, img.plain[diff_id], diff_id,
-                                          f"layer {diff_id} of {source}")
                             added_layers.append(diff_id)
                         if blob and not os.path.exists(store.blob_path(blob_digest)):
                             store.adopt_blob(blob, blob_digest)
@@ -577,7 +593,9 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
                 raise
         return result
     finally:
+        for layer_tmp, _size in prepared.values():
+            remove_tree(maps, layer_tmp)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-__all__ = ["save", "load", "FORMATS"]
+__all__ = ["save", "load", "write_to", "FORMATS"]
