@@ -35,6 +35,7 @@ from .errors import RootlessError, UsageError
 from .sandbox import idmap
 from .sandbox.mounts import Bind
 from .image.store import Store
+from .units import parse_size
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"   # Docker (23+) marks anonymous volumes so
@@ -174,6 +175,23 @@ class Volumes:
                 except OSError:
                     pass
         return total
+
+
+    def prune(self, maps: idmap.IdMaps, all_volumes: bool = False) -> tuple[list[str], int]:
+        """``volume prune``: remove the anonymous volumes no container uses (``all_volumes``:
+        every unused volume); (their names, the space freed).  With the store locked."""
+        from .sandbox.remove import remove_tree
+        removed, space = [], 0
+        with self.store.lock():
+            used = self.users()
+            for v in self.all():
+                name = v["Name"]
+                if name in used or not (all_volumes or self.anonymous(name)):
+                    continue
+                space += self.size(name)
+                remove_tree(maps, self.path(name))
+                removed.append(name)
+        return removed, space
 
 
 def remove_container_volumes(store: Store, rec, maps: idmap.IdMaps) -> list[str]:
@@ -322,14 +340,6 @@ def _bool(value: str | None, key: str, arg: str) -> bool:
     raise UsageError(f"invalid value for '{key}' in '--mount {arg}': use true or false")
 
 
-def _bytes(value: str, what: str) -> int:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", value.strip().lower())
-    if not m:
-        raise UsageError(f"invalid size '{value}' for {what}: use a number of bytes with an optional "
-                         "unit (k, m, g), e.g. 64m")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
-
-
 def _mode(value: str, what: str) -> str:
     if not re.fullmatch(r"[0-7]{1,4}", value):
         raise UsageError(f"invalid mode '{value}' for {what}: use octal digits, e.g. 1777")
@@ -376,7 +386,7 @@ def parse_mount(arg: str) -> MountSpec:
             if value != "local":
                 raise UsageError(f"volume driver '{value}' is not supported: only 'local'")
         elif key == "tmpfs-size":
-            size = _bytes(value, "tmpfs-size")
+            size = parse_size(value, "tmpfs-size")
         elif key == "tmpfs-mode":
             mode = _mode(value, "tmpfs-mode")
         elif key in ("volume-opt", "volume-subpath", "bind-nonrecursive", "bind-recursive",

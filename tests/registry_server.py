@@ -389,6 +389,79 @@ def send(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes =
 
 
 # --------------------------------------------------------------------------------------
+# A gate in front of a registry (slow pulls without sleeping)
+# --------------------------------------------------------------------------------------
+
+class GatedProxy:
+    """HTTP on 127.0.0.1:PORT passing GET and HEAD requests on to ``upstream`` (``host:port``).
+
+    While the gate is closed (``close_gate``), a blob download sends its headers and the first
+    half of the blob, says so (``held`` is set), and waits for ``open_gate`` before the rest:
+    a pull that stays in the middle of its download for as long as the test needs, with no
+    timing involved."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                import http.client
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    conn.request(self.command, self.path, headers=headers)
+                    resp = conn.getresponse()
+                    body = resp.read()
+                finally:
+                    conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if "/blobs/" in self.path and resp.status == 200 and not proxy.gate.is_set() and len(body) > 1:
+                    half = len(body) // 2
+                    self.wfile.write(body[:half])
+                    self.wfile.flush()
+                    proxy.held.set()
+                    proxy.gate.wait(300)
+                    body = body[half:]
+                self.wfile.write(body)
+
+            do_GET = do_HEAD = _forward
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="gated-proxy", daemon=True).start()
+
+    def close_gate(self) -> None:
+        self.held.clear()
+        self.gate.clear()
+
+    def open_gate(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.gate.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+# --------------------------------------------------------------------------------------
 # skopeo
 # --------------------------------------------------------------------------------------
 

@@ -137,3 +137,17 @@ def test_the_fork_server_imports_none_of_the_code_it_runs():
     engine = sorted(t for t in imports["rootless.container.forkserver"]
                     if t.startswith("rootless.") and not t.startswith("rootless.sandbox"))
     assert not engine, f"the fork server imports {engine}: name it in container/services.py instead"
+
+
+def test_one_decompressor_and_one_size_parser():
+    """Decompression lives in rootless/image/compression.py, size strings in rootless/units.py
+    (there used to be four decompressors and three parsers, each with its own gaps)."""
+    import re
+    for path in sorted((ROOT / "rootless").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text()
+        if rel != "rootless/image/compression.py":
+            assert not re.search(r"^\s*(import|from) (gzip|bz2|lzma|zstandard)\b", text, re.M), \
+                f"{rel} decompresses by itself: use rootless.image.compression"
+        if rel != "rootless/units.py":
+            assert not re.search(r"<< 30|1024 \*\* ", text), f"{rel} parses sizes by itself: use rootless.units"

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -258,7 +257,7 @@ class Builder:
         from ..container import commit as commit_mod
         from ..container.records import Containers
         from ..container.run import RunOptions, create, plan, start_planned
-        scratch = tempfile.mkdtemp(prefix="rootless-build-", dir=os.path.join(self.store.root, "tmp"))
+        scratch = self.store.new_temp_dir("build")
         rec = None
         try:
             mounts, tmpfs, targets = self._mounts(step, scratch)
@@ -408,8 +407,7 @@ class Builder:
         from .copying import digest_copy, download
         view, from_layers = self._source_view(step)
         for url in step.urls:
-            d = download(url, tempfile.mkdtemp(prefix="rootless-add-", dir=os.path.join(self.store.root, "tmp")),
-                         checksum=step.checksum)
+            d = download(url, self.store.new_temp_dir("add"), checksum=step.checksum)
             self._downloads[url] = d
         if from_layers is not None:
             # a stage's or image's files may be unreadable here (sub-ids): its layers name them
@@ -423,7 +421,9 @@ class Builder:
         from ..sandbox.userns import run_as_root
         from .copying import write_layer
         lower = LayersView([self.store.layer_dir(d) for d in state.diff_ids])
-        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.store.root, "tmp"), suffix=".tar")
+        from .. import atomic
+        tmp = os.path.join(self.store.tmp_dir(), atomic.temp_name("build") + ".tar")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             def write() -> None:
                 with os.fdopen(os.dup(fd), "wb") as out:
@@ -443,17 +443,29 @@ class Builder:
                 os.unlink(tmp)
 
     def _store_tar(self, tmp: str, what: str) -> str:
+        """Store the layer tar ``tmp`` (blob and layer directory), as ``import`` does: unpacked
+        without the lock, each made visible by one rename with it."""
         from ..image import layers
+        from ..sandbox.remove import remove_tree
         h = hashlib.sha256()
         with open(tmp, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         diff_id = "sha256:" + h.hexdigest()
-        with self.store.lock():
+        layer_tmp = None
+        try:
             if not self.store.has_layer(diff_id):
-                layers.unpack(self.store, self.maps, tmp, diff_id, what)
-            if not os.path.exists(self.store.blob_path(diff_id)):
-                self.store.adopt_blob(tmp, diff_id)
+                layer_tmp, size, _devices = layers.unpack_temp(self.store, self.maps, tmp, what)
+            with self.store.lock():
+                if not self.store.has_blob(diff_id):
+                    self.store.adopt_blob(tmp, diff_id)
+                if layer_tmp and self.store.publish_layer(layer_tmp, diff_id, size):
+                    layer_tmp = None
+                if not self.store.has_layer(diff_id):      # removed by a prune since we looked
+                    layers.unpack(self.store, self.maps, self.store.blob_path(diff_id), diff_id, what)
+        finally:
+            if layer_tmp:
+                remove_tree(self.maps, layer_tmp)
         return diff_id
 
     # the image

@@ -8,13 +8,12 @@ import re
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..units import parse_size
 
 CPU_PERIOD = 100000            # usec; Docker's and runc's default CFS period
 MIN_MEMORY = 6 * 1024 * 1024   # Docker refuses less ("Minimum memory limit allowed is 6MB")
 MIN_SHARES, MAX_SHARES = 2, 262144
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp]?)(?:i?b)?$", re.IGNORECASE)
 _CPUSET = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 # which controller each limit needs, and the flag that asks for it
@@ -27,12 +26,8 @@ OPPORTUNISTIC = ("memory", "cpu", "pids")        # enabled on v2 when possible, 
 
 
 def parse_bytes(value: str, flag: str = "--memory") -> int:
-    """Docker's sizes: '512m', '1g', '1.5g', '1024', '100kb' (powers of 1024)."""
-    m = _SIZE.match(str(value).strip())
-    if not m:
-        raise UsageError(f"invalid value '{value}' for {flag}: use a number of bytes with an optional "
-                         "unit b, k, m, g, t or p (e.g. 512m, 1g)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """Docker's sizes: '512m', '1g', '1.5g', '1024', '100kb' (powers of 1024): ``units.parse_size``."""
+    return parse_size(value, flag)
 
 
 def parse_cpus(value: str) -> float:

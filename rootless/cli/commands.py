@@ -252,10 +252,7 @@ def logout(registry: str) -> None:
 @click.pass_context
 def tag(ctx: click.Context, source: str, target: str) -> None:
     """Give image SOURCE the name TARGET."""
-    store = _store(ctx)
-    img = store.resolve(source)
-    with store.lock():
-        store.set_tag(target, img.manifest_digest)
+    _store(ctx).tag(source, target)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -263,36 +260,23 @@ def tag(ctx: click.Context, source: str, target: str) -> None:
 @click.argument("images", nargs=-1, required=True)
 @click.pass_context
 def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
-    """Remove images (the tag; then the blobs and layers no other image uses)."""
-    from ..container.records import Containers
-    from ..sandbox.remove import remove_tree
+    """Remove images (the tag; then the blobs and layers no other image or container uses)."""
+    from ..image.gc import remove_image
     from ..sandbox import idmap
     store = _store(ctx)
     maps = idmap.detect()
     failed = False
     for name in images:
         try:
-            img = store.resolve(name)
-            users = [c for c in Containers(store).all() if c.image_id == img.id]
-            if users and not force:
-                raise RootlessError(f"image {name} is used by container {users[0].name}: remove it first "
-                                    "('rootless rm'), or use 'rmi -f'")
-            with store.lock():
-                digest = store.untag(img.ref or name)
-                blobs, layer_ids = store.unreferenced(digest) if not users else ([], [])
-                for diff in layer_ids:
-                    remove_tree(maps, store.layer_dir(diff))
-                for b in blobs:
-                    try:
-                        os.unlink(store.blob_path(b))
-                    except FileNotFoundError:
-                        pass
-            click.echo(f"Untagged: {img.ref or name}")
-            for diff in layer_ids:
-                click.echo(f"Deleted layer: {diff}")
+            out = remove_image(store, maps, name, force)
         except RootlessError as e:
             click.echo(f"rootless: {e}", err=True)
             failed = True
+            continue
+        for tag in out.untagged:
+            click.echo(f"Untagged: {tag}")
+        for diff in out.layers:
+            click.echo(f"Deleted layer: {diff}")
     sys.exit(1 if failed else 0)
 
 
@@ -303,13 +287,8 @@ def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
 def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
     """List images."""
     import json
-    rows = []
-    store = _store(ctx)
-    for img in store.images():
-        name, _, tag = (img.ref or "<none>:<none>").rpartition(":")
-        size = sum(_layer_size(store, d) for d in img.diff_ids)
-        rows.append({"Repository": name, "Tag": tag, "Id": img.id.removeprefix("sha256:")[:12],
-                     "Created": img.config.get("created", ""), "Size": size})
+    from ..image.inspect import image_rows
+    rows = image_rows(_store(ctx))
     if quiet:
         for r in dict.fromkeys(r["Id"] for r in rows):
             click.echo(r)
@@ -320,14 +299,6 @@ def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
         for r in rows:
             click.echo(f"{r['Repository']:<30} {r['Tag']:<12} {r['Id']:<14} {r['Created'][:19]:<22} "
                        f"{_human(r['Size'])}")
-
-
-def _layer_size(store, diff_id: str) -> int:
-    import os
-    try:
-        return os.path.getsize(store.blob_path(diff_id))
-    except OSError:
-        return 0
 
 
 def _human(n: float) -> str:
@@ -344,46 +315,9 @@ def _human(n: float) -> str:
 @click.pass_context
 def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List containers."""
-    wanted: list[tuple[str, str]] = []
-    for f in filters:
-        key, sep, value = f.partition("=")
-        if not sep or key not in ("status", "name", "id", "ancestor", "network"):
-            raise click.UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor= or network=")
-        wanted.append((key, value))
-    if any(k == "status" for k, _ in wanted):
-        show_all = True
     import json
-    import time
-    from ..container.records import Containers, _alive
-    rows = []
-    for r in Containers(_store(ctx)).all():
-        running = r.state == "running" and _alive(r.pid)
-        if not (show_all or running):
-            continue
-        facts = {"status": "running" if running else ("created" if r.exit_code is None and r.state == "created"
-                                                     else "exited"),
-                 "name": r.name, "id": r.id, "ancestor": r.image, "network": " ".join(r.config.get("networks") or ())}
-        if not all((facts[k] == v if k in ("status", "ancestor") else
-                    facts[k].startswith(v) if k == "id" else v in facts[k].split() if k == "network" else
-                    v in facts[k]) for k, v in wanted):
-            continue
-        if running:
-            from ..container.lifecycle import rootfs_lost
-            status = "Up (root filesystem lost: restart it)" if rootfs_lost(r) else "Up"
-            from ..container.rootfs import internal_errors
-            errors = len(internal_errors(_store(ctx).container_dir(r.id)))
-            if errors:
-                status += f" ({errors} overlay error{'s' if errors > 1 else ''}: see inspect)"
-        elif r.state == "removing":
-            status = "Removal In Progress"
-        elif r.state == "running":
-            status = "Exited (unknown): its process is gone"
-        else:
-            ago = int(time.time() - (r.finished or r.created))
-            status = f"Exited ({r.exit_code}) {ago}s ago" if r.exit_code is not None else "Created"
-        from .containers import published
-        rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
-                     "Status": status, "Ports": ", ".join(published(r)), "Names": r.name})
+    from ..container.listing import ps as list_containers
+    rows = list_containers(_store(ctx), show_all, list(filters))
     if quiet:
         click.echo("\n".join(r["Id"] for r in rows) if rows else "", nl=bool(rows))
     elif fmt == "json":

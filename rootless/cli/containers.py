@@ -205,19 +205,13 @@ def container_prune(ctx, force) -> None:
         click.echo(cid)
 
 
-def published(rec) -> list[str]:
-    """``0.0.0.0:8080->80/tcp`` lines of a container's -p options."""
-    from ..network.ports import parse_port
-    opts = (rec.config.get("options") or {}).get("publish") or []
-    return [str(m) for spec in opts for m in parse_port(spec)]
-
-
 @click.command(context_settings=CONTEXT)
 @click.argument("container")
 @click.argument("private", required=False)
 @click.pass_context
 def port(ctx, container, private) -> None:
     """The container's published ports (or where PRIVATE[/PROTO] is published)."""
+    from ..container.listing import published
     from ..container.records import Containers
     rec = Containers(_store(ctx)).find(container)
     for line in published(rec):

@@ -1,4 +1,4 @@
-"""Command line: image commands beyond pull/push/tag/rmi/images/import: save, load, export, inspect, history, system df, image prune.
+"""Command line: image commands beyond pull/push/tag/rmi/images/import: save, load, export, inspect, history, system df and prune, image prune.
 
 Each command is a thin layer: argument types, one engine call, output.  ``register(group)``
 adds them to the ``rootless`` group (called by ``cli/commands.py``).  Import engine modules inside
@@ -20,78 +20,18 @@ def _store(ctx: click.Context):
     return Store(store_root(ctx.find_root().obj["root"]))
 
 
-def _output(path: str | None, what: str):
-    """An opened binary output: ``path``, or stdout when it is not a terminal."""
-    from ..errors import UsageError
-    if path and path != "-":
-        try:
-            return open(path, "wb")
-        except OSError as e:
-            raise UsageError(_cannot_write(path, e)) from None
-    if sys.stdout.isatty():
-        raise UsageError(f"refusing to write {what} to a terminal: use -o FILE or redirect the output")
-    return open(sys.stdout.fileno(), "wb", closefd=False)
-
-
-def _cannot_write(path: str, e: OSError) -> str:
-    """Why ``path`` (as the user gave it) cannot be written, and what to do."""
-    import errno
-    import os
-    parent = os.path.dirname(os.path.abspath(path))
-    why = {
-        errno.ENOENT: f"the directory {parent} does not exist" if not os.path.isdir(parent)
-        else f"no file can be created in {parent}",
-        errno.ENOTDIR: f"{parent} is not a directory",
-        errno.EACCES: f"you may not write in {parent}",
-        errno.EPERM: f"you may not write in {parent}",
-        errno.EROFS: f"{parent} is on a read-only filesystem",
-        errno.EISDIR: "it is a directory",
-        errno.ENOSPC: "the filesystem is full",
-    }.get(e.errno, os.strerror(e.errno).lower() if e.errno else str(e))
-    return f"cannot write {path}: {why}; give another file with -o"
-
-
 def _write_output(path: str | None, what: str, writer) -> None:
-    """Run ``writer(fileobj)``; a file given with -o is written atomically (removed on failure).
-
-    Errors name ``path``, never the temporary file beside it.  An existing path that is not a
-    regular file (/dev/null, a FIFO) is written to directly, as Docker does.
-    """
-    import os
-    import stat
-    from ..errors import UsageError
-    if not path or path == "-":
-        with _output(None, what) as out:
-            writer(out)
+    """``writer(fileobj)`` into ``path`` (the engine writes it atomically), or into stdout when
+    it is not a terminal."""
+    if path and path != "-":
+        from ..image.archive import write_to
+        write_to(path, writer)
         return
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"cannot write {path}: it is a directory; give a file name with -o")
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        with _output(path, what) as out:
-            writer(out)
-        return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        try:
-            out = open(tmp, "wb")
-        except OSError as e:
-            raise UsageError(_cannot_write(path, e)) from None
-        with out:
-            writer(out)
-        try:
-            os.rename(tmp, path)
-        except OSError as e:
-            raise UsageError(_cannot_write(path, e)) from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    if sys.stdout.isatty():
+        from ..errors import UsageError
+        raise UsageError(f"refusing to write {what} to a terminal: use -o FILE or redirect the output")
+    with open(sys.stdout.fileno(), "wb", closefd=False) as out:
+        writer(out)
 
 
 @click.command(context_settings=CONTEXT)
@@ -258,6 +198,47 @@ def image_prune(ctx: click.Context, all_images: bool, force: bool, fmt: str) -> 
     click.echo(f"Total reclaimed space: {_human(out.reclaimed)}")
 
 
+@click.command("prune", context_settings=CONTEXT)
+@click.option("-a", "--all", "all_images", is_flag=True, help="Remove every image no container uses, not only dangling ones.")
+@click.option("--volumes", is_flag=True, help="Remove the anonymous volumes no container uses too.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def system_prune(ctx: click.Context, all_images: bool, volumes: bool, force: bool) -> None:
+    """Remove stopped containers, unused networks, dangling images (-a: every unused image) and
+    with --volumes unused anonymous volumes."""
+    from ..errors import UsageError
+    from ..system import prune
+    if not force:
+        items = ["all stopped containers", "all networks not used by at least one container"]
+        if volumes:
+            items.append("all anonymous volumes not used by at least one container")
+        items.append("all images without at least one container associated to them" if all_images
+                     else "all dangling images")
+        items.append("unused build cache")
+        if not sys.stdin.isatty():
+            raise UsageError("system prune asks for confirmation, and standard input is not a terminal: "
+                             "use -f to prune without asking")
+        text = "WARNING! This will remove:\n" + "".join(f"  - {i}\n" for i in items)
+        if not click.confirm(text + "\nAre you sure you want to continue?", default=False):
+            return
+    out = prune(_store(ctx), all_images, volumes)
+    for title, names in (("Deleted Containers:", out.containers), ("Deleted Networks:", out.networks),
+                         ("Deleted Volumes:", out.volumes)):
+        if names:
+            click.echo(title)
+            for name in names:
+                click.echo(name)
+            click.echo()
+    if out.images.untagged or out.images.layers:
+        click.echo("Deleted Images:")
+        for t in out.images.untagged:
+            click.echo(f"untagged: {t}")
+        for d in out.images.layers:
+            click.echo(f"deleted: {d}")
+        click.echo()
+    click.echo(f"Total reclaimed space: {_human(out.reclaimed)}")
+
+
 COMMANDS = [save, load, export, inspect, history]
 
 
@@ -281,5 +262,6 @@ def register(group: click.Group) -> None:
         image.add_command(group.commands["images"], "ls")
     system = _subgroup(group, "system", "Manage the store.")
     system.add_command(system_df)
+    system.add_command(system_prune)
     container = _subgroup(group, "container", "Manage containers.")
     container.add_command(export)

@@ -17,12 +17,6 @@ def _networks(ctx: click.Context):
     return Networks(Store(store_root(ctx.find_root().obj["root"])))
 
 
-def _users(ctx: click.Context, name: str) -> list[str]:
-    from ..container.records import Containers
-    nets = _networks(ctx)
-    return [r.name for r in Containers(nets.store).all() if name in (r.config.get("networks") or {})]
-
-
 @click.group(context_settings=CONTEXT)
 def network() -> None:
     """Manage user-defined networks: containers on one reach each other by name."""
@@ -62,18 +56,8 @@ def ls(ctx, quiet, fmt) -> None:
 @click.pass_context
 def inspect(ctx, names) -> None:
     """Show networks as JSON (Docker's shape: Name, Driver, IPAM, Containers)."""
-    from ..container.records import Containers
     nets = _networks(ctx)
-    out = []
-    for name in names:
-        n = nets.get(name)
-        members = {r.id: {"Name": r.name, "IPv4Address": r.config["networks"][name]["ip"],
-                          "Aliases": r.config["networks"][name].get("aliases", [])}
-                   for r in Containers(nets.store).all() if name in (r.config.get("networks") or {})}
-        out.append({"Name": n.name, "Driver": "bridge", "Scope": "local", "Internal": n.internal,
-                    "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
-                    "Containers": members, "Labels": n.labels})
-    click.echo(json.dumps(out, indent=4))
+    click.echo(json.dumps([nets.inspect(name) for name in names], indent=4))
 
 
 @network.command(context_settings=CONTEXT)
@@ -85,7 +69,7 @@ def rm(ctx, names) -> None:
     failed = False
     for name in names:
         try:
-            _networks(ctx).remove(name, _users(ctx, name))
+            _networks(ctx).remove(name)
             click.echo(name)
         except RootlessError as e:
             click.echo(f"rootless: {e}", err=True)

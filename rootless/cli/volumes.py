@@ -153,25 +153,13 @@ def rm(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
 @click.pass_context
 def prune(ctx: click.Context, prune_all: bool, force: bool) -> None:
     """Remove the anonymous volumes no container uses (with -a: every unused volume)."""
-    from ..sandbox.remove import remove_tree
     from ..sandbox import idmap
     from ..units import human_size
     what = "local volumes" if prune_all else "anonymous local volumes"
     if not force and not click.confirm(f"WARNING! This will remove {what} not used by at least one "
                                        "container.\nAre you sure you want to continue?"):
         return
-    vols = _volumes(ctx)
-    maps = idmap.detect()
-    removed, space = [], 0
-    with vols.store.lock():
-        used = vols.users()
-        for v in vols.all():
-            name = v["Name"]
-            if name in used or not (prune_all or vols.anonymous(name)):
-                continue
-            space += vols.size(name)
-            remove_tree(maps, vols.path(name))
-            removed.append(name)
+    removed, space = _volumes(ctx).prune(idmap.detect(), prune_all)
     if removed:
         click.echo("Deleted Volumes:")
         for name in removed:

@@ -384,7 +384,7 @@ def start(store: Store, rec: Record) -> None:
     from dataclasses import asdict
     from .monitor import run_detached
     opts = RunOptions(**{**saved_options(rec), "detach": True, "name": None})
-    p = plan(store, opts)
+    p = plan(store, opts, image=_own_image(store, rec))
     run_detached(lambda detacher: start_planned(store, p, rec, detacher),
                  request={"store": store.root, "opts": asdict(opts), "existing": rec.id})
 
@@ -397,7 +397,12 @@ def start_attached(store: Store, rec: Record, interactive: bool,
     saved = saved_options(rec)
     opts = RunOptions(**{**saved, "detach": False, "name": None,
                          "interactive": bool(saved.get("interactive")) and interactive})
-    return start_planned(store, plan(store, opts), rec, None, on_warning)
+    return start_planned(store, plan(store, opts, image=_own_image(store, rec)), rec, None, on_warning)
+
+
+def _own_image(store: Store, rec: Record) -> Image:
+    """A container's own image, by id: its tag may be gone or moved since ('rmi -f', pull)."""
+    return store.resolve(rec.image_id)
 
 
 def saved_options(rec: Record) -> dict:
@@ -410,8 +415,8 @@ def saved_options(rec: Record) -> dict:
 def monitor_main(store: Store, opts: RunOptions, existing: str | None, detacher) -> int:
     """In a monitor forked by the fork server (``detached.adopt``): plan again, then create
     (unless ``existing``) and start, as ``run``/``start`` would have in their own fork."""
-    p = plan(store, opts)
     rec = Containers(store).find(existing) if existing else None
+    p = plan(store, opts, image=_own_image(store, rec) if rec is not None else None)
     return start_planned(store, p, rec, detacher)
 
 

@@ -13,13 +13,14 @@ their names: each one is read through ``tarfile`` into a temporary file named by
 every digest is checked (blob names under ``blobs/sha256``, descriptors, and each layer's
 uncompressed sha256 against the config's diff ids) before anything enters the store.  Layers
 the store has are not unpacked again; new ones go through ``layers.unpack`` (chrooted, in the
-user namespace).  If anything fails, the layers, blobs and tags this load added are removed:
-the store is as it was.
+user namespace), before the store lock is taken; with the lock, each is made visible by one
+rename.  If anything fails, the layers, blobs and tags this load added are removed: the store
+is as it was (and a load killed at any point leaves nothing that the next command does not
+clean up: ``Store.lock``).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -27,15 +28,15 @@ import os
 import posixpath
 import shutil
 import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, Callable
 
-from . import layers, reference
+from . import compression, layers, reference
+from .. import atomic
 from ..errors import StoreError, UsageError
-from ..sandbox.remove import remove_tree
 from ..sandbox import idmap
+from ..sandbox.remove import remove_tree
 from .store import Image, Store, _hex
 
 FORMATS = ("docker-archive", "oci-archive")
@@ -97,13 +98,14 @@ def _resolve_all(store: Store, names: list[str]) -> list[tuple[Image, list[str]]
 def _plain_layer(store: Store, blob_digest: str, media_type: str, tmpdir: str) -> str:
     """A path to the layer as an uncompressed tar (the blob itself when it is one)."""
     src = store.blob_path(blob_digest)
-    with open(src, "rb") as f:
-        compressed = f.read(2) == b"\x1f\x8b"
-    if not compressed:
+    if compression.file_kind(src) == "plain":
         return src
     dst = os.path.join(tmpdir, blob_digest[7:] + ".tar")
-    with gzip.open(src, "rb") as f, open(dst, "wb") as out:
-        shutil.copyfileobj(f, out, 1 << 20)
+    try:
+        compression.decompress_file(src, dst)
+    except compression.ERRORS as e:
+        raise StoreError(f"blob {blob_digest} in the store is corrupt ({e}): pull or import the image "
+                         "again") from None
     return dst
 
 
@@ -118,7 +120,7 @@ def save(store: Store, names: list[str], fmt: str, out: BinaryIO) -> None:
             if not os.path.exists(store.blob_path(d["digest"])):
                 raise StoreError(f"blob {d['digest']} of image {img.ref or img.id} is missing from the "
                                  "store: pull or import the image again")
-    tmpdir = tempfile.mkdtemp(dir=os.path.join(store.root, "tmp"), prefix="save-")
+    tmpdir = store.new_temp_dir("save")
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             if fmt == "docker-archive":
@@ -187,6 +189,49 @@ def _full_name(tag: str) -> str:
     if "/" not in name or ("." not in first and ":" not in first and first != "localhost"):
         name = "docker.io/" + (name if "/" in name else "library/" + name)
     return name
+
+
+def _cannot_write(path: str, e: OSError) -> str:
+    """Why ``path`` (as the user gave it) cannot be written, and what to do."""
+    import errno
+    parent = os.path.dirname(os.path.abspath(path))
+    why = {
+        errno.ENOENT: f"the directory {parent} does not exist" if not os.path.isdir(parent)
+        else f"no file can be created in {parent}",
+        errno.ENOTDIR: f"{parent} is not a directory",
+        errno.EACCES: f"you may not write in {parent}",
+        errno.EPERM: f"you may not write in {parent}",
+        errno.EROFS: f"{parent} is on a read-only filesystem",
+        errno.EISDIR: "it is a directory",
+        errno.ENOSPC: "the filesystem is full",
+    }.get(e.errno, os.strerror(e.errno).lower() if e.errno else str(e))
+    return f"cannot write {path}: {why}; give another file with -o"
+
+
+def write_to(path: str, writer: Callable[[BinaryIO], None]) -> None:
+    """Run ``writer(fileobj)`` into file ``path`` (``save -o``, ``export -o``): atomically, so a
+    failure leaves the old file or none (``atomic.writing``).  Errors name ``path``, never the
+    temporary file beside it.  An existing path that is not a regular file (/dev/null, a FIFO)
+    is written to directly, as Docker does."""
+    import stat
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"cannot write {path}: it is a directory; give a file name with -o")
+    try:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(path, "wb") as out:
+                writer(out)
+            return
+        with atomic.writing(path, mode=0o666) as out:
+            writer(out)
+    except OSError as e:   # making, opening or renaming the file itself (not the writer's reads)
+        if e.filename is not None and \
+                os.path.dirname(os.path.abspath(e.filename)) == os.path.dirname(os.path.abspath(path)):
+            raise UsageError(_cannot_write(path, e)) from None
+        raise
 
 
 # ----------------------------------------------------------------------------- load
@@ -303,23 +348,15 @@ def _copy_layer(archive: _Archive, name: str, tmpdir: str, want_blob: str | None
     if want_blob and blob_digest != want_blob:
         raise StoreError(f"{archive.source}: layer '{name}' has digest {blob_digest}, but the archive "
                          f"names it {want_blob}: the archive is corrupt or tampered with")
-    with open(blob, "rb") as f:
-        head = f.read(4)
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        raise StoreError(f"{archive.source}: layer '{name}' is zstd-compressed, which load does not "
-                         "support yet")
-    if not head.startswith(b"\x1f\x8b"):
+    kind = compression.file_kind(blob)
+    if kind == "plain":
         return blob, blob_digest, blob, blob_digest
     plain = blob + ".tar"
-    hp = hashlib.sha256()
     try:
-        with gzip.open(blob, "rb") as src, open(plain, "wb") as out:
-            while chunk := src.read(1 << 20):
-                hp.update(chunk)
-                out.write(chunk)
-    except (OSError, EOFError, zlib.error) as e:
-        raise StoreError(f"{archive.source}: layer '{name}' is not valid gzip ({_why(e)})") from None
-    return blob, blob_digest, plain, "sha256:" + hp.hexdigest()
+        diff_id = compression.decompress_file(blob, plain)
+    except compression.ERRORS as e:
+        raise StoreError(f"{archive.source}: layer '{name}' is not valid {kind} ({_why(e)})") from None
+    return blob, blob_digest, plain, diff_id
 
 
 def _blob_name(digest: str) -> str:
@@ -461,53 +498,29 @@ def _read_oci(archive: _Archive, store: Store, tmpdir: str) -> list[_Loaded]:
 
 
 def _spool(source: str, tmpdir: str) -> str:
-    """The archive as a plain tar file we may seek in (decompressed when gzip)."""
+    """The archive as a plain tar file we may seek in (decompressed when compressed)."""
     try:
         raw = os.fdopen(os.dup(0), "rb") if source == "-" else open(source, "rb")
     except OSError as e:
         raise UsageError(f"cannot read {source}: {e.strerror}") from None
     with raw:
-        head = raw.read(2)
-        if head != b"\x1f\x8b" and source != "-":
+        if source != "-" and compression.kind_of(raw.peek(6)[:6]) == "plain":
             return source
         path = os.path.join(tmpdir, "archive.tar")
         try:
             with open(path, "wb") as out:
-                if head == b"\x1f\x8b":
-                    raw.seek(0) if source != "-" else None
-                    src = gzip.GzipFile(fileobj=raw) if source != "-" else \
-                        gzip.GzipFile(fileobj=io.BufferedReader(_Prefixed(head, raw)))  # type: ignore[arg-type]
-                else:
-                    out.write(head)
-                    src = raw
-                shutil.copyfileobj(src, out, 1 << 20)
-        except (OSError, EOFError, zlib.error) as e:
+                compression.copy_hashing(compression.open_decompressed(raw), out)
+        except compression.ERRORS as e:
             raise StoreError(f"cannot read the archive {source}: {_why(e)}") from None
         return path
 
 
-class _Prefixed(io.RawIOBase):
-    def __init__(self, head: bytes, rest: BinaryIO):
-        self.head, self.rest = head, rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        if self.head:
-            n = min(len(b), len(self.head))
-            b[:n], self.head = self.head[:n], self.head[n:]
-            return n
-        data = self.rest.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-
 def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, list[str]]]:
     """Load every image of archive ``source`` (a path or ``-``); [(image, its tags)]."""
-    tmpdir = tempfile.mkdtemp(dir=os.path.join(store.root, "tmp"), prefix="load-")
+    tmpdir = store.new_temp_dir("load")
     added_layers: list[str] = []
     added_blobs: list[str] = []
+    prepared: dict[str, tuple[str, int]] = {}   # diff id -> (unpacked temporary directory, size)
     old_tags: dict[str, str] | None = None
     try:
         archive = _Archive(_spool(source, tmpdir), source)
@@ -525,16 +538,28 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
         finally:
             archive.close()
         result = []
+        # New layers are unpacked before the lock is taken (nothing sees them yet): other
+        # commands go on meanwhile; with the lock, each is made visible by one rename.
+        for img in images:
+            for diff_id, _blob_digest, _media_type, _blob in img.layers:
+                if diff_id in img.plain and diff_id not in prepared and not store.has_layer(diff_id):
+                    layer_tmp, size, _devices = layers.unpack_temp(store, maps, img.plain[diff_id],
+                                                                    f"layer {diff_id} of {source}")
+                    prepared[diff_id] = (layer_tmp, size)
         with store.lock():
             old_tags = store.tags()
             try:
                 for img in images:
                     for diff_id, blob_digest, media_type, blob in img.layers:
                         if not store.has_layer(diff_id):
-                            if diff_id not in img.plain:
+                            if diff_id in prepared:
+                                layer_tmp, size = prepared.pop(diff_id)
+                                store.publish_layer(layer_tmp, diff_id, size)
+                            elif diff_id in img.plain:    # removed by rmi or prune since we looked
+                                layers.unpack(store, maps, img.plain[diff_id], diff_id,
+                                              f"layer {diff_id} of {source}")
+                            else:
                                 raise StoreError(f"layer {diff_id} is missing from the store")
-                            layers.unpack(store, maps, img.plain[diff_id], diff_id,
-                                          f"layer {diff_id} of {source}")
                             added_layers.append(diff_id)
                         if blob and not os.path.exists(store.blob_path(blob_digest)):
                             store.adopt_blob(blob, blob_digest)
@@ -562,16 +587,15 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
             except BaseException:
                 store.restore_tags(old_tags)
                 for d in added_blobs:
-                    try:
-                        os.unlink(store.blob_path(d))
-                    except OSError:
-                        pass
+                    store.remove_blob(d)
                 for d in added_layers:
-                    remove_tree(maps, store.layer_dir(d))
+                    store.remove_layer(maps, d)
                 raise
         return result
     finally:
+        for layer_tmp, _size in prepared.values():
+            remove_tree(maps, layer_tmp)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-__all__ = ["save", "load", "FORMATS"]
+__all__ = ["save", "load", "write_to", "FORMATS"]

@@ -553,12 +553,13 @@ def layer_from_changes(store: Store, maps: idmap.IdMaps, changes_dir: str, *, si
     links, their times set to the tar's) instead of being copied — about twice as fast.  Takes
     the store lock itself: call it without.
     """
-    import tempfile
+    from .. import atomic
     from ..sandbox.remove import remove_tree
     layers_below = list(image_layers or [])
-    fd, tmp = tempfile.mkstemp(dir=os.path.join(store.root, "tmp"), suffix=".tar")
-    layer_tmp = os.path.join(store.root, "layers", f".tmp-{os.urandom(16).hex()}")
-    os.mkdir(layer_tmp, 0o755)
+    # temporary names that carry their writer: a command cleaning the store leaves them alone
+    tmp = os.path.join(store.tmp_dir(), atomic.temp_name("changes") + ".tar")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    layer_tmp = store.layer_temp_dir()
     try:
         def work() -> dict:
             writer = LayerWriter(fd, layer_tmp, single_uid, source_date_epoch, consume)
@@ -574,11 +575,12 @@ def layer_from_changes(store: Store, maps: idmap.IdMaps, changes_dir: str, *, si
         diff_id, size = result["digest"], result["size"]
         if result["count"] == 0:
             return NewLayer(diff_id, size, True)
+        from .layers import unpacked_size
+        files_size = unpacked_size(tmp)
         with store.lock():
-            if not store.has_layer(diff_id):
-                os.rename(layer_tmp, store.layer_dir(diff_id))
-            if not os.path.exists(store.blob_path(diff_id)):
+            if not store.has_blob(diff_id):
                 store.adopt_blob(tmp, diff_id)
+            store.publish_layer(layer_tmp, diff_id, files_size)
         return NewLayer(diff_id, size, False)
     finally:
         if os.path.exists(tmp):

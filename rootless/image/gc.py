@@ -2,11 +2,12 @@
 
 The store knows an image by its tags; a container keeps the image it was made from alive
 (by its image id) even after ``rmi -f``.  Live: every tagged manifest, every manifest whose
-config is a container's image, their configs, layer blobs and unpacked layers.  Everything
-else under ``blobs/`` and ``layers/`` (and ``layers/.tmp-*`` left by a killed unpack) is
-garbage: ``collect`` removes it with the store locked (every writer of blobs, layers and tags
-holds the lock), removing layers as root of the user namespace (their files may be owned by
-sub-ids).
+config is a container's image, their configs, layer blobs and unpacked layers (``live``: the
+one liveness rule, used by ``rmi``, ``image prune`` and ``system prune``).  Everything else
+under ``blobs/`` and ``layers/`` is garbage: ``collect`` removes it with the store locked
+(every writer makes blobs, layers and tags visible with the lock held; what killed writers
+left under ``tmp/`` and ``layers/.tmp-*`` is removed by ``Store.lock`` itself), removing
+layers as root of the user namespace (their files may be owned by sub-ids).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 
 from ..container.records import Containers, _alive
 from ..errors import RootlessError
-from ..sandbox.remove import remove_tree
 from ..sandbox import idmap
 from .store import Store
 
@@ -93,50 +93,120 @@ def _tree_size(path: str) -> int:
     return total
 
 
+def container_size(store: Store, cid: str) -> int:
+    """What a container's own files take (its upper layer, or its copied root filesystem)."""
+    directory = store.container_dir(cid)
+    own = os.path.join(directory, "upper")
+    return _tree_size(own if os.path.isdir(own) else os.path.join(directory, "rootfs"))
+
+
 def collect(store: Store, maps: idmap.IdMaps) -> Collected:
     """Remove blobs and layers nothing uses.  Takes the store lock."""
-    out = Collected()
     with store.lock():
-        keep_blobs, keep_layers = live(store)
-        for digest in store.blob_digests():
-            if digest not in keep_blobs:
-                path = store.blob_path(digest)
-                try:
-                    size = os.path.getsize(path)
-                    os.unlink(path)
-                    out.blobs.append(digest)
-                    out.reclaimed += size
-                except FileNotFoundError:
-                    pass
-        base = os.path.join(store.root, "layers")
-        for diff_id in store.layer_ids():
-            if diff_id not in keep_layers:
-                path = store.layer_dir(diff_id)
-                out.reclaimed += _tree_size(path)
-                remove_tree(maps, path)
-                out.layers.append(diff_id)
-        for name in os.listdir(base):
-            if name.startswith(".tmp-"):
-                remove_tree(maps, os.path.join(base, name))
+        return _collect(store, maps)
+
+
+def _collect(store: Store, maps: idmap.IdMaps) -> Collected:
+    """``collect`` with the store locked already."""
+    out = Collected()
+    keep_blobs, keep_layers = live(store)
+    for digest in store.blob_digests():
+        if digest not in keep_blobs:
+            try:
+                out.reclaimed += os.path.getsize(store.blob_path(digest))
+            except OSError:
+                continue
+            store.remove_blob(digest)
+            out.blobs.append(digest)
+    for diff_id in store.layer_ids():
+        if diff_id not in keep_layers:
+            out.reclaimed += store.layer_size(diff_id)
+            store.remove_layer(maps, diff_id)
+            out.layers.append(diff_id)
+    sizes = os.path.join(store.root, "sizes")
+    for name in os.listdir(sizes):      # of layers a killed command was removing, or unpacking
+        try:
+            if not store.has_layer("sha256:" + name):
+                os.unlink(os.path.join(sizes, name))
+        except (OSError, RootlessError):
+            pass
     return out
+
+
+@dataclass
+class Removed:
+    untagged: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    blobs: list[str] = field(default_factory=list)
+
+
+def remove_image(store: Store, maps: idmap.IdMaps, name: str, force: bool = False) -> Removed:
+    """``rmi NAME``: untag it (every tag of it when NAME is an id); then remove its blobs and
+    layers that nothing else uses — no tag and no container: an image a container was made
+    from stays (untagged, as Docker keeps it) until that container is removed.  Refused for an
+    image in use unless ``force``.  Everything is looked at and done with the store locked."""
+    out = Removed()
+    with store.lock():
+        img = store.resolve(name)
+        users = [c for c in Containers(store).all() if c.image_id == img.id]
+        if users and not force:
+            raise RootlessError(f"image {name} is used by container {users[0].name}: remove it first "
+                                "('rootless rm'), or use 'rmi -f'")
+        if img.ref and _same(store, name, img.ref):
+            tags = [img.ref]
+        else:   # by id: every tag of that image (Docker refuses several without -f)
+            tags = sorted(t for t, d in store.tags().items() if _config(store, d) == img.id)
+            if len(tags) > 1 and not force:
+                raise RootlessError(f"image {name} has several names ({', '.join(tags)}): remove them "
+                                    "by name, or use 'rmi -f'")
+        for tag in tags:
+            store.untag(tag)
+            out.untagged.append(tag)
+        keep_blobs, keep_layers = live(store)
+        manifest = store.read_json(img.manifest_digest)
+        for digest in [img.manifest_digest, img.id] + [d["digest"] for d in manifest.get("layers", [])]:
+            if digest not in keep_blobs and store.has_blob(digest):
+                out.blobs.append(digest)
+        for diff_id in img.diff_ids:
+            if diff_id not in keep_layers and store.has_layer(diff_id) and diff_id not in out.layers:
+                out.layers.append(diff_id)
+        # Layers first, manifest last: a command killed half-way leaves garbage, never an
+        # image whose manifest names something gone.
+        for diff_id in out.layers:
+            store.remove_layer(maps, diff_id)
+        for digest in reversed(out.blobs):
+            store.remove_blob(digest)
+    return out
+
+
+def _same(store: Store, name: str, ref: str) -> bool:
+    from . import reference
+    try:
+        return reference.normalize(name) == ref
+    except RootlessError:
+        return False
+
+
+def _config(store: Store, manifest_digest: str) -> str | None:
+    doc = _manifest(store, manifest_digest)
+    return doc["config"].get("digest") if doc else None
 
 
 def prune(store: Store, maps: idmap.IdMaps, all_images: bool) -> Collected:
     """``image prune``: unreferenced blobs and layers, and the dangling images (loaded without a
     name: ``archive.UNTAGGED_REPO``) no container uses; with ``all_images``, every image no
-    container uses (its tags removed first)."""
+    container uses (its tags removed first).  All with the store locked."""
     from .archive import UNTAGGED_REPO
     untagged = []
-    used = {r.image_id for r in Containers(store).all()}
     with store.lock():
+        used = {r.image_id for r in Containers(store).all()}
         for tag, digest in sorted(store.tags().items()):
             if not (all_images or tag.startswith(UNTAGGED_REPO + "/")):
                 continue
-            doc = _manifest(store, digest)
-            if doc is None or doc["config"].get("digest") not in used:
+            if _config(store, digest) not in used:
                 store.untag(tag)
                 untagged.append(tag)
-    out = collect(store, maps)
+        out = _collect(store, maps)
     out.untagged = untagged
     return out
 
@@ -146,27 +216,23 @@ def df(store: Store) -> list[dict]:
     recs = Containers(store).all()
     used_ids = {r.image_id for r in recs}
     sizes: dict[str, int] = {}
-    images: dict[str, set[str]] = {}      # image id -> blob digests of its layers
+    images: dict[str, set[str]] = {}      # image id -> diff ids of its layers
     for tag, digest in store.tags().items():
-        doc = _manifest(store, digest)
-        if doc is None:
+        try:
+            img = store.image(digest, tag)
+        except (OSError, ValueError, RootlessError):
             continue
-        layer_blobs = {d["digest"] for d in doc["layers"]}
-        images.setdefault(doc["config"]["digest"], set()).update(layer_blobs)
-        for d in doc["layers"]:
-            try:
-                sizes[d["digest"]] = os.path.getsize(store.blob_path(d["digest"]))
-            except OSError:
-                sizes[d["digest"]] = 0
+        images.setdefault(img.id, set()).update(img.diff_ids)
+        for diff_id in img.diff_ids:
+            if diff_id not in sizes:
+                sizes[diff_id] = store.layer_size(diff_id)
     total = sum(sizes.values())
     active_blobs = set().union(*(b for i, b in images.items() if i in used_ids)) if images else set()
     rows = [{"Type": "Images", "TotalCount": len(images), "Active": len(set(images) & used_ids),
              "Size": total, "Reclaimable": sum(s for d, s in sizes.items() if d not in active_blobs)}]
     c_size = c_reclaim = active = 0
     for r in recs:
-        directory = store.container_dir(r.id)
-        own = os.path.join(directory, "upper")
-        size = _tree_size(own if os.path.isdir(own) else os.path.join(directory, "rootfs"))
+        size = container_size(store, r.id)
         c_size += size
         if r.state == "running" and _alive(r.pid):
             active += 1
@@ -193,4 +259,4 @@ def df(store: Store) -> list[dict]:
     return rows
 
 
-__all__ = ["collect", "prune", "df", "live"]
+__all__ = ["collect", "prune", "df", "live", "remove_image", "container_size", "Removed", "Collected"]

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import bz2
 import datetime
-import gzip
-import hashlib
 import json
-import lzma
 import os
 import platform
 import sys
 import tarfile
-import tempfile
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import changes as changes_mod
-from . import layers, reference
+from . import compression, layers, reference
+from .. import atomic
 from ..errors import StoreError, UsageError
 from ..sandbox import idmap
+from ..sandbox.remove import remove_tree
 from .store import Image, Store
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -29,31 +26,9 @@ MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
-def _decompressed(raw: BinaryIO) -> BinaryIO:
-    head = raw.peek(6)[:6] if hasattr(raw, "peek") else b""
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
-    return raw
-
-
-def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
-    h = hashlib.sha256()
-    while chunk := src.read(1 << 20):
-        h.update(chunk)
-        dst.write(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 def _check_tarball(path: str, size: int, name: str) -> None:
     """Refuse, in the user's terms, what is not a tar archive (``path``: already decompressed)."""
-    kinds = "a tar archive, plain or compressed with gzip, bzip2, xz or zstd"
+    kinds = f"a tar archive, plain or compressed with {compression.KINDS}"
     if size == 0:
         raise UsageError(f"{name} is empty: give a root filesystem tarball ({kinds})")
     try:
@@ -75,37 +50,46 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
     for change in changes:
         changes_mod.apply(config_section, change)
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.join(store.root, "tmp"), suffix=".tar")
+    tmp = os.path.join(store.tmp_dir(), atomic.temp_name("import") + ".tar")
+    layer_tmp = None
+    what = "standard input" if source == "-" else source
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "xb") as out:
             try:
                 raw = sys.stdin.buffer if source == "-" else open(source, "rb")
             except OSError as e:
                 raise UsageError(f"cannot read {source}: {e.strerror}") from None
             try:
-                diff_id = _copy_hashing(_decompressed(raw), out)
-            except Exception as e:  # noqa: BLE001 - gzip, bz2, xz, zstd and I/O errors: unreadable
-                if isinstance(e, UsageError):
-                    raise
+                diff_id = compression.copy_hashing(compression.open_decompressed(raw), out)
+            except compression.ERRORS as e:
                 raise StoreError(f"cannot read the archive {source}: {e}") from None
             finally:
                 if raw is not sys.stdin.buffer:
                     raw.close()
         size = os.path.getsize(tmp)
-        _check_tarball(tmp, size, "standard input" if source == "-" else source)
+        _check_tarball(tmp, size, what)
         devices: list[str] = []
+        if not store.has_layer(diff_id):   # unpacked without the lock: nothing sees it yet
+            layer_tmp, unpacked_size, devices = layers.unpack_temp(store, maps, tmp, f"the layer of {what}")
         with store.lock():
-            if not store.has_layer(diff_id):
-                devices = layers.unpack(store, maps, tmp, diff_id,
-                                        f"the layer of {'standard input' if source == '-' else source}")
-            if not os.path.exists(store.blob_path(diff_id)):
+            # blob, layer, config, manifest, tag: each whole, each visible by one rename
+            if not store.has_blob(diff_id):
                 store.adopt_blob(tmp, diff_id)
+            if layer_tmp and store.publish_layer(layer_tmp, diff_id, unpacked_size):
+                layer_tmp = None
+            if not store.has_layer(diff_id):   # removed by rmi or prune since we looked
+                layer_tmp, unpacked_size, devices = layers.unpack_temp(store, maps, store.blob_path(diff_id),
+                                                                        f"the layer of {what}")
+                store.publish_layer(layer_tmp, diff_id, unpacked_size)
+                layer_tmp = None
             image = new_image(store, None, [diff_id], config_section,
                               [{"created_by": "rootless import " + os.path.basename(source),
                                 **({"comment": message} if message else {})}],
                               [ref] if ref else [])
         return image, devices
     finally:
+        if layer_tmp:
+            remove_tree(maps, layer_tmp)
         if os.path.exists(tmp):
             os.unlink(tmp)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..container.records import Containers, Record, _alive
 from ..errors import ImageNotFound, RootlessError, UsageError
+from ..units import parse_size
 from .store import Image, Store
 
 IMAGE_CONFIG_FIELDS = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels", "ExposedPorts",
@@ -29,20 +30,19 @@ def _iso(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def blob_size(store: Store, digest: str) -> int:
-    try:
-        return os.path.getsize(store.blob_path(digest))
-    except (OSError, RootlessError):
-        return 0
-
-
 def image_size(store: Store, img: Image) -> int:
-    """As ``rootless images`` counts it: the stored layer blobs."""
-    try:
-        manifest = store.read_json(img.manifest_digest)
-    except (OSError, RootlessError):
-        return 0
-    return sum(blob_size(store, d["digest"]) for d in manifest.get("layers", []))
+    """Docker's figure for ``images`` SIZE and ``inspect`` .Size: the unpacked size of its layers."""
+    return sum(store.layer_size(d) for d in dict.fromkeys(img.diff_ids))
+
+
+def image_rows(store: Store) -> list[dict[str, Any]]:
+    """``rootless images``: one row per tag (Repository, Tag, Id (short), Created, Size)."""
+    rows = []
+    for img in store.images():
+        name, _, tag = (img.ref or "<none>:<none>").rpartition(":")
+        rows.append({"Repository": name, "Tag": tag, "Id": img.id.removeprefix("sha256:")[:12],
+                     "Created": img.config.get("created", ""), "Size": image_size(store, img)})
+    return rows
 
 
 def image_info(store: Store, img: Image) -> dict[str, Any]:
@@ -78,14 +78,12 @@ def _bytes(text: str | None) -> int:
     """Docker's size strings (``512m``, ``2g``) in bytes; 0 when unset or unreadable."""
     if not text:
         return 0
-    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = str(text).strip().lower().removesuffix("b") or "0"
+    if str(text).strip() == "-1":
+        return -1
     try:
-        if t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except (ValueError, IndexError):
-        return -1 if t == "-1" else 0
+        return parse_size(text, "a size")
+    except UsageError:
+        return 0
 
 
 def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -299,8 +297,7 @@ def ago(created: str) -> str:
 def history(store: Store, name: str) -> list[dict[str, Any]]:
     """Rows newest first: Id (the image id on the top row, <missing> below), Created, CreatedBy, Size, Comment."""
     img = store.resolve(name)
-    manifest = store.read_json(img.manifest_digest)
-    sizes = [d.get("size", blob_size(store, d["digest"])) for d in manifest.get("layers", [])]
+    sizes = [store.layer_size(d) for d in img.diff_ids]
     entries = list(img.config.get("history") or [])
     if not entries:  # an image without history: one row per layer
         entries = [{"created": img.config.get("created", ""), "created_by": ""} for _ in img.diff_ids]

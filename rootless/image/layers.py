@@ -105,35 +105,49 @@ def _explain(m: tarfile.TarInfo, e: BaseException) -> str:
     return f"entry '{m.name}' cannot be created ({why})"
 
 
-def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str, what: str = "") -> list[str]:
-    """Unpack ``tar_path`` (uncompressed) as layer ``diff_id``; returns the device nodes skipped.
+def unpacked_size(tar_path: str) -> int:
+    """The layer's size once unpacked, as Docker counts it: the sum of its regular files."""
+    with tarfile.open(tar_path) as tar:
+        return sum(m.size for m in tar if m.isreg())
 
-    ``what`` names the layer in errors, as the user knows it (e.g. "the layer of FILE").
-    """
-    what = what or f"layer {diff_id}"
+
+def unpack_temp(store: Store, maps: idmap.IdMaps, tar_path: str, what: str) -> tuple[str, int, list[str]]:
+    """Unpack ``tar_path`` (uncompressed) into a new temporary directory of the store (no lock
+    needed: nothing sees it); (that directory, the unpacked size, the device nodes skipped).
+    ``store.publish_layer`` makes it a layer; a killed unpack leaves a directory that the next
+    command taking the store lock removes."""
     try:
         devices = check_owners(tar_path, maps)
+        size = unpacked_size(tar_path)
     except (tarfile.TarError, EOFError) as e:
         reason = "it is empty" if os.path.getsize(tar_path) == 0 else "it is truncated or not a tar file"
         raise StoreError(f"{what} is not a valid tar archive ({reason}): the image is corrupt; "
                          "get or make it again") from None
-    final = store.layer_dir(diff_id)
-    tmp = os.path.join(store.root, "layers", f".tmp-{os.urandom(16).hex()}")
-    os.mkdir(tmp, 0o755)
+    tmp = store.layer_temp_dir()
     try:
         run_as_root(maps, lambda: _extract_chrooted(tar_path, tmp), name="rootless-unpack")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not os.path.isdir(final):
-                raise
-            remove_tree(maps, tmp)  # another command unpacked the same layer meanwhile
     except channel.ChildError as e:
         remove_tree(maps, tmp)
         text = str(e)
         if text.startswith("entry '"):
             text += "; the archive is broken, or made to write where it should not: refused"
         raise StoreError(f"cannot unpack {what}: {text}") from None
+    except BaseException:
+        remove_tree(maps, tmp)
+        raise
+    return tmp, size, devices
+
+
+def unpack(store: Store, maps: idmap.IdMaps, tar_path: str, diff_id: str, what: str = "") -> list[str]:
+    """Unpack ``tar_path`` (uncompressed) as layer ``diff_id``; returns the device nodes skipped.
+    Call with the store locked.
+
+    ``what`` names the layer in errors, as the user knows it (e.g. "the layer of FILE").
+    """
+    tmp, size, devices = unpack_temp(store, maps, tar_path, what or f"layer {diff_id}")
+    try:
+        if not store.publish_layer(tmp, diff_id, size):
+            remove_tree(maps, tmp)  # another command unpacked the same layer meanwhile
     except BaseException:
         remove_tree(maps, tmp)
         raise

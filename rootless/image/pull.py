@@ -1,60 +1,62 @@
 """``rootless pull``: an image from a registry into the store.
 
-Manifest (an index is resolved to this host's platform), config, then every layer the
-store does not have yet, downloaded in parallel, each verified by the registry client
-(size, sha256) before it is kept; then each new layer is decompressed — checking its
-sha256 against the config's diff id — and unpacked once (``layers.unpack``).  A layer the
-store already has (shared with another image) is neither downloaded nor unpacked again.
+Manifest (an index is resolved to this host's platform) and config first; then whatever the
+store lacks of the image: a layer blob it does not keep (the compressed blob, which ``push``
+and ``save`` need, even when the layer is unpacked already, e.g. by an ``import`` of the same
+content) is downloaded, every download verified by the registry client (size, sha256); a
+layer it has not unpacked is decompressed — its sha256 checked against the config's diff id
+— and unpacked (``layers.unpack_temp``) into a temporary directory.  All of that happens
+without the store lock: other commands (``run``) go on meanwhile.  Then, with the lock, the
+store is looked at again (``rmi`` may have removed something meanwhile: then the missing
+parts are fetched in another round) and the new parts are made visible, each by one rename,
+in an order that keeps the store whole at every step: blobs, layers, config, manifest, tag.
+A pull killed at any point leaves only temporary files (removed by the next command that
+takes the lock) and complete blobs or layers no tag refers to yet.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
 
-from . import layers
+from . import compression, layers
 from ..errors import StoreError
 from ..progress import Progress
 from ..registry import Reference, RegistryClient, parse_image_manifest
 from ..sandbox import idmap
+from ..sandbox.remove import remove_tree
 from .store import Image, Store
 
 GZIP = ("application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.oci.image.layer.v1.tar+gzip")
 PLAIN = ("application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image.rootfs.diff.tar")
 
 
-def _decompress(src: str, dst: str, media_type: str) -> str:
-    """``src`` (as downloaded) into the plain tar ``dst``; its sha256 (the diff id)."""
-    h = hashlib.sha256()
-    if media_type in GZIP or media_type.endswith("+gzip"):
-        opener = gzip.open
-    elif media_type.endswith("+zstd"):
-        def opener(path, mode):  # noqa: ANN001 - same shape as gzip.open
-            import zstandard
-            return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    elif media_type in PLAIN or media_type.endswith(".tar"):
-        opener = open
-    else:
+SUPPORTED = "gzip, zstd or plain layers"
+
+
+def _check_type(media_type: str) -> None:
+    if not (media_type in GZIP or media_type in PLAIN or media_type.endswith(("+gzip", "+zstd", ".tar"))):
         raise StoreError(f"layer type {media_type} is not supported (foreign or unknown layers): "
-                         "pull an image with gzip, zstd or plain layers")
+                         f"pull an image with {SUPPORTED}")
+
+
+def _diff_id(src: str, dst: str | None, layer, ref: Reference) -> str:
+    """The sha256 of layer ``src`` decompressed (written to ``dst`` unless None)."""
     try:
-        with opener(src, "rb") as f, open(dst, "wb") as out:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                out.write(chunk)
-    except Exception as e:  # gzip, zstd and I/O errors alike: the layer is unreadable
-        raise StoreError(f"layer {os.path.basename(src)} is not a valid {media_type}: {e}") from None
-    return "sha256:" + h.hexdigest()
+        return compression.decompress_file(src, dst)
+    except compression.ERRORS as e:
+        raise StoreError(f"layer {layer.digest} of {ref} is not a valid {layer.media_type}: {e}") from None
 
 
 def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None = None,
          tls_verify: bool = True, quiet: bool = False) -> Image:
     ref = Reference.parse(ref_text)
-    tmp = tempfile.mkdtemp(dir=os.path.join(store.root, "tmp"))
+    tmp = store.new_temp_dir("pull")
+    downloaded: dict[str, str] = {}               # blob digest -> its file under tmp
+    unpacked: dict[str, tuple[str, int]] = {}     # diff id -> (temporary layer dir, size)
+    checked: set[str] = set()                     # blob digests whose diff id we verified
     try:
         with RegistryClient(ref.registry, insecure=None if tls_verify else True) as client:
             m = client.get_manifest(ref.repository, ref.reference, platform)
@@ -65,41 +67,71 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
             if len(diff_ids) != len(manifest.layers):
                 raise StoreError(f"{ref}: the image config lists {len(diff_ids)} layers, its manifest "
                                  f"{len(manifest.layers)}: the image is broken")
-            wanted = [(layer, diff) for layer, diff in zip(manifest.layers, diff_ids)
-                      if not store.has_layer(diff)]
-            progress = None if quiet else Progress("download", [(l.digest, l.size) for l, _ in wanted])
-            client.fetch_blobs(ref.repository,
-                               [(l.digest, os.path.join(tmp, l.digest[7:]), l.size) for l, _ in wanted],
-                               progress=(lambda d, done, total: progress.update(d, done, total))
-                               if progress else None)
-        with store.lock():
-            downloaded = {d for _, d in wanted}
-            gone = [d for d in diff_ids if d not in downloaded and not store.has_layer(d)]
-            if gone:  # removed by rmi/prune between our look and the lock
-                raise StoreError(f"layer {gone[0]} of {ref} was removed from the store while it was being "
-                                 "pulled (by rmi or image prune): pull again")
-            for layer, diff_id in wanted:
-                if store.has_layer(diff_id):
-                    continue
-                plain = os.path.join(tmp, layer.digest[7:] + ".tar")
-                got = _decompress(os.path.join(tmp, layer.digest[7:]), plain, layer.media_type)
-                if got != diff_id:
-                    raise StoreError(f"layer {layer.digest} of {ref} decompresses to {got}, but the image "
-                                     f"config says {diff_id}: the image is corrupt or tampered with")
-                layers.unpack(store, maps, plain, diff_id, f"layer {layer.digest} of {ref}")
-                os.unlink(plain)
-                blob = os.path.join(tmp, layer.digest[7:])
-                if not os.path.exists(store.blob_path(layer.digest)):
-                    store.adopt_blob(blob, layer.digest)
-            if store.put_blob(config_raw) != manifest.config.digest:
-                raise StoreError(f"{ref}: config digest mismatch")
-            if store.put_blob(m.data) != m.digest:
-                raise StoreError(f"{ref}: manifest digest mismatch")
-            if ref.tag:
-                store.set_tag(Reference(ref.registry, ref.repository, ref.tag).familiar, m.digest)
+            pairs = list(zip(manifest.layers, diff_ids))
+            new = {l.digest for l, d in pairs if not (store.has_blob(l.digest) and store.has_layer(d))}
+            for _round in range(3):
+                # What the store lacks, looked at without the lock (looked at again with it).
+                need_blob = [l for l, d in pairs if not store.has_blob(l.digest) and l.digest not in downloaded]
+                need_layer = [(l, d) for l, d in pairs if not store.has_layer(d) and d not in unpacked]
+                for l in need_blob:
+                    _check_type(l.media_type)
+                fetch = list({l.digest: l for l in need_blob}.values())
+                progress = None if quiet or not fetch else Progress("download", [(l.digest, l.size) for l in fetch])
+                client.fetch_blobs(ref.repository,
+                                   [(l.digest, os.path.join(tmp, l.digest[7:]), l.size) for l in fetch],
+                                   progress=(lambda d, done, total: progress.update(d, done, total))
+                                   if progress else None)
+                downloaded.update({l.digest: os.path.join(tmp, l.digest[7:]) for l in fetch})
+                for layer, diff_id in need_layer:
+                    if diff_id in unpacked:
+                        continue
+                    src = downloaded.get(layer.digest) or store.blob_path(layer.digest)
+                    plain = os.path.join(tmp, layer.digest[7:] + ".tar")
+                    got = _diff_id(src, plain, layer, ref)
+                    _check_diff(got, diff_id, layer, ref)
+                    checked.add(layer.digest)
+                    layer_tmp, size, _devices = layers.unpack_temp(store, maps, plain,
+                                                                    f"layer {layer.digest} of {ref}")
+                    unpacked[diff_id] = (layer_tmp, size)
+                    os.unlink(plain)
+                for layer, diff_id in pairs:   # a blob kept for a layer unpacked before: checked too
+                    if layer.digest in downloaded and layer.digest not in checked:
+                        _check_diff(_diff_id(downloaded[layer.digest], None, layer, ref), diff_id, layer, ref)
+                        checked.add(layer.digest)
+                with store.lock():
+                    lacking = [l.digest for l, d in pairs
+                               if (not store.has_blob(l.digest) and l.digest not in downloaded)
+                               or (not store.has_layer(d) and d not in unpacked)]
+                    if lacking:   # removed by rmi or prune since we looked: another round
+                        continue
+                    for layer, diff_id in pairs:    # blobs, then layers, config, manifest, tag
+                        if not store.has_blob(layer.digest):
+                            store.adopt_blob(downloaded.pop(layer.digest), layer.digest)
+                    for layer, diff_id in pairs:
+                        if diff_id in unpacked and not store.has_layer(diff_id):
+                            layer_tmp, size = unpacked.pop(diff_id)
+                            store.publish_layer(layer_tmp, diff_id, size)
+                    if store.put_blob(config_raw) != manifest.config.digest:
+                        raise StoreError(f"{ref}: config digest mismatch")
+                    if store.put_blob(m.data) != m.digest:
+                        raise StoreError(f"{ref}: manifest digest mismatch")
+                    if ref.tag:
+                        store.set_tag(Reference(ref.registry, ref.repository, ref.tag).familiar, m.digest)
+                    break
+            else:
+                raise StoreError(f"layers of {ref} were removed from the store while it was being pulled, "
+                                 "again and again (by rmi or image prune): pull again")
         if not quiet:
-            print(f"{ref}: pulled {len(wanted)} new layer(s), {len(manifest.layers) - len(wanted)} "
-                  "already in the store", file=__import__("sys").stderr)
+            print(f"{ref}: pulled {len(new)} new layer(s), {len(manifest.layers) - len(new)} "
+                  "already in the store", file=sys.stderr)
         return store.image(m.digest, str(ref))
     finally:
+        for layer_tmp, _size in unpacked.values():
+            remove_tree(maps, layer_tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_diff(got: str, diff_id: str, layer, ref: Reference) -> None:
+    if got != diff_id:
+        raise StoreError(f"layer {layer.digest} of {ref} decompresses to {got}, but the image "
+                         f"config says {diff_id}: the image is corrupt or tampered with")

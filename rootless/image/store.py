@@ -3,12 +3,17 @@
     ROOT/
       blobs/sha256/HEX        content-addressed blobs: layer tars, image configs, manifests
       layers/HEX/             each layer unpacked once (HEX = its diff id), shared read-only
+      sizes/HEX               the unpacked size of layer HEX (written before the layer appears)
       tags.json               {"name:tag": "sha256:MANIFEST"}
       containers/ID/          one per container: config.json, its root filesystem, etc files
       lock                    flock(2) held by commands that change the store
 
-Blob writes are verified against their digest and atomic (temp file + rename); tags.json
-is replaced atomically.  Files inside ``layers/`` and container root filesystems are owned
+Every change is crash-safe (``rootless.atomic``): a blob, a layer or tags.json becomes
+visible by one rename once complete and flushed; temporary files and half-made layers are
+named after their writer (pid and start time) and removed by the next command that takes the
+lock once that writer is gone.  Writers make things visible in an order that keeps the store
+whole after a kill at any point: blobs, then layers, then the config and manifest, then the
+tag; removers go the other way (tag first; a layer is renamed away before it is removed).  Files inside ``layers/`` and container root filesystems are owned
 through the user namespace (sub-ids), so only code running in it may remove them.
 """
 
@@ -19,10 +24,15 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import stat
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from . import reference
+from .. import atomic
 from ..errors import ImageNotFound, StoreError
 
 
@@ -46,7 +56,7 @@ def _hex(digest: str) -> str:
     return value
 
 
-SUBDIRS = ("blobs/sha256", "layers", "containers", "tmp")
+SUBDIRS = ("blobs/sha256", "layers", "sizes", "containers", "tmp")
 CHOOSE = "choose a store of your own with --root DIR or ROOTLESS_ROOT=DIR (default ~/.local/share/rootless)"
 
 
@@ -108,6 +118,59 @@ def lock_exclusive(fd: int, what: str) -> None:
                          "--root /tmp/$USER/rootless or ROOTLESS_ROOT") from None
 
 
+def _command() -> str:
+    args = [os.path.basename(sys.argv[0])] + sys.argv[1:3] if sys.argv else []
+    return " ".join(a for a in args if a)[:80] or "rootless"
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    pid, _, command = text.partition(" ")
+    if not pid.isdigit():
+        return "another command"
+    return f"PID {pid} ({command})" if command else f"PID {pid}"
+
+
+def _lock_waiting(fd: int, what: str, short: str, notice_after: float = 1.0) -> None:
+    """``lock_exclusive``, saying once on stderr who holds the lock when it takes more than
+    ``notice_after`` seconds (a silent wait looks like a hang)."""
+    deadline = time.monotonic() + notice_after
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except OSError:
+            break                      # lock_exclusive words it
+        if time.monotonic() >= deadline:
+            print(f"rootless: waiting for the {short} lock held by {_holder(fd)}", file=sys.stderr, flush=True)
+            break
+        time.sleep(0.05)
+    lock_exclusive(fd, what)
+
+
+def _remove_any(path: str) -> None:
+    """Remove a leftover file or tree, as root of the user namespace when we cannot ourselves
+    (an unpacked layer's files may be owned by sub-ids)."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    from ..sandbox import idmap
+    from ..sandbox.remove import remove_tree
+    remove_tree(idmap.detect(), path)
+
+
 class Store:
     def __init__(self, root: str):
         self.root = root
@@ -125,26 +188,57 @@ class Store:
     # --- locking and atomic files ---
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Hold the store lock.  A command that waits for it more than a second says so, once, on
+        stderr (naming the holder).  Taking it removes the temporary files of writers that are
+        gone (killed pulls, loads, imports)."""
+        path = os.path.join(self.root, "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            lock_exclusive(fd, f"the store at {self.root}")
+            _lock_waiting(fd, f"the store at {self.root}", "image store")
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {_command()}\n".encode(), 0)
+            except OSError:
+                pass
+            self.clean_stale()
             yield
         finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             os.close(fd)
 
+    def tmp_dir(self) -> str:
+        return os.path.join(self.root, "tmp")
+
+    def new_temp_dir(self, kind: str) -> str:
+        """A directory of our own under tmp/, named so that it is removed if we are killed."""
+        path = os.path.join(self.tmp_dir(), atomic.temp_name(kind))
+        os.mkdir(path, 0o700)
+        return path
+
+    def clean_stale(self) -> list[str]:
+        """Remove what killed writers left: temporary files under tmp/ and half-made layers
+        (``layers/.tmp-*``) whose writer is gone.  Call with the store locked."""
+        removed = []
+        for base in (self.tmp_dir(), os.path.join(self.root, "layers")):
+            try:
+                names = os.listdir(base)
+            except OSError:
+                continue
+            for name in names:
+                if base != self.tmp_dir() and not name.startswith(".tmp-"):
+                    continue
+                # A half-made layer without its writer's name is from a version of rootless that
+                # unpacked with the lock held: seen with the lock, its writer is gone.
+                if not (atomic.stale(name) or (base != self.tmp_dir() and not atomic.has_writer(name))):
+                    continue
+                path = os.path.join(base, name)
+                _remove_any(path)
+                removed.append(path)
+        return removed
+
     def _write_atomic(self, path: str, data: bytes) -> None:
-        import tempfile
-        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic.write_file(path, data, tmpdir=self.tmp_dir())
 
     # --- blobs ---
     def blob_path(self, digest: str) -> str:
@@ -157,9 +251,14 @@ class Store:
             self._write_atomic(path, data)
         return digest
 
+    def has_blob(self, digest: str) -> bool:
+        return os.path.exists(self.blob_path(digest))
+
     def adopt_blob(self, tmp_path: str, digest: str) -> None:
-        """Move a verified temp file into place as blob ``digest``."""
-        os.rename(tmp_path, self.blob_path(digest))
+        """Move a verified, complete temp file into place as blob ``digest``."""
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        atomic.publish(tmp_path, self.blob_path(digest))
 
     def read_json(self, digest: str) -> dict[str, Any]:
         path = self.blob_path(digest)
@@ -175,6 +274,61 @@ class Store:
 
     def has_layer(self, diff_id: str) -> bool:
         return os.path.isdir(self.layer_dir(diff_id))
+
+    def layer_temp_dir(self) -> str:
+        """An empty directory under layers/ to unpack a layer into (``publish_layer`` renames it)."""
+        path = os.path.join(self.root, "layers", atomic.temp_name(".tmp-layer"))
+        os.mkdir(path, 0o755)
+        return path
+
+    def publish_layer(self, tmp: str, diff_id: str, size: int) -> bool:
+        """Make the complete layer ``tmp`` visible as ``diff_id`` with its unpacked ``size``
+        (the size first: a visible layer always has one).  False if the store has it already
+        (the caller removes ``tmp``).  Call with the store locked."""
+        if self.has_layer(diff_id):
+            return False
+        self._write_atomic(self._size_path(diff_id), str(size).encode())
+        atomic.publish(tmp, self.layer_dir(diff_id))
+        return True
+
+    def _size_path(self, diff_id: str) -> str:
+        return os.path.join(self.root, "sizes", _hex(diff_id))
+
+    def layer_size(self, diff_id: str) -> int:
+        """The unpacked size of a layer (the sum of its regular files, as Docker counts it)."""
+        try:
+            with open(self._size_path(diff_id)) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        total = 0   # a layer unpacked before sizes were recorded: what we can see of it
+        for dirpath, _dirs, files in os.walk(self.layer_dir(diff_id)):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(os.path.join(dirpath, name))
+                    if stat.S_ISREG(st.st_mode):
+                        total += st.st_size
+        return total
+
+    def remove_layer(self, maps: Any, diff_id: str) -> None:
+        """Remove layer ``diff_id``: renamed away first (a half-removed layer is never visible),
+        then removed as root of the user namespace.  Call with the store locked."""
+        from ..sandbox.remove import remove_tree
+        final = self.layer_dir(diff_id)
+        doomed = os.path.join(self.root, "layers", atomic.temp_name(".tmp-rm"))
+        try:
+            os.rename(final, doomed)
+        except FileNotFoundError:
+            return
+        atomic.step("rename layer away")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._size_path(diff_id))
+        remove_tree(maps, doomed)
+
+    def remove_blob(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.blob_path(digest))
+            atomic.step("unlink blob")
 
     # --- tags and images ---
     def _tags_path(self) -> str:
@@ -194,6 +348,11 @@ class Store:
         tags = self.tags()
         tags[reference.normalize(ref)] = manifest_digest
         self._write_atomic(self._tags_path(), json.dumps(tags, indent=1, sort_keys=True).encode())
+
+    def tag(self, source: str, target: str) -> None:
+        """``tag SOURCE TARGET``: the look-up and the change with the store locked."""
+        with self.lock():
+            self.set_tag(target, self.resolve(source).manifest_digest)
 
     def image(self, manifest_digest: str, ref: str | None = None) -> Image:
         manifest = self.read_json(manifest_digest)
@@ -222,9 +381,35 @@ class Store:
                 return next(iter(matches.values()))
             if len(matches) > 1:
                 raise StoreError(f"image id prefix '{ref}' is ambiguous: give more characters")
+            if len(prefix) == 64:   # untagged, kept by a container made from it ('rmi -f')
+                found = self.image_by_id("sha256:" + prefix)
+                if found is not None:
+                    return found
         raise ImageNotFound(f"image '{normalized or ref}' is not in the local store ({self.root}). "
                             f"'rootless images' lists what you have; get it with 'rootless pull {ref}', or "
                             f"make one from a root filesystem tarball with 'rootless import ROOTFS.tar {ref}'")
+
+    def image_by_id(self, image_id: str) -> Image | None:
+        """The image whose config is ``image_id``, tagged or not (a manifest in the blobs)."""
+        for digest in self.blob_digests():
+            path = self.blob_path(digest)
+            try:
+                if os.path.getsize(path) > 4 << 20:
+                    continue
+                with open(path, "rb") as f:
+                    head = f.read(1)
+                    if head != b"{":
+                        continue
+                    doc = json.loads(head + f.read())
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("config"), dict) \
+                    and doc["config"].get("digest") == image_id and isinstance(doc.get("layers"), list):
+                try:
+                    return self.image(digest)
+                except (OSError, ValueError, StoreError):
+                    continue
+        return None
 
     def images(self) -> list[Image]:
         return [self.image(d, t) for t, d in sorted(self.tags().items())]
@@ -238,20 +423,6 @@ class Store:
         digest = tags.pop(key)
         self._write_atomic(self._tags_path(), json.dumps(tags, indent=1, sort_keys=True).encode())
         return digest
-
-    def unreferenced(self, manifest_digest: str) -> tuple[list[str], list[str]]:
-        """Blobs and layers of ``manifest_digest`` that no tagged image uses: (blob digests, diff ids)."""
-        keep_blobs: set[str] = set()
-        keep_layers: set[str] = set()
-        for digest in self.tags().values():
-            img = self.image(digest)
-            keep_blobs |= {digest, img.id, *(d["digest"] for d in self.read_json(digest).get("layers", []))}
-            keep_layers |= set(img.diff_ids)
-        if manifest_digest in keep_blobs:
-            return [], []
-        img = self.image(manifest_digest)
-        blobs = [manifest_digest, img.id] + [d["digest"] for d in self.read_json(manifest_digest).get("layers", [])]
-        return ([b for b in blobs if b not in keep_blobs], [d for d in img.diff_ids if d not in keep_layers])
 
     def container_dir(self, cid: str) -> str:
         return os.path.join(self.root, "containers", cid)

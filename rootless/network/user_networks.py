@@ -101,11 +101,40 @@ class Networks:
                 json.dump(asdict(network), f)
         return network
 
-    def remove(self, name: str, users: list[str]) -> None:
-        self.get(name)
-        if users:
-            raise RootlessError(f"network '{name}' is used by container {users[0]}: remove it first")
-        os.unlink(self._path(name))
+    def users(self, name: str) -> list[str]:
+        """Names of the containers (running or not) on network ``name``."""
+        from ..container.records import Containers
+        return [r.name for r in Containers(self.store).all() if name in (r.config.get("networks") or {})]
+
+    def remove(self, name: str) -> None:
+        """``network rm``: refused while a container uses it.  With the store locked."""
+        with self.store.lock():
+            self.get(name)
+            users = self.users(name)
+            if users:
+                raise RootlessError(f"network '{name}' is used by container {users[0]}: remove it first")
+            os.unlink(self._path(name))
+
+    def inspect(self, name: str) -> dict:
+        """``network inspect``: Docker's shape (Name, Driver, IPAM, Containers)."""
+        from ..container.records import Containers
+        n = self.get(name)
+        members = {r.id: {"Name": r.name, "IPv4Address": r.config["networks"][name]["ip"],
+                          "Aliases": r.config["networks"][name].get("aliases", [])}
+                   for r in Containers(self.store).all() if name in (r.config.get("networks") or {})}
+        return {"Name": n.name, "Driver": "bridge", "Scope": "local", "Internal": n.internal,
+                "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+                "Containers": members, "Labels": n.labels}
+
+    def prune(self) -> list[str]:
+        """``network prune``: remove every network no container uses; their names."""
+        removed = []
+        with self.store.lock():
+            for net in self.all():
+                if not self.users(net.name):
+                    os.unlink(self._path(net.name))
+                    removed.append(net.name)
+        return removed
 
 
 def allocate(network: Network, used: set[str]) -> str:

@@ -30,7 +30,6 @@ import binascii
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any, Iterable
 
 import httpx
 
+from .. import atomic
 from .errors import AuthenticationRequired, RegistryError, RegistryUnreachable
 from .reference import normalize_registry
 
@@ -158,21 +158,9 @@ def find_credentials(registry: str, repository: str | None = None,
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth.json.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic.writing(str(path)) as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write((json.dumps(data, indent=2) + "\n").encode())
 
 
 def _key_for(registry: str) -> str:
