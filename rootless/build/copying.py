@@ -37,11 +37,11 @@ from typing import BinaryIO
 import httpx
 
 from ..errors import BuildError
+from ..image import compression
 from .context import HashCache, SourceDigest, digest_sources, match_sources
 from .fsview import FsView
 from .plan import CopyStep, is_url
 
-ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 
 
 # ---------------------------------------------------------------- owners
@@ -294,22 +294,22 @@ def _is_archive(view: FsView, path: str) -> bool:
             head = f.read(512)
     except OSError:
         return False
-    return head.startswith(ARCHIVE_MAGIC) or head[257:262] == b"ustar"
+    return compression.kind_of(head) != "plain" or head[257:262] == b"ustar"
 
 
 def _open_archive(view: FsView, path: str, tmpdir: str) -> tarfile.TarFile:
-    with view.open(path) as f:
-        head = f.read(4)
+    """The archive ``path``, decompressed (image.compression, the one decompressor) into a
+    temporary file."""
+    import io
+    plain = tempfile.TemporaryFile(dir=tmpdir)
     try:
-        if head == b"\x28\xb5\x2f\xfd":
-            import zstandard
-            plain = tempfile.TemporaryFile(dir=tmpdir)
-            with view.open(path) as f:
-                zstandard.ZstdDecompressor().copy_stream(f, plain)
-            plain.seek(0)
-            return tarfile.open(fileobj=plain, mode="r:")
-        return tarfile.open(fileobj=view.open(path), mode="r:*")
-    except (tarfile.TarError, OSError, ImportError) as e:
+        with view.open(path) as f:
+            raw = f if hasattr(f, "peek") else io.BufferedReader(f)   # type: ignore[arg-type]
+            shutil.copyfileobj(compression.open_decompressed(raw), plain, 1 << 20)
+        plain.seek(0)
+        return tarfile.open(fileobj=plain, mode="r:")
+    except (tarfile.TarError, *compression.ERRORS) as e:
+        plain.close()
         raise BuildError(f"ADD {path}: cannot read the archive: {e}") from None
 
 

@@ -50,15 +50,12 @@ def _int(key: str, value: str | None, base: int = 10) -> int:
 
 
 def _size(value: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    v = value.strip().lower().removesuffix("b")
-    mult = units.get(v[-1:], 1)
-    if v[-1:] in units:
-        v = v[:-1]
+    from ..errors import UsageError
+    from ..units import parse_size
     try:
-        return int(float(v) * mult)
-    except ValueError:
-        raise MountError(f"size={value} is not a size") from None
+        return parse_size(value, "size=")
+    except UsageError as e:
+        raise MountError(str(e)) from None
 
 
 def parse_mount(spec: str, workdir: str = "/") -> Mount:
