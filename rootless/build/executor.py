@@ -496,9 +496,7 @@ class StepFailed(BuildError):
 def build(store: Store, maps: idmap.IdMaps, ctx: BuildContext, req: BuildRequest, reporter: Reporter) -> Image:
     """Parse, plan and run the build; the image (tagged with ``req.tags``)."""
     from .dockerfile import parse
-    df = parse(ctx.dockerfile, ctx.dockerfile_name)
-    for note in df.notes:
-        reporter.warning(note)
+    df = parse(ctx.dockerfile, ctx.dockerfile_name)       # its notes come with the plan's warnings
     builder = Builder(store, maps, ctx, req, reporter)
     bplan = planmod.make_plan(df, planmod.BuildOptions(build_args=req.build_args, target=req.target,
                                                        labels=req.labels), builder.image_config)

@@ -558,7 +558,7 @@ def layer_from_changes(store: Store, maps: idmap.IdMaps, changes_dir: str, *, si
     layers_below = list(image_layers or [])
     # temporary names that carry their writer: a command cleaning the store leaves them alone
     tmp = os.path.join(store.tmp_dir(), atomic.temp_name("changes") + ".tar")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)   # read back: see LayerWriter
     layer_tmp = store.layer_temp_dir()
     try:
         def work() -> dict:
