@@ -41,4 +41,30 @@ def parse_size(value: str, what: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-__all__ = ["human_binary", "human_size", "parse_size"]
+def human_duration(seconds: float) -> str:
+    """A duration as Docker words it ('Up 3 minutes', 'Exited (0) 2 seconds ago')."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 60:
+        n = int(seconds)
+        return "1 second" if n == 1 else f"{n} seconds"
+    minutes = int(seconds // 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds // 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // (24 * 7)} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // (24 * 30)} months"
+    return f"{hours // (24 * 365)} years"
+
+
+__all__ = ["human_binary", "human_duration", "human_size", "parse_size"]

@@ -40,3 +40,26 @@ def test_info_says_what_was_found_here(rl):
     assert data["Cgroups"]["Kind"] in ("v1", "v2", "none")
     text = rl("info").stdout
     assert "IdMaps:" in text and "StorageDriver:" in text and "Traceback" not in text
+
+
+def test_durations_are_worded_as_docker_words_them():
+    from rootless.units import human_duration
+    cases = {0.5: "Less than a second", 1: "1 second", 59: "59 seconds", 60: "About a minute",
+             150: "2 minutes", 3600: "About an hour", 5 * 3600: "5 hours", 3 * 86400: "3 days",
+             20 * 86400: "2 weeks", 90 * 86400: "3 months", 800 * 86400: "2 years"}
+    assert {k: human_duration(k) for k in cases} == cases
+
+
+def test_ps_shows_how_long_ago(rl):
+    cid = rl("run", "-d", "--network", "none", "busybox", "sleep", "30").stdout.strip()
+    try:
+        row = next(r for r in json.loads(rl("ps", "--format", "json").stdout) if cid.startswith(r["Id"]))
+        assert row["Status"].startswith("Up ") and ("second" in row["Status"] or "minute" in row["Status"])
+        rl("rm", "-f", cid)
+        done = rl("run", "--network", "none", "busybox", "true")
+        assert done.returncode == 0
+        row = json.loads(rl("ps", "-a", "--format", "json", "--filter", "status=exited").stdout)[0]
+        assert row["Status"].startswith("Exited (0) ") and row["Status"].endswith(" ago")
+        rl("container", "prune", "-f")
+    finally:
+        rl("rm", "-f", cid)

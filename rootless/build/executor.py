@@ -276,7 +276,7 @@ class Builder:
                 for w in p.warnings:
                     self.out.warning(w)
                 self.warned_single = True
-            rec = create(self.store, p, started_later=False)
+            rec = create(self.store, p, started_later=False, builder=True)
             code = self._run_piped(lambda stdio: start_planned(self.store, p, rec, None, self.out.warning,
                                                                stdio=stdio))
             if code != 0:

@@ -31,10 +31,14 @@ def published(rec: Record) -> list[str]:
 
 
 def _status(store: Store, r: Record, running: bool) -> str:
+    from ..units import human_duration
     if running:
         from .lifecycle import rootfs_lost
         from .rootfs import internal_errors
-        status = "Up (root filesystem lost: restart it)" if rootfs_lost(r) else "Up"
+        up = "Up " + human_duration(time.time() - float(r.config.get("started") or r.created))
+        if r.config.get("paused"):
+            up += " (Paused)"
+        status = f"{up} (root filesystem lost: restart it)" if rootfs_lost(r) else up
         errors = len(internal_errors(store.container_dir(r.id)))
         if errors:
             status += f" ({errors} overlay error{'s' if errors > 1 else ''}: see inspect)"
@@ -43,8 +47,8 @@ def _status(store: Store, r: Record, running: bool) -> str:
         return "Removal In Progress"
     if r.state == "running":
         return "Exited (unknown): its process is gone"
-    ago = int(time.time() - (r.finished or r.created))
-    return f"Exited ({r.exit_code}) {ago}s ago" if r.exit_code is not None else "Created"
+    ago = human_duration(time.time() - (r.finished or r.created))
+    return f"Exited ({r.exit_code}) {ago} ago" if r.exit_code is not None else "Created"
 
 
 def ps(store: Store, show_all: bool = False, filters: list[str] | None = None) -> list[dict[str, Any]]:
@@ -55,6 +59,8 @@ def ps(store: Store, show_all: bool = False, filters: list[str] | None = None) -
         show_all = True
     rows = []
     for r in Containers(store).all():
+        if r.config.get("builder"):
+            continue            # a build's RUN step, as Docker's 'ps' does not show them
         running = r.state == "running" and _alive(r.pid)
         if not (show_all or running):
             continue

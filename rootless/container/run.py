@@ -336,7 +336,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
                 resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init)
 
 
-def create(store: Store, p: Plan, started_later: bool = True) -> Record:
+def create(store: Store, p: Plan, started_later: bool = True, builder: bool = False) -> Record:
     """Record the container (state ``created``; no process yet), its name reserved and its
     options saved for every later start.  ``started_later``: by ``start``, detached, as
     ``rootless create`` does (its -t/-i are kept for ``start -a``/``attach``); else this
@@ -352,6 +352,8 @@ def create(store: Store, p: Plan, started_later: bool = True) -> Record:
         r.config["run_dir"] = os.path.join(p.run_base, r.id[:16])   # for rm -f, whoever runs it
         if p.labels:
             r.config["labels"] = p.labels
+        if builder:
+            r.config["builder"] = True      # a build's RUN step: 'ps' does not list it
         if started_later:
             r.owner_pid = r.owner_start = 0          # nobody runs it until 'start'
         if p.user_net:

@@ -284,14 +284,8 @@ def ago(created: str) -> str:
             when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
         except ValueError:
             return "N/A"
-    secs = time.time() - when.timestamp()
-    for unit, size in (("years", 365 * 86400), ("months", 30 * 86400), ("weeks", 7 * 86400),
-                       ("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if secs >= 2 * size:
-            return f"{int(secs // size)} {unit} ago"
-    if secs >= 60:
-        return "About a minute ago"
-    return f"{max(int(secs), 0)} seconds ago" if secs >= 1 else "Less than a second ago"
+    from ..units import human_duration
+    return human_duration(time.time() - when.timestamp()) + " ago"
 
 
 def history(store: Store, name: str) -> list[dict[str, Any]]:
