@@ -1,6 +1,7 @@
 """``rootless system prune``: what ``container prune``, ``network prune``, ``image prune`` and
 (with ``volumes``) ``volume prune`` remove, in that order (a removed container no longer keeps
-its image, network or volumes in use), and the space it freed.  There is no build cache yet.
+its image, network or volumes in use), then the build cache (``builder prune``), and the
+space it freed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Pruned:
     networks: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     images: gc.Collected = field(default_factory=gc.Collected)
+    build_cache: int = 0                 # entries forgotten
     reclaimed: int = 0
 
 
@@ -37,7 +39,10 @@ def prune(store: Store, all_images: bool = False, volumes: bool = False) -> Prun
     if volumes:
         out.volumes, space = Volumes(store).prune(maps, all_volumes=False)
         out.reclaimed += space
-    out.images = gc.prune(store, maps, all_images)
+    from .image.buildcache import BuildCache
+    out.build_cache, space = BuildCache(store).clear(maps)
+    out.reclaimed += space
+    out.images = gc.prune(store, maps, all_images)      # with the cache's layers, now unused
     out.reclaimed += out.images.reclaimed
     return out
 

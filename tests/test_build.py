@@ -270,12 +270,19 @@ def test_quiet_iidfile_outputs_and_stdin(rl, tmp_path):
     assert _run(rl, piped.stdout.strip(), "cat", "/f") == "from-stdin\n"
 
 
+def _df_cache(rl) -> dict:
+    return next(r for r in json.loads(rl("system", "df", "--format", "json").stdout) if r["Type"] == "Build Cache")
+
+
 def test_builder_prune_empties_the_cache(rl, tmp_path):
-    ctx = _ctx(tmp_path, "FROM busybox\nRUN echo pruned-run && echo x > /p\n")
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN echo pruned-run && head -c 100000 /dev/zero > /p\n")
     _build(rl, ctx)
+    assert rl("image", "prune", "-f").returncode == 0              # leaves the cache's layers alone
     assert "pruned-run" not in _said(_build(rl, ctx))
+    assert _df_cache(rl)["TotalCount"] >= 1 and _df_cache(rl)["Size"] >= 100000
     proc = rl("builder", "prune", "-f")
     assert proc.returncode == 0 and "Total reclaimed space" in proc.stdout, proc.stderr
+    assert _df_cache(rl)["TotalCount"] == 0 and _df_cache(rl)["Size"] == 0
     assert "pruned-run" in _said(_build(rl, ctx))
     refused = rl("builder", "prune")
     assert refused.returncode == 125 and "-f" in _said(refused)

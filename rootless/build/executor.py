@@ -35,7 +35,7 @@ from ..errors import BuildError, RootlessError, UsageError
 from ..image.store import Image, Store
 from ..sandbox import idmap
 from . import plan as planmod
-from .cache import BuildCache, Entry
+from ..image.buildcache import BuildCache, Entry
 from .context import BuildContext, HashCache
 from .fsview import LayersView
 

@@ -165,12 +165,12 @@ def _write_output(store, image, kind: str, dest: str) -> None:
 
 
 @click.command("prune", context_settings=CONTEXT)
-@click.option("-a", "--all", "everything", is_flag=True, help="(Docker's flag) the same: all of the cache.")
+@click.option("-a", "--all", "everything", is_flag=True, help="(Docker's flag) the same: the whole cache.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def builder_prune(ctx: click.Context, everything: bool, force: bool) -> None:
     """Empty the build cache: its step records and RUN --mount=type=cache directories."""
-    from ..build.cache import BuildCache
+    from ..image.buildcache import BuildCache
     from ..sandbox import idmap
     from ..units import human_size
     if not force:
@@ -178,8 +178,11 @@ def builder_prune(ctx: click.Context, everything: bool, force: bool) -> None:
             raise click.UsageError("builder prune removes the whole build cache: add -f to confirm")
         if not click.confirm("This removes the whole build cache. Are you sure?"):
             return
-    entries, size = BuildCache(_store(ctx)).clear(idmap.detect())
-    click.echo(f"Deleted {entries} build cache entries; their layers go with 'rootless image prune'")
+    from ..image import gc
+    store, maps = _store(ctx), idmap.detect()
+    entries, size = BuildCache(store).clear(maps)
+    size += gc.collect(store, maps).reclaimed          # the layers only the cache kept
+    click.echo(f"Deleted build cache objects: {entries}")
     click.echo(f"Total reclaimed space: {human_size(size)}")
 
 

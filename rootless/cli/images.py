@@ -236,6 +236,8 @@ def system_prune(ctx: click.Context, all_images: bool, volumes: bool, force: boo
         for d in out.images.layers:
             click.echo(f"deleted: {d}")
         click.echo()
+    if out.build_cache:
+        click.echo(f"Deleted build cache objects: {out.build_cache}\n")
     click.echo(f"Total reclaimed space: {_human(out.reclaimed)}")
 
 

@@ -54,7 +54,8 @@ def _manifest(store: Store, digest: str) -> dict | None:
 
 
 def live(store: Store) -> tuple[set[str], set[str]]:
-    """(blob digests, diff ids) in use by tags and containers."""
+    """(blob digests, diff ids) in use by tags, containers and the build cache (its layers are
+    stored as blobs named by their diff ids)."""
     used_ids = {r.image_id for r in Containers(store).all()}
     manifests = set(store.tags().values())
     if used_ids:
@@ -77,7 +78,9 @@ def live(store: Store) -> tuple[set[str], set[str]]:
             layers |= set((config.get("rootfs") or {}).get("diff_ids") or [])
         except (OSError, ValueError, RootlessError):
             pass
-    return blobs, layers
+    from .buildcache import BuildCache
+    cached = BuildCache(store).layers()
+    return blobs | cached, layers | cached
 
 
 def _tree_size(path: str) -> int:
@@ -256,6 +259,12 @@ def df(store: Store) -> list[dict]:
                 v_reclaim += size
     rows.append({"Type": "Local Volumes", "TotalCount": v_total, "Active": v_active, "Size": v_size,
                  "Reclaimable": v_reclaim})
+    from .buildcache import BuildCache
+    cache = BuildCache(store)
+    only_cached = cache.layers() - set(sizes)          # layers no image has: the cache's own
+    b_size = sum(store.layer_size(d) for d in only_cached if store.has_layer(d)) + cache.mounts_size()
+    rows.append({"Type": "Build Cache", "TotalCount": cache.entries(), "Active": 0, "Size": b_size,
+                 "Reclaimable": b_size})
     return rows
 
 

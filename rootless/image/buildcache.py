@@ -4,7 +4,8 @@
 step that changed nothing); the layer itself lives in the store like any other.  An entry
 whose layer was removed since (``image prune``) is a miss.  ``RUN --mount=type=cache``
 directories live in ``STORE/build-cache/mounts/``, one per cache id, kept between builds.
-``builder prune`` empties both; ``system df`` counts them.
+``builder prune`` empties both; ``system df`` counts them.  The cache's layers are live
+for garbage collection (``gc.live``) until ``builder prune`` (or ``system prune``) forgets them.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from ..image.store import Store
 from ..atomic import write_file
+from .store import Store
 
 
 @dataclass(frozen=True)
