@@ -286,3 +286,121 @@ def test_builder_prune_empties_the_cache(rl, tmp_path):
     assert "pruned-run" in _said(_build(rl, ctx))
     refused = rl("builder", "prune")
     assert refused.returncode == 125 and "-f" in _said(refused)
+
+
+# --- beside the peers: podman build makes the same tree; the pushed image works for them ------
+
+PEER_DOCKERFILE = """\
+FROM busybox
+ARG WHO=peer
+ENV GREETING=hello
+WORKDIR /srv/app
+COPY files/ ./
+COPY --chmod=0751 run.sh /usr/local/bin/run
+RUN mkdir -p /var/data && echo "$GREETING $WHO" > /var/data/greeting && ln -s /var/data/greeting /srv/app/link \\
+    && ln /var/data/greeting /var/data/hard && rm /bin/vi && chmod 0640 /srv/app/b.txt
+CMD ["run"]
+"""
+
+
+def _podman(tmp_path: Path):
+    import shutil
+    import subprocess
+    import tempfile
+    if not shutil.which("podman"):
+        pytest.skip("podman is not installed")
+    run_root = tempfile.mkdtemp(prefix="rl-pb-", dir="/tmp")
+    env = {**os.environ, "XDG_RUNTIME_DIR": run_root}
+    base = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+            "--root", str(tmp_path / "p-root"), "--runroot", run_root]
+
+    def podman(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+    def cleanup() -> None:
+        pause = Path(run_root) / "libpod" / "tmp" / "pause.pid"
+        pid = int(pause.read_text()) if pause.exists() else 0
+        subprocess.run([*base, "unshare", "rm", "-rf", str(tmp_path / "p-root"), run_root], capture_output=True,
+                       timeout=120, env=env)
+        if pid:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    return podman, cleanup
+
+
+def _environmental(proc) -> bool:
+    why = ("insufficient UIDs", "newuidmap", "cannot set up namespace", "cannot re-exec", "not allowed",
+           "permission denied", "subuid", "subgid")
+    return proc.returncode != 0 and any(w.lower() in proc.stderr.lower() for w in why)
+
+
+def _tree(rl, image: str) -> dict[str, tuple]:
+    """Every entry of an image's merged tree: type, mode, owner, content digest or link target."""
+    import hashlib
+    import io
+    created = rl("create", "--network", "none", image, "true")
+    assert created.returncode == 0, created.stderr
+    cid = created.stdout.strip().splitlines()[-1]
+    path = rl.root.parent / f"export-{cid[:12]}.tar"
+    try:
+        proc = rl("export", "-o", str(path), cid)
+        assert proc.returncode == 0, proc.stderr
+        data = path.read_bytes()
+    finally:
+        rl("rm", "-f", cid)
+        path.unlink(missing_ok=True)
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar:
+            digest = hashlib.sha256(tar.extractfile(m).read()).hexdigest() if m.isreg() else m.linkname
+            out[m.name.rstrip("/")] = (m.type, m.mode & 0o7777, m.uid, m.gid, digest)
+    return out
+
+
+@pytest.mark.skipif(not RANGE_MODE, reason="podman needs a subordinate id range")
+def test_podman_build_makes_the_same_tree_and_takes_our_pushed_image(rl, tmp_path):
+    from .registry_server import running_registry
+    podman, cleanup = _podman(tmp_path)
+    ctx = _ctx(tmp_path, PEER_DOCKERFILE, {"files/a.txt": "A\n", "files/b.txt": "B\n", "files/sub/c.txt": "C\n",
+                                           "run.sh": "#!/bin/sh\ncat /var/data/greeting\n"})
+    tag = _tag()
+    archive = tmp_path / "busybox.tar"
+    try:
+        assert rl("save", "-o", str(archive), "busybox").returncode == 0
+        loaded = podman("load", "-i", str(archive))
+        if _environmental(loaded):
+            pytest.skip(f"podman cannot work here: {loaded.stderr.strip()[-200:]}")
+        assert loaded.returncode == 0, loaded.stderr
+        built = podman("build", "--network", "none", "-t", "peer:1", str(ctx))
+        assert built.returncode == 0, built.stderr
+        assert podman("save", "--format", "oci-archive", "-o", str(tmp_path / "peer.tar"), "peer:1").returncode == 0
+        assert rl("load", "-i", str(tmp_path / "peer.tar")).returncode == 0
+        _build(rl, ctx, "-t", tag)
+        ours, theirs = _tree(rl, tag), _tree(rl, "localhost/peer:1")
+        empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        for stub in ("etc/hostname", "etc/hosts", "etc/resolv.conf"):
+            # buildah leaves its RUN mount points behind as empty files; Docker's builder and ours do not
+            if stub not in ours and theirs.get(stub, (0, 0, 0, 0, ""))[4] == empty:
+                theirs.pop(stub)
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        assert not differ, [(k, ours.get(k), theirs.get(k)) for k in differ[:10]]
+        assert _run(rl, tag) == "hello peer\n"
+        with running_registry() as reg:
+            remote = f"{reg.host}/built/{tag}:1"
+            pushed = rl("push", tag, remote)
+            assert pushed.returncode == 0, pushed.stderr
+            inspected = __import__("subprocess").run(
+                ["skopeo", "inspect", "--config", "--tls-verify=false", f"docker://{remote}"], capture_output=True,
+                text=True, timeout=60)
+            assert inspected.returncode == 0, inspected.stderr
+            assert json.loads(inspected.stdout)["config"]["Cmd"] == ["run"]
+            pulled = podman("pull", "--tls-verify=false", remote)
+            assert pulled.returncode == 0, pulled.stderr
+            ran = podman("run", "--rm", "--network", "none", remote)
+            assert (ran.returncode, ran.stdout) == (0, "hello peer\n"), ran.stderr
+    finally:
+        rl("rmi", tag)
+        rl("rmi", "localhost/peer:1")
+        cleanup()

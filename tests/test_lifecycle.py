@@ -480,6 +480,8 @@ def test_create_then_start_a_behaves_like_run(rl, tmp_path):
         assert rl("inspect", "--format", "{{.State.Status}}", "made").stdout.strip() == "created"
         assert rl("logs", "made").stdout == ""                   # nothing ran yet: empty, as Docker
         assert rl("wait", "made", timeout=10).stdout == "0\n"    # not running: Docker answers at once
+        exported = rl("export", "-o", str(tmp_path / "made.tar"), "made")   # its image's files, as Docker
+        assert exported.returncode == 0 and (tmp_path / "made.tar").stat().st_size > 100000, exported.stderr
         started = rl("start", "-a", "made", timeout=60)
         assert (started.returncode, started.stdout) == (ran.returncode, ran.stdout) == (3, "from the host\nhello\n")
         assert "to-stderr" in started.stderr

@@ -37,13 +37,12 @@ def _write_tar(layer_dirs: list[str], fd: int) -> None:
 
 
 def layer_dirs_of(store: Store, cid: str, image_id: str) -> list[str]:
+    """The directories whose merge is the container's tree: the image's layers and its upper
+    directory; a vfs container's copy; a container never started: its image's layers."""
     directory = store.container_dir(cid)
     upper = os.path.join(directory, "upper")
-    if not os.path.isdir(upper):
-        rootfs = os.path.join(directory, "rootfs")
-        if not os.path.isdir(rootfs):
-            raise StoreError(f"container {cid[:12]} has no root filesystem in the store")
-        return [rootfs]
+    if not os.path.isdir(upper) and os.path.exists(os.path.join(directory, "rootfs.copied")):
+        return [os.path.join(directory, "rootfs")]
     try:
         config = store.read_json(image_id)
     except OSError:
@@ -52,7 +51,7 @@ def layer_dirs_of(store: Store, cid: str, image_id: str) -> list[str]:
     missing = [d for d in diff_ids if not store.has_layer(d)]
     if missing:
         raise StoreError(f"layer {missing[0]} of container {cid[:12]}'s image is missing from the store")
-    return [store.layer_dir(d) for d in diff_ids] + [upper]
+    return [store.layer_dir(d) for d in diff_ids] + ([upper] if os.path.isdir(upper) else [])
 
 
 def export(store: Store, maps: idmap.IdMaps, name: str, out: BinaryIO) -> None:
