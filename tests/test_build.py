@@ -404,3 +404,60 @@ def test_podman_build_makes_the_same_tree_and_takes_our_pushed_image(rl, tmp_pat
         rl("rmi", tag)
         rl("rmi", "localhost/peer:1")
         cleanup()
+
+
+def test_onbuild_add_shell_volume_healthcheck_entrypoint(rl, tmp_path):
+    import http.server
+    import io
+    import threading
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w:gz") as tar:
+        info = tarfile.TarInfo("from-tar/inside.txt")
+        data = b"extracted\n"
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):                               # noqa: N802
+            body = b"downloaded\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    parent, child = _tag(), _tag()
+    try:
+        ctx = _ctx(tmp_path, f"""\
+FROM busybox
+ONBUILD RUN echo triggered > /onbuild.txt
+ONBUILD COPY note.txt /from-child-context.txt
+SHELL ["/bin/sh", "-e", "-c"]
+RUN echo "shell $0" > /shell.txt
+ADD archive.tar.gz /opt/
+ADD http://127.0.0.1:{server.server_address[1]}/file.txt /downloaded.txt
+VOLUME /data
+HEALTHCHECK --interval=30s --retries=2 CMD true
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /opt/from-tar/inside.txt /downloaded.txt /shell.txt"]
+""")
+        (ctx / "archive.tar.gz").write_bytes(payload.getvalue())
+        _build(rl, ctx, "-t", parent)
+        assert _run(rl, parent) == "extracted\ndownloaded\nshell /bin/sh\n"
+        assert not (rl("run", "--rm", "--network", "none", parent, "test -e /onbuild.txt").returncode == 0)
+        cfg = json.loads(rl("inspect", parent).stdout)[0]["Config"]
+        assert "/data" in cfg["Volumes"] and cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "true"]
+        assert cfg["Healthcheck"]["Retries"] == 2 and cfg["Entrypoint"] == ["/bin/sh", "-c"]
+        assert len(cfg["OnBuild"]) == 2
+        child_ctx = _ctx(tmp_path, f"FROM {parent}\nRUN cat /onbuild.txt /from-child-context.txt\n",
+                         {"note.txt": "from the child's context\n"})
+        proc = _build(rl, child_ctx, "-t", child)
+        assert "triggered\nfrom the child's context" in _said(proc)           # the triggers ran first
+        assert not json.loads(rl("inspect", child).stdout)[0]["Config"].get("OnBuild")
+    finally:
+        server.shutdown()
+        rl("rmi", child)
+        rl("rmi", parent)

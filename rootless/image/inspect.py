@@ -20,7 +20,7 @@ from ..units import parse_size
 from .store import Image, Store
 
 IMAGE_CONFIG_FIELDS = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Labels", "ExposedPorts",
-                       "StopSignal", "Volumes")
+                       "StopSignal", "Volumes", "Healthcheck", "OnBuild", "Shell")
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
@@ -60,7 +60,8 @@ def image_info(store: Store, img: Image) -> dict[str, Any]:
         "Variant": img.config.get("variant", ""),
         "Os": img.config.get("os", ""),
         "Config": {k: cfg.get(k) for k in IMAGE_CONFIG_FIELDS} | {
-            "WorkingDir": cfg.get("WorkingDir") or "", "User": cfg.get("User") or "", "Image": "", "OnBuild": None},
+            "WorkingDir": cfg.get("WorkingDir") or "", "User": cfg.get("User") or "", "Image": "",
+            "OnBuild": cfg.get("OnBuild")},
         "RootFS": {"Type": (img.config.get("rootfs") or {}).get("type", "layers"), "Layers": list(img.diff_ids)},
         "Size": image_size(store, img),
         "Metadata": {"LastTagTime": ""},
