@@ -13,9 +13,8 @@ import sys
 
 import click
 
+from .common import CONTEXT, store as _store, warn as _warn
 from ..errors import RootlessError
-
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -37,12 +36,6 @@ def cli(ctx: click.Context, root: str | None, debug: bool) -> None:
     if debug:
         os.environ["ROOTLESS_DEBUG"] = "1"
     ctx.obj = {"root": root}
-
-
-def _store(ctx: click.Context):
-    from ..paths import store_root
-    from ..image.store import Store
-    return Store(store_root(ctx.obj["root"]))
 
 
 def _container_flags(command):
@@ -127,10 +120,6 @@ def _container_flags(command):
     for flag in reversed(flags):
         command = flag(command)
     return command
-
-
-def _warn(warning: str) -> None:
-    click.echo(f"rootless: warning: {warning}", err=True)
 
 
 def _options(image: str, command: tuple[str, ...], flags: dict):

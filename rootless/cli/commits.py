@@ -7,13 +7,7 @@ from __future__ import annotations
 
 import click
 
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
-
-
-def _store(ctx: click.Context):
-    from ..paths import store_root
-    from ..image.store import Store
-    return Store(store_root(ctx.find_root().obj["root"]))
+from .common import CONTEXT, store as _store
 
 
 def _source_date_epoch() -> int | None:

@@ -11,13 +11,7 @@ import sys
 
 import click
 
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
-
-
-def _store(ctx: click.Context):
-    from ..paths import store_root
-    from ..image.store import Store
-    return Store(store_root(ctx.find_root().obj["root"]))
+from .common import CONTEXT, store as _store
 
 
 def _write_output(path: str | None, what: str, writer) -> None:

@@ -7,14 +7,13 @@ import sys
 
 import click
 
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+from .common import CONTEXT
 
 
 def _networks(ctx: click.Context):
     from ..network.user_networks import Networks
-    from ..paths import store_root
-    from ..image.store import Store
-    return Networks(Store(store_root(ctx.find_root().obj["root"])))
+    from .common import store
+    return Networks(store(ctx))
 
 
 @click.group(context_settings=CONTEXT)

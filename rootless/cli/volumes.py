@@ -11,14 +11,13 @@ import sys
 
 import click
 
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+from .common import CONTEXT
 
 
 def _volumes(ctx: click.Context):
-    from ..paths import store_root
-    from ..image.store import Store
+    from .common import store
     from ..volumes import Volumes
-    return Volumes(Store(store_root(ctx.find_root().obj["root"])))
+    return Volumes(store(ctx))
 
 
 def _labels(items: tuple[str, ...]) -> dict[str, str]:
