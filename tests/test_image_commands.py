@@ -562,7 +562,7 @@ def test_system_df(rl):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[:5] == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
     rows = json.loads(rl("system", "df", "--format", "json").stdout)
-    assert [r["Type"] for r in rows] == ["Images", "Containers", "Local Volumes"]
+    assert [r["Type"] for r in rows] == ["Images", "Containers", "Local Volumes", "Build Cache"]
     assert rows[0]["TotalCount"] >= 1 and rows[0]["Size"] > 0
 
 
