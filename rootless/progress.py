@@ -5,6 +5,15 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import Callable, Protocol
+
+
+class ProgressSink(Protocol):
+    def update(self, key: str, done: int, total: int | None = None) -> None: ...
+
+
+# What the engine's long transfers take: (verb, [(key, size)]) -> a sink of their progress
+ProgressFactory = Callable[[str, list[tuple[str, int | None]]], ProgressSink]
 
 
 def _mb(n: int | None) -> str:

@@ -113,7 +113,7 @@ class Builder:
                 pass
         from ..image.pull import pull
         try:
-            return pull(self.store, self.maps, ref, platform, quiet=True)
+            return pull(self.store, self.maps, ref, platform)
         except RootlessError as e:
             raise BuildError(f"FROM {ref}: the image is not in the store and pulling it failed: {e}") from None
 

@@ -122,6 +122,10 @@ def _container_flags(command):
     return command
 
 
+def _note(text: str) -> None:
+    click.echo(text, err=True)
+
+
 def _options(image: str, command: tuple[str, ...], flags: dict):
     from ..container.run import RunOptions
     return RunOptions(image=image, command=list(command),
@@ -189,7 +193,9 @@ def pull(ctx: click.Context, image: str, platform: str | None, tls_verify: bool,
     """Pull an image from a registry."""
     from ..image.pull import pull as do_pull
     from ..sandbox import idmap
-    img = do_pull(_store(ctx), idmap.detect(), image, platform, tls_verify, quiet)
+    from ..progress import Progress
+    img = do_pull(_store(ctx), idmap.detect(), image, platform, tls_verify,
+                  progress=None if quiet else Progress, report=None if quiet else _note)
     click.echo(img.id)
 
 
@@ -203,7 +209,11 @@ def pull(ctx: click.Context, image: str, platform: str | None, tls_verify: bool,
 def push(ctx: click.Context, image: str, destination: str | None, tls_verify: bool, quiet: bool) -> None:
     """Push an image to a registry (to DESTINATION, default: its own name)."""
     from ..image.push import push as do_push
-    click.echo(do_push(_store(ctx), image, destination, tls_verify, quiet))
+    from ..progress import Progress
+    # on a terminal the progress block says it all; in a log, a line per blob
+    report = None if quiet or sys.stderr.isatty() else _note
+    click.echo(do_push(_store(ctx), image, destination, tls_verify,
+                       progress=None if quiet else Progress, report=report))
 
 
 @cli.command(context_settings=CONTEXT)

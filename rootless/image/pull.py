@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
+from typing import Callable
 
 from . import compression, layers
 from ..errors import StoreError
-from ..progress import Progress
+from ..progress import ProgressFactory
 from ..registry import Reference, RegistryClient, parse_image_manifest
 from ..sandbox import idmap
 from ..sandbox.remove import remove_tree
@@ -51,7 +51,11 @@ def _diff_id(src: str, dst: str | None, layer, ref: Reference) -> str:
 
 
 def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None = None,
-         tls_verify: bool = True, quiet: bool = False) -> Image:
+         tls_verify: bool = True, progress: ProgressFactory | None = None,
+         report: Callable[[str], None] | None = None) -> Image:
+    """Pull ``ref_text`` into the store.  ``progress(verb, [(key, size)])``: an object whose
+    ``update(key, done, total)`` hears of each download (the face draws it); ``report``: the
+    closing line ("pulled N new layer(s)...")."""
     ref = Reference.parse(ref_text)
     tmp = store.new_temp_dir("pull")
     downloaded: dict[str, str] = {}               # blob digest -> its file under tmp
@@ -76,11 +80,10 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                 for l in need_blob:
                     _check_type(l.media_type)
                 fetch = list({l.digest: l for l in need_blob}.values())
-                progress = None if quiet or not fetch else Progress("download", [(l.digest, l.size) for l in fetch])
+                bar = progress("download", [(l.digest, l.size) for l in fetch]) if progress and fetch else None
                 client.fetch_blobs(ref.repository,
                                    [(l.digest, os.path.join(tmp, l.digest[7:]), l.size) for l in fetch],
-                                   progress=(lambda d, done, total: progress.update(d, done, total))
-                                   if progress else None)
+                                   progress=(lambda d, done, total: bar.update(d, done, total)) if bar else None)
                 downloaded.update({l.digest: os.path.join(tmp, l.digest[7:]) for l in fetch})
                 for layer, diff_id in need_layer:
                     if diff_id in unpacked:
@@ -121,9 +124,8 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
             else:
                 raise StoreError(f"layers of {ref} were removed from the store while it was being pulled, "
                                  "again and again (by rmi or image prune): pull again")
-        if not quiet:
-            print(f"{ref}: pulled {len(new)} new layer(s), {len(manifest.layers) - len(new)} "
-                  "already in the store", file=sys.stderr)
+        if report is not None:
+            report(f"{ref}: pulled {len(new)} new layer(s), {len(manifest.layers) - len(new)} already in the store")
         return store.image(m.digest, str(ref))
     finally:
         for layer_tmp, _size in unpacked.values():

@@ -8,17 +8,18 @@ uploaded otherwise; then the manifest, byte for byte as stored (so its digest ho
 from __future__ import annotations
 
 import os
-import sys
+from typing import Callable
 
 from ..errors import StoreError
-from ..progress import Progress
+from ..progress import ProgressFactory
 from ..registry import Reference, RegistryClient, parse_image_manifest
 from .store import Store
 
 
 def push(store: Store, source: str, destination: str | None = None, tls_verify: bool = True,
-         quiet: bool = False) -> str:
-    """Push image ``source`` to ``destination`` (default: the same name); the manifest digest."""
+         progress: ProgressFactory | None = None, report: Callable[[str], None] | None = None) -> str:
+    """Push image ``source`` to ``destination`` (default: the same name); the manifest digest.
+    ``progress`` as for ``pull``; ``report`` hears what became of each blob."""
     image = store.resolve(source)
     ref = Reference.parse(destination or source)
     if ref.digest:
@@ -30,7 +31,7 @@ def push(store: Store, source: str, destination: str | None = None, tls_verify: 
     for d in blobs:
         if not os.path.exists(store.blob_path(d.digest)):
             raise StoreError(f"blob {d.digest} of {source} is missing from the store: pull or import it again")
-    progress = None if quiet else Progress("upload", [(d.digest, d.size) for d in blobs])
+    bar = progress("upload", [(d.digest, d.size) for d in blobs]) if progress else None
     others = sorted({t.rsplit(":", 1)[0] for t in store.tags()} - {ref.familiar.rsplit(":", 1)[0]})
     mount_from = [Reference.parse(o).repository for o in others
                   if Reference.parse(o).registry == ref.registry]
@@ -38,11 +39,11 @@ def push(store: Store, source: str, destination: str | None = None, tls_verify: 
         for d in blobs:
             outcome = client.ensure_blob(ref.repository, d.digest, store.blob_path(d.digest),
                                          mount_from=mount_from,
-                                         progress=(lambda done, total, dg=d.digest: progress.update(dg, done, total))
-                                         if progress else None)
-            if progress:
-                progress.update(d.digest, d.size, d.size)
-            if not quiet and not sys.stderr.isatty():
-                print(f"{d.digest[7:19]}: {outcome}", file=sys.stderr)
+                                         progress=(lambda done, total, dg=d.digest: bar.update(dg, done, total))
+                                         if bar else None)
+            if bar:
+                bar.update(d.digest, d.size, d.size)
+            if report is not None:
+                report(f"{d.digest[7:19]}: {outcome}")
         digest = client.put_manifest(ref.repository, ref.tag or "latest", manifest_raw, manifest.media_type)
     return digest
