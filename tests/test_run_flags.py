@@ -67,6 +67,12 @@ def test_namespaced_sysctls_only(rl):
     assert proc.returncode == 125 and "--network host" in proc.stderr
 
 
+def test_shm_size(rl):
+    assert _out(rl, "busybox", "df", "-k", "/dev/shm").split()[-5] == "65536"          # Docker's 64 MiB
+    assert _out(rl, "--shm-size", "128m", "busybox", "df", "-k", "/dev/shm").split()[-5] == "131072"
+    _refused(rl, "--shm-size", "lots", why="--shm-size")
+
+
 def test_domainname(rl):
     assert _out(rl, "--domainname", "dom.test", "busybox", "cat", "/proc/sys/kernel/domainname") == "dom.test\n"
 

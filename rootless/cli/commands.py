@@ -114,6 +114,7 @@ def _container_flags(command):
         click.option("-P", "--publish-all", is_flag=True,
                      help="Publish every port the image EXPOSEs on a free host port ('rootless port' lists them)."),
         click.option("--domainname", metavar="NAME", help="The container's NIS domain name."),
+        click.option("--shm-size", metavar="BYTES", help="Size of /dev/shm (default 64m)."),
         click.argument("image"),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]

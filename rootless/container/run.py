@@ -72,6 +72,7 @@ class RunOptions:
     init: bool = False
     publish_all: bool = False
     domainname: str | None = None
+    shm_size: str | None = None
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -213,6 +214,7 @@ class Plan:
     rlimits: tuple[tuple[int, int, int], ...] = ()
     sysctls: tuple[tuple[str, str], ...] = ()
     init: str | None = None              # --init: the host's init program
+    shm_size: int = 64 << 20
 
     @property
     def cfg(self) -> dict:
@@ -281,6 +283,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     opts.label, opts.label_file = [f"{k}={v}" for k, v in labels.items()], []   # files read once, now
     resolv_extra = runflags.dns(opts.dns, opts.dns_search, opts.dns_option)
     rlimits = runflags.ulimits(opts.ulimit)
+    shm_size = runflags.shm_size(opts.shm_size)
     if opts.group_add and maps.single:
         raise UsageError(f"--group-add needs a subordinate id range: in single-uid mode ({maps.why_single}) "
                          "the kernel allows no supplementary groups; see docs/troubleshooting.md")
@@ -333,7 +336,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
                 extra_env=extra_env, net=net, extra_hosts=extra_hosts, user_net=user_net, shared=shared,
                 run_base=run_base, cg_setup=cg_setup, limits=limits, vols=vols, policy=policy,
                 max_restarts=max_restarts, warnings=single_uid_warning(maps), labels=labels,
-                resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init)
+                resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init, shm_size=shm_size)
 
 
 def create(store: Store, p: Plan, started_later: bool = True, builder: bool = False) -> Record:
@@ -545,7 +548,7 @@ class _Starter:
                                          binds=vols.create(rec, maps) + (
                                              read_only_tmpfs_binds() if opts.read_only and sec.read_only_tmpfs
                                              else ()) + _init_bind(p.init),
-                                         sysctls=p.sysctls),
+                                         sysctls=p.sysctls, shm_size=p.shm_size),
                 hostname=hostname, domainname=opts.domainname, maps=maps,
                 prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
                 rootfs_server=lambda: rootfs.serving,

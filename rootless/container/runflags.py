@@ -116,6 +116,17 @@ def sysctls(items: list[str], host_network: bool) -> tuple[tuple[str, str], ...]
     return tuple(out)
 
 
+def shm_size(value: str | None) -> int:
+    """--shm-size: the bytes of /dev/shm (default 64 MiB, as Docker)."""
+    if value is None:
+        return 64 << 20
+    from ..units import parse_size
+    size = parse_size(value, "--shm-size")
+    if size <= 0:
+        raise UsageError(f"invalid --shm-size '{value}': give a size above zero (e.g. 256m)")
+    return size
+
+
 def init_program() -> str:
     """The host's statically linked init for --init (catatonit, or tini-static)."""
     for name in INIT_PROGRAMS:

@@ -59,6 +59,7 @@ class RootfsPlan:
     readonly_paths: tuple[str, ...] = READONLY_PATHS
     devices: tuple[str, ...] = ()    # more host device nodes for /dev (--privileged): host paths
     sysctls: tuple[tuple[str, str], ...] = ()   # --sysctl: namespaced parameters, set before the masks
+    shm_size: int = 64 << 20         # bytes of /dev/shm (--shm-size; Docker's default 64 MiB)
 
 
 def usable_host_devices() -> tuple[str, ...]:
@@ -130,7 +131,7 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     _ensure(root, proc, "dir")
     libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
-    _mount_dev(root, plan.ptmx_gid, plan.devices)
+    _mount_dev(root, plan.ptmx_gid, plan.devices, plan.shm_size)
 
     sys_dir = _inside(root, "/sys")
     _ensure(root, sys_dir, "dir")
@@ -213,7 +214,7 @@ def _why(e: OSError) -> str:
     return os.strerror(e.errno).lower() if e.errno else str(e)
 
 
-def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = ()) -> None:
+def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = (), shm_size: int = 64 << 20) -> None:
     dev = _inside(root, "/dev")
     _ensure(root, dev, "dir")
     libc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | libc.MS_STRICTATIME, "mode=755,size=65536k")
@@ -233,7 +234,7 @@ def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = ()) -> 
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     shm = os.path.join(dev, "shm")
     os.mkdir(shm, 0o1777)
-    libc.mount("shm", shm, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    libc.mount("shm", shm, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
     mqueue = os.path.join(dev, "mqueue")
     os.mkdir(mqueue, 0o755)
     try:
