@@ -115,6 +115,9 @@ def _container_flags(command):
                      help="Publish every port the image EXPOSEs on a free host port ('rootless port' lists them)."),
         click.option("--domainname", metavar="NAME", help="The container's NIS domain name."),
         click.option("--shm-size", metavar="BYTES", help="Size of /dev/shm (default 64m)."),
+        click.option("--pull", "pull_policy", default="missing", show_default=True,
+                     type=click.Choice(["missing", "always", "never"]),
+                     help="Pull the image when it is not in the store (missing), always, or never."),
         click.argument("image"),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
@@ -127,10 +130,21 @@ def _note(text: str) -> None:
     click.echo(text, err=True)
 
 
-def _options(image: str, command: tuple[str, ...], flags: dict):
-    from ..container.run import RunOptions
-    return RunOptions(image=image, command=list(command),
+def _planned(ctx: click.Context, image: str, command: tuple[str, ...], flags: dict):
+    """The run options checked (container.run.plan), the image pulled first as --pull says."""
+    from ..container.run import RunOptions, plan
+    from ..image.pull import ensure
+    from ..progress import Progress
+    from ..sandbox import idmap
+    store = _store(ctx)
+    policy = flags.pop("pull_policy")
+    img = ensure(store, idmap.detect(), image, policy, progress=Progress, report=_note)
+    opts = RunOptions(image=img.ref or img.id, command=list(command),
                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()})
+    p = plan(store, opts, image=img)
+    for warning in p.warnings:
+        _warn(warning)
+    return store, p
 
 
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
@@ -141,11 +155,8 @@ def _options(image: str, command: tuple[str, ...], flags: dict):
 @click.pass_context
 def run(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> None:
     """Run COMMAND in a new container from IMAGE."""
-    from ..container.run import plan, run as run_container
-    store = _store(ctx)
-    p = plan(store, _options(image, command, flags))
-    for warning in p.warnings:
-        _warn(warning)
+    from ..container.run import run as run_container
+    store, p = _planned(ctx, image, command, flags)
     result = run_container(store, p, on_warning=_warn)
     if result.container_id:
         click.echo(result.container_id)
@@ -157,11 +168,8 @@ def run(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> No
 @click.pass_context
 def create(ctx: click.Context, image: str, command: tuple[str, ...], **flags) -> None:
     """Create a container from IMAGE, to be run by 'rootless start'; print its id."""
-    from ..container.run import create as create_container, plan
-    store = _store(ctx)
-    p = plan(store, _options(image, command, {**flags, "detach": True}))
-    for warning in p.warnings:
-        _warn(warning)
+    from ..container.run import create as create_container
+    store, p = _planned(ctx, image, command, {**flags, "detach": True})
     click.echo(create_container(store, p).id)
 
 

@@ -137,3 +137,44 @@ def _check_diff(got: str, diff_id: str, layer, ref: Reference) -> None:
     if got != diff_id:
         raise StoreError(f"layer {layer.digest} of {ref} decompresses to {got}, but the image "
                          f"config says {diff_id}: the image is corrupt or tampered with")
+
+
+PULL_POLICIES = ("missing", "always", "never")
+
+
+def ensure(store: Store, maps: idmap.IdMaps, name: str, policy: str = "missing", platform: str | None = None,
+           tls_verify: bool = True, progress: ProgressFactory | None = None,
+           report: Callable[[str], None] | None = None) -> Image:
+    """The image ``run``/``create`` use (``--pull``): from the store, pulled when missing
+    (``missing``), pulled anyway (``always``), or never pulled (``never``).  A short name is
+    looked for in the registries of registries.conf's ``unqualified-search-registries`` in
+    turn, when it lists any (else Docker's way: docker.io)."""
+    from ..errors import ImageNotFound, RootlessError, UsageError
+    if policy not in PULL_POLICIES:
+        raise UsageError(f"invalid --pull '{policy}': use missing, always or never")
+    if policy != "always":
+        try:
+            return store.resolve(name)
+        except ImageNotFound:
+            if policy == "never":
+                raise ImageNotFound(f"image '{name}' is not in the local store, and --pull never forbids "
+                                    f"pulling it: 'rootless pull {name}' first, or use --pull missing") from None
+    tried = []
+    for candidate in _candidates(name):
+        try:
+            return pull(store, maps, candidate, platform, tls_verify, progress, report)
+        except RootlessError as e:
+            tried.append(f"{candidate}: {e}")
+    raise ImageNotFound(f"image '{name}' is not in the local store, and pulling it failed ("
+                        + "; ".join(tried) + ")")
+
+
+def _candidates(name: str) -> list[str]:
+    """Where a name is pulled from: itself, or for a short name the search registries."""
+    first = name.split("/", 1)[0]
+    qualified = "/" in name and ("." in first or ":" in first or first == "localhost")
+    if qualified:
+        return [name]
+    from ..registry import registries_conf
+    search = registries_conf.load().unqualified_search_registries
+    return [f"{registry}/{name}" for registry in search] or [name]
