@@ -30,6 +30,7 @@ from typing import BinaryIO
 from ..errors import BuildError, UsageError
 from .dockerignore import DockerIgnore
 from .fsview import DirView, FsView
+from .globs import bracket
 
 GLOB = re.compile(r"[*?\[]")
 
@@ -148,14 +149,11 @@ def _component_match(pattern: str, name: str) -> bool:
             out.append(re.escape(pattern[i + 1]))
             i += 1
         elif c == "[":
-            j = pattern.find("]", i + 2)
-            if j < 0:
+            found = bracket(pattern, i)
+            if found is None:
                 raise ValueError(f"bad pattern {pattern!r}: unterminated [")
-            body = pattern[i + 1:j]
-            if body.startswith("^"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = j
+            regex, i = found
+            out.append(regex)
         else:
             out.append(re.escape(c))
         i += 1

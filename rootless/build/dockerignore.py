@@ -16,6 +16,8 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from .globs import bracket
+
 
 def clean(path: str) -> str:
     """Go's path.Clean."""
@@ -68,14 +70,11 @@ def _regex(pattern: str) -> re.Pattern:
             else:
                 out.append(re.escape("\\"))
         elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
+            found = bracket(pattern, i, negations="^!", first_may_close=False)
+            if found is None:
                 raise ValueError(f"unterminated [ in pattern {pattern!r}")
-            body = pattern[i + 1:j]
-            if body.startswith("^") or body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = j
+            regex, i = found
+            out.append(regex)
         else:
             out.append(re.escape(c))
         i += 1

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from .globs import bracket
+
 SPECIAL = "@*#?-$!0"
 
 
@@ -218,15 +220,12 @@ def _glob_regex(pattern: str) -> str:
         elif c == "?":
             out.append(".")
         elif c == "[":
-            j = pattern.find("]", i + 2)
-            if j < 0:
+            found = bracket(pattern, i, negations="!^")
+            if found is None:
                 out.append(re.escape(c))
             else:
-                body = pattern[i + 1:j]
-                if body[:1] in "!^":
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = j
+                regex, i = found
+                out.append(regex)
         else:
             out.append(re.escape(c))
         i += 1

@@ -10,21 +10,9 @@ from rootless.build.context import HashCache, digest_sources, load_context, matc
 from rootless.build.fsview import DirView, LayersView
 from rootless.errors import BuildError, UsageError
 
+from .trees import make
+
 pytestmark = pytest.mark.both_modes
-
-
-def make(root, files):
-    for path, content in files.items():
-        full = os.path.join(root, path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        if content is None:
-            os.makedirs(full, exist_ok=True)
-        elif isinstance(content, tuple):
-            os.symlink(content[0], full)
-        else:
-            with open(full, "w") as f:
-                f.write(content)
-    return str(root)
 
 
 @pytest.fixture

@@ -17,21 +17,9 @@ from rootless.build.fsview import DirView, LayersView
 from rootless.build.plan import CopyStep
 from rootless.errors import BuildError
 
+from .trees import make
+
 pytestmark = pytest.mark.both_modes
-
-
-def make(root, files):
-    for path, content in files.items():
-        full = os.path.join(root, path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        if content is None:
-            os.makedirs(full, exist_ok=True)
-        elif isinstance(content, tuple):
-            os.symlink(content[0], full)
-        else:
-            with open(full, "wb" if isinstance(content, bytes) else "w") as f:
-                f.write(content)
-    return str(root)
 
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1001::/home/bob:/bin/sh\n"
