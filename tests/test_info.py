@@ -63,3 +63,28 @@ def test_ps_shows_how_long_ago(rl):
         rl("container", "prune", "-f")
     finally:
         rl("rm", "-f", cid)
+
+
+def _complete(rl, *words: str) -> list[str]:
+    """What bash completion offers after ``rootless WORDS`` (click's protocol, as the script asks)."""
+    line = ["rootless", *words]
+    proc = rl(env={"COMP_WORDS": " ".join(line), "COMP_CWORD": str(len(line) - 1),
+                   "_ROOTLESS_COMPLETE": "bash_complete"})
+    return [ln.split(",", 1)[1] for ln in proc.stdout.splitlines() if "," in ln]
+
+
+def test_shell_completion_scripts_and_names(rl, tmp_path):
+    for shell, marker in (("bash", "complete -o nosort -F"), ("zsh", "compdef"), ("fish", "complete --no-files")):
+        proc = rl("completion", shell)
+        assert proc.returncode == 0 and "_ROOTLESS_COMPLETE" in proc.stdout and marker in proc.stdout, proc.stderr
+    cid = rl("create", "--name", "completes-me", "--network", "none", "busybox", "true").stdout.strip()
+    assert rl("volume", "create", "completed-vol").returncode == 0
+    try:
+        assert "completes-me" in _complete(rl, "rm", "complet")
+        assert "completes-me" in _complete(rl, "container", "start", "c")
+        assert "busybox:latest" in _complete(rl, "run", "busy") and "busybox" in _complete(rl, "rmi", "busy")
+        assert _complete(rl, "volume", "rm", "completed") == ["completed-vol"]
+        assert "build" in _complete(rl, "bui")
+    finally:
+        rl("rm", "-f", cid)
+        rl("volume", "rm", "completed-vol")

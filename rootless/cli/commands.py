@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, store as _store, warn as _warn
+from .common import CONTEXT, complete_containers, complete_images, store as _store, warn as _warn
 from ..errors import RootlessError
 
 
@@ -118,7 +118,7 @@ def _container_flags(command):
         click.option("--pull", "pull_policy", default="missing", show_default=True,
                      type=click.Choice(["missing", "always", "never"]),
                      help="Pull the image when it is not in the store (missing), always, or never."),
-        click.argument("image"),
+        click.argument("image", shell_complete=complete_images),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]
     for flag in reversed(flags):
@@ -212,7 +212,7 @@ def pull(ctx: click.Context, image: str, platform: str | None, tls_verify: bool,
 @click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
               help="Require HTTPS with a verified certificate (a registry on 127.0.0.0/8 may use HTTP).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.argument("image")
+@click.argument("image", shell_complete=complete_images)
 @click.argument("destination", required=False)
 @click.pass_context
 def push(ctx: click.Context, image: str, destination: str | None, tls_verify: bool, quiet: bool) -> None:
@@ -255,7 +255,7 @@ def logout(registry: str) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("source")
+@click.argument("source", shell_complete=complete_images)
 @click.argument("target")
 @click.pass_context
 def tag(ctx: click.Context, source: str, target: str) -> None:
@@ -265,7 +265,7 @@ def tag(ctx: click.Context, source: str, target: str) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("-f", "--force", is_flag=True, help="Remove even if containers use the image.")
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1, required=True, shell_complete=complete_images)
 @click.pass_context
 def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
     """Remove images (the tag; then the blobs and layers no other image or container uses)."""
@@ -340,7 +340,7 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
 @cli.command(context_settings=CONTEXT)
 @click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
 @click.option("-v", "--volumes", is_flag=True, help="Remove its anonymous volumes too.")
-@click.argument("containers", nargs=-1, required=True)
+@click.argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
 @click.pass_context
 def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove containers."""
@@ -392,6 +392,16 @@ def _report(data: dict, fmt: str) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script (commands, options, and container, image, volume and
+    network names): e.g. 'source <(rootless completion bash)' in ~/.bashrc."""
+    from click.shell_completion import get_completion_class
+    cls = get_completion_class(shell)
+    click.echo(cls(cli, {}, "rootless", "_ROOTLESS_COMPLETE").source())
+
+
+@cli.command(context_settings=CONTEXT)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
 def info(ctx: click.Context, fmt: str) -> None:
@@ -412,7 +422,7 @@ def version(fmt: str) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.argument("containers", nargs=-1)
+@click.argument("containers", nargs=-1, shell_complete=complete_containers)
 @click.pass_context
 def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool, fmt: str) -> None:
     """CPU, memory and process use of running containers, from their cgroups."""

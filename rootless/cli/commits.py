@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from .common import CONTEXT, store as _store
+from .common import CONTEXT, complete_containers, store as _store
 
 
 def _source_date_epoch() -> int | None:
@@ -30,7 +30,7 @@ def _source_date_epoch() -> int | None:
                    "EXPOSE, LABEL, USER, WORKDIR, VOLUME or STOPSIGNAL. Repeatable.")
 @click.option("-p", "--pause", type=click.BOOL, default=True, is_flag=False, flag_value=True, metavar="[=BOOL]",
               show_default=True, help="Freeze a running container while its changes are read (--pause=false: don't).")
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.argument("name", required=False, metavar="[NAME[:TAG]]")
 @click.pass_context
 def commit(ctx: click.Context, container: str, name: str | None, message: str, author: str,
@@ -53,7 +53,7 @@ def commit(ctx: click.Context, container: str, name: str | None, message: str, a
 @click.command(context_settings=CONTEXT)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: a JSON array of {\"Path\", \"Kind\"} (Kind 0 changed, 1 added, 2 deleted, as Docker's API).")
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.pass_context
 def diff(ctx: click.Context, container: str, fmt: str) -> None:
     """List the files a container added (A), changed (C) and deleted (D) in its image's tree."""

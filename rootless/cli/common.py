@@ -16,3 +16,54 @@ def store(ctx: click.Context):
 
 def warn(text: str) -> None:
     click.echo(f"rootless: warning: {text}", err=True)
+
+
+# --- shell completion: names from the store (click calls these while completing) ------------
+
+def _completion_store(ctx: click.Context):
+    from ..paths import store_root
+    from ..image.store import Store
+    return Store(store_root(ctx.find_root().params.get("root")))
+
+
+def _matching(names, incomplete: str) -> list:
+    from click.shell_completion import CompletionItem
+    return [CompletionItem(n) for n in sorted(set(names)) if n.startswith(incomplete)]
+
+
+def complete_containers(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list:
+    try:
+        from ..container.records import Containers
+        recs = Containers(_completion_store(ctx)).all()
+    except Exception:  # noqa: BLE001 - completion never fails loudly
+        return []
+    return _matching([r.name for r in recs if not r.config.get("builder")], incomplete)
+
+
+def complete_images(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list:
+    try:
+        tags = _completion_store(ctx).tags()          # familiar names: busybox:latest
+    except Exception:  # noqa: BLE001
+        return []
+    return _matching(list(tags) + [t.removesuffix(":latest") for t in tags], incomplete)
+
+
+def complete_objects(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Containers and images (inspect)."""
+    return complete_containers(ctx, param, incomplete) + complete_images(ctx, param, incomplete)
+
+
+def complete_volumes(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list:
+    try:
+        from ..volumes import Volumes
+        return _matching(Volumes(_completion_store(ctx)).names(), incomplete)
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def complete_networks(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list:
+    try:
+        from ..network.user_networks import Networks
+        return _matching([n.name for n in Networks(_completion_store(ctx)).all()], incomplete)
+    except Exception:  # noqa: BLE001
+        return []

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, store as _store
+from .common import CONTEXT, complete_containers, store as _store
 
 
 @click.command(context_settings=CONTEXT)
@@ -18,7 +18,7 @@ from .common import CONTEXT, store as _store
 @click.option("--tail", metavar="N", help="Only the last N lines (or 'all').")
 @click.option("-t", "--timestamps", is_flag=True, help="Show each line's time.")
 @click.option("--since", metavar="SECONDS|TIMESTAMP", help="Only lines newer than this (seconds ago, or RFC 3339).")
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.pass_context
 def logs(ctx, container, follow, tail, timestamps, since) -> None:
     """Print what a detached container wrote to stdout and stderr."""
@@ -60,7 +60,7 @@ def _print_line(line, timestamps: bool = False) -> None:
 @click.option("--privileged", is_flag=True, help="All capabilities of the user namespace, no seccomp filter.")
 @click.option("--preserve-fds", type=int, default=0, metavar="N",
               help="Pass file descriptors 3 to 3+N-1 to the command (none others are passed).")
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def exec_(ctx, container, command, interactive, tty, env, user, workdir, privileged, preserve_fds) -> None:
@@ -74,7 +74,7 @@ def exec_(ctx, container, command, interactive, tty, env, user, workdir, privile
 @click.option("-t", "--time", "grace", default=10.0, show_default=True, metavar="SECONDS",
               help="Seconds to wait before SIGKILL.")
 @click.option("-s", "--signal", "sig", metavar="SIGNAL", help="Stop signal (default: the image's, or TERM).")
-@click.argument("containers", nargs=-1, required=True)
+@click.argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
 @click.pass_context
 def stop(ctx, containers, grace, sig) -> None:
     """Stop running containers: the stop signal, then SIGKILL after the grace period."""
@@ -86,7 +86,7 @@ def stop(ctx, containers, grace, sig) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.option("-s", "--signal", "sig", default="KILL", show_default=True, help="Signal to send.")
-@click.argument("containers", nargs=-1, required=True)
+@click.argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
 @click.pass_context
 def kill(ctx, containers, sig) -> None:
     """Send a signal to the main process of running containers."""
@@ -98,7 +98,7 @@ def kill(ctx, containers, sig) -> None:
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("containers", nargs=-1, required=True)
+@click.argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
 @click.pass_context
 def wait(ctx, containers) -> None:
     """Wait for containers to end; print their exit codes."""
@@ -113,7 +113,7 @@ def wait(ctx, containers) -> None:
                    "and exit status are yours.")
 @click.option("-i", "--interactive", is_flag=True,
               help="With -a: your input goes to the container too (one created with -i or -t).")
-@click.argument("containers", nargs=-1, required=True)
+@click.argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
 @click.pass_context
 def start(ctx, containers, attach, interactive) -> None:
     """Start created or exited containers (detached; their files are kept)."""
@@ -133,7 +133,7 @@ def start(ctx, containers, attach, interactive) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.option("-t", "--time", "grace", default=10.0, show_default=True, metavar="SECONDS")
-@click.argument("containers", nargs=-1, required=True)
+@click.argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
 @click.pass_context
 def restart(ctx, containers, grace) -> None:
     """Stop, then start containers."""
@@ -147,7 +147,7 @@ def restart(ctx, containers, grace) -> None:
 def _freezer_command(name: str, paused: bool, doc: str) -> click.Command:
     """pause and unpause: the same loop over containers, freezing or thawing their cgroup."""
     @click.command(name, context_settings=CONTEXT, help=doc)
-    @click.argument("containers", nargs=-1, required=True)
+    @click.argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
     @click.pass_context
     def command(ctx, containers) -> None:
         from ..container.lifecycle import pause as set_paused
@@ -162,7 +162,7 @@ unpause = _freezer_command("unpause", False, "Thaw paused containers.")
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.pass_context
 def top(ctx, container) -> None:
     """The processes of a running container (host pids)."""
@@ -173,7 +173,7 @@ def top(ctx, container) -> None:
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.argument("new_name")
 @click.pass_context
 def rename(ctx, container, new_name) -> None:
@@ -200,7 +200,7 @@ def container_prune(ctx, force) -> None:
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.argument("private", required=False)
 @click.pass_context
 def port(ctx, container, private) -> None:
@@ -219,7 +219,7 @@ def port(ctx, container, private) -> None:
 @click.command(context_settings=CONTEXT)
 @click.option("--sig-proxy/--no-sig-proxy", default=True, show_default=True,
               help="Forward SIGINT, SIGTERM and SIGHUP to the container.")
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.pass_context
 def attach(ctx, container, sig_proxy) -> None:
     """Follow a running detached container's output until it ends (its exit status); with -dit/-di, type into it (Ctrl-P Ctrl-Q detaches)."""

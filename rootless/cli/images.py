@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, store as _store
+from .common import CONTEXT, complete_containers, complete_images, complete_objects, store as _store
 
 
 def _write_output(path: str | None, what: str, writer) -> None:
@@ -32,7 +32,7 @@ def _write_output(path: str | None, what: str, writer) -> None:
 @click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
 @click.option("--format", "fmt", type=click.Choice(["docker-archive", "oci-archive"]),
               default="docker-archive", show_default=True, help="Archive format.")
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1, required=True, shell_complete=complete_images)
 @click.pass_context
 def save(ctx: click.Context, images: tuple[str, ...], output: str | None, fmt: str) -> None:
     """Save images to a tar archive (docker-archive or oci-archive), to stdout by default."""
@@ -66,7 +66,7 @@ def load(ctx: click.Context, input_: str | None, quiet: bool) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
-@click.argument("container")
+@click.argument("container", shell_complete=complete_containers)
 @click.pass_context
 def export(ctx: click.Context, container: str, output: str | None) -> None:
     """Export a container's root filesystem as a tar archive, to stdout by default."""
@@ -82,7 +82,7 @@ def export(ctx: click.Context, container: str, output: str | None) -> None:
 @click.option("-f", "--format", "fmt", metavar="TEMPLATE",
               help="Format each object with a Go template ({{.Id}}, {{.Config.Cmd}}, {{json .Config}}).")
 @click.option("-s", "--size", is_flag=True, hidden=True)
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_objects)
 @click.pass_context
 def inspect(ctx: click.Context, names: tuple[str, ...], kind: str | None, fmt: str | None, size: bool) -> None:
     """Low-level information on images and containers, as a JSON array."""
@@ -111,7 +111,7 @@ def _human(n: float) -> str:
 @click.option("-H", "--human", type=click.BOOL, default=True, metavar="BOOL",
               help="Sizes and dates in human-readable form (default true).")
 @click.option("--format", "fmt", metavar="table|json|TEMPLATE", default="table")
-@click.argument("image")
+@click.argument("image", shell_complete=complete_images)
 @click.pass_context
 def history(ctx: click.Context, image: str, no_trunc: bool, quiet: bool, human: bool, fmt: str) -> None:
     """Show the history of an image."""

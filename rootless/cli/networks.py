@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .common import CONTEXT
+from .common import CONTEXT, complete_containers, complete_networks
 
 
 def _networks(ctx: click.Context):
@@ -51,7 +51,7 @@ def ls(ctx, quiet, fmt) -> None:
 
 
 @network.command(context_settings=CONTEXT)
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_networks)
 @click.pass_context
 def inspect(ctx, names) -> None:
     """Show networks as JSON (Docker's shape: Name, Driver, IPAM, Containers)."""
@@ -60,7 +60,7 @@ def inspect(ctx, names) -> None:
 
 
 @network.command(context_settings=CONTEXT)
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_networks)
 @click.pass_context
 def rm(ctx, names) -> None:
     """Remove networks (refused while a container uses one)."""
@@ -78,8 +78,8 @@ def rm(ctx, names) -> None:
 
 @network.command(context_settings=CONTEXT)
 @click.option("--alias", multiple=True, metavar="NAME", help="Another name for the container on this network.")
-@click.argument("name")
-@click.argument("container")
+@click.argument("name", shell_complete=complete_networks)
+@click.argument("container", shell_complete=complete_containers)
 @click.pass_context
 def connect(ctx, name, container, alias) -> None:
     """Connect a running container (started on a user network) to another network."""
@@ -90,8 +90,8 @@ def connect(ctx, name, container, alias) -> None:
 
 
 @network.command(context_settings=CONTEXT)
-@click.argument("name")
-@click.argument("container")
+@click.argument("name", shell_complete=complete_networks)
+@click.argument("container", shell_complete=complete_containers)
 @click.pass_context
 def disconnect(ctx, name, container) -> None:
     """Disconnect a container from a network."""

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .common import CONTEXT
+from .common import CONTEXT, complete_volumes
 
 
 def _volumes(ctx: click.Context):
@@ -101,7 +101,7 @@ def ls(ctx: click.Context, quiet: bool, fmt: str, filters: tuple[str, ...]) -> N
 
 
 @volume.command(context_settings=CONTEXT)
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_volumes)
 @click.pass_context
 def inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Show volumes as JSON (Docker's fields)."""
@@ -121,7 +121,7 @@ def inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
 
 @volume.command(context_settings=CONTEXT)
 @click.option("-f", "--force", is_flag=True, help="Remove even if containers use the volume; no error if missing.")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_volumes)
 @click.pass_context
 def rm(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
     """Remove volumes (refused while a container, running or not, uses one)."""
