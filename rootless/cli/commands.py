@@ -465,6 +465,21 @@ def _register_command_modules() -> None:
 
 _register_command_modules()
 
+CONTAINER_ALIASES = ("run", "create", "start", "stop", "restart", "kill", "rm", "logs", "exec", "attach", "wait",
+                     "pause", "unpause", "top", "rename", "port", "stats", "cp", "inspect")
+
+
+def _container_aliases() -> None:
+    """Docker's ``container`` forms of the container commands (``container ls`` is ``ps``)."""
+    group = cli.commands["container"]
+    for name in CONTAINER_ALIASES:
+        if name in cli.commands and name not in group.commands:
+            group.add_command(cli.commands[name], name)
+    group.add_command(cli.commands["ps"], "ls")
+
+
+_container_aliases()
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
