@@ -290,13 +290,15 @@ def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, since=IMAGE.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
-def images(ctx: click.Context, quiet: bool, fmt: str) -> None:
+def images(ctx: click.Context, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List images."""
     import json
     from ..image.inspect import image_rows
-    rows = image_rows(_store(ctx))
+    rows = image_rows(_store(ctx), list(filters))
     if quiet:
         for r in dict.fromkeys(r["Id"] for r in rows):
             click.echo(r)
@@ -318,7 +320,7 @@ def _human(n: float) -> str:
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers (default: running).")
 @click.option("-q", "--quiet", is_flag=True, help="Only container ids.")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="status=running|exited, name=SUBSTRING, id=PREFIX, ancestor=IMAGE, network=NAME.")
+              help="status=running|exited, name=SUBSTRING, id=PREFIX, ancestor=IMAGE, network=NAME, label=KEY[=VALUE].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:

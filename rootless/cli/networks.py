@@ -25,20 +25,24 @@ def network() -> None:
 @click.option("--subnet", metavar="CIDR", help="IPv4 subnet (default: the next free /24 of 10.89.0.0/16).")
 @click.option("--internal", is_flag=True, help="No traffic in or out of the machine: containers talk only "
                                                "to each other.")
+@click.option("--label", multiple=True, metavar="KEY=VALUE", help="Set a label on the network.")
 @click.argument("name")
 @click.pass_context
-def create(ctx, name, subnet, internal) -> None:
+def create(ctx, name, subnet, internal, label) -> None:
     """Create a network."""
-    click.echo(_networks(ctx).create(name, subnet, internal).name)
+    from ..container.runflags import labels
+    click.echo(_networks(ctx).create(name, subnet, internal, labels(list(label), [])).name)
 
 
 @network.command("ls", context_settings=CONTEXT)
 @click.option("-q", "--quiet", is_flag=True)
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="name=TEXT, label=KEY[=VALUE], dangling=true|false.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
-def ls(ctx, quiet, fmt) -> None:
+def ls(ctx, quiet, filters, fmt) -> None:
     """List networks."""
-    nets = _networks(ctx).all()
+    nets = _networks(ctx).listed(list(filters))
     if quiet:
         for n in nets:
             click.echo(n.name)

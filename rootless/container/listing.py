@@ -9,7 +9,7 @@ from ..errors import UsageError
 from ..image.store import Store
 from .records import Containers, Record, _alive
 
-FILTER_KEYS = ("status", "name", "id", "ancestor", "network")
+FILTER_KEYS = ("status", "name", "id", "ancestor", "network", "label")
 
 
 def parse_filters(filters: list[str]) -> list[tuple[str, str]]:
@@ -18,9 +18,16 @@ def parse_filters(filters: list[str]) -> list[tuple[str, str]]:
     for f in filters:
         key, sep, value = f.partition("=")
         if not sep or key not in FILTER_KEYS:
-            raise UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor= or network=")
+            raise UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor=, network= or "
+                             "label=KEY[=VALUE]")
         wanted.append((key, value))
     return wanted
+
+
+def label_matches(labels: dict, wanted: str) -> bool:
+    """Docker's ``label=KEY`` (present) or ``label=KEY=VALUE`` (equal)."""
+    key, sep, value = wanted.partition("=")
+    return key in labels and (not sep or str(labels[key]) == value)
 
 
 def published(rec: Record) -> list[str]:
@@ -68,13 +75,17 @@ def ps(store: Store, show_all: bool = False, filters: list[str] | None = None) -
                                                      else "exited"),
                  "name": r.name, "id": r.id, "ancestor": r.image,
                  "network": " ".join(r.config.get("networks") or ())}
+        labels = r.config.get("labels") or {}
+        if not all(label_matches(labels, v) for k, v in wanted if k == "label"):
+            continue
+        wanted_here = [(k, v) for k, v in wanted if k != "label"]
         if not all((facts[k] == v if k in ("status", "ancestor") else
                     facts[k].startswith(v) if k == "id" else v in facts[k].split() if k == "network" else
-                    v in facts[k]) for k, v in wanted):
+                    v in facts[k]) for k, v in wanted_here):
             continue
         rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
                      "Status": _status(store, r, running), "Ports": ", ".join(published(r)), "Names": r.name})
     return rows
 
 
-__all__ = ["ps", "parse_filters", "published", "FILTER_KEYS"]
+__all__ = ["ps", "parse_filters", "published", "label_matches", "FILTER_KEYS"]

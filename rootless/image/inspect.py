@@ -35,14 +35,51 @@ def image_size(store: Store, img: Image) -> int:
     return sum(store.layer_size(d) for d in dict.fromkeys(img.diff_ids))
 
 
-def image_rows(store: Store) -> list[dict[str, Any]]:
-    """``rootless images``: one row per tag (Repository, Tag, Id (short), Created, Size)."""
+IMAGE_FILTERS = ("dangling", "reference", "label", "before", "since")
+
+
+def image_rows(store: Store, filters: list[str] | None = None) -> list[dict[str, Any]]:
+    """``rootless images``: one row per tag (Repository, Tag, Id (short), Created, Size) that
+    passes every ``KEY=VALUE`` filter (Docker's: dangling, reference, label, before, since)."""
+    keep = _image_filter(store, filters or [])
     rows = []
     for img in store.images():
+        if not keep(img):
+            continue
         name, _, tag = (img.ref or "<none>:<none>").rpartition(":")
         rows.append({"Repository": name, "Tag": tag, "Id": img.id.removeprefix("sha256:")[:12],
                      "Created": img.config.get("created", ""), "Size": image_size(store, img)})
     return rows
+
+
+def _image_filter(store: Store, filters: list[str]):
+    import fnmatch
+    from .archive import UNTAGGED_REPO
+    from ..container.listing import label_matches
+    checks = []
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or key not in IMAGE_FILTERS:
+            raise UsageError(f"invalid filter '{f}': use dangling=true|false, reference=PATTERN, "
+                             "label=KEY[=VALUE], before=IMAGE or since=IMAGE")
+        if key == "dangling":
+            if value not in ("true", "false", "1", "0"):
+                raise UsageError(f"invalid filter '{f}': dangling is true or false")
+            want = value in ("true", "1")
+            checks.append(lambda img, w=want: (img.ref or "").startswith(UNTAGGED_REPO + "/") == w)
+        elif key == "reference":
+            def ref_ok(img, pattern=value) -> bool:
+                ref = img.ref or ""
+                repo = ref.rpartition(":")[0]
+                return any(fnmatch.fnmatchcase(c, pattern) for c in (ref, repo, repo.rpartition("/")[2]))
+            checks.append(ref_ok)
+        elif key == "label":
+            checks.append(lambda img, v=value: label_matches(img.run_config.get("Labels") or {}, v))
+        else:
+            pivot = str(store.resolve(value).config.get("created") or "")
+            checks.append((lambda img, p=pivot: str(img.config.get("created") or "") < p) if key == "before"
+                          else (lambda img, p=pivot: str(img.config.get("created") or "") > p))
+    return lambda img: all(check(img) for check in checks)
 
 
 def image_info(store: Store, img: Image) -> dict[str, Any]:

@@ -73,7 +73,8 @@ class Networks:
                                 f"or make it with 'rootless network create {name}' ('rootless network ls' "
                                 "lists them)") from None
 
-    def create(self, name: str, subnet: str | None = None, internal: bool = False) -> Network:
+    def create(self, name: str, subnet: str | None = None, internal: bool = False,
+               labels: dict | None = None) -> Network:
         if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", name):
             raise UsageError(f"invalid network name '{name}': letters, digits, '_', '.', '-'")
         if name in ("pasta", "slirp4netns", "none", "host", "bridge"):
@@ -96,10 +97,30 @@ class Networks:
                             and n.network_address.packed[2] != 0), None)
                 if net is None:
                     raise RootlessError("no free subnet left in 10.89.0.0/16: remove a network or give --subnet")
-            network = Network(name, str(net), str(next(net.hosts())), internal=internal)
+            network = Network(name, str(net), str(next(net.hosts())), internal=internal, labels=dict(labels or {}))
             with open(self._path(name), "w") as f:
                 json.dump(asdict(network), f)
         return network
+
+    def listed(self, filters: list[str]) -> list[Network]:
+        """``network ls --filter``: name=SUBSTRING, label=KEY[=VALUE], dangling=true|false
+        (no container on it)."""
+        checks = []
+        for f in filters:
+            key, sep, value = f.partition("=")
+            if not sep or key not in ("name", "label", "dangling"):
+                raise UsageError(f"invalid filter '{f}': use name=TEXT, label=KEY[=VALUE] or dangling=true|false")
+            if key == "name":
+                checks.append(lambda n, v=value: v in n.name)
+            elif key == "label":
+                k, eq, val = value.partition("=")
+                checks.append(lambda n, k=k, eq=eq, val=val: k in n.labels and (not eq or str(n.labels[k]) == val))
+            else:
+                if value not in ("true", "false", "1", "0"):
+                    raise UsageError(f"invalid filter '{f}': dangling is true or false")
+                want = value in ("true", "1")
+                checks.append(lambda n, w=want: (not self.users(n.name)) == w)
+        return [n for n in self.all() if all(c(n) for c in checks)]
 
     def users(self, name: str) -> list[str]:
         """Names of the containers (running or not) on network ``name``."""
