@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -91,42 +90,67 @@ class LogLine:
 
 
 def logs(store: Store, key: str, follow: bool, tail: int | None, since: float | None) -> Iterator[LogLine]:
-    """What a detached container wrote, line by line; with ``follow``, until it ends."""
+    """What a container wrote, line by line (its rotated files first); with ``follow``, until it
+    ends."""
+    from . import logfile
     rec = Containers(store).find(key)
     path = log_path(store.container_dir(rec.id))
-    if not os.path.exists(path):
-        if rec.config.get("detached") or rec.state == "created":
-            return
-        raise RootlessError(f"container {rec.name} has no log: only containers started with -d keep one")
-    with open(path, "rb") as f:
-        lines = f.readlines()
+    if (rec.config.get("options") or {}).get("log_driver") == "none":
+        raise RootlessError(f"container {rec.name} has no log: it was run with --log-driver none")
+    try:
+        current = open(path, "rb")
+    except FileNotFoundError:
+        return                      # nothing written yet (or a -t container run in the foreground)
+    with current:
+        lines = [line for name in logfile.files(path)[:-1] for line in _lines_of(name)] + current.readlines()
         if tail is not None:
             lines = lines[-tail:] if tail > 0 else []
         yield from _entries(lines, since)
         while follow:
-            more = f.readlines()
+            more = current.readlines()
             if more:
                 yield from _entries(more, since)
+            elif _rotated(current, path):
+                current.close()
+                current = open(path, "rb")
             elif not running(Containers(store).find(rec.id)):
-                yield from _entries(f.readlines(), since)
+                yield from _entries(current.readlines(), since)
                 return
             else:
                 time.sleep(0.1)
 
 
+def _lines_of(name: str) -> list[bytes]:
+    try:
+        with open(name, "rb") as f:
+            return f.readlines()
+    except FileNotFoundError:
+        return []
+
+
+def _rotated(f, path: str) -> bool:
+    try:
+        return os.fstat(f.fileno()).st_ino != os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def _entries(lines: list[bytes], since: float | None) -> Iterator[LogLine]:
     import datetime
+    from .logfile import parse_line
     for raw in lines:
-        try:
-            entry = json.loads(raw)
-        except ValueError:
+        entry = parse_line(raw)
+        if entry is None:
             continue
+        stream, when, text = entry
         if since is not None:
-            when = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                tzinfo=datetime.timezone.utc).timestamp()
-            if when < since:
+            try:
+                stamp = datetime.datetime.fromisoformat(when).timestamp()
+            except ValueError:
+                stamp = since
+            if stamp < since:
                 continue
-        yield LogLine(entry.get("stream") or "stdout", entry["time"], entry["log"])
+        yield LogLine(stream, when, text)
 
 
 def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],

@@ -14,7 +14,6 @@ no container running; ``ps`` then shows it exited, and the next ``run`` sweeps i
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import sys
@@ -87,12 +86,14 @@ class Detacher:
 
 
 class LogPump:
-    """The container's stdout/stderr (fds 1 and 2 of whatever the monitor starts) into ``path``."""
+    """The container's stdout/stderr (fds 1 and 2 of whatever the monitor starts) into ``path``
+    (in ``cfg``'s format and bound: container/logfile.py)."""
 
-    def __init__(self, path: str, tee: Callable[[str, bytes], None] | None = None):
+    def __init__(self, path: str, tee: Callable[[str, bytes], None] | None = None, cfg=None):
+        from .logfile import LogConfig, LogWriter
         self.path = path
         self.pipes = {"stdout": os.pipe(), "stderr": os.pipe()}
-        self.out = open(path, "ab", buffering=0)
+        self.writer = LogWriter(path, cfg or LogConfig())
         self.threads: list[threading.Thread] = []
         self.tee = tee                  # also given every chunk (attached clients, console.py)
         self.lock = threading.Lock()
@@ -110,6 +111,20 @@ class LogPump:
         os.dup2(null, 1)
         os.dup2(null, 2)
         os.close(null)
+        self.pump_pipes()
+
+    def writers(self) -> tuple[int, int]:
+        """The pipes' write ends, for a container started in the foreground (``stdio``)."""
+        return self.pipes["stdout"][1], self.pipes["stderr"][1]
+
+    def close_writers(self) -> None:
+        """Close our copies of the pipes' write ends (once; again is a no-op)."""
+        for stream, (r, w) in self.pipes.items():
+            if w >= 0:
+                os.close(w)
+                self.pipes[stream] = (r, -1)
+
+    def pump_pipes(self) -> None:
         for stream, (r, _) in self.pipes.items():
             self.add_source(stream, r)
 
@@ -138,16 +153,18 @@ class LogPump:
         os.close(fd)
 
     def _write(self, stream: str, lines: list[bytes], lock: threading.Lock) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        data = b"".join(json.dumps({"log": line.decode(errors="replace"), "stream": stream,
-                                    "time": now}).encode() + b"\n" for line in lines)
+        if not lines:
+            return
         with lock:
-            self.out.write(data)
+            try:
+                self.writer.write(stream, lines)
+            except OSError:
+                pass        # a full disk or a removed container: the output still reaches its readers
 
     def finish(self, timeout: float = 5.0) -> None:
         for t in self.threads:
             t.join(timeout)
-        self.out.close()
+        self.writer.close()
 
 
 def run_detached(start: Callable[["Detacher"], int], request: dict | None = None) -> str:

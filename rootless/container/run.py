@@ -73,6 +73,8 @@ class RunOptions:
     publish_all: bool = False
     domainname: str | None = None
     shm_size: str | None = None
+    log_driver: str | None = None
+    log_opt: list[str] = field(default_factory=list)
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -215,6 +217,7 @@ class Plan:
     sysctls: tuple[tuple[str, str], ...] = ()
     init: str | None = None              # --init: the host's init program
     shm_size: int = 64 << 20
+    log: object = None                   # container.logfile.LogConfig
 
     @property
     def cfg(self) -> dict:
@@ -284,6 +287,8 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     resolv_extra = runflags.dns(opts.dns, opts.dns_search, opts.dns_option)
     rlimits = runflags.ulimits(opts.ulimit)
     shm_size = runflags.shm_size(opts.shm_size)
+    from . import logfile
+    log = logfile.parse(opts.log_driver, opts.log_opt)
     if opts.group_add and maps.single:
         raise UsageError(f"--group-add needs a subordinate id range: in single-uid mode ({maps.why_single}) "
                          "the kernel allows no supplementary groups; see docs/troubleshooting.md")
@@ -336,7 +341,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
                 extra_env=extra_env, net=net, extra_hosts=extra_hosts, user_net=user_net, shared=shared,
                 run_base=run_base, cg_setup=cg_setup, limits=limits, vols=vols, policy=policy,
                 max_restarts=max_restarts, warnings=single_uid_warning(maps), labels=labels,
-                resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init, shm_size=shm_size)
+                resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init, shm_size=shm_size, log=log)
 
 
 def create(store: Store, p: Plan, started_later: bool = True, builder: bool = False) -> Record:
@@ -501,8 +506,16 @@ class _Starter:
                 console = Console(run_dir, opts.tty)
                 if not opts.tty:
                     console.stdin_pipe()
-            pump = LogPump(log_path(directory), tee=console.broadcast if console else None)
+            pump = LogPump(log_path(directory), tee=console.broadcast if console else None, cfg=p.log)
             pump.redirect()
+        stdio, ours = self.stdio, ()
+        if not logging and stdio is None and not opts.tty and p.log.driver != "none":
+            # in the foreground too the output is logged (as Docker does), and passed on to ours
+            from .monitor import LogPump, log_path
+            ours = (os.dup(1), os.dup(2))
+            pump = LogPump(log_path(directory), tee=_passed_on(*ours), cfg=p.log)
+            stdio = (0, *pump.writers())
+            pump.pump_pipes()
         cg = started = None
         try:
             cg_setup.sweep("rootless-")  # leftovers of engines that were killed
@@ -558,7 +571,7 @@ class _Starter:
                 network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
                 join_cgroup=cg.add if cg.paths else None,
                 join_userns=user_net.start_holder(maps, run_base) if user_net else None,
-                stdio=self.stdio)
+                stdio=stdio)
             if shared:
                 # NAME's network namespace is owned by NAME's user namespace (a child of the one
                 # its mounts were made in): ours is that one too, made in the same way.
@@ -580,6 +593,8 @@ class _Starter:
                 for fd in (spec.join_userns, spec.join_netns, spec.container_userns):
                     if fd is not None:
                         os.close(fd)
+                if ours:
+                    pump.close_writers()    # the container holds them now: its end is their end
             config = {"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
                       "caps": sorted(spec.process.caps), "hostname": hostname, "detached": opts.detach,
                       "stop_signal": opts.stop_signal or cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
@@ -597,7 +612,7 @@ class _Starter:
             rec = records.update(rec.id, now_running)
             if detacher is not None:
                 detacher.started(rec.id)
-            if pump is not None:
+            if pump is not None and logging:
                 pump.start()
                 if console is not None:
                     master, started.tty_master = started.tty_master, None   # the console's, not a relay's
@@ -612,6 +627,11 @@ class _Starter:
             if console is not None:
                 console.close()
         except BaseException as e:
+            if ours:
+                pump.close_writers()
+                pump.finish(1.0)
+                for fd in ours:
+                    os.close(fd)
             if started is not None:     # removed just as it started: it must not run on
                 _kill_child(started.init_pid)
             if console is not None:
@@ -626,6 +646,8 @@ class _Starter:
                 with contextlib.suppress(ContainerGone):
                     records.update(rec.id, lambda r: _ended(r, getattr(e, "exit_code", 125)))
             raise
+        for fd in ours:
+            os.close(fd)
         _stop(helpers, run_dir)
         _remove_cgroup(cg, self.on_warning)
         if user_net:
@@ -673,6 +695,22 @@ def check_preserve_fds(count: int, detach: bool) -> None:
         except OSError:
             raise UsageError(f"--preserve-fds {count}: file descriptor {fd} is not open in this shell "
                              f"(open it, e.g. '{fd}<file', or pass a smaller number)") from None
+
+
+def _passed_on(out: int, err: int) -> Callable[[str, bytes], None]:
+    """A LogPump tee writing the container's output to our own stdout and stderr (``out`` and
+    ``err``: copies of them, closed once the pump has finished)."""
+    def tee(stream: str, chunk: bytes) -> None:
+        fd = out if stream == "stdout" else err
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except InterruptedError:
+                continue
+            except OSError:
+                return                  # our reader went away: the log still gets it
+    return tee
 
 
 def _with_init(program: str | None, args: list[str]) -> list[str]:
