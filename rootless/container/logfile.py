@@ -67,14 +67,24 @@ class LogWriter:
             return                                    # --log-driver none
         now = _now()
         if self.cfg.driver == "k8s-file":
-            data = b"".join(f"{now} {stream} ".encode() + (b"F " if line.endswith(b"\n") else b"P ")
-                            + line.rstrip(b"\n") + b"\n" for line in lines)
+            entries = [f"{now} {stream} ".encode() + (b"F " if line.endswith(b"\n") else b"P ")
+                       + line.rstrip(b"\n") + b"\n" for line in lines]
         else:
-            data = b"".join(json.dumps({"log": line.decode(errors="replace"), "stream": stream,
-                                        "time": now}).encode() + b"\n" for line in lines)
-        self.out.write(data)
-        if self.cfg.max_size and self.out.tell() >= self.cfg.max_size:
-            self._rotate()
+            entries = [json.dumps({"log": line.decode(errors="replace"), "stream": stream,
+                                   "time": now}).encode() + b"\n" for line in lines]
+        if not self.cfg.max_size:
+            self.out.write(b"".join(entries))
+            return
+        batch: list[bytes] = []
+        size = self.out.tell()
+        for entry in entries:          # a file never passes max-size (but for one longer line)
+            if size and size + len(entry) > self.cfg.max_size:
+                self.out.write(b"".join(batch))
+                self._rotate()
+                batch, size = [], 0
+            batch.append(entry)
+            size += len(entry)
+        self.out.write(b"".join(batch))
 
     def _rotate(self) -> None:
         self.out.close()
