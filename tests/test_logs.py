@@ -24,7 +24,7 @@ def test_a_foreground_container_is_logged_and_its_output_still_reaches_us(rl):
         assert (logs.stdout, logs.stderr) == ("one\nno newline", "two\n")
         started = rl("start", "-a", name)                       # start -a is logged too
         assert started.returncode == 4
-        assert rl("logs", name).stdout == "one\nno newline" * 2 or rl("logs", name).stdout.count("one") == 2
+        assert rl("logs", name).stdout.count("one\n") == 2                     # both runs, in order
     finally:
         rl("rm", "-f", name)
 
