@@ -20,10 +20,10 @@ def test_run_pulls_what_is_missing_and_never_means_never(rl, busybox_tar):
         remote = f"{reg.host}/{repo}"
         refused = rl("run", "--rm", "--pull", "never", "--network", "none", remote)
         assert refused.returncode == 125 and "--pull never" in refused.stderr
-        ran = rl("run", "--rm", "--network", "none", remote)
+        ran = rl("run", "--rm", "--network", "none", remote, env={"ROOTLESS_PULL_POLICY": ""})   # the default
         assert (ran.returncode, ran.stdout) == (0, "from the registry\n"), ran.stderr
         assert "pulled 1 new layer(s)" in ran.stderr
-        again = rl("run", "--rm", "--network", "none", remote)        # in the store now: no pull
+        again = rl("run", "--rm", "--pull", "missing", "--network", "none", remote)   # in the store now: no pull
         assert again.returncode == 0 and "pulled" not in again.stderr
         always = rl("run", "--rm", "--pull", "always", "--network", "none", remote)
         assert always.returncode == 0 and "0 new layer(s), 1 already in the store" in always.stderr
@@ -41,8 +41,8 @@ def test_short_names_are_searched_in_the_configured_registries(rl, busybox_tar, 
         conf.parent.mkdir()
         conf.write_text(f'unqualified-search-registries = ["127.0.0.1:1", "{reg.host}"]\n')
         env = {"XDG_CONFIG_HOME": str(tmp_path)}
-        ran = rl("run", "--rm", "--network", "none", name, env=env)
+        ran = rl("run", "--rm", "--pull", "missing", "--network", "none", name, env=env)
         assert (ran.returncode, ran.stdout) == (0, "found by its short name\n"), ran.stderr
-        missing = rl("run", "--rm", "--network", "none", name + "-absent", env=env)
+        missing = rl("run", "--rm", "--pull", "missing", "--network", "none", name + "-absent", env=env)
         assert missing.returncode == 125 and "127.0.0.1:1/" in missing.stderr and "Traceback" not in missing.stderr
         rl("rmi", f"{reg.host}/{name}")

@@ -105,17 +105,14 @@ class Builder:
 
     # ------------------------------------------------------------------ images
     def _image(self, ref: str, platform: str | None) -> Image:
-        from ..errors import ImageNotFound
-        if not self.req.pull:
-            try:
-                return self.store.resolve(ref)
-            except ImageNotFound:
-                pass
-        from ..image.pull import pull
+        """A base image or a --from image: from the store, pulled when missing (--pull: always;
+        $ROOTLESS_PULL_POLICY as for run)."""
+        from ..image.pull import ensure
+        policy = "always" if self.req.pull else (os.environ.get("ROOTLESS_PULL_POLICY") or "missing")
         try:
-            return pull(self.store, self.maps, ref, platform)
+            return ensure(self.store, self.maps, ref, policy, platform)
         except RootlessError as e:
-            raise BuildError(f"FROM {ref}: the image is not in the store and pulling it failed: {e}") from None
+            raise BuildError(f"FROM {ref}: {e}") from None
 
     def image_config(self, ref: str, platform: str | None) -> dict:
         return self._image(ref, platform).config

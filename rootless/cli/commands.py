@@ -119,9 +119,10 @@ def _container_flags(command):
                      help="json-file (default), k8s-file (Podman's format) or none."),
         click.option("--log-opt", multiple=True, metavar="KEY=VALUE",
                      help="max-size=SIZE (default 20m, -1: unbounded), max-file=N (default 2)."),
-        click.option("--pull", "pull_policy", default="missing", show_default=True,
+        click.option("--pull", "pull_policy", default="missing", show_default=True, envvar="ROOTLESS_PULL_POLICY",
                      type=click.Choice(["missing", "always", "never"]),
-                     help="Pull the image when it is not in the store (missing), always, or never."),
+                     help="Pull the image when it is not in the store (missing), always, or never "
+                          "(default from $ROOTLESS_PULL_POLICY)."),
         click.argument("image", shell_complete=complete_images),
         click.argument("command", nargs=-1, type=click.UNPROCESSED),
     ]

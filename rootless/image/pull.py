@@ -152,21 +152,22 @@ def ensure(store: Store, maps: idmap.IdMaps, name: str, policy: str = "missing",
     from ..errors import ImageNotFound, RootlessError, UsageError
     if policy not in PULL_POLICIES:
         raise UsageError(f"invalid --pull '{policy}': use missing, always or never")
+    missing: ImageNotFound | None = None
     if policy != "always":
         try:
             return store.resolve(name)
-        except ImageNotFound:
+        except ImageNotFound as e:
             if policy == "never":
-                raise ImageNotFound(f"image '{name}' is not in the local store, and --pull never forbids "
-                                    f"pulling it: 'rootless pull {name}' first, or use --pull missing") from None
+                raise ImageNotFound(f"{e} (--pull never: it was not pulled)") from None
+            missing = e
     tried = []
     for candidate in _candidates(name):
         try:
             return pull(store, maps, candidate, platform, tls_verify, progress, report)
         except RootlessError as e:
             tried.append(f"{candidate}: {e}")
-    raise ImageNotFound(f"image '{name}' is not in the local store, and pulling it failed ("
-                        + "; ".join(tried) + ")")
+    raise ImageNotFound((f"{missing}. Pulling it failed: " if missing else f"pulling {name} failed: ")
+                        + "; ".join(tried)) from None
 
 
 def _candidates(name: str) -> list[str]:
