@@ -107,7 +107,7 @@ class Builder:
     def _image(self, ref: str, platform: str | None) -> Image:
         """A base image or a --from image: from the store, pulled when missing (--pull: always;
         $ROOTLESS_PULL_POLICY as for run)."""
-        from ..image.pull import ensure
+        from ..image.obtain import ensure
         policy = "always" if self.req.pull else (os.environ.get("ROOTLESS_PULL_POLICY") or "missing")
         try:
             return ensure(self.store, self.maps, ref, policy, platform)

@@ -138,7 +138,7 @@ def _note(text: str) -> None:
 def _planned(ctx: click.Context, image: str, command: tuple[str, ...], flags: dict):
     """The run options checked (container.run.plan), the image pulled first as --pull says."""
     from ..container.run import RunOptions, plan
-    from ..image.pull import ensure
+    from ..image.obtain import ensure
     from ..progress import Progress
     from ..sandbox import idmap
     store = _store(ctx)
