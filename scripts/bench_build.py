@@ -17,7 +17,7 @@ too: its default would be the slirp stack, which the steps do not need).
 Layer creation: a Dockerfile whose one RUN writes 200 MiB from /dev/urandom into a file, and
 the same RUN writing them to /dev/null; built cold, the difference of the medians is the cost
 of the changed data (writing it through the storage driver, making and storing the layer), and
-200 MiB over it the throughput.
+200 MiB (209.7 MB) over it the throughput.
 
 Peers (for the bench only, not test dependencies): podman (Debian ``podman``, buildah inside)
 run rootless as the same user with runc, cgroupfs, its own --root/--runroot and
@@ -45,6 +45,7 @@ from typing import Callable
 
 FILES, DIRS = 2000, 20
 LAYER_MIB = 200
+MIB = 1 << 20
 
 WORKLOAD = """\
 FROM {base}
@@ -304,7 +305,7 @@ def bench_build(runs: int, work: Path, rl: list[str], busybox_rootfs: Path) -> d
         w, n = statistics.median(layer_times[f"{c} write"]), statistics.median(layer_times[f"{c} null"])
         medians[f"{c} RUN writing {LAYER_MIB} MiB"] = w
         medians[f"{c} RUN writing nothing"] = n
-        throughput[f"{c} RUN writing {LAYER_MIB} MiB"] = LAYER_MIB / (w - n) if w > n else float("inf")
+        throughput[f"{c} RUN writing {LAYER_MIB} MiB"] = LAYER_MIB * MIB / 1e6 / (w - n) if w > n else float("inf")
     goals = [("cold build <= 1.0x podman", ratios.get("rootless/podman cold"), 1.0),
              ("cached rebuild <= 0.5x podman", ratios.get("rootless/podman cached"), 0.5)]
     for what, value, limit in goals:
@@ -312,11 +313,11 @@ def bench_build(runs: int, work: Path, rl: list[str], busybox_rootfs: Path) -> d
             notes.append(f"goal {what}: {value:.2f}x, {'met' if value <= limit else 'MISSED'}")
     rate = throughput.get(f"rootless RUN writing {LAYER_MIB} MiB")
     if rate is not None:
-        notes.append(f"goal layer creation >= 200 MB/s of changed data: {rate * 1.048576:.0f} MB/s "
-                     f"({rate:.0f} MiB/s), {'met' if rate * 1.048576 >= 200 else 'MISSED'}")
+        notes.append(f"goal layer creation >= 200 MB/s of changed data: {rate:.0f} MB/s, "
+                     f"{'met' if rate >= 200 else 'MISSED'}")
     notes.append(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return {"section": "build",
             "what": f"COPY of {FILES} files ({total / 1e6:.1f} MB) + 5 RUN, cold and cached, --network none; "
                     f"layer creation: RUN writing {LAYER_MIB} MiB minus RUN writing them to /dev/null "
-                    f"(throughput in MiB/s of changed data)",
+                    f"(MB/s of changed data)",
             "runs": runs, "median_s": medians, "throughput_MBps": throughput, "ratios": ratios, "notes": notes}
