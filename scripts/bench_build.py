@@ -251,10 +251,11 @@ def bench_build(runs: int, work: Path, rl: list[str], busybox_rootfs: Path) -> d
     layer_times: dict[str, list[float]] = {}
     try:
         contenders = _setup_rootless(rl, work, tar, cleanups)
-        for setup in (lambda: _setup_podman(work, cleanups), lambda: _setup_ch_image(work, tar, cleanups)):
+        for peer, setup in (("podman", lambda: _setup_podman(work, cleanups)),
+                            ("ch-image", lambda: _setup_ch_image(work, tar, cleanups))):
             got = setup()
             if isinstance(got, str):
-                notes.append(f"{'podman' if 'podman' in got else 'ch-image'} unavailable: {got}")
+                notes.append(f"{peer} unavailable: {got}")
             else:
                 contenders.append(got)
                 if got.note:
