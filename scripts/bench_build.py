@@ -10,9 +10,13 @@ then five RUN steps doing small real work (a note, sha256sum of every copied fil
   ``--no-cache``; ``ch-image build --rebuild``, which misses its cache for every step but FROM);
 * cached rebuild: the same build again, nothing changed.
 
-Runs are interleaved (rootless, podman, ch-image, rootless, ...) after one warm-up round;
-medians and rootless/peer ratios are printed.  Every builder gets ``--network none`` (rootless
-too: its default would be the slirp stack, which the steps do not need).
+rootless runs twice: with its default storage driver (its FUSE overlay) and with
+``--storage-driver overlay`` (the kernel's, as podman's storage here).  Runs (``--runs`` / 6,
+at least 3) are interleaved (rootless, podman, ch-image, rootless, ...) after one warm-up
+round; medians and rootless/peer ratios are printed, and each goal of issue 12 (cold <= 1.0x
+podman, cached <= 0.5x podman, layers >= 200 MB/s) as met or MISSED.  Every builder gets
+``--network none`` (rootless too: its default would be the slirp stack, which the steps do
+not need).
 
 Layer creation: a Dockerfile whose one RUN writes 200 MiB from /dev/urandom into a file, and
 the same RUN writing them to /dev/null; built cold, the difference of the medians is the cost
