@@ -32,9 +32,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
-
-import httpx
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import BuildError
 from ..image import compression
@@ -42,6 +40,8 @@ from .context import HashCache, SourceDigest, digest_sources, match_sources
 from .fsview import FsView
 from .plan import CopyStep, is_url
 
+if TYPE_CHECKING:
+    import httpx
 
 
 # ---------------------------------------------------------------- owners
@@ -100,6 +100,7 @@ def _file_name(url: str, response: httpx.Response) -> str:
 
 def download(url: str, into_dir: str, *, checksum: str | None = None, timeout: float = 60.0) -> Download:
     """Fetch ``url`` for ADD into a file under ``into_dir``; an error names the URL and why."""
+    import httpx            # here: its import is a tenth of a cached rebuild, and only ADD of a URL needs it
     fd, path = tempfile.mkstemp(prefix=".add-", dir=into_dir)
     h = hashlib.sha256()
     try:
