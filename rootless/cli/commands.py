@@ -13,7 +13,8 @@ import sys
 
 import click
 
-from .common import CONTEXT, complete_containers, complete_images, store as _store, warn as _warn
+from .common import (CONTEXT, complete_containers, complete_images, format_option, print_templated,
+                     store as _store, warn as _warn)
 from ..errors import RootlessError
 
 
@@ -297,7 +298,7 @@ def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, since=IMAGE.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option()
 @click.pass_context
 def images(ctx: click.Context, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List images."""
@@ -309,6 +310,8 @@ def images(ctx: click.Context, quiet: bool, filters: tuple[str, ...], fmt: str) 
             click.echo(r)
     elif fmt == "json":
         click.echo(json.dumps(rows, indent=2))
+    elif print_templated(fmt, rows, {"ID": "IMAGE ID", "Id": "IMAGE ID"}):
+        pass
     else:
         click.echo(f"{'REPOSITORY':<30} {'TAG':<12} {'IMAGE ID':<14} {'CREATED':<22} SIZE")
         for r in rows:
@@ -326,7 +329,7 @@ def _human(n: float) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="Only container ids.")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="status=running|exited, name=SUBSTRING, id=PREFIX, ancestor=IMAGE, network=NAME, label=KEY[=VALUE].")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option()
 @click.pass_context
 def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List containers."""
@@ -337,6 +340,8 @@ def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...]
         click.echo("\n".join(r["Id"] for r in rows) if rows else "", nl=bool(rows))
     elif fmt == "json":
         click.echo(json.dumps(rows, indent=2))
+    elif print_templated(fmt, rows, {"ID": "CONTAINER ID", "Id": "CONTAINER ID"}):
+        pass
     else:
         click.echo(f"{'CONTAINER ID':<14} {'IMAGE':<24} {'COMMAND':<24} {'STATUS':<24} {'PORTS':<24} NAMES")
         for r in rows:
@@ -380,10 +385,12 @@ def rm(ctx: click.Context, containers: tuple[str, ...], force: bool, volumes: bo
 
 
 def _report(data: dict, fmt: str) -> None:
-    """A nested dict as indented 'Key: value' lines (info, version), or JSON."""
+    """A nested dict as indented 'Key: value' lines (info, version), JSON, or a template."""
     import json
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
+        return
+    if print_templated(fmt, [data]):
         return
 
     def lines(d: dict, depth: int) -> None:
@@ -409,7 +416,7 @@ def completion(shell: str) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@format_option("text")
 @click.pass_context
 def info(ctx: click.Context, fmt: str) -> None:
     """What rootless found on this host: id maps, storage driver, cgroups, network tools (for bug reports)."""
@@ -419,7 +426,7 @@ def info(ctx: click.Context, fmt: str) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@format_option("text")
 def version(fmt: str) -> None:
     """The versions of rootless, Python, the kernel and the libraries it uses."""
     from ..info import version as gather
@@ -428,7 +435,7 @@ def version(fmt: str) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option()
 @click.argument("containers", nargs=-1, shell_complete=complete_containers)
 @click.pass_context
 def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool, fmt: str) -> None:
@@ -439,6 +446,8 @@ def stats(ctx: click.Context, containers: tuple[str, ...], no_stream: bool, fmt:
     for rows in samples(_store(ctx), list(containers), stream=not no_stream):
         if fmt == "json":
             click.echo(json.dumps(rows))
+            continue
+        if print_templated(fmt, rows, {"ID": "CONTAINER ID", "Id": "CONTAINER ID"}):
             continue
         if not no_stream:
             click.echo("\x1b[2J\x1b[H", nl=False)

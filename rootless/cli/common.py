@@ -14,6 +14,23 @@ def store(ctx: click.Context):
     return Store(store_root(ctx.find_root().obj["root"]))
 
 
+def format_option(default: str = "table"):
+    """--format: table (or text), json, or a Go template ('table {{.ID}}\t{{.Names}}')."""
+    return click.option("--format", "fmt", default=default, show_default=True, metavar=f"{default}|json|TEMPLATE",
+                        help="A table, JSON, or a Go template: {{.Field}}, {{json .}}, 'table ...' for a "
+                             "header, {{range}}, {{if}}, {{join}}, {{lower}}...")
+
+
+def print_templated(fmt: str, rows: list, headers: dict | None = None) -> bool:
+    """Print ``rows`` through ``fmt`` if it is a template; False if it is not one."""
+    from .template import is_template, render_rows
+    if not is_template(fmt):
+        return False
+    for line in render_rows(fmt, rows, headers):
+        click.echo(line)
+    return True
+
+
 def warn(text: str) -> None:
     click.echo(f"rootless: warning: {text}", err=True)
 

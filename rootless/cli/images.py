@@ -80,18 +80,21 @@ def export(ctx: click.Context, container: str, output: str | None) -> None:
 @click.command(context_settings=CONTEXT)
 @click.option("--type", "kind", type=click.Choice(["image", "container"]), help="Only look for this kind of object.")
 @click.option("-f", "--format", "fmt", metavar="TEMPLATE",
-              help="Format each object with a Go template ({{.Id}}, {{.Config.Cmd}}, {{json .Config}}).")
+              help="Format each object with a Go template ({{.Id}}, {{.State.Pid}}, {{json .Config}}, "
+                   "{{range}}, {{if}}, {{index}}, {{join}}...).")
 @click.option("-s", "--size", is_flag=True, hidden=True)
 @click.argument("names", nargs=-1, required=True, shell_complete=complete_objects)
 @click.pass_context
 def inspect(ctx: click.Context, names: tuple[str, ...], kind: str | None, fmt: str | None, size: bool) -> None:
     """Low-level information on images and containers, as a JSON array."""
     import json
-    from ..image.inspect import inspect as do_inspect, render
+    from ..image.inspect import inspect as do_inspect
+    from .template import Template
     found, errors = do_inspect(_store(ctx), list(names), kind)
     if fmt and fmt != "json":
+        template = Template(fmt)
         for obj in found:
-            click.echo(render(fmt, obj))
+            click.echo(template.render(obj))
     else:
         click.echo(json.dumps(found, indent=4))
     for e in errors:
@@ -116,7 +119,8 @@ def _human(n: float) -> str:
 def history(ctx: click.Context, image: str, no_trunc: bool, quiet: bool, human: bool, fmt: str) -> None:
     """Show the history of an image."""
     import json
-    from ..image.inspect import ago, history as do_history, render
+    from ..image.inspect import ago, history as do_history
+    from .template import render_rows
     rows = do_history(_store(ctx), image)
     if quiet:
         for r in rows:
@@ -124,8 +128,8 @@ def history(ctx: click.Context, image: str, no_trunc: bool, quiet: bool, human: 
     elif fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt != "table":
-        for r in rows:
-            click.echo(render(fmt, r))
+        for line in render_rows(fmt, rows, {"Id": "IMAGE", "CreatedBy": "CREATED BY"}):
+            click.echo(line)
     else:
         click.echo(f"{'IMAGE':<14} {'CREATED':<20} {'CREATED BY':<46} {'SIZE':<10} COMMENT")
         for r in rows:
@@ -145,13 +149,13 @@ def system_df(ctx: click.Context, fmt: str) -> None:
     """Disk use of images, containers and local volumes."""
     import json
     from ..image.gc import df
-    from ..image.inspect import render
+    from .template import render_rows
     rows = df(_store(ctx))
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt != "table":
-        for r in rows:
-            click.echo(render(fmt, r))
+        for line in render_rows(fmt, rows, {"TotalCount": "TOTAL"}):
+            click.echo(line)
     else:
         click.echo(f"{'TYPE':<16} {'TOTAL':<8} {'ACTIVE':<8} {'SIZE':<10} RECLAIMABLE")
         for r in rows:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, complete_containers, complete_networks
+from .common import CONTEXT, complete_containers, complete_networks, format_option, print_templated
 
 
 def _networks(ctx: click.Context):
@@ -38,7 +38,7 @@ def create(ctx, name, subnet, internal, label) -> None:
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="name=TEXT, label=KEY[=VALUE], dangling=true|false.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option()
 @click.pass_context
 def ls(ctx, quiet, filters, fmt) -> None:
     """List networks."""
@@ -47,11 +47,17 @@ def ls(ctx, quiet, filters, fmt) -> None:
         for n in nets:
             click.echo(n.name)
     elif fmt == "json":
-        click.echo(json.dumps([{"Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway} for n in nets], indent=2))
+        click.echo(json.dumps([_row(n) for n in nets], indent=2))
+    elif print_templated(fmt, [_row(n) for n in nets]):
+        pass
     else:
         click.echo(f"{'NAME':<24} {'SUBNET':<18} GATEWAY")
         for n in nets:
             click.echo(f"{n.name:<24} {n.subnet:<18} {n.gateway}")
+
+
+def _row(n) -> dict:
+    return {"Name": n.name, "Subnet": n.subnet, "Gateway": n.gateway, "Internal": n.internal, "Labels": n.labels}
 
 
 @network.command(context_settings=CONTEXT)

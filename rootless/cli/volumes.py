@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .common import CONTEXT, complete_volumes
+from .common import CONTEXT, complete_volumes, format_option, print_templated
 
 
 def _volumes(ctx: click.Context):
@@ -78,7 +78,7 @@ def _filters(items: tuple[str, ...]):
 
 @volume.command("ls", context_settings=CONTEXT)
 @click.option("-q", "--quiet", is_flag=True, help="Only volume names.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option()
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="dangling=true|false, name=TEXT, label=KEY[=VALUE].")
 @click.pass_context
@@ -94,6 +94,8 @@ def ls(ctx: click.Context, quiet: bool, fmt: str, filters: tuple[str, ...]) -> N
             click.echo(v["Name"])
     elif fmt == "json":
         click.echo(json.dumps(rows, indent=2))
+    elif print_templated(fmt, rows, {"Name": "VOLUME NAME"}):
+        pass
     else:
         click.echo(f"{'DRIVER':<10}VOLUME NAME")
         for v in rows:

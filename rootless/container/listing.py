@@ -84,7 +84,9 @@ def ps(store: Store, show_all: bool = False, filters: list[str] | None = None) -
                     v in facts[k]) for k, v in wanted_here):
             continue
         rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
-                     "Status": _status(store, r, running), "Ports": ", ".join(published(r)), "Names": r.name})
+                     "Status": _status(store, r, running), "Ports": ", ".join(published(r)), "Names": r.name,
+                     "State": facts["status"], "Labels": labels,
+                     "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(r.created))})
     return rows
 
 

@@ -8,9 +8,7 @@ Go-template form (``{{.Id}}``, ``{{.Config.Cmd}}``, ``{{json .Config}}``, text a
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import re
 import time
 from typing import Any
 
@@ -254,62 +252,6 @@ def inspect(store: Store, names: list[str], kind: str | None) -> tuple[list[dict
     return found, errors
 
 
-# --- --format: the Go template subset -------------------------------------------------
-
-_ACTION = re.compile(r"\{\{\s*(-\s*)?(?:(json|upper|lower|len)\s+)?(\.[A-Za-z0-9_.]*|\$)\s*(-\s*)?\}\}")
-
-
-def _lookup(obj: Any, path: str, template: str) -> Any:
-    if path in (".", "$"):
-        return obj
-    for part in path.strip(".").split("."):
-        if isinstance(obj, dict) and part in obj:
-            obj = obj[part]
-        elif isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
-            raise UsageError(f"template parsing error: {template}: can't evaluate field {part}")
-        elif obj is None:
-            return None
-        else:
-            raise UsageError(f"template parsing error: {template}: can't evaluate field {part} in type "
-                             f"{type(obj).__name__}")
-    return obj
-
-
-def _go_text(value: Any) -> str:
-    """A value as Go's text/template prints it."""
-    if value is None:
-        return "<no value>"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + " ".join(_go_text(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "map[" + " ".join(f"{k}:{_go_text(v)}" for k, v in sorted(value.items())) + "]"
-    return str(value)
-
-
-def render(template: str, obj: Any) -> str:
-    if "{{" in template and not _ACTION.search(template):
-        raise UsageError(f"template parsing error: {template}: only {{{{.Field.Sub}}}} and "
-                         "{{json .Field}} are supported")
-
-    def one(m: re.Match) -> str:
-        func, path = m.group(2), m.group(3)
-        value = _lookup(obj, path, template)
-        if func == "json":
-            return json.dumps(value)
-        if func == "len":
-            return str(len(value or []))
-        text = _go_text(value)
-        return text.upper() if func == "upper" else text.lower() if func == "lower" else text
-
-    out = _ACTION.sub(one, template)
-    if "{{" in out:
-        raise UsageError(f"template parsing error: {template}: only {{{{.Field.Sub}}}} and "
-                         "{{json .Field}} are supported")
-    return out.replace("\\n", "\n").replace("\\t", "\t")
-
-
 # --- history ----------------------------------------------------------------------------
 
 def ago(created: str) -> str:
@@ -348,4 +290,4 @@ def history(store: Store, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["inspect", "render", "history", "image_info", "container_info", "ago"]
+__all__ = ["inspect", "history", "image_info", "container_info", "ago"]
