@@ -33,8 +33,8 @@ CONTAINER = {"Id": "0123456789ab", "Names": "web", "Image": "nginx:1", "State": 
     ('{{printf "%s has %d mounts" .Names (len .Mounts)}}', "web has 2 mounts"),
     ("{{.Names | upper}}", "WEB"),
     ("a\\tb{{- \" c\" -}}  d", "a\tb c" + "d"),
-    ("{{range .Nothing}}x{{else}}none{{end}}", "none"),
-    ("{{.Missing}}", "<no value>"),
+    ('{{range index .Config.Labels "none"}}x{{else}}none{{end}}', "none"),
+    ("{{.Config.Labels.missing}}", "<no value>"),                     # a map's missing key
     ("{{$.Names}}{{range .Mounts}}{{$.Names}}{{end}}", "webwebweb"),
 ])
 def test_templates(fmt, expected):
@@ -47,7 +47,8 @@ def test_table_has_a_header():
         "CONTAINER ID\tNAMES", "a1\tx", "b2\ty"]
 
 
-@pytest.mark.parametrize("fmt", ["{{if .X}}no end", "{{end}}", "{{nosuchfunc .X}}", "{{.A", "{{(.A}}"])
+@pytest.mark.parametrize("fmt", ["{{if .X}}no end", "{{end}}", "{{nosuchfunc .X}}", "{{.A", "{{(.A}}",
+                                 "{{.Missing}}"])                   # a field an object of Docker's lacks
 def test_bad_templates_are_clear_errors(fmt):
     with pytest.raises(UsageError, match="template"):
         Template(fmt).render(CONTAINER)
