@@ -46,3 +46,15 @@ def test_short_names_are_searched_in_the_configured_registries(rl, busybox_tar, 
         missing = rl("run", "--rm", "--pull", "missing", "--network", "none", name + "-absent", env=env)
         assert missing.returncode == 125 and "127.0.0.1:1/" in missing.stderr and "Traceback" not in missing.stderr
         rl("rmi", f"{reg.host}/{name}")
+
+
+def test_platform_is_checked(rl):
+    import platform as host
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(host.machine(), host.machine())
+    ok = rl("run", "--rm", "--network", "none", "--platform", f"linux/{arch}", "busybox", "true")
+    assert ok.returncode == 0, ok.stderr
+    other = "s390x" if arch != "s390x" else "amd64"
+    refused = rl("run", "--rm", "--network", "none", "--platform", f"linux/{other}", "busybox", "true")
+    assert refused.returncode == 125 and f"not linux/{other}" in refused.stderr and "Traceback" not in refused.stderr
+    bad = rl("run", "--rm", "--platform", "amd64", "busybox", "true")
+    assert bad.returncode == 125 and "OS/ARCH" in bad.stderr

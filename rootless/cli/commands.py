@@ -120,6 +120,8 @@ def _container_flags(command):
                      help="json-file (default), k8s-file (Podman's format) or none."),
         click.option("--log-opt", multiple=True, metavar="KEY=VALUE",
                      help="max-size=SIZE (default 20m, -1: unbounded), max-file=N (default 2)."),
+        click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+                     help="The image's platform (pulled for it; a stored image of another one is refused)."),
         click.option("--pull", "pull_policy", default="missing", show_default=True, envvar="ROOTLESS_PULL_POLICY",
                      type=click.Choice(["missing", "always", "never"]),
                      help="Pull the image when it is not in the store (missing), always, or never "
@@ -143,8 +145,8 @@ def _planned(ctx: click.Context, image: str, command: tuple[str, ...], flags: di
     from ..progress import Progress
     from ..sandbox import idmap
     store = _store(ctx)
-    policy = flags.pop("pull_policy")
-    img = ensure(store, idmap.detect(), image, policy, progress=Progress, report=_note)
+    policy, platform = flags.pop("pull_policy"), flags.pop("platform")
+    img = ensure(store, idmap.detect(), image, policy, platform, progress=Progress, report=_note)
     opts = RunOptions(image=img.ref or img.id, command=list(command),
                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()})
     p = plan(store, opts, image=img)

@@ -27,7 +27,7 @@ def ensure(store: Store, maps: idmap.IdMaps, name: str, policy: str = "missing",
     missing: ImageNotFound | None = None
     if policy != "always":
         try:
-            return store.resolve(name)
+            return check_platform(store.resolve(name), platform, name, policy)
         except ImageNotFound as e:
             if policy == "never":
                 raise ImageNotFound(f"{e} (--pull never: it was not pulled)") from None
@@ -52,3 +52,21 @@ def _candidates(name: str) -> list[str]:
     from ..registry import registries_conf
     search = registries_conf.load().unqualified_search_registries
     return [f"{registry}/{name}" for registry in search] or [name]
+
+
+def check_platform(img: Image, platform: str | None, name: str, policy: str) -> Image:
+    """``img`` if it is for ``platform`` (OS/ARCH[/VARIANT]; None: any); else a clear refusal."""
+    from ..errors import ImageNotFound, UsageError
+    if not platform:
+        return img
+    wanted = platform.split("/")
+    if len(wanted) < 2 or not all(wanted):
+        raise UsageError(f"invalid --platform '{platform}': use OS/ARCH[/VARIANT], e.g. linux/amd64")
+    have = [str(img.config.get("os") or ""), str(img.config.get("architecture") or ""),
+            str(img.config.get("variant") or "")]
+    if have[:2] != wanted[:2] or (len(wanted) > 2 and have[2] != wanted[2]):
+        text = "/".join(p for p in have if p)
+        raise ImageNotFound(f"image {name} in the store is for {text}, not {platform}: pull that platform's "
+                            f"('rootless pull --platform {platform} {name}'), or leave --platform out"
+                            + (" (--pull never)" if policy == "never" else ""))
+    return img
