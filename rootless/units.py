@@ -67,4 +67,24 @@ def human_duration(seconds: float) -> str:
     return f"{hours // (24 * 365)} years"
 
 
-__all__ = ["human_binary", "human_duration", "human_size", "parse_size"]
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_NS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def parse_duration(text: str) -> int:
+    """Go's time.ParseDuration ('30s', '1m30s', '500ms'), in nanoseconds; ValueError if it is not one."""
+    if text == "0":
+        return 0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION.match(text, pos)
+        if not m:
+            raise ValueError(text)
+        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
+        pos = m.end()
+    if not text:
+        raise ValueError(text)
+    return int(total)
+
+
+__all__ = ["human_binary", "human_duration", "human_size", "parse_duration", "parse_size"]

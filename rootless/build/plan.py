@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from ..errors import DockerfileError
+from ..units import parse_duration
 from .dockerfile import Dockerfile, Instruction, parse_trigger
 from .expand import ExpandError, expand_heredoc, expand_word
 from .mounts import Mount, MountError, check_network, parse_mount
@@ -190,26 +191,6 @@ def platform_args(target: str, build: str) -> dict[str, str]:
 def go_quote(items: list[str]) -> str:
     """Go's %q of a []string, as Docker writes CMD/ENTRYPOINT/SHELL into the history."""
     return "[" + " ".join(json.dumps(s, ensure_ascii=False) for s in items) + "]"
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-
-
-def parse_duration(text: str) -> int:
-    """Go's time.ParseDuration, in nanoseconds."""
-    if text == "0":
-        return 0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION.match(text, pos)
-        if not m:
-            raise ValueError(text)
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    if not text:
-        raise ValueError(text)
-    return int(total)
 
 
 def _env_dict(env_list: list[str]) -> dict[str, str]:

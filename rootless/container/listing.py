@@ -42,7 +42,8 @@ def _status(store: Store, r: Record, running: bool) -> str:
     if running:
         from .lifecycle import rootfs_lost
         from .rootfs import internal_errors
-        up = "Up " + human_duration(time.time() - float(r.config.get("started") or r.created))
+        from .health import suffix
+        up = "Up " + human_duration(time.time() - float(r.config.get("started") or r.created)) + suffix(r.config)
         if r.config.get("paused"):
             up += " (Paused)"
         status = f"{up} (root filesystem lost: restart it)" if rootfs_lost(r) else up

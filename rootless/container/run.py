@@ -75,6 +75,12 @@ class RunOptions:
     shm_size: str | None = None
     log_driver: str | None = None
     log_opt: list[str] = field(default_factory=list)
+    health_cmd: str | None = None
+    health_interval: str | None = None
+    health_timeout: str | None = None
+    health_retries: int | None = None
+    health_start_period: str | None = None
+    no_healthcheck: bool = False
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -218,6 +224,7 @@ class Plan:
     init: str | None = None              # --init: the host's init program
     shm_size: int = 64 << 20
     log: object = None                   # container.logfile.LogConfig
+    health: object = None                # container.health.HealthConfig, or None
 
     @property
     def cfg(self) -> dict:
@@ -289,6 +296,9 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     shm_size = runflags.shm_size(opts.shm_size)
     from . import logfile
     log = logfile.parse(opts.log_driver, opts.log_opt)
+    from . import health as health_mod
+    health = health_mod.config(cfg.get("Healthcheck"), opts.health_cmd, opts.health_interval, opts.health_timeout,
+                               opts.health_retries, opts.health_start_period, opts.no_healthcheck)
     if opts.group_add and maps.single:
         raise UsageError(f"--group-add needs a subordinate id range: in single-uid mode ({maps.why_single}) "
                          "the kernel allows no supplementary groups; see docs/troubleshooting.md")
@@ -341,7 +351,8 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
                 extra_env=extra_env, net=net, extra_hosts=extra_hosts, user_net=user_net, shared=shared,
                 run_base=run_base, cg_setup=cg_setup, limits=limits, vols=vols, policy=policy,
                 max_restarts=max_restarts, warnings=single_uid_warning(maps), labels=labels,
-                resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init, shm_size=shm_size, log=log)
+                resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init, shm_size=shm_size,
+                log=log, health=health)
 
 
 def create(store: Store, p: Plan, started_later: bool = True, builder: bool = False) -> Record:
@@ -516,7 +527,7 @@ class _Starter:
             pump = LogPump(log_path(directory), tee=_passed_on(*ours), cfg=p.log)
             stdio = (0, *pump.writers())
             pump.pump_pipes()
-        cg = started = None
+        cg = started = checks = None
         try:
             cg_setup.sweep("rootless-")  # leftovers of engines that were killed
             cg_name = f"rootless-{rec.id[:32]}"
@@ -610,6 +621,7 @@ class _Starter:
                 r.exit_code, r.finished, r.cgroup_paths = None, None, list(cg.paths)
                 r.config.update(config)
             rec = records.update(rec.id, now_running)
+            checks = _start_health_checks(store, rec.id, p.health)
             if detacher is not None:
                 detacher.started(rec.id)
             if pump is not None and logging:
@@ -621,12 +633,16 @@ class _Starter:
                         pump.add_source("stdout", master)
                 libc.release_free_memory()   # the monitor idles from here on (docs/containers.md)
             code = container.wait(started)
+            if checks is not None:
+                checks.set()
             rec.oom_killed = cg.oom_killed()
             if pump is not None:
                 pump.finish()
             if console is not None:
                 console.close()
         except BaseException as e:
+            if checks is not None:
+                checks.set()
             if ours:
                 pump.close_writers()
                 pump.finish(1.0)
@@ -695,6 +711,19 @@ def check_preserve_fds(count: int, detach: bool) -> None:
         except OSError:
             raise UsageError(f"--preserve-fds {count}: file descriptor {fd} is not open in this shell "
                              f"(open it, e.g. '{fd}<file', or pass a smaller number)") from None
+
+
+def _start_health_checks(store: Store, cid: str, cfg):
+    """Run the container's health checks in a thread of the process that owns it; the event
+    that stops them (None without a check)."""
+    if cfg is None:
+        return None
+    import threading
+    from .health import run_checks
+    stop = threading.Event()
+    threading.Thread(target=run_checks, args=(store.root, cid, cfg, stop), daemon=True,
+                     name="health").start()
+    return stop
 
 
 def _passed_on(out: int, err: int) -> Callable[[str, bytes], None]:

@@ -201,6 +201,7 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
                       "and report it") if errors else "",
             "StartedAt": _iso(cfg.get("started") or (rec.created if rec.state != "created" else None)),
             "FinishedAt": _iso(rec.finished),
+            **({"Health": cfg["health"]} if cfg.get("health") else {}),
         },
         "Image": rec.image_id,
         "Name": "/" + rec.name,
