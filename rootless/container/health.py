@@ -44,6 +44,9 @@ def _seconds(value: str | None, flag: str, default: float) -> float:
 def config(image_check: dict | None, cmd: str | None, interval: str | None, timeout: str | None,
            retries: int | None, start_period: str | None, disabled: bool) -> HealthConfig | None:
     """The check a container gets: the flags over the image's HEALTHCHECK; None for none."""
+    for value, flag in ((interval, "--health-interval"), (timeout, "--health-timeout"),
+                        (start_period, "--health-start-period")):
+        _seconds(value, flag, 0.0)          # a bad flag is refused even when no check runs
     if disabled:
         return None
     image_check = image_check or {}
