@@ -58,3 +58,19 @@ def test_platform_is_checked(rl):
     assert refused.returncode == 125 and f"not linux/{other}" in refused.stderr and "Traceback" not in refused.stderr
     bad = rl("run", "--rm", "--platform", "amd64", "busybox", "true")
     assert bad.returncode == 125 and "OS/ARCH" in bad.stderr
+
+
+def test_a_registry_name_that_does_not_resolve_is_said_so(rl):
+    """Run in a network namespace of the test's own, with no interface up: the resolver cannot
+    send its question anywhere (no packet leaves), and the name does not resolve."""
+    import shutil
+    import subprocess
+    from .conftest import ROOTLESS
+    if not shutil.which("unshare"):
+        pytest.skip("util-linux's unshare is not installed")
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--net", *ROOTLESS, "pull",
+                           "registry.example.invalid/some/image:1"], env=rl.env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 125, proc.stderr
+    assert "does not resolve" in proc.stderr and "registry.example.invalid" in proc.stderr
+    assert "--tls-verify" not in proc.stderr and "Traceback" not in proc.stderr

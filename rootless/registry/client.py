@@ -181,6 +181,11 @@ class RegistryClient:
                     r = self._http.get(f"{base}/v2/", timeout=min(self.timeout, 10.0))
                 except httpx.TransportError as exc:
                     last = exc
+                    unresolved = _name_error(exc)
+                    if unresolved is not None:     # no scheme or retry makes a name resolve
+                        raise RegistryUnreachable(
+                            f"the registry's host name {self.host.rsplit(':', 1)[0]} does not resolve "
+                            f"({unresolved}): check its spelling, or this machine's DNS") from exc
                     if i + 1 < len(schemes):
                         break          # TLS refused, not spoken or stuck: try plain HTTP
                     if not isinstance(exc, httpx.RemoteProtocolError) and attempt < self.retries:
@@ -733,3 +738,21 @@ class _Retryable(Exception):
     def __init__(self, error: RegistryError):
         super().__init__(str(error))
         self.error = error
+
+
+def _name_error(exc: BaseException) -> str | None:
+    """The resolver's words when ``exc`` comes from a host name that did not resolve."""
+    import socket
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return e.strerror or str(e)
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    for marker in ("Name or service not known", "Temporary failure in name resolution",
+                   "No address associated with hostname", "nodename nor servname"):
+        if marker in text:
+            return marker
+    return None
