@@ -13,6 +13,7 @@ keeps them as root, as apt does on systems without ``_apt``; everything else is 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RANGE_MODE, overlay_internal_errors
+from .conftest import RANGE_MODE, needs_range, overlay_internal_errors
 
 pytestmark = pytest.mark.both_modes
 
@@ -261,3 +262,63 @@ def test_upgrade_reinstall_remove_purge_over_the_image_layer(rl, built, debs):
     lines = diff.splitlines()
     assert {"D /usr/bin/rltest", "D /etc/rltest", "D /usr/share/rltest", "D /var/lib/rltest.state"} <= set(lines)
     _same_as_kernel_overlay(results)
+
+
+ADMIN = r"""
+set -e
+useradd -m -u 1000 alice
+groupadd -g 2000 staff2
+usermod -aG staff2 alice
+echo 'alice:secret' | chpasswd
+userdel -r alice
+useradd -m -u 1001 bob
+update-alternatives --quiet --install /usr/bin/pager2 pager2 /bin/cat 10
+update-alternatives --quiet --install /usr/bin/pager2 pager2 /bin/more 20
+update-alternatives --quiet --set pager2 /bin/cat
+cp -a /usr/share/doc /doc2
+mv /usr/share/doc /usr/share/doc-moved
+mv /doc2 /usr/share/doc
+rm -rf /usr/share/doc-moved/a* /usr/share/locale
+mkdir -p /usr/share/locale/xx && echo hi > /usr/share/locale/xx/f
+ln /usr/bin/env /usr/bin/env-hard
+mv /usr/bin/env-hard /usr/lib/env-hard
+chmod 4711 /usr/lib/env-hard
+rm /usr/bin/env
+ln -s /usr/lib/env-hard /usr/bin/env
+cd /usr/lib && tar cf /tmp/x.tar x86_64-linux-gnu/gconv && rm -rf x86_64-linux-gnu/gconv && tar xpf /tmp/x.tar
+rm /tmp/x.tar && cd /
+find /etc -type f -name '*.conf' -exec touch -d '2001-01-01 00:00' {} +
+mv /etc/ld.so.conf.d /etc/ld.so.conf.e && mkdir /etc/ld.so.conf.d
+mv /etc/ld.so.conf.e/* /etc/ld.so.conf.d/ && rmdir /etc/ld.so.conf.e
+ldconfig
+dd if=/dev/zero of=/var/big bs=1M count=8 status=none && truncate -s 3M /var/big && sync
+# The whole tree: directories (mode, owner), everything else (and link count, size, type),
+# and every file's checksum.  Left out: what differs by design (the container's own
+# /etc/hosts and /etc/hostname, ldconfig's cache of inode numbers).
+skip='-path /proc -o -path /sys -o -path /dev -o -path /var/log -o -path /debs'
+find / -xdev \( $skip \) -prune -o -type d -print0 | sort -z | xargs -0 stat -c '%n %a %u %g'
+find / -xdev \( $skip \) -prune -o ! -type d -print0 | sort -z | xargs -0 stat -c '%n %a %u %g %h %s %F'
+find / -xdev \( $skip \) -prune -o -type f -print0 | sort -z | xargs -0 md5sum
+"""
+
+
+@needs_range
+def test_admin_tools_on_fuse_overlay_as_on_kernel_overlay(rl, debian, debs):
+    """Debian's own tools on the image layer: useradd/userdel (lock files, hard links, renames
+    of /etc/passwd), update-alternatives, moves of lower directories (EXDEV, then copies),
+    hard links, set-id bits, tar, touch, ldconfig.  The resulting tree must be the kernel
+    overlay's.  (Single-uid mode cannot chown a home directory to uid 1000.)"""
+    results = _both_drivers(rl, debian, debs, ADMIN)
+    assert results["fuse-overlay"] is not None
+    ignore = {"/etc/hosts", "/etc/hostname", "/var/cache/ldconfig/aux-cache"}
+
+    def tree(out: str) -> list[str]:
+        return [ln for ln in out.splitlines() if not ignore & set(ln.split())]
+    fuse, kernel = results["fuse-overlay"], results["overlay"]
+    assert "/usr/lib/env-hard 4711 0 0 1 " in fuse[0] and "/home/bob 755 1001 1001" in fuse[0]
+    if kernel is None:
+        _same_as_kernel_overlay(results)
+    differences = list(difflib.unified_diff(tree(kernel[0]), tree(fuse[0]), "kernel overlay", "fuse-overlay",
+                                            lineterm="", n=1))
+    assert not differences, "\n".join(differences[:60])
+    assert fuse[1] == kernel[1]
