@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOTLESS, Rootless
+from .conftest import RANGE_MODE, ROOTLESS, Rootless
 
 pytestmark = pytest.mark.both_modes
 
@@ -622,7 +622,6 @@ def test_import_keeps_modes_and_times_of_files_not_owned_by_root(rl, archives, b
     """Debian's /usr/bin/chage is 2755 root:shadow, /etc/shadow 0640 root:shadow.  In single-uid
     mode their owner becomes root; their mode and time must stay (a lost chmod left chage
     non-executable and /etc/shadow world-readable)."""
-    from .conftest import RANGE_MODE
     extra = []
     for name, data, uid, gid, mode in [("usr/bin/chage", b"#!/bin/sh\necho chage\n", 0, 42, 0o2755),
                                        ("etc/shadow", b"root:*::::::\n", 0, 42, 0o640),

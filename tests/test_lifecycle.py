@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .conftest import ROOTLESS
+from .conftest import RANGE_MODE, ROOTLESS
 
 pytestmark = pytest.mark.both_modes
 
@@ -257,7 +257,6 @@ def test_cp_of_a_tar_from_stdin_keeps_modes_and_times(rl, detached):
     failed chown)."""
     import io
     import tarfile
-    from .conftest import RANGE_MODE
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         data = b"#!/bin/sh\necho tool\n"
