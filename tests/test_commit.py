@@ -132,7 +132,7 @@ try:
     pid = os.fork()
     if pid == 0:     # the extraction chroots: in a child
         try:
-            layers._extract_chrooted("{rl.root}/blobs/sha256/{diff_id[7:]}", fresh)
+            layers._extract_chrooted("{rl.root}/blobs/sha256/{diff_id[7:]}", fresh, {not RANGE_MODE})
         finally:
             os._exit(0)
     os.waitpid(pid, 0)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOTLESS, Rootless
+from .conftest import RANGE_MODE, ROOTLESS, Rootless
 
 pytestmark = pytest.mark.both_modes
 
@@ -616,3 +616,36 @@ def test_one_reference_form_for_every_command(rl):
     rl("run", "--rm", "samename:1", "true", check=True)
     rl("rmi", "docker.io/samename:1", check=True)
     assert "samename" not in rl("images").stdout
+
+
+def test_import_keeps_modes_and_times_of_files_not_owned_by_root(rl, archives, busybox_tar):
+    """Debian's /usr/bin/chage is 2755 root:shadow, /etc/shadow 0640 root:shadow.  In single-uid
+    mode their owner becomes root; their mode and time must stay (a lost chmod left chage
+    non-executable and /etc/shadow world-readable)."""
+    extra = []
+    for name, data, uid, gid, mode in [("usr/bin/chage", b"#!/bin/sh\necho chage\n", 0, 42, 0o2755),
+                                       ("etc/shadow", b"root:*::::::\n", 0, 42, 0o640),
+                                       ("etc/daemon.conf", b"x\n", 1, 1, 0o600)]:
+        info, data = _file(name, data)
+        info.uid, info.gid, info.mode, info.mtime = uid, gid, mode, 1234567890
+        extra.append((info, data))
+    path = archives / "owners.tar"
+    with tarfile.open(busybox_tar) as src, tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as out:
+        for m in src:
+            if m.name.lstrip("./") not in ("etc/shadow", "usr/bin/chage", "etc/daemon.conf"):
+                out.addfile(m, src.extractfile(m) if m.isreg() else None)
+        for info, data in extra:
+            out.addfile(info, io.BytesIO(data))
+    image = f"owners-{uuid.uuid4().hex[:8]}:1"
+    rl("import", str(path), image, check=True)
+    try:
+        proc = rl("run", "--rm", "--network", "none", image, "stat", "-c", "%n %a %u %g %Y",
+                  "/usr/bin/chage", "/etc/shadow", "/etc/daemon.conf")
+        assert proc.returncode == 0, proc.stderr
+        owners = ["0 42", "0 42", "1 1"] if RANGE_MODE else ["0 0"] * 3
+        assert proc.stdout.splitlines() == [
+            f"/usr/bin/chage 2755 {owners[0]} 1234567890", f"/etc/shadow 640 {owners[1]} 1234567890",
+            f"/etc/daemon.conf 600 {owners[2]} 1234567890"]
+        assert rl("run", "--rm", "--network", "none", image, "/usr/bin/chage").stdout == "chage\n"
+    finally:
+        rl("rmi", image)

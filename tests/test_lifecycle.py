@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .conftest import ROOTLESS
+from .conftest import RANGE_MODE, ROOTLESS
 
 pytestmark = pytest.mark.both_modes
 
@@ -248,6 +248,25 @@ def test_cp_both_ways_running_and_stopped(rl, detached, tmp_path):
     missing = rl("cp", "cpc:/nonexistent", str(out))
     assert missing.returncode == 125 and "does not exist" in missing.stderr
     assert rl("cp", str(src), str(out)).returncode == 125
+
+
+
+def test_cp_of_a_tar_from_stdin_keeps_modes_and_times(rl, detached):
+    """``cp - CONTAINER:DIR`` unpacks the archive as it is.  In single-uid mode an entry owned
+    by another id becomes root's, with its mode and time (tarfile skipped both after the
+    failed chown)."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        data = b"#!/bin/sh\necho tool\n"
+        info = tarfile.TarInfo("tool")
+        info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o2755, 0, 42, 1234567890
+        tar.addfile(info, io.BytesIO(data))
+    detached("cpstdin", "busybox", "sleep", "60")
+    assert rl("cp", "-", "cpstdin:/tmp", input=buf.getvalue()).returncode == 0
+    out = rl("exec", "cpstdin", "stat", "-c", "%a %u %g %Y", "/tmp/tool").stdout
+    assert out == ("2755 0 42 1234567890\n" if RANGE_MODE else "2755 0 0 1234567890\n")
 
 
 def test_attach_follows_and_forwards_signals(rl, detached):

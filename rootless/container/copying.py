@@ -177,6 +177,9 @@ def copy_in(store: Store, src: str, name: str, dest: str) -> None:
                 return info
             tar.add(src, arcname=os.path.basename(src.rstrip("/")), filter=as_root)
     payload = buf.getvalue()
+    # Without a sub-id range only uid 0 exists inside: entries owned by others become root's
+    # (tarfile skips an entry's chmod and utime when its chown fails).
+    single = idmap.detect().single
     r, w = os.pipe()
 
     def consume(fd: int) -> None:
@@ -189,6 +192,8 @@ def copy_in(store: Store, src: str, name: str, dest: str) -> None:
                 if rename:
                     head, _, rest = m.name.partition("/")
                     m.name = rename + ("/" + rest if rest else "")
+                if single:
+                    m.uid = m.gid = 0
                 tar.extract(m, target_dir, numeric_owner=True)
     pid = _run_inside(store, rec, consume, r)
     os.close(r)

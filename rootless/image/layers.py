@@ -42,13 +42,19 @@ def check_owners(tar_path: str, maps: idmap.IdMaps) -> list[str]:
     return devices
 
 
-def _extract_chrooted(tar_path: str, layer: str) -> None:
+def _extract_chrooted(tar_path: str, layer: str, single: bool) -> None:
+    """Unpack as root of the user namespace, chrooted in ``layer``.  In single-uid mode only
+    uid 0 exists: every entry is unpacked as root's (tarfile skips an entry's chmod and
+    utime when its chown fails, which would lose setgid bits, x bits and times)."""
     with open(tar_path, "rb") as f:
         os.chroot(layer)
         os.chdir("/")
         with tarfile.open(fileobj=f, copybufsize=1 << 20) as tar:
             members = [m for m in tar
                        if not ((m.ischr() or m.isblk()) and (m.devmajor, m.devminor) != (0, 0))]
+            if single:
+                for m in members:
+                    m.uid = m.gid = 0
             current: list[tarfile.TarInfo] = []
 
             def tracked():   # extractall takes members one at a time: the failing one is current
@@ -125,7 +131,7 @@ def unpack_temp(store: Store, maps: idmap.IdMaps, tar_path: str, what: str) -> t
                          "get or make it again") from None
     tmp = store.layer_temp_dir()
     try:
-        run_as_root(maps, lambda: _extract_chrooted(tar_path, tmp), name="rootless-unpack")
+        run_as_root(maps, lambda: _extract_chrooted(tar_path, tmp, maps.single), name="rootless-unpack")
     except channel.ChildError as e:
         remove_tree(maps, tmp)
         text = str(e)
