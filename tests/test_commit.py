@@ -371,3 +371,15 @@ def test_commit_of_a_pulled_image_with_compressed_layers_pushes(rl, busybox_tar)
             rl("rm", name)
             rl("rmi", target)
             rl("rmi", base)
+
+
+def test_mount_points_of_volumes_are_not_changes(rl, tmp_path):
+    name = _name("mp")
+    (tmp_path / "in").mkdir()
+    proc = rl("run", "--name", name, "--network", "none", "-v", f"{tmp_path / 'in'}:/debs/deep:ro",
+              "--tmpfs", "/scratch", "busybox", "sh", "-c", "echo x > /made")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert _diff(rl, name) == {("A", "/made")}
+    finally:
+        rl("rm", name)

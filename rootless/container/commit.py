@@ -56,6 +56,25 @@ def _image_of(store: Store, rec: Record) -> Image:
 MOUNT_POINTS = frozenset({"etc/hostname", "etc/hosts", "etc/resolv.conf", "proc", "sys", "dev"})
 
 
+def _mount_targets(rec: Record) -> frozenset[str]:
+    """Where the container's -v, --mount and --tmpfs were mounted, and their parents: mount
+    points the engine made, not the container's changes (left out when that is all they are)."""
+    opts = rec.config.get("options") or {}
+    targets = []
+    for item in opts.get("volume") or []:
+        parts = item.split(":")
+        targets.append(parts[1] if len(parts) > 1 and parts[1].startswith("/") else parts[0])
+    for item in opts.get("mount") or []:
+        fields = dict(f.partition("=")[::2] for f in item.split(","))
+        targets.append(fields.get("target") or fields.get("dst") or fields.get("destination") or "")
+    targets += [t.split(":", 1)[0] for t in opts.get("tmpfs") or []]
+    out = set()
+    for t in targets:
+        parts = [p for p in t.split("/") if p]
+        out |= {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return frozenset(out)
+
+
 def _where(store: Store, rec: Record, image: Image) -> _Where:
     if rec.state == "removing":
         raise RootlessError(f"container {rec.name} is being removed")
@@ -80,7 +99,7 @@ def diff(store: Store, maps: idmap.IdMaps, key: str) -> list[tuple[str, str]]:
     if where.directory is None:
         return []
     return changeset.diff(maps, where.directory, where.image_layers, full_copy=where.base_layers is not None,
-                          ignore=MOUNT_POINTS)
+                          ignore=MOUNT_POINTS | _mount_targets(rec))
 
 
 def _env(image_env: list[str], rec: Record, opts: dict[str, Any]) -> list[str]:
@@ -153,7 +172,7 @@ def _layer(store: Store, maps: idmap.IdMaps, rec: Record, image: Image, pause: b
         layer = changeset.layer_from_changes(store, maps, where.directory, single_uid=maps.single,
                                              image_layers=where.image_layers,
                                              full_copy=where.base_layers is not None,
-                                             ignore=MOUNT_POINTS | ignore,
+                                             ignore=MOUNT_POINTS | _mount_targets(rec) | ignore,
                                              source_date_epoch=source_date_epoch, consume=consume)
     finally:
         thaw()
