@@ -12,6 +12,11 @@ parts are fetched in another round) and the new parts are made visible, each by 
 in an order that keeps the store whole at every step: blobs, layers, config, manifest, tag.
 A pull killed at any point leaves only temporary files (removed by the next command that
 takes the lock) and complete blobs or layers no tag refers to yet.
+
+A download that stalls (less than 1 KiB in ``ROOTLESS_PULL_STALL_TIMEOUT`` seconds, default
+30) is retried with backoff and then fails naming the registry and the blob; Ctrl-C stops the
+downloads at once (the registry client shuts their connections) and the temporary directory
+goes with them.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import shutil
 from typing import Callable
 
 from . import compression, layers
-from ..errors import StoreError
+from ..errors import StoreError, UsageError
 from ..progress import ProgressFactory
-from ..registry import Reference, RegistryClient, parse_image_manifest
+from ..registry import DownloadStalled, Reference, RegistryClient, parse_image_manifest
 from ..sandbox import idmap
 from ..sandbox.remove import remove_tree
 from .store import Image, Store
@@ -34,6 +39,23 @@ PLAIN = ("application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image
 
 
 SUPPORTED = "gzip, zstd or plain layers"
+STALL_ENV = "ROOTLESS_PULL_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT = 30.0
+
+
+def stall_timeout(environ: dict[str, str] | None = None) -> float:
+    """The stall timeout in seconds: ``ROOTLESS_PULL_STALL_TIMEOUT``, else 30."""
+    text = (os.environ if environ is None else environ).get(STALL_ENV, "").strip()
+    if not text:
+        return DEFAULT_STALL_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 < value < 1e6):
+        raise UsageError(f"{STALL_ENV}={text!r} is not a number of seconds: give one like 30 (the "
+                         "longest a download may go without receiving 1 KiB), or unset it")
+    return value
 
 
 def _check_type(media_type: str) -> None:
@@ -57,12 +79,14 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
     ``update(key, done, total)`` hears of each download (the face draws it); ``report``: the
     closing line ("pulled N new layer(s)...")."""
     ref = Reference.parse(ref_text)
+    stall = stall_timeout()
     tmp = store.new_temp_dir("pull")
     downloaded: dict[str, str] = {}               # blob digest -> its file under tmp
     unpacked: dict[str, tuple[str, int]] = {}     # diff id -> (temporary layer dir, size)
     checked: set[str] = set()                     # blob digests whose diff id we verified
     try:
-        with RegistryClient(ref.registry, insecure=None if tls_verify else True) as client:
+        with RegistryClient(ref.registry, insecure=None if tls_verify else True,
+                            stall_timeout=stall) as client:
             m = client.get_manifest(ref.repository, ref.reference, platform)
             manifest = parse_image_manifest(m.data)
             config_raw = client.get_blob(ref.repository, manifest.config.digest)
@@ -124,6 +148,9 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
             else:
                 raise StoreError(f"layers of {ref} were removed from the store while it was being pulled, "
                                  "again and again (by rmi or image prune): pull again")
+    except DownloadStalled as e:
+        raise DownloadStalled(f"{e}, or allow longer pauses with {STALL_ENV}=SECONDS (now {stall:g})") from None
+    else:
         if report is not None:
             report(f"{ref}: pulled {len(new)} new layer(s), {len(manifest.layers) - len(new)} already in the store")
         return store.image(m.digest, str(ref))
