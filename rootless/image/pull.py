@@ -64,6 +64,15 @@ def _check_type(media_type: str) -> None:
                          f"pull an image with {SUPPORTED}")
 
 
+def _format(media_type: str) -> str | None:
+    """``gzip`` or ``zstd`` for a layer's media type, else None."""
+    if media_type in GZIP or media_type.endswith("+gzip"):
+        return "gzip"
+    if media_type.endswith(("+zstd", ".zstd")):
+        return "zstd"
+    return None
+
+
 def _diff_id(src: str, dst: str | None, layer, ref: Reference) -> str:
     """The sha256 of layer ``src`` decompressed (written to ``dst`` unless None)."""
     try:
@@ -134,6 +143,11 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                     for layer, diff_id in pairs:    # blobs, then layers, config, manifest, tag
                         if not store.has_blob(layer.digest):
                             store.adopt_blob(downloaded.pop(layer.digest), layer.digest)
+                    for layer, diff_id in pairs:    # what push may send for a local copy of it
+                        fmt = _format(layer.media_type)
+                        if fmt and store.compressed(diff_id, fmt) is None:
+                            store.remember_compressed(diff_id, fmt, {"mediaType": compression.MEDIA_TYPES[fmt],
+                                                                      "digest": layer.digest, "size": layer.size})
                     for layer, diff_id in pairs:
                         if diff_id in unpacked and not store.has_layer(diff_id):
                             layer_tmp, size = unpacked.pop(diff_id)
