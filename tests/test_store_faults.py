@@ -326,6 +326,30 @@ def test_a_bad_stall_timeout_is_one_sentence(store, registry):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@needs_registry
+def test_a_layer_is_unpacked_while_the_others_download(store, registry, gated):
+    rl = store
+    first, second = _layer({"u/one": os.urandom(50_000)}), _layer({"u/two": os.urandom(200_000)})
+    push_layers(registry, "overlap/pull:1", [first, second])
+    gated.only = {_digest(gzip.compress(second, mtime=0))}    # the second layer's download waits
+    pull = _held_pull(rl, gated, f"{gated.host}/overlap/pull:1")
+    try:
+        unpacking = []
+        for _ in range(600):         # the first layer, unpacked meanwhile (not yet visible)
+            unpacking = [n for n in os.listdir(rl.root / "layers") if n.startswith(".tmp-layer")]
+            if unpacking or pull.poll() is not None:
+                break
+            gated.gate.wait(0.1)
+        assert unpacking, "nothing was unpacked while a download was still going on"
+        assert [n for n in os.listdir(rl.root / "layers") if not n.startswith(".")] == []
+        assert pull.poll() is None
+    finally:
+        gated.open_gate()
+        assert pull.wait(timeout=120) == 0, pull.stderr.read().decode()
+    whole(rl.root)
+    no_leftovers(rl.root)
+
+
 def test_a_command_waiting_for_the_store_lock_says_so(store, busybox_tar):
     rl = store
     assert rl("import", str(busybox_tar), "busybox").returncode == 0

@@ -5,7 +5,9 @@ store lacks of the image: a layer blob it does not keep (the compressed blob, wh
 and ``save`` need, even when the layer is unpacked already, e.g. by an ``import`` of the same
 content) is downloaded, every download verified by the registry client (size, sha256); a
 layer it has not unpacked is decompressed — its sha256 checked against the config's diff id
-— and unpacked (``layers.unpack_temp``) into a temporary directory.  All of that happens
+— and unpacked (``layers.unpack_temp``) into a temporary directory, as soon as its blob is
+complete, while the other blobs go on downloading (so a pull of several layers costs about
+the larger of download and unpack time, not their sum).  All of that happens
 without the store lock: other commands (``run``) go on meanwhile.  Then, with the lock, the
 store is looked at again (``rmi`` may have removed something meanwhile: then the missing
 parts are fetched in another round) and the new parts are made visible, each by one rename,
@@ -114,13 +116,10 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                     _check_type(l.media_type)
                 fetch = list({l.digest: l for l in need_blob}.values())
                 bar = progress("download", [(l.digest, l.size) for l in fetch]) if progress and fetch else None
-                client.fetch_blobs(ref.repository,
-                                   [(l.digest, os.path.join(tmp, l.digest[7:]), l.size) for l in fetch],
-                                   progress=(lambda d, done, total: bar.update(d, done, total)) if bar else None)
-                downloaded.update({l.digest: os.path.join(tmp, l.digest[7:]) for l in fetch})
-                for layer, diff_id in need_layer:
+
+                def unpack(layer, diff_id) -> None:
                     if diff_id in unpacked:
-                        continue
+                        return
                     src = downloaded.get(layer.digest) or store.blob_path(layer.digest)
                     plain = os.path.join(tmp, layer.digest[7:] + ".tar")
                     got = _diff_id(src, plain, layer, ref)
@@ -130,6 +129,19 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                                                                     f"layer {layer.digest} of {ref}")
                     unpacked[diff_id] = (layer_tmp, size)
                     os.unlink(plain)
+
+                def arrived(digest: str) -> None:
+                    # a blob is complete: unpack its layer while the others download
+                    downloaded[digest] = os.path.join(tmp, digest[7:])
+                    for layer, diff_id in need_layer:
+                        if layer.digest == digest:
+                            unpack(layer, diff_id)
+                client.fetch_blobs(ref.repository,
+                                   [(l.digest, os.path.join(tmp, l.digest[7:]), l.size) for l in fetch],
+                                   progress=(lambda d, done, total: bar.update(d, done, total)) if bar else None,
+                                   on_done=arrived)
+                for layer, diff_id in need_layer:    # those whose blob was here already
+                    unpack(layer, diff_id)
                 for layer, diff_id in pairs:   # a blob kept for a layer unpacked before: checked too
                     if layer.digest in downloaded and layer.digest not in checked:
                         _check_diff(_diff_id(downloaded[layer.digest], None, layer, ref), diff_id, layer, ref)
