@@ -156,8 +156,9 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                         if not store.has_blob(layer.digest):
                             store.adopt_blob(downloaded.pop(layer.digest), layer.digest)
                     for layer, diff_id in pairs:    # what push may send for a local copy of it
-                        fmt = _format(layer.media_type)
-                        if fmt and store.compressed(diff_id, fmt) is None:
+                        fmt = _format(layer.media_type)   # (as the data says: a media type may lie)
+                        if fmt and store.compressed(diff_id, fmt) is None \
+                                and compression.file_kind(store.blob_path(layer.digest)) == fmt:
                             store.remember_compressed(diff_id, fmt, {"mediaType": compression.MEDIA_TYPES[fmt],
                                                                       "digest": layer.digest, "size": layer.size})
                     for layer, diff_id in pairs:
