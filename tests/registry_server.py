@@ -12,7 +12,9 @@ storage root in a temporary directory:
 
 The servers are stopped by PID (terminate, wait, kill).  Nothing here contacts any host
 but 127.0.0.1.  ``LyingServer`` is a tiny HTTP server whose answers the test scripts
-(wrong blobs, 5xx, dropped connections) to exercise the client's error paths.
+(wrong blobs, 5xx, dropped connections) to exercise the client's error paths; ``GatedProxy``
+holds a download half-way until the test lets it go on, ``TricklingProxy`` sends chosen blobs
+one byte a second.
 """
 
 from __future__ import annotations
@@ -392,19 +394,12 @@ def send(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes =
 # A gate in front of a registry (slow pulls without sleeping)
 # --------------------------------------------------------------------------------------
 
-class GatedProxy:
-    """HTTP on 127.0.0.1:PORT passing GET and HEAD requests on to ``upstream`` (``host:port``).
+class _Proxy:
+    """HTTP on 127.0.0.1:PORT passing GET and HEAD requests on to ``upstream`` (``host:port``);
+    ``send_body(handler, path, body)`` sends each answer's body (subclasses hold or slow it)."""
 
-    While the gate is closed (``close_gate``), a blob download sends its headers and the first
-    half of the blob, says so (``held`` is set), and waits for ``open_gate`` before the rest:
-    a pull that stays in the middle of its download for as long as the test needs, with no
-    timing involved."""
-
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, name: str) -> None:
         self.upstream = upstream
-        self.gate = threading.Event()
-        self.gate.set()
-        self.held = threading.Event()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -431,13 +426,12 @@ class GatedProxy:
                 self.end_headers()
                 if self.command == "HEAD":
                     return
-                if "/blobs/" in self.path and resp.status == 200 and not proxy.gate.is_set() and len(body) > 1:
-                    half = len(body) // 2
-                    self.wfile.write(body[:half])
-                    self.wfile.flush()
-                    proxy.held.set()
-                    proxy.gate.wait(300)
-                    body = body[half:]
+                if "/blobs/" in self.path and resp.status in (200, 206) and len(body) > 1:
+                    try:
+                        proxy.send_body(self, self.path, body)
+                    except OSError:         # the client hung up
+                        self.close_connection = True
+                    return
                 self.wfile.write(body)
 
             do_GET = do_HEAD = _forward
@@ -446,7 +440,41 @@ class GatedProxy:
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="gated-proxy", daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name=name, daemon=True).start()
+
+    def send_body(self, handler: http.server.BaseHTTPRequestHandler, path: str, body: bytes) -> None:
+        handler.wfile.write(body)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class GatedProxy(_Proxy):
+    """A proxy to ``upstream`` with a gate.
+
+    While the gate is closed (``close_gate``), a blob download sends its headers and the first
+    half of the blob, says so (``held`` is set), and waits for ``open_gate`` before the rest:
+    a pull that stays in the middle of its download for as long as the test needs, with no
+    timing involved.  ``only``: the digests of the blobs held (default: every blob, the
+    image config included)."""
+
+    def __init__(self, upstream: str, only: set[str] | None = None) -> None:
+        self.only = only
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()
+        super().__init__(upstream, "gated-proxy")
+
+    def send_body(self, handler: http.server.BaseHTTPRequestHandler, path: str, body: bytes) -> None:
+        if not self.gate.is_set() and (self.only is None or path.rsplit("/", 1)[-1] in self.only):
+            half = len(body) // 2
+            handler.wfile.write(body[:half])
+            handler.wfile.flush()
+            self.held.set()
+            self.gate.wait(300)
+            body = body[half:]
+        handler.wfile.write(body)
 
     def close_gate(self) -> None:
         self.held.clear()
@@ -457,8 +485,35 @@ class GatedProxy:
 
     def close(self) -> None:
         self.gate.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().close()
+
+
+class TricklingProxy(_Proxy):
+    """A proxy to ``upstream`` that sends the blobs named in ``trickle`` (digests) one byte per
+    ``interval`` seconds: a registry that never quite stops and never gets anywhere.  Every
+    request for them is counted in ``requests``."""
+
+    def __init__(self, upstream: str, trickle: set[str], interval: float = 1.0) -> None:
+        self.trickle = set(trickle)
+        self.interval = interval
+        self.requests = 0
+        self._closing = threading.Event()
+        super().__init__(upstream, "trickling-proxy")
+
+    def send_body(self, handler: http.server.BaseHTTPRequestHandler, path: str, body: bytes) -> None:
+        if path.rsplit("/", 1)[-1] not in self.trickle:
+            handler.wfile.write(body)
+            return
+        self.requests += 1
+        for i in range(len(body)):
+            handler.wfile.write(body[i:i + 1])
+            handler.wfile.flush()
+            if self._closing.wait(self.interval):
+                raise OSError("the proxy is closing")
+
+    def close(self) -> None:
+        self._closing.set()
+        super().close()
 
 
 # --------------------------------------------------------------------------------------

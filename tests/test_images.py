@@ -239,3 +239,117 @@ def test_login_push_pull_with_token_auth(rl, tmp_path):
         assert pulled.returncode == 0, pulled.stderr
         assert rl("run", "--rm", f"{reg.host}/tok/app:1", "echo", "token ok").stdout == "token ok\n"
         rl("rmi", f"{reg.host}/tok/app:1")
+
+
+# ----------------------------------------------------------------------------- compression on push
+
+def _remote_manifest(registry, repo_tag: str) -> tuple[str, dict]:
+    from rootless.registry import RegistryClient, Reference
+    ref = Reference.parse(f"{registry.host}/{repo_tag}")
+    with RegistryClient(ref.registry) as client:
+        m = client.get_manifest(ref.repository, ref.tag)
+    return m.digest, json.loads(m.data)
+
+
+def _remote_blob_head(registry, repo: str, digest: str, tmp_path: Path) -> bytes:
+    from rootless.registry import RegistryClient
+    dest = tmp_path / f"blob-{digest[7:19]}"
+    with RegistryClient(registry.host) as client:
+        client.fetch_blob(repo, digest, dest)
+    head = dest.read_bytes()[:6]
+    dest.unlink()
+    return head
+
+
+def test_push_compresses_layers_made_here_once(rl, registry, busybox_tar, tmp_path):
+    own = tmp_path / "own.tar"        # a layer of its own (busybox's is shared with other tests)
+    shutil.copy(busybox_tar, own)
+    with tarfile.open(own, "a") as tar:
+        info = tarfile.TarInfo("own.txt")
+        data = os.urandom(16).hex().encode()
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert rl("import", str(own), "compress/me:1").returncode == 0
+    plain = own.stat().st_size
+    first = rl("push", "compress/me:1", f"{registry.host}/gz/one:1")
+    assert first.returncode == 0, first.stderr
+    _, manifest = _remote_manifest(registry, "gz/one:1")
+    (layer,) = manifest["layers"]
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert layer["size"] < plain / 1.5, (layer["size"], plain)
+    assert _remote_blob_head(registry, "gz/one", layer["digest"], tmp_path).startswith(b"\x1f\x8b")
+    # kept in the store: a second push sends the same blob, compressed once
+    assert (rl.root / "blobs/sha256" / layer["digest"][7:]).exists()
+    second = rl("push", "compress/me:1", f"{registry.host}/gz/two:1")
+    assert second.returncode == 0, second.stderr
+    assert _remote_manifest(registry, "gz/two:1")[1]["layers"] == [layer]
+    # the image itself is unchanged: save writes it as before, and pull of the push runs
+    assert rl("save", "-o", str(tmp_path / "saved.tar"), "compress/me:1").returncode == 0
+    with tarfile.open(tmp_path / "saved.tar") as tar:
+        assert any(m.size == plain for m in tar.getmembers())
+    assert rl("rmi", "compress/me:1").returncode == 0
+    pulled = rl("pull", f"{registry.host}/gz/one:1")
+    assert pulled.returncode == 0, pulled.stderr
+    assert rl("run", "--rm", f"{registry.host}/gz/one:1", "echo", "gz").stdout == "gz\n"
+    assert rl("rmi", f"{registry.host}/gz/one:1").returncode == 0
+    assert rl("image", "prune", "-f").returncode == 0
+    assert not (rl.root / "blobs/sha256" / layer["digest"][7:]).exists()   # went with its layer
+    assert all((rl.root / "layers" / n.split(".")[0]).exists() for n in os.listdir(rl.root / "compressed"))
+
+
+def test_push_with_zstd(rl, registry, busybox_tar, tmp_path):
+    assert rl("import", str(busybox_tar), "compress/zstd:1").returncode == 0
+    bad = rl("push", "--compression-format", "lz4", "compress/zstd:1", f"{registry.host}/zs/one:1")
+    assert bad.returncode == 125 and "gzip or zstd" in bad.stderr and "Traceback" not in bad.stderr
+    proc = rl("push", "--compression-format", "zstd", "compress/zstd:1", f"{registry.host}/zs/one:1")
+    assert proc.returncode == 0, proc.stderr
+    (layer,) = _remote_manifest(registry, "zs/one:1")[1]["layers"]
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    assert _remote_blob_head(registry, "zs/one", layer["digest"], tmp_path).startswith(b"\x28\xb5\x2f\xfd")
+    assert rl("rmi", "compress/zstd:1").returncode == 0
+    assert rl("pull", f"{registry.host}/zs/one:1").returncode == 0
+    assert rl("run", "--rm", f"{registry.host}/zs/one:1", "echo", "zs").stdout == "zs\n"
+    # a pulled zstd layer pushed with gzip asked for is recompressed; without, sent as it is
+    assert rl("push", f"{registry.host}/zs/one:1", f"{registry.host}/zs/same:1").returncode == 0
+    assert _remote_manifest(registry, "zs/same:1")[1]["layers"] == [layer]
+    proc = rl("push", "--compression-format", "gzip", f"{registry.host}/zs/one:1", f"{registry.host}/zs/gz:1")
+    assert proc.returncode == 0, proc.stderr
+    (gz,) = _remote_manifest(registry, "zs/gz:1")[1]["layers"]
+    assert gz["mediaType"].endswith("+gzip") and gz["digest"] != layer["digest"]
+    rl("rmi", f"{registry.host}/zs/one:1")
+
+
+def test_a_pulled_image_is_pushed_with_its_own_blobs(rl, registry, base_layer):
+    digest = push_image(registry, "orig/img:1", [base_layer, _layer([("o.txt", b"original")])])
+    _, original = _remote_manifest(registry, "orig/img:1")
+    assert rl("pull", "-q", f"{registry.host}/orig/img:1").returncode == 0
+    proc = rl("push", f"{registry.host}/orig/img:1", f"{registry.host}/orig/copy:1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == digest                      # the manifest byte for byte
+    copy_digest, copy = _remote_manifest(registry, "orig/copy:1")
+    assert copy_digest == digest and copy["layers"] == original["layers"]
+    rl("rmi", f"{registry.host}/orig/img:1")
+
+
+def test_podman_pulls_and_runs_a_pushed_compressed_image(rl, registry, busybox_tar, tmp_path):
+    from .conftest import RANGE_MODE
+    from .test_build import _environmental, _podman
+    if not RANGE_MODE:
+        pytest.skip("podman needs a subordinate id range")
+    podman, cleanup = _podman(tmp_path)
+    try:
+        assert rl("import", "-c", 'CMD ["echo", "hello from rootless"]', str(busybox_tar), "topodman:1").returncode == 0
+        for fmt in ("gzip", "zstd"):
+            remote = f"{registry.host}/topodman/{fmt}:1"
+            proc = rl("push", "--compression-format", fmt, "topodman:1", remote)
+            assert proc.returncode == 0, proc.stderr
+            pulled = podman("pull", "--tls-verify=false", remote)
+            if _environmental(pulled):
+                pytest.skip(f"podman cannot work here: {pulled.stderr.strip()[-200:]}")
+            assert pulled.returncode == 0, pulled.stderr
+            ran = podman("run", "--rm", "--network", "none", remote)
+            assert (ran.returncode, ran.stdout) == (0, "hello from rootless\n"), ran.stderr
+    finally:
+        rl("rmi", "topodman:1")
+        cleanup()

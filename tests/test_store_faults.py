@@ -270,6 +270,86 @@ def test_a_killed_pull_leaves_nothing_behind(store, registry, gated):
     whole(rl.root)
 
 
+@needs_registry
+def test_ctrl_c_stops_a_pull_in_the_middle_of_a_download(store, registry, gated):
+    rl = store
+    layer = _layer({"i/file": os.urandom(200_000)})
+    push_layers(registry, "interrupted/pull:1", [layer])
+    ref = f"{gated.host}/interrupted/pull:1"
+    gated.only = {_digest(gzip.compress(layer, mtime=0))}    # held in the layer's download
+    pull = _held_pull(rl, gated, ref)
+    pull.send_signal(signal.SIGINT)
+    try:
+        code = pull.wait(timeout=60)    # not until the blob ends: the gate stays shut
+    except subprocess.TimeoutExpired:
+        pull.kill()
+        pull.wait()
+        raise AssertionError("pull went on after SIGINT until its download could finish") from None
+    finally:
+        gated.open_gate()
+    stderr = pull.stderr.read().decode()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    proc = rl("pull", "-q", ref)
+    assert proc.returncode == 0, proc.stderr
+    no_leftovers(rl.root)
+    whole(rl.root)
+
+
+@needs_registry
+def test_a_stalled_download_fails_naming_the_registry_and_the_blob(store, registry):
+    from .registry_server import TricklingProxy
+    rl = store
+    layer = _layer({"t/file": os.urandom(200_000)})
+    blob = _digest(gzip.compress(layer, mtime=0))
+    push_layers(registry, "stalled/pull:1", [layer])
+    proxy = TricklingProxy(registry.host, {blob})     # one byte a second: 200 000 s to go
+    try:
+        proc = rl("pull", "-q", f"{proxy.host}/stalled/pull:1", timeout=300,
+                  env={"ROOTLESS_PULL_STALL_TIMEOUT": "2"})
+    finally:
+        proxy.close()
+    assert proc.returncode == 125, proc.stderr
+    assert proxy.host in proc.stderr and blob in proc.stderr, proc.stderr
+    assert "stalled" in proc.stderr and "ROOTLESS_PULL_STALL_TIMEOUT" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proxy.requests > 1                             # retried before giving up
+    assert os.listdir(rl.root / "tmp") == []
+    assert os.listdir(rl.root / "layers") == [] and os.listdir(rl.root / "blobs/sha256") == []
+    assert rl("images", "-q").stdout == ""
+
+
+@needs_registry
+def test_a_bad_stall_timeout_is_one_sentence(store, registry):
+    proc = store("pull", "-q", f"{registry.host}/any/thing:1", env={"ROOTLESS_PULL_STALL_TIMEOUT": "soon"})
+    assert proc.returncode == 125 and "ROOTLESS_PULL_STALL_TIMEOUT" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@needs_registry
+def test_a_layer_is_unpacked_while_the_others_download(store, registry, gated):
+    rl = store
+    first, second = _layer({"u/one": os.urandom(50_000)}), _layer({"u/two": os.urandom(200_000)})
+    push_layers(registry, "overlap/pull:1", [first, second])
+    gated.only = {_digest(gzip.compress(second, mtime=0))}    # the second layer's download waits
+    pull = _held_pull(rl, gated, f"{gated.host}/overlap/pull:1")
+    try:
+        unpacking = []
+        for _ in range(600):         # the first layer, unpacked meanwhile (not yet visible)
+            unpacking = [n for n in os.listdir(rl.root / "layers") if n.startswith(".tmp-layer")]
+            if unpacking or pull.poll() is not None:
+                break
+            gated.gate.wait(0.1)
+        assert unpacking, "nothing was unpacked while a download was still going on"
+        assert [n for n in os.listdir(rl.root / "layers") if not n.startswith(".")] == []
+        assert pull.poll() is None
+    finally:
+        gated.open_gate()
+        assert pull.wait(timeout=120) == 0, pull.stderr.read().decode()
+    whole(rl.root)
+    no_leftovers(rl.root)
+
+
 def test_a_command_waiting_for_the_store_lock_says_so(store, busybox_tar):
     rl = store
     assert rl("import", str(busybox_tar), "busybox").returncode == 0

@@ -226,17 +226,21 @@ def pull(ctx: click.Context, image: str, platform: str | None, tls_verify: bool,
 @click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
               help="Require HTTPS with a verified certificate (a registry on 127.0.0.0/8 may use HTTP).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--compression-format", metavar="gzip|zstd", default=None,
+              help="Compress every layer with this (default: layers made here with gzip, pulled ones as they came).")
 @click.argument("image", shell_complete=complete_images)
 @click.argument("destination", required=False)
 @click.pass_context
-def push(ctx: click.Context, image: str, destination: str | None, tls_verify: bool, quiet: bool) -> None:
+def push(ctx: click.Context, image: str, destination: str | None, tls_verify: bool, quiet: bool,
+         compression_format: str | None) -> None:
     """Push an image to a registry (to DESTINATION, default: its own name)."""
     from ..image.push import push as do_push
     from ..progress import Progress
     # on a terminal the progress block says it all; in a log, a line per blob
     report = None if quiet or sys.stderr.isatty() else _note
     click.echo(do_push(_store(ctx), image, destination, tls_verify,
-                       progress=None if quiet else Progress, report=report))
+                       progress=None if quiet else Progress, report=report,
+                       compression_format=compression_format))
 
 
 @cli.command(context_settings=CONTEXT)

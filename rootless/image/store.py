@@ -4,6 +4,9 @@
       blobs/sha256/HEX        content-addressed blobs: layer tars, image configs, manifests
       layers/HEX/             each layer unpacked once (HEX = its diff id), shared read-only
       sizes/HEX               the unpacked size of layer HEX (written before the layer appears)
+      compressed/HEX.FORMAT   layer HEX (a diff id) compressed with FORMAT (gzip, zstd): the
+                              descriptor of that blob (made by push, or pulled), so that a push
+                              compresses a layer once; the blob is live while the layer is
       tags.json               {"name:tag": "sha256:MANIFEST"}
       containers/ID/          one per container: config.json, its root filesystem, etc files
       lock                    flock(2) held by commands that change the store
@@ -56,7 +59,7 @@ def _hex(digest: str) -> str:
     return value
 
 
-SUBDIRS = ("blobs/sha256", "layers", "sizes", "containers", "tmp")
+SUBDIRS = ("blobs/sha256", "layers", "sizes", "compressed", "containers", "tmp")
 CHOOSE = "choose a store of your own with --root DIR or ROOTLESS_ROOT=DIR (default ~/.local/share/rootless)"
 
 
@@ -329,6 +332,51 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.blob_path(digest))
             atomic.step("unlink blob")
+
+    # --- compressed variants of layers (push) ---
+    def _compressed_path(self, diff_id: str, fmt: str) -> str:
+        return os.path.join(self.root, "compressed", f"{_hex(diff_id)}.{fmt}")
+
+    def compressed(self, diff_id: str, fmt: str) -> dict[str, Any] | None:
+        """The descriptor (mediaType, digest, size) of layer ``diff_id`` compressed with ``fmt``,
+        if the store keeps that blob."""
+        try:
+            with open(self._compressed_path(diff_id, fmt), "rb") as f:
+                desc = json.loads(f.read())
+            if self.has_blob(desc["digest"]):
+                return desc
+        except (OSError, ValueError, KeyError, TypeError, StoreError):
+            pass
+        return None
+
+    def remember_compressed(self, diff_id: str, fmt: str, desc: dict[str, Any]) -> None:
+        """Record that blob ``desc`` (in the store already) is layer ``diff_id`` compressed with
+        ``fmt``.  Call with the store locked."""
+        self._write_atomic(self._compressed_path(diff_id, fmt), json.dumps(desc, sort_keys=True).encode())
+
+    def compressed_variants(self) -> dict[str, list[tuple[str, str]]]:
+        """{diff id: [(format, blob digest), ...]} for every record (its blob there or not)."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        base = os.path.join(self.root, "compressed")
+        for name in sorted(os.listdir(base)):
+            hexpart, _, fmt = name.partition(".")
+            if len(hexpart) != 64 or not fmt or name.startswith("."):
+                continue
+            try:
+                with open(os.path.join(base, name), "rb") as f:
+                    digest = json.loads(f.read())["digest"]
+                _hex(digest)
+            except (OSError, ValueError, KeyError, TypeError, StoreError):
+                continue
+            out.setdefault("sha256:" + hexpart, []).append((fmt, digest))
+        return out
+
+    def forget_compressed(self, diff_id: str, fmt: str) -> None:
+        """Drop the record of ``diff_id`` compressed with ``fmt`` (not the blob).  Call with the
+        store locked."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._compressed_path(diff_id, fmt))
+            atomic.step("unlink compressed record")
 
     # --- tags and images ---
     def _tags_path(self) -> str:

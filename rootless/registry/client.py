@@ -19,6 +19,15 @@ Retry-After).  A blob download interrupted mid-body resumes with ``Range`` when 
 advertised ``Accept-Ranges: bytes`` and restarts otherwise.  Uploads restart from a new
 upload session.
 
+Stalls.  A blob download that receives less than ``STALL_BYTES`` (1 KiB) in ``stall_timeout``
+seconds (nothing at all, or a trickle) has stalled: it is broken off and retried like a broken
+connection, and after the retries ``DownloadStalled`` names the registry and the blob.
+
+Interruption.  ``fetch_blobs`` waits for its worker threads in the calling thread, waking
+often, so a KeyboardInterrupt (Ctrl-C) arrives there at once; it then shuts down the sockets of the
+downloads in flight (a blocked read returns), the workers remove their partial files, and the
+interrupt goes on up within moments, not when the current blob ends.
+
 Errors.  Every failure is a ``RegistryError`` subclass (``errors.py``); httpx exceptions are
 translated with ``raise ... from exc`` and never escape.  Downloads write to a temporary file
 next to the destination and rename it into place only after size and sha256 match; on any
@@ -47,7 +56,7 @@ import httpx
 
 from .auth import Authenticator, Credentials, find_credentials
 from .errors import (AccessDenied, AuthenticationRequired, BlobUnknown, DigestMismatch,
-                     ManifestUnknown, NotFound, RegistryError, RegistryUnreachable,
+                     DownloadStalled, ManifestUnknown, NotFound, RegistryError, RegistryUnreachable,
                      TooManyRequests, UnsupportedManifest)
 from .manifest import (ACCEPT, DOCKER_SCHEMA1, IMAGE_MANIFESTS, INDEXES, MAX_MANIFEST_SIZE,
                        Platform, detect_media_type, index_entries, load_json, select_platform,
@@ -59,6 +68,7 @@ Progress = Callable[[int, int | None], None]
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _CHUNK = 1 << 20
+STALL_BYTES = 1024
 _AUTO: Any = object()
 
 
@@ -100,6 +110,74 @@ class _Cancelled(Exception):
     pass
 
 
+class _Stalled(Exception):
+    pass
+
+
+class _Cancel:
+    """The stop signal of a set of downloads: ``abort()`` sets it and shuts down the sockets
+    of the responses being read (registered with ``reading``), so that a worker blocked in
+    a read returns at once instead of when the next byte comes."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._responses: set[httpx.Response] = set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def sleep(self, seconds: float) -> None:
+        if self.event.wait(seconds):
+            raise _Cancelled()
+
+    def reading(self, resp: httpx.Response | None, on: bool) -> None:
+        with self._lock:
+            if resp is None:
+                return
+            if on:
+                self._responses.add(resp)
+                if self.event.is_set():
+                    _shut(resp)
+            else:
+                self._responses.discard(resp)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.event.set()
+            for resp in self._responses:
+                _shut(resp)
+
+
+def _shut(resp: httpx.Response) -> None:
+    """Shut down the socket under ``resp`` (a read blocked on it returns)."""
+    import socket
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Window:
+    """Tells a stall: less than ``STALL_BYTES`` received in ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.got = 0
+
+    def add(self, n: int) -> None:
+        self.got += n
+        now = time.monotonic()
+        if now - self.start >= self.seconds:
+            if self.got < STALL_BYTES:
+                raise _Stalled()
+            self.start, self.got = now, 0
+
+
 class RegistryClient:
     """Operations on one registry, e.g. ``RegistryClient("127.0.0.1:5000")`` or
     ``RegistryClient("docker.io")`` (talks to registry-1.docker.io).
@@ -111,7 +189,7 @@ class RegistryClient:
     def __init__(self, registry: str, *, insecure: bool | None = None,
                  credentials: Credentials | None = _AUTO, registries_conf: Any = None,
                  timeout: float = 30.0, retries: int = 4, backoff: float = 0.5,
-                 user_agent: str = "rootless/0.1"):
+                 stall_timeout: float = 30.0, user_agent: str = "rootless/0.1"):
         self.registry = normalize_registry(registry)
         self.host = api_host(self.registry)
         if insecure is None and registries_conf is not None:
@@ -121,8 +199,11 @@ class RegistryClient:
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        # no byte for stall_timeout seconds is a stall too (a trickle is told by _Window)
         self._http = httpx.Client(verify=not self.allow_http, follow_redirects=True,
-                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
+                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0),
+                                                        read=stall_timeout),
                                   headers={"User-Agent": user_agent},
                                   limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
         if credentials is _AUTO:
@@ -152,13 +233,22 @@ class RegistryClient:
     def _login_hint(self) -> str:
         return f"run 'rootless login {self.registry}'"
 
-    def _sleep(self, attempt: int, response: httpx.Response | None = None) -> None:
+    def _sleep(self, attempt: int, response: httpx.Response | None = None,
+               cancel: _Cancel | None = None) -> None:
         delay = min(self.backoff * (2 ** attempt), 10.0) * (0.75 + random.random() / 2)
         if response is not None:
             ra = response.headers.get("Retry-After", "")
             if ra.isdigit():
                 delay = min(max(delay, float(ra)), 30.0)
-        time.sleep(delay)
+        if cancel is not None:
+            cancel.sleep(delay)
+        else:
+            time.sleep(delay)
+
+    def _stalled(self, what: str, times: int) -> DownloadStalled:
+        return DownloadStalled(f"{what}: the download stalled (less than {STALL_BYTES // 1024} KiB in "
+                               f"{self.stall_timeout:g} s, {times} time(s) in a row); check the network "
+                               f"and the registry")
 
     def base_url(self) -> str:
         """``https://host`` or ``http://host``, found by pinging ``/v2/`` once (thread-safe)."""
@@ -472,11 +562,17 @@ class RegistryClient:
                 if resp.status_code != 200:
                     raise self._fail(resp, what, "get blob", kind="blob")
                 buf = bytearray()
+                window = _Window(self.stall_timeout)
                 for chunk in resp.iter_bytes():
                     buf += chunk
+                    window.add(len(chunk))
                     if len(buf) > max_size:
                         raise RegistryError(f"{what}: the blob is larger than {max_size} bytes")
                 break
+            except (httpx.ReadTimeout, _Stalled):
+                if attempt >= self.retries:
+                    raise self._stalled(what, attempt + 1) from None
+                self._sleep(attempt)
             except httpx.TransportError as exc:
                 if attempt >= self.retries:
                     raise RegistryUnreachable(f"{what}: the connection broke while reading: {exc}") from exc
@@ -491,14 +587,15 @@ class RegistryClient:
 
     def fetch_blob(self, repo: str, digest: str, dest_path: str | os.PathLike[str],
                    expected_size: int | None = None, progress: Progress | None = None,
-                   *, fsync: bool = True, _cancel: threading.Event | None = None) -> int:
+                   *, fsync: bool = True, _cancel: _Cancel | None = None) -> int:
         """Download blob ``digest`` of ``repo`` to ``dest_path``; return its size.
 
         Streams into a temporary file in ``dest_path``'s directory, then checks the size
         (``expected_size``, when given; more bytes than that abort at once) and the sha256,
-        and renames it to ``dest_path`` (replacing any file there).  A broken connection is
-        resumed with ``Range`` if the server supports it, else restarted, up to ``retries``
-        times.  Raises ``DigestMismatch``, ``BlobUnknown``, ``RegistryUnreachable``...; on any
+        and renames it to ``dest_path`` (replacing any file there).  A broken connection or a
+        stall is resumed with ``Range`` if the server supports it, else restarted, up to
+        ``retries`` times.  Raises ``DigestMismatch``, ``BlobUnknown``, ``RegistryUnreachable``,
+        ``DownloadStalled``...; on any
         error nothing is left at ``dest_path`` by this call and the temporary file is gone."""
         validate_digest(digest)
         dest = Path(dest_path)
@@ -526,15 +623,18 @@ class RegistryClient:
                     pass
 
     def _download(self, repo: str, digest: str, what: str, f: Any, expected_size: int | None,
-                  progress: Progress | None, cancel: threading.Event | None) -> int:
+                  progress: Progress | None, cancel: _Cancel | None) -> int:
         h = hashlib.sha256()
         done = 0
         resumable = False
         failures = 0
+        stalls = 0
         while True:
             headers = {"Range": f"bytes={done}-"} if done and resumable else {}
             resp = self._request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, scopes=self._pull(repo),
                                  what=what, headers=headers, stream=True)
+            if cancel is not None:
+                cancel.reading(resp, True)
             try:
                 if resp.status_code == 206 and headers:
                     cr = resp.headers.get("Content-Range", "")
@@ -554,26 +654,35 @@ class RegistryClient:
                     total = done + int(resp.headers["Content-Length"])
                 if progress:
                     progress(done, total)
+                window = _Window(self.stall_timeout)
                 for chunk in resp.iter_bytes():
                     if cancel is not None and cancel.is_set():
                         raise _Cancelled()
                     f.write(chunk)
                     h.update(chunk)
                     done += len(chunk)
+                    window.add(len(chunk))
                     if expected_size is not None and done > expected_size:
                         raise DigestMismatch(f"{what}: the registry sent more than the expected "
                                              f"{expected_size} bytes; refusing it")
                     if progress:
                         progress(done, total)
                 break
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, _Stalled) as exc:
+                if cancel is not None and cancel.is_set():
+                    raise _Cancelled() from None       # our own abort() broke the connection
                 failures += 1
+                stalls = stalls + 1 if isinstance(exc, (_Stalled, httpx.ReadTimeout)) else 0
                 if failures > self.retries:
+                    if stalls:
+                        raise self._stalled(what, stalls) from None
                     raise RegistryUnreachable(f"{what}: the connection broke {failures} times during the "
                                               f"download ({exc or type(exc).__name__}); try again") from exc
                 f.flush()
-                self._sleep(failures - 1)
+                self._sleep(failures - 1, cancel=cancel)
             finally:
+                if cancel is not None:
+                    cancel.reading(resp, False)
                 resp.close()
         if expected_size is not None and done != expected_size:
             raise DigestMismatch(f"{what}: the registry sent {done} bytes, expected {expected_size}; "
@@ -585,12 +694,17 @@ class RegistryClient:
 
     def fetch_blobs(self, repo: str, blobs: Iterable[tuple[str, str | os.PathLike[str], int | None]],
                     *, max_workers: int = 4,
-                    progress: Callable[[str, int, int | None], None] | None = None) -> None:
+                    progress: Callable[[str, int, int | None], None] | None = None,
+                    on_done: Callable[[str], None] | None = None) -> None:
         """Download several blobs in parallel: ``blobs`` is (digest, dest_path, size or None).
-        ``progress`` gets (digest, done, total) from the worker threads.  On the first error
-        the other downloads are stopped and the error is raised; completed blobs stay."""
+        ``progress`` gets (digest, done, total) from the worker threads; ``on_done(digest)`` is
+        called in the calling thread as each blob is complete (verified, at its dest_path),
+        while the others go on downloading (an exception from it stops them).  On the first error
+        the other downloads are stopped and the error is raised; completed blobs stay.  An
+        exception in the calling thread meanwhile (KeyboardInterrupt) stops them too, at once
+        (their sockets are shut down), and goes on up once the workers have cleaned up."""
         items = list(blobs)
-        cancel = threading.Event()
+        cancel = _Cancel()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers),
                                                    thread_name_prefix="blob") as pool:
             futures = []
@@ -598,15 +712,34 @@ class RegistryClient:
                 cb = (lambda done, total, d=digest: progress(d, done, total)) if progress else None
                 futures.append(pool.submit(self.fetch_blob, repo, digest, dest, size, cb, _cancel=cancel))
             first: BaseException | None = None
-            for fut in concurrent.futures.as_completed(futures):
-                exc = fut.exception()
-                if exc is not None and not isinstance(exc, _Cancelled) and first is None:
-                    first = exc
-                    cancel.set()
-                    for other in futures:
-                        other.cancel()
+            try:
+                for fut in self._as_completed(futures):
+                    exc = fut.exception()
+                    if exc is not None and not isinstance(exc, _Cancelled) and first is None:
+                        first = exc
+                        cancel.abort()
+                        for other in futures:
+                            other.cancel()
+                    elif exc is None and on_done is not None and first is None:
+                        on_done(items[futures.index(fut)][0])
+            except BaseException:
+                cancel.abort()
+                for other in futures:
+                    other.cancel()
+                raise
         if first is not None:
             raise first
+
+    @staticmethod
+    def _as_completed(futures: list[concurrent.futures.Future]) -> Iterator[concurrent.futures.Future]:
+        """``as_completed``, waking every 0.2 s: a signal the kernel gave to a worker thread
+        only runs its Python handler (KeyboardInterrupt) once this thread is back in the
+        interpreter, and an untimed wait would keep it out until a download ends."""
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.2,
+                                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            yield from done
 
     # ---------------------------------------------------------------- blobs: write
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:

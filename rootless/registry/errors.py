@@ -3,6 +3,7 @@
     RootlessError
      └── RegistryError               anything a registry or the way to it did wrong
           ├── RegistryUnreachable    connection refused, DNS, TLS, timeouts after retries
+          │    └── DownloadStalled   a download that (nearly) stopped moving, after retries
           ├── AuthenticationRequired no (or rejected) credentials: the fix is ``rootless login``
           ├── AccessDenied           authenticated, but not allowed (403, or a token without the scope)
           ├── NotFound
@@ -32,6 +33,10 @@ class RegistryError(RootlessError):
 
 
 class RegistryUnreachable(RegistryError):
+    pass
+
+
+class DownloadStalled(RegistryUnreachable):
     pass
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from rootless.registry import (AuthenticationRequired, DigestMismatch, RegistryClient, RegistryError,
+from rootless.registry import (AuthenticationRequired, DigestMismatch, DownloadStalled, RegistryClient, RegistryError,
                                RegistryUnreachable, UnsupportedManifest)
 from rootless.registry import manifest as mt
 from tests.registry_server import LyingServer, free_port, send
@@ -129,6 +129,36 @@ def test_server_ignoring_range_restarts_cleanly(liar, tmp_path):
         c.fetch_blob("x", DIGEST, tmp_path / "blob", len(BLOB))
     assert (tmp_path / "blob").read_bytes() == BLOB
     assert len(calls) == 2 and calls[1] is not None
+
+
+def test_a_trickle_is_a_stall_resumed_then_refused(liar, tmp_path):
+    import threading
+    stop = threading.Event()
+    calls = []
+
+    def route(h):        # a byte every 0.2 s: never silent, never getting anywhere
+        calls.append(h.headers.get("Range"))
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(BLOB)))
+        h.send_header("Accept-Ranges", "bytes")
+        h.end_headers()
+        try:
+            for i in range(len(BLOB)):
+                h.wfile.write(BLOB[i:i + 1])
+                h.wfile.flush()
+                if stop.wait(0.2):
+                    return
+        except OSError:
+            h.close_connection = True
+    liar.routes[("GET", PATH)] = route
+    try:
+        with client_for(liar, retries=1, stall_timeout=1) as c, pytest.raises(DownloadStalled) as e:
+            c.fetch_blob("x", DIGEST, tmp_path / "blob", len(BLOB))
+    finally:
+        stop.set()
+    assert f"{liar.host}/x@{DIGEST}" in str(e.value) and "stalled" in str(e.value)
+    assert len(calls) == 2 and calls[1] is not None     # the retry resumed where it was
+    assert tree(tmp_path) == []
 
 
 def test_manifest_by_digest_must_match(liar):
