@@ -92,8 +92,8 @@ class LogPump:
     def __init__(self, path: str, tee: Callable[[str, bytes], None] | None = None, cfg=None):
         from .logfile import LogConfig, LogWriter
         self.path = path
+        self.writer = LogWriter(path, cfg or LogConfig())      # first: it fails if the container is gone
         self.pipes = {"stdout": os.pipe(), "stderr": os.pipe()}
-        self.writer = LogWriter(path, cfg or LogConfig())
         self.threads: list[threading.Thread] = []
         self.tee = tee                  # also given every chunk (attached clients, console.py)
         self.lock = threading.Lock()

@@ -511,20 +511,21 @@ class _Starter:
         helpers: list = []
         run_dir = os.path.join(run_base, rec.id[:16])  # short: unix socket paths hold 108 bytes
         if logging:
-            from .monitor import LogPump, log_path
+            from .monitor import log_path
             if opts.tty or opts.interactive:      # -dit / -di: a terminal to attach to
                 from .console import Console
                 console = Console(run_dir, opts.tty)
                 if not opts.tty:
                     console.stdin_pipe()
-            pump = LogPump(log_path(directory), tee=console.broadcast if console else None, cfg=p.log)
+            pump = _log_pump(rec, log_path(directory), console.broadcast if console else None, p.log)
             pump.redirect()
         stdio, ours = self.stdio, ()
         if not logging and stdio is None and not opts.tty and p.log.driver != "none":
             # in the foreground too the output is logged (as Docker does), and passed on to ours
-            from .monitor import LogPump, log_path
+            from .monitor import log_path
+            pump = _log_pump(rec, log_path(directory), None, p.log)
             ours = (os.dup(1), os.dup(2))
-            pump = LogPump(log_path(directory), tee=_passed_on(*ours), cfg=p.log)
+            pump.tee = _passed_on(*ours)
             stdio = (0, *pump.writers())
             pump.pump_pipes()
         cg = started = checks = None
@@ -711,6 +712,17 @@ def check_preserve_fds(count: int, detach: bool) -> None:
         except OSError:
             raise UsageError(f"--preserve-fds {count}: file descriptor {fd} is not open in this shell "
                              f"(open it, e.g. '{fd}<file', or pass a smaller number)") from None
+
+
+def _log_pump(rec, path: str, tee, cfg):
+    """The container's log pump; its directory gone means it was removed ('rm -f') meanwhile."""
+    from .monitor import LogPump
+    from .records import ContainerGone
+    try:
+        return LogPump(path, tee=tee, cfg=cfg)
+    except FileNotFoundError:
+        raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') before it had started",
+                            137) from None
 
 
 def _start_health_checks(store: Store, cid: str, cfg):
