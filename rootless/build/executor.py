@@ -131,7 +131,7 @@ class Builder:
             self.out.done(0.0)
             for step in stage.steps:
                 number += 1
-                self.out.step(number, total, self._step_text(stage, step))
+                self.out.step(number, total, self._step_text(step))
                 started = time.monotonic()
                 cached = self._step(stage, step, state)
                 if cached:
@@ -149,11 +149,10 @@ class Builder:
         return f"FROM {what}" + (f" AS {stage.name}" if stage.name else "")
 
     @staticmethod
-    def _step_text(stage: planmod.Stage, step: planmod.Step) -> str:
-        text = getattr(step, "created_by", "") if not callable(getattr(step, "created_by", None)) else ""
-        if step.kind in ("COPY", "ADD"):
-            text = f"{step.keyword} {' '.join(step.sources) or '<<heredoc'} {step.dest}"
-        return text or step.keyword
+    def _step_text(step: planmod.Step) -> str:
+        if isinstance(step, planmod.CopyStep):       # its created_by needs the sources' digest
+            return f"{step.keyword} {' '.join(step.sources) or '<<heredoc'} {step.dest}"
+        return getattr(step, "created_by", "") or step.keyword
 
     def _base(self, stage: planmod.Stage) -> _State:
         base = stage.base
@@ -280,7 +279,7 @@ class Builder:
                 raise StepFailed(step, code)
             layer, warnings = commit_mod.layer_of(self.store, self.maps, rec.id, pause=False,
                                                   source_date_epoch=self.req.source_date_epoch, consume=True,
-                                                  image=image, ignore=self._ignored(targets, state))
+                                                  image=image, ignore=self._ignored(targets))
             for w in warnings:
                 self.out.warning(w)
             return "" if layer.empty else layer.diff_id
@@ -380,7 +379,7 @@ class Builder:
         return rootfs.target
 
     @staticmethod
-    def _ignored(targets: list[str], state: _State) -> frozenset[str]:
+    def _ignored(targets: list[str]) -> frozenset[str]:
         """Mount targets (and the parents made for them) to leave out of the layer when only
         the mount made them."""
         out = set()

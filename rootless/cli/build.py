@@ -125,11 +125,15 @@ def build(ctx: click.Context, context: str, tags, dockerfile, build_arg, target,
             if progress.tail and quiet:        # -q hid the output: the failing step's tail
                 sys.stderr.buffer.write(b"".join(progress.tail))
             raise
-    for kind, dest in wanted:
-        _write_output(store, image, kind, dest)
-    if iidfile:
-        with open(iidfile, "w") as f:
-            f.write(image.id)
+    try:
+        for kind, dest in wanted:
+            _write_output(store, image, kind, dest)
+        if iidfile:
+            with open(iidfile, "w") as f:
+                f.write(image.id)
+    except OSError as e:       # the image is built and stored; only this copy of it failed
+        raise click.UsageError(f"image {image.id} was built, but {e.filename or 'the output'} cannot be "
+                               f"written ({e.strerror}): give a writable path") from None
     if not quiet:
         for tag in req.tags:
             click.echo(f"Successfully tagged {tag}", err=True)
