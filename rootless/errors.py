@@ -2,8 +2,10 @@
 
     RootlessError                 exit 125 unless said otherwise
      ├── UsageError               a flag or argument is wrong
+     ├── NotFound                 what the user named does not exist (the API answers 404)
+     ├── Conflict                 a name in use, an object in a state that forbids it (409)
      ├── StoreError               the image store cannot be read or written
-     │    └── ImageNotFound
+     │    └── ImageNotFound       (also a NotFound)
      ├── SandboxError             the kernel refused part of the sandbox
      │    └── UserNamespaceUnavailable
      ├── CommandError             the container's command could not start (126, 127)
@@ -30,11 +32,19 @@ class UsageError(RootlessError):
     pass
 
 
+class NotFound(RootlessError):
+    """The container, image, volume or network named does not exist."""
+
+
+class Conflict(RootlessError):
+    """A name already in use, or an object in a state that forbids the request (running, in use)."""
+
+
 class StoreError(RootlessError):
     pass
 
 
-class ImageNotFound(StoreError):
+class ImageNotFound(StoreError, NotFound):
     pass
 
 

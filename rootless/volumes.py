@@ -31,7 +31,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import RootlessError, UsageError
+from .errors import Conflict, NotFound, RootlessError, UsageError
 from .sandbox import idmap
 from .sandbox.mounts import Bind
 from .image.store import Store
@@ -44,11 +44,11 @@ _IGNORED_MODES = {"z", "Z", "rprivate", "private", "cached", "delegated", "consi
 _PROPAGATION = {"shared", "rshared", "slave", "rslave"}
 
 
-class VolumeNotFound(RootlessError):
+class VolumeNotFound(NotFound):
     pass
 
 
-class VolumeInUse(RootlessError):
+class VolumeInUse(Conflict):
     pass
 
 

@@ -486,8 +486,8 @@ def unshare(command: tuple[str, ...]) -> None:
 def _register_command_modules() -> None:
     """Commands kept in modules of their own (cli/*.py), each with ``register(group)``."""
     from . import containers as cli_containers, images as cli_images, networks as cli_networks, volumes as cli_volumes
-    from . import build as cli_build, commits as cli_commits
-    for module in (cli_containers, cli_images, cli_networks, cli_volumes, cli_commits, cli_build):
+    from . import build as cli_build, commits as cli_commits, service as cli_service
+    for module in (cli_containers, cli_images, cli_networks, cli_volumes, cli_commits, cli_build, cli_service):
         module.register(cli)
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 from . import procs
 from .procs import parse_signal
 from .records import Containers, Record, _alive, running
-from ..errors import CommandError, RootlessError, SandboxError, UsageError
+from ..errors import CommandError, Conflict, RootlessError, SandboxError, UsageError
 from .monitor import log_path
 from ..image.store import Store
 
@@ -284,7 +284,7 @@ def rename(store: Store, key: str, new: str) -> None:
         if not _valid_name(new):
             raise UsageError(f"invalid container name '{new}': use letters, digits, '_', '.' and '-'")
         if any(r.name == new for r in records.all()):
-            raise RootlessError(f"the container name '{new}' is already in use")
+            raise Conflict(f"the container name '{new}' is already in use")
         records.update(rec.id, lambda r: setattr(r, "name", new), rec.name)
 
 

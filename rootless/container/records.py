@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import procs
-from ..errors import RootlessError, StoreError, UsageError
+from ..errors import Conflict, NotFound, RootlessError, StoreError, UsageError
 from ..sandbox.remove import remove_tree
 from ..sandbox import idmap
 from ..image.store import Store, lock_exclusive
@@ -132,7 +132,7 @@ class Containers:
                 raise UsageError(f"invalid container name '{name}': use letters, digits, '_', '.' and '-', "
                                  "starting with a letter or digit")
             if name in taken:
-                raise RootlessError(f"the container name '{name}' is already in use by container "
+                raise Conflict(f"the container name '{name}' is already in use by container "
                                     f"{taken[name][:12]}: remove it with 'rootless rm {name}' or choose another name")
         else:
             name = next((n for n in (_random_name() for _ in range(100)) if n not in taken), None)
@@ -156,7 +156,7 @@ class Containers:
             return matches[0]
         if len(matches) > 1:
             raise UsageError(f"container id prefix '{key}' is ambiguous: give more characters")
-        raise RootlessError(f"no such container: '{key}' ('rootless ps -a' lists them)")
+        raise NotFound(f"no such container: '{key}' ('rootless ps -a' lists them)")
 
     def remove(self, rec: Record, maps: idmap.IdMaps, force: bool = False) -> list[str]:
         """Remove the container: with ``force``, first stop whatever runs or starts it.
@@ -172,7 +172,7 @@ class Containers:
             if cur.state == "removing":
                 remover = cur.config.get("remover") or [0, 0]
                 if remover[0] != me and procs.alive(*remover):
-                    raise RootlessError(f"removal of container {cur.name} is already in progress")
+                    raise Conflict(f"removal of container {cur.name} is already in progress")
             owner = _owner(cur)
             if owner[0] and cur.state in ("exited", "removing") and not _container_alive(cur):
                 owner_fd = procs.open_pid(*owner)        # finishing its clean-up, or between two runs
@@ -182,7 +182,7 @@ class Containers:
                 owner = _owner(cur)
             busy = _container_alive(cur) or bool(owner[0])
             if busy and not force:
-                raise RootlessError(f"container {cur.name} is running: stop it first, or use 'rootless rm -f'")
+                raise Conflict(f"container {cur.name} is running: stop it first, or use 'rootless rm -f'")
             if busy:
                 cur.state = "removing"
                 cur.config["remover"] = [me, procs.start_time(me)]

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..container.records import Containers, _alive
-from ..errors import RootlessError
+from ..errors import Conflict, RootlessError
 from ..sandbox import idmap
 from .store import Store
 
@@ -160,14 +160,14 @@ def remove_image(store: Store, maps: idmap.IdMaps, name: str, force: bool = Fals
         img = store.resolve(name)
         users = [c for c in Containers(store).all() if c.image_id == img.id]
         if users and not force:
-            raise RootlessError(f"image {name} is used by container {users[0].name}: remove it first "
+            raise Conflict(f"image {name} is used by container {users[0].name}: remove it first "
                                 "('rootless rm'), or use 'rmi -f'")
         if img.ref and _same(store, name, img.ref):
             tags = [img.ref]
         else:   # by id: every tag of that image (Docker refuses several without -f)
             tags = sorted(t for t, d in store.tags().items() if _config(store, d) == img.id)
             if len(tags) > 1 and not force:
-                raise RootlessError(f"image {name} has several names ({', '.join(tags)}): remove them "
+                raise Conflict(f"image {name} has several names ({', '.join(tags)}): remove them "
                                     "by name, or use 'rmi -f'")
         for tag in tags:
             store.untag(tag)

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import NoReturn
 
-from ..errors import RootlessError, UsageError
+from ..errors import Conflict, NotFound, RootlessError, UsageError
 from ..sandbox import channel, idmap, libc
 
 SUBNETS = ipaddress.ip_network("10.89.0.0/16")
@@ -69,7 +69,7 @@ class Networks:
             with open(self._path(name)) as f:
                 return Network(**json.load(f))
         except FileNotFoundError:
-            raise RootlessError(f"network '{name}' does not exist: use a mode (slirp4netns, pasta, none, host), "
+            raise NotFound(f"network '{name}' does not exist: use a mode (slirp4netns, pasta, none, host), "
                                 f"or make it with 'rootless network create {name}' ('rootless network ls' "
                                 "lists them)") from None
 
@@ -81,7 +81,7 @@ class Networks:
             raise UsageError(f"'{name}' is a network mode, not a name you can create")
         with self.store.lock():
             if os.path.exists(self._path(name)):
-                raise RootlessError(f"network '{name}' already exists")
+                raise Conflict(f"network '{name}' already exists")
             taken = {ipaddress.ip_network(n.subnet) for n in self.all()}
             if subnet:
                 try:
@@ -133,7 +133,7 @@ class Networks:
             self.get(name)
             users = self.users(name)
             if users:
-                raise RootlessError(f"network '{name}' is used by container {users[0]}: remove it first")
+                raise Conflict(f"network '{name}' is used by container {users[0]}: remove it first")
             os.unlink(self._path(name))
 
     def inspect(self, name: str) -> dict:

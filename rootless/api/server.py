@@ -1,0 +1,370 @@
+"""``rootless system service``: the Docker Engine API on a unix socket that only its owner
+may use.
+
+One trio task per connection: h11 parses requests (heads bounded in size, bodies read by
+the handler as it needs them), ``router.find`` picks the handler, and its answer goes back
+as JSON, a chunked stream, or — for attach and exec — the raw connection.  Every connection
+is checked with ``SO_PEERCRED`` first: a peer of another uid is refused and logged.  The
+engine runs in worker threads (``Request.engine``); the server itself never blocks.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import stat
+import struct
+import sys
+import time
+from typing import AsyncIterator
+
+import h11
+import trio
+
+from ..errors import Conflict, NotFound, RootlessError, UsageError
+from . import router
+from .http import ApiError, Hijack, Request, Response
+
+MAX_HEAD = 64 << 10            # request line and headers
+RECEIVE = 64 << 10
+SERVER_NAME = "rootless"
+
+
+def default_socket() -> str:
+    from ..paths import runtime_dir
+    return os.path.join(runtime_dir(), "docker.sock")
+
+
+def log(text: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+    sys.stderr.flush()
+
+
+def status_of(e: BaseException) -> tuple[int, str]:
+    """Docker's status code and message for an error a handler raised."""
+    if isinstance(e, ApiError):
+        return e.status, e.message
+    if isinstance(e, NotFound):
+        return 404, str(e)
+    if isinstance(e, Conflict):
+        return 409, str(e)
+    if isinstance(e, UsageError):
+        return 400, str(e)
+    if isinstance(e, RootlessError):
+        return 500, str(e)
+    return 500, f"internal error: {type(e).__name__}: {e}"
+
+
+# --- listening ----------------------------------------------------------------------------
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket systemd passed (socket activation: ``LISTEN_FDS``, fd 3)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or not os.environ.get("LISTEN_FDS"):
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)          # not for the children we start
+    sock = socket.socket(fileno=3)
+    os.set_inheritable(3, False)
+    if sock.family != socket.AF_UNIX:
+        raise UsageError("the socket systemd passed (LISTEN_FDS) is not a unix socket: use ListenStream=%t/...")
+    return sock
+
+
+def listen(path: str) -> socket.socket:
+    """A unix socket at ``path``, mode 0600, in a directory only we can enter.  A socket left by a
+    service that is gone is replaced; one that still answers is refused."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(directory)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise UsageError(f"{directory} must be a directory only you can use (mode 0700): "
+                         f"run 'chmod 700 {directory}', or give --socket in a directory of your own")
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise UsageError(f"{path} exists and is not a socket: remove it, or give another --socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)                 # a service that is gone left it
+        else:
+            raise UsageError(f"another service is already listening on {path}: stop it, or give another --socket")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {path}: {e.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+def peer_uid(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return pid, uid
+
+
+# --- the service --------------------------------------------------------------------------
+
+class Service:
+    def __init__(self, store_root: str, idle_timeout: float = 0, quiet: bool = False):
+        self.store_root = store_root
+        self.idle_timeout = idle_timeout
+        self.quiet = quiet
+        self.active = 0
+        self.last_active = time.monotonic()
+        self.owner = os.getuid()
+        self.ended = trio.Event()
+
+    async def serve(self, sock: socket.socket, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        router.load_handlers()
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        async with trio.open_nursery() as nursery:
+            if self.idle_timeout > 0:
+                nursery.start_soon(self._idle_watch, nursery.cancel_scope)
+            task_status.started()
+            try:
+                await trio.serve_listeners(self._connection, [listener], handler_nursery=nursery)
+            finally:
+                self.ended.set()
+
+    async def _idle_watch(self, scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(min(1.0, self.idle_timeout))
+            if self.active == 0 and time.monotonic() - self.last_active >= self.idle_timeout:
+                if not self.quiet:
+                    log(f"idle for {self.idle_timeout:g} s: exiting")
+                scope.cancel()
+                return
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        try:
+            pid, uid = peer_uid(stream.socket)
+        except OSError:
+            await stream.aclose()
+            return
+        if uid != self.owner:
+            log(f"refused a connection from uid {uid} (pid {pid}): this service serves uid {self.owner} only")
+            await stream.aclose()
+            return
+        self.active += 1
+        try:
+            await Connection(self, stream).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.active -= 1
+            self.last_active = time.monotonic()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+class Connection:
+    """One client connection: requests one after another (keep-alive) until it closes or is
+    taken over by a hijacked stream."""
+
+    def __init__(self, service: Service, stream: trio.SocketStream):
+        self.service = service
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+    async def _send(self, event) -> None:
+        data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def _next_event(self):
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                if self.conn.they_are_waiting_for_100_continue:
+                    await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                data = await self.stream.receive_some(RECEIVE)
+                self.conn.receive_data(data)
+                continue
+            return event
+
+    async def _receive_body(self) -> bytes | None:
+        event = await self._next_event()
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        raise ApiError(400, "the request body ended early")
+
+    async def run(self) -> None:
+        while True:
+            try:
+                event = await self._next_event()
+            except h11.RemoteProtocolError as e:
+                await self._refuse_malformed(e)
+                return
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return
+            if not isinstance(event, h11.Request):
+                return
+            hijacked = await self._request(event)
+            if hijacked:
+                return
+            if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                # what the handler did not read of the body is skipped
+                while self.conn.their_state is h11.SEND_BODY:
+                    await self._receive_body()
+                self.conn.start_next_cycle()
+            except (h11.ProtocolError, ApiError):
+                return
+
+    async def _refuse_malformed(self, e: h11.RemoteProtocolError) -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status = e.error_status_hint or 400
+        body = json.dumps({"message": f"malformed request: {e}"}).encode() + b"\n"
+        head = (f"HTTP/1.1 {status} Bad Request\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            await self.stream.send_all(head + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _make_request(self, event: h11.Request) -> Request:
+        from urllib.parse import parse_qs, urlsplit
+        target = event.target.decode("latin-1")
+        parts = urlsplit(target)
+        version, path = router.split_version(parts.path)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+        return Request(method=event.method.decode("ascii"), path=path,
+                       query=parse_qs(parts.query, keep_blank_values=True), headers=headers,
+                       version=version, store_root=self.service.store_root, _receive=self._receive_body)
+
+    async def _request(self, event: h11.Request) -> bool:
+        """Answer one request; True if the connection was taken over."""
+        started = time.monotonic()
+        req = None
+        try:
+            req = self._make_request(event)
+            handler, params = router.find(req.method, req.path)
+            response = await handler(req, **params)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure is an answer, never a dead server
+            status, message = status_of(e)
+            if status == 500 and not isinstance(e, RootlessError):
+                import traceback
+                log("".join(traceback.format_exception(e)).rstrip())
+            response = Response(status, json.dumps({"message": message}).encode() + b"\n")
+        if isinstance(response, Hijack):
+            await self._hijack(event, response)
+            return True
+        await self._respond(req, response)
+        if not self.service.quiet:
+            what = event.target.decode("latin-1", "replace")[:200]
+            log(f"{event.method.decode()} {what} {response.status} {time.monotonic() - started:.3f}s")
+        return False
+
+    def _head(self, req: Request | None, response: Response, streaming: bool) -> list[tuple[str, str]]:
+        headers = [("Server", SERVER_NAME), ("Api-Version", router.version_text(router.API_VERSION)),
+                   ("Docker-Experimental", "false"), ("Ostype", "linux")]
+        if response.content_type:
+            headers.append(("Content-Type", response.content_type))
+        if not streaming and response.status not in (204, 304):
+            headers.append(("Content-Length", str(len(response.body))))
+        return headers + response.headers
+
+    async def _respond(self, req: Request | None, response: Response) -> None:
+        streaming = not isinstance(response.body, (bytes, bytearray))
+        await self._send(h11.Response(status_code=response.status, headers=self._head(req, response, streaming)))
+        if req is not None and req.method == "HEAD":
+            if streaming:
+                await response.body.aclose()
+            await self._send(h11.EndOfMessage())
+            return
+        if not streaming:
+            if response.body:
+                await self._send(h11.Data(data=response.body))
+            await self._send(h11.EndOfMessage())
+            return
+        body: AsyncIterator[bytes] = response.body
+        try:
+            async for chunk in body:
+                if chunk:
+                    await self._send(h11.Data(data=chunk))
+            await self._send(h11.EndOfMessage())
+        finally:
+            with trio.CancelScope(shield=True):
+                aclose = getattr(body, "aclose", None)
+                if aclose:
+                    await aclose()
+
+    async def _hijack(self, event: h11.Request, hijack: Hijack) -> None:
+        upgrade = any(k.lower() == b"upgrade" for k, _ in event.headers)
+        # the request's body (none for attach; exec start's is its JSON, read by the handler)
+        while self.conn.their_state is h11.SEND_BODY:
+            await self._receive_body()
+        if upgrade and self.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+            await self._send(h11.InformationalResponse(status_code=101, headers=[
+                ("Content-Type", hijack.content_type), ("Connection", "Upgrade"), ("Upgrade", "tcp"),
+                ("Api-Version", router.version_text(router.API_VERSION))], reason=b"UPGRADED"))
+            early = self.conn.trailing_data[0]
+        else:
+            await self.stream.send_all(
+                f"HTTP/1.1 200 OK\r\nContent-Type: {hijack.content_type}\r\nServer: {SERVER_NAME}\r\n"
+                f"Api-Version: {router.version_text(router.API_VERSION)}\r\n\r\n".encode())
+            early = self.conn.trailing_data[0]
+        if not self.service.quiet:
+            log(f"{event.method.decode()} {event.target.decode('latin-1', 'replace')[:200]} hijacked")
+        await hijack.run(self.stream, bytes(early))
+
+
+async def _signals(scope: trio.CancelScope, quiet: bool) -> None:
+    """SIGINT or SIGTERM (systemd's stop) ends the service."""
+    import signal
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not quiet:
+                log(f"{signal.Signals(signum).name}: exiting")
+            scope.cancel()
+            return
+
+
+# --- entry point --------------------------------------------------------------------------
+
+def serve(store_root: str, socket_path: str | None, idle_timeout: float, quiet: bool = False,
+          on_listening=None) -> None:
+    """Run the service until it has been idle ``idle_timeout`` seconds (0: for ever) or is
+    interrupted.  ``on_listening(path)``: told once the socket accepts connections."""
+    sock = inherited_socket()
+    path = None
+    if sock is None:
+        path = socket_path or default_socket()
+        sock = listen(path)
+    service = Service(store_root, idle_timeout, quiet)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_signals, nursery.cancel_scope, quiet)
+            await nursery.start(service.serve, sock)
+            if on_listening:
+                on_listening(path or "(the socket systemd passed)")
+            await service.ended.wait()         # idle for --timeout seconds
+            nursery.cancel_scope.cancel()
+    try:
+        trio.run(main)
+    finally:
+        sock.close()
+        if path:
+            try:
+                os.unlink(path)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise

@@ -1,0 +1,109 @@
+"""``/_ping``, ``/version`` and ``/info``: what a client asks first, to negotiate the API
+version and to print ``docker version`` / ``docker info``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+from .http import Request, Response, json_response, text_response
+from .router import API_VERSION, MIN_API_VERSION, route, version_text
+
+
+@route("GET", "/_ping")
+async def ping(req: Request) -> Response:
+    r = text_response("OK")
+    r.headers += [("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache")]
+    return r
+
+
+@route("HEAD", "/_ping")
+async def ping_head(req: Request) -> Response:
+    return await ping(req)
+
+
+def _ours() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("rootless")
+    except metadata.PackageNotFoundError:
+        return "0.0.0-dev"
+
+
+def _arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+@route("GET", "/version")
+async def version(req: Request) -> Response:
+    ours = _ours()
+    api, min_api = version_text(API_VERSION), version_text(MIN_API_VERSION)
+    return json_response({
+        "Platform": {"Name": f"rootless {ours}"},
+        "Components": [{"Name": "Engine", "Version": ours,
+                        "Details": {"ApiVersion": api, "MinAPIVersion": min_api, "Os": "linux", "Arch": _arch(),
+                                    "KernelVersion": platform.release(), "Python": platform.python_version()}}],
+        "Version": ours, "ApiVersion": api, "MinAPIVersion": min_api, "GitCommit": "", "GoVersion": "",
+        "Os": "linux", "Arch": _arch(), "KernelVersion": platform.release(), "BuildTime": "",
+    })
+
+
+def _info(store_root: str) -> dict[str, Any]:
+    from .. import info as host_info
+    from ..container.listing import ps
+    from ..image.store import Store
+    store = Store(store_root)
+    found = host_info.info(store_root)
+    rows = ps(store, show_all=True)
+    running = sum(1 for r in rows if r.get("State") == "running")
+    paused = sum(1 for r in rows if r.get("State") == "paused")
+    images = {digest for digest in store.tags().values()}
+    cg = found.get("Cgroups") or {}
+    controllers = set(cg.get("Controllers") or ())
+    warnings = []
+    if found["IdMaps"]["Mode"] == "single":
+        warnings.append(f"WARNING: single-uid mode: {found['IdMaps']['Why']}")
+    mem_total = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem_total = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "ID": "", "Name": platform.node(), "ServerVersion": _ours(),
+        "Containers": len(rows), "ContainersRunning": running, "ContainersPaused": paused,
+        "ContainersStopped": len(rows) - running - paused, "Images": len(images),
+        "Driver": found["StorageDriver"]["Auto"], "DriverStatus": [["Store", store_root]],
+        "Plugins": {"Volume": ["local"], "Network": ["slirp4netns", "pasta", "bridge", "none", "host"],
+                    "Authorization": None, "Log": ["json-file", "k8s-file", "none"]},
+        "MemoryLimit": "memory" in controllers, "SwapLimit": "memory" in controllers,
+        "CpuCfsPeriod": "cpu" in controllers, "CpuCfsQuota": "cpu" in controllers,
+        "CPUShares": "cpu" in controllers, "CPUSet": "cpuset" in controllers, "PidsLimit": "pids" in controllers,
+        "OomKillDisable": False, "IPv4Forwarding": True, "BridgeNfIptables": False, "BridgeNfIp6tables": False,
+        "Debug": False, "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
+        "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()),
+        "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs" if cg.get("Kind") else "none",
+        "CgroupVersion": "2" if cg.get("Kind") == "v2" else "1", "NEventsListener": 0,
+        "KernelVersion": platform.release(), "OperatingSystem": found["OperatingSystem"],
+        "OSVersion": "", "OSType": "linux", "Architecture": platform.machine(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"], "Mirrors": []},
+        "NCPU": os.cpu_count() or 1, "MemTotal": mem_total, "DockerRootDir": store_root,
+        "HttpProxy": os.environ.get("HTTP_PROXY", ""), "HttpsProxy": os.environ.get("HTTPS_PROXY", ""),
+        "NoProxy": os.environ.get("NO_PROXY", ""), "Labels": [], "ExperimentalBuild": False,
+        "Runtimes": {"rootless": {"path": "rootless"}}, "DefaultRuntime": "rootless",
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
+                  "Error": "", "RemoteManagers": None},
+        "LiveRestoreEnabled": False, "Isolation": "", "InitBinary": "catatonit",
+        "ContainerdCommit": {"ID": "", "Expected": ""}, "RuncCommit": {"ID": "", "Expected": ""},
+        "InitCommit": {"ID": "", "Expected": ""},
+        "SecurityOptions": ["name=seccomp,profile=default", "name=rootless", "name=cgroupns"],
+        "Warnings": warnings,
+    }
+
+
+@route("GET", "/info")
+async def info(req: Request) -> Response:
+    return json_response(await req.engine(_info, req.store_root))
