@@ -19,8 +19,21 @@ import pytest
 
 from tests.conftest import ROOTLESS, Rootless
 
-DOCKER = shutil.which("docker")
-needs_docker = pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed (Debian: docker.io)")
+# Docker's CLI: the one scripts/test unpacked from Debian's docker.io (ROOTLESS_TEST_DOCKER; CI has
+# no other), else the first `docker` on PATH, else that unpacked copy where a root run left it.
+CI_DOCKER = "/var/tmp/rootless-ci/docker-cli/usr/bin/docker"
+
+
+def _docker() -> str | None:
+    given = os.environ.get("ROOTLESS_TEST_DOCKER")
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    return shutil.which("docker") or (CI_DOCKER if os.access(CI_DOCKER, os.X_OK) else None)
+
+
+DOCKER = _docker()
+needs_docker = pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed: scripts/test (as root) "
+                                                         "unpacks Debian's docker.io client, or set ROOTLESS_TEST_DOCKER")
 
 
 class Service:
