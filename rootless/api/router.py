@@ -47,6 +47,7 @@ class _Route:
     method: str
     pattern: re.Pattern
     handler: Handler
+    template: str = ""
 
 
 _ROUTES: list[_Route] = []
@@ -63,7 +64,7 @@ def _compile(template: str) -> re.Pattern:
 
 def route(method: str, template: str) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        _ROUTES.append(_Route(method, _compile(template), handler))
+        _ROUTES.append(_Route(method, _compile(template), handler, template))
         return handler
     return register
 
@@ -85,6 +86,11 @@ def find(method: str, path: str) -> tuple[Handler, dict[str, str]]:
     raise ApiError(404, f"page not found: {method} {path} is not part of the API rootless serves")
 
 
+def routes() -> list[tuple[str, str]]:
+    """(method, template) of every route registered so far (the fuzz test draws from them)."""
+    return [(r.method, r.template) for r in _ROUTES]
+
+
 # The handler modules, each registering its routes when imported.
 HANDLER_MODULES = ("system", "containers", "streams", "execs", "archive", "images", "volumes", "networks",
                    "events")
@@ -100,4 +106,4 @@ def load_handlers() -> None:
                 raise
 
 
-__all__ = ["API_VERSION", "MIN_API_VERSION", "route", "find", "split_version", "load_handlers", "Request"]
+__all__ = ["API_VERSION", "MIN_API_VERSION", "route", "find", "split_version", "load_handlers", "routes", "Request"]

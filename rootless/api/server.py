@@ -161,6 +161,9 @@ class Service:
             await Connection(self, stream).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception as e:  # noqa: BLE001 - a bug ends this connection, never the service
+            import traceback
+            log("".join(traceback.format_exception(e)).rstrip())
         finally:
             self.active -= 1
             self.last_active = time.monotonic()
@@ -266,7 +269,7 @@ class Connection:
         if isinstance(response, Hijack):
             await self._hijack(event, response)
             return True
-        await self._respond(req, response)
+        await self._respond(event.method == b"HEAD", response)
         if not self.service.quiet:
             what = event.target.decode("latin-1", "replace")[:200]
             log(f"{event.method.decode()} {what} {response.status} {time.monotonic() - started:.3f}s")
@@ -281,10 +284,12 @@ class Connection:
             headers.append(("Content-Length", str(len(response.body))))
         return headers + response.headers
 
-    async def _respond(self, req: Request | None, response: Response) -> None:
+    async def _respond(self, head_only: bool, response: Response) -> None:
+        """The answer; the head alone for HEAD (also when it was refused before a handler ran:
+        h11 refuses a body there, and must not take the connection's task down)."""
         streaming = not isinstance(response.body, (bytes, bytearray))
-        await self._send(h11.Response(status_code=response.status, headers=self._head(req, response, streaming)))
-        if req is not None and req.method == "HEAD":
+        await self._send(h11.Response(status_code=response.status, headers=self._head(None, response, streaming)))
+        if head_only:
             if streaming:
                 await response.body.aclose()
             await self._send(h11.EndOfMessage())
