@@ -197,7 +197,10 @@ class Connection:
             return event
 
     async def _receive_body(self) -> bytes | None:
-        event = await self._next_event()
+        try:
+            event = await self._next_event()
+        except h11.RemoteProtocolError as e:     # cut short, a bad chunk: the client's error
+            raise ApiError(400, f"malformed request body: {e}") from None
         if isinstance(event, h11.Data):
             return bytes(event.data)
         if isinstance(event, h11.EndOfMessage):
