@@ -177,7 +177,7 @@ def _acceptable(status: int, message: str, what: str) -> None:
     if status < 500 or status == 501:
         return
     assert status == 500 and not message.startswith("internal error"), f"{what} -> {status} {message[:500]}"
-    kind = (what.split("?")[0].split(" HTTP")[0][:60], re.sub(r"/\S+", "PATH", message)[:80])
+    kind = (re.sub(r"/v[0-9.]+/", "/", what.split("?")[0].split(" HTTP")[0])[:60], re.sub(r"/\S+", "PATH", message)[:80])
     if kind not in _WARNED:                 # once per route and wording
         _WARNED.add(kind)
         warnings.warn(f"500 on bad input (better a 400): {what[:200]} -> {message[:300]}")
