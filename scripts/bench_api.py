@@ -275,7 +275,7 @@ def bench_api(runs: int, work: Path, rl: list[str], busybox_rootfs: Path) -> dic
                     eng.timed(*args)
                 except RuntimeError as e:
                     notes.append(f"{eng.name}: {e}")
-        time.sleep(12)                                       # trio's idle worker threads end after 10 s
+        time.sleep(15)                                       # idle: the service trims its heap after 11 s
         for eng in engines:
             memory[f"{eng.name} idle"] = _memory(eng.service_pid())
             notes.append(f"{eng.name} service idle: {_threads(eng.service_pid())} threads")

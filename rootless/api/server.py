@@ -42,6 +42,20 @@ def log(text: str) -> None:
     sys.stderr.flush()
 
 
+TRIM_AFTER = 11.0               # trio's worker threads end after 10 s idle
+
+
+def trim_memory() -> None:
+    """Free what the collector can, then hand the C heap's free pages back (glibc)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):        # not glibc
+        pass
+
+
 def status_of(e: BaseException) -> tuple[int, str]:
     """Docker's status code and message for an error a handler raised."""
     if isinstance(e, ApiError):
@@ -131,6 +145,7 @@ class Service:
         async with trio.open_nursery() as nursery:
             if self.idle_timeout > 0:
                 nursery.start_soon(self._idle_watch, nursery.cancel_scope)
+            nursery.start_soon(self._trim_when_idle)
             task_status.started()
             try:
                 await trio.serve_listeners(self._connection, [listener], handler_nursery=nursery)
@@ -145,6 +160,18 @@ class Service:
                     log(f"idle for {self.idle_timeout:g} s: exiting")
                 scope.cancel()
                 return
+
+    async def _trim_when_idle(self) -> None:
+        """Once no client has been connected for TRIM_AFTER seconds (trio's idle worker threads
+        have ended by then), give the memory the requests used back to the system: a service
+        waits idle most of its life."""
+        trimmed_at = self.last_active
+        while True:
+            await trio.sleep(2)
+            if self.active == 0 and self.last_active != trimmed_at \
+                    and time.monotonic() - self.last_active >= TRIM_AFTER:
+                trimmed_at = self.last_active
+                trim_memory()
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         try:
