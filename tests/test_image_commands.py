@@ -618,6 +618,23 @@ def test_one_reference_form_for_every_command(rl):
     assert "samename" not in rl("images").stdout
 
 
+def test_localhost_names_find_local_images_both_ways(rl):
+    """Podman names what it built or imported localhost/NAME: that name finds our local NAME,
+    and NAME finds an image loaded as localhost/NAME; a registry's name never falls back."""
+    import json as _json
+    busybox_id = _json.loads(rl("inspect", "busybox", check=True).stdout)[0]["Id"]
+    assert rl("run", "--rm", "localhost/busybox", "true").returncode == 0
+    rl("tag", "busybox", "localhost/onlylocal:2", check=True)
+    try:
+        found = _json.loads(rl("inspect", "onlylocal:2", check=True).stdout)[0]["Id"]
+        assert found == busybox_id
+        assert rl("run", "--rm", "onlylocal:2", "true").returncode == 0
+        miss = rl("inspect", "127.0.0.1:5999/busybox")
+        assert miss.returncode != 0
+    finally:
+        rl("rmi", "localhost/onlylocal:2", check=True)
+
+
 def test_import_keeps_modes_and_times_of_files_not_owned_by_root(rl, archives, busybox_tar):
     """Debian's /usr/bin/chage is 2755 root:shadow, /etc/shadow 0640 root:shadow.  In single-uid
     mode their owner becomes root; their mode and time must stay (a lost chmod left chage

@@ -151,3 +151,12 @@ def test_one_decompressor_and_one_size_parser():
                 f"{rel} decompresses by itself: use rootless.image.compression"
         if rel != "rootless/units.py":
             assert not re.search(r"<< 30|1024 \*\* ", text), f"{rel} parses sizes by itself: use rootless.units"
+
+
+def test_only_the_command_line_starts_the_api_and_the_engine_never_imports_it():
+    """rootless/api is a face: the engine below never imports it (nor the builder, another face)."""
+    _, imports = _graph()
+    bad = sorted(f"{m} imports {t}" for m, ts in imports.items()
+                 if not (m.startswith("rootless.api") or m.startswith("rootless.cli"))
+                 for t in ts if t == "rootless.api" or t.startswith("rootless.api."))
+    assert not bad, "\n".join(bad)

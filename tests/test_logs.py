@@ -29,6 +29,19 @@ def test_a_foreground_container_is_logged_and_its_output_still_reaches_us(rl):
         rl("rm", "-f", name)
 
 
+def test_a_foreground_tty_container_is_logged_too(rl):
+    """-t in the foreground: what we relay from the container's pty is logged as it passes."""
+    name = _name()
+    proc = rl("run", "-t", "--name", name, "--network", "none", "busybox", "sh", "-c",
+              "echo tty-one; printf 'tty-two'")
+    try:
+        assert proc.returncode == 0 and proc.stdout.replace("\r", "") == "tty-one\ntty-two"
+        logs = rl("logs", name)
+        assert logs.stdout.replace("\r", "") == "tty-one\ntty-two" and logs.stderr == ""
+    finally:
+        rl("rm", "-f", name)
+
+
 def test_the_log_is_bounded_and_rotated(rl):
     name = _name()
     script = "i=0; while [ $i -lt 400 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done"

@@ -89,11 +89,11 @@ class LogPump:
     """The container's stdout/stderr (fds 1 and 2 of whatever the monitor starts) into ``path``
     (in ``cfg``'s format and bound: container/logfile.py)."""
 
-    def __init__(self, path: str, tee: Callable[[str, bytes], None] | None = None, cfg=None):
+    def __init__(self, path: str, tee: Callable[[str, bytes], None] | None = None, cfg=None, pipes: bool = True):
         from .logfile import LogConfig, LogWriter
         self.path = path
         self.writer = LogWriter(path, cfg or LogConfig())      # first: it fails if the container is gone
-        self.pipes = {"stdout": os.pipe(), "stderr": os.pipe()}
+        self.pipes = {"stdout": os.pipe(), "stderr": os.pipe()} if pipes else {}
         self.threads: list[threading.Thread] = []
         self.tee = tee                  # also given every chunk (attached clients, console.py)
         self.lock = threading.Lock()
@@ -130,12 +130,12 @@ class LogPump:
 
     def add_source(self, stream: str, fd: int) -> None:
         """Pump ``fd`` (closed at its end) into the log as ``stream``: the pipes, or a pty master."""
-        t = threading.Thread(target=self._pump, args=(stream, fd, self.lock), daemon=True)
+        t = threading.Thread(target=self._pump, args=(stream, fd), daemon=True)
         t.start()
         self.threads.append(t)
 
-    def _pump(self, stream: str, fd: int, lock: threading.Lock) -> None:
-        pending = b""
+    def _pump(self, stream: str, fd: int) -> None:
+        feed = self.sink(stream, tee=True)
         while True:
             try:
                 chunk = os.read(fd, 65536)
@@ -143,14 +143,26 @@ class LogPump:
                 chunk = b""
             if not chunk:
                 break
-            if self.tee is not None:
-                self.tee(stream, chunk)
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            self._write(stream, [line + b"\n" for line in lines], lock)
-        if pending:
-            self._write(stream, [pending], lock)
+            feed(chunk)
+        feed(None)
         os.close(fd)
+
+    def sink(self, stream: str, tee: bool = False) -> Callable[[bytes | None], None]:
+        """A callable given ``stream``'s output chunk by chunk (None at its end), written to the
+        log line by line: the pumps', and a foreground ``-t`` container's pty as we relay it."""
+        pending = [b""]
+
+        def feed(chunk: bytes | None) -> None:
+            if chunk is None:
+                if pending[0]:
+                    self._write(stream, [pending[0]], self.lock)
+                pending[0] = b""
+                return
+            if tee and self.tee is not None:
+                self.tee(stream, chunk)
+            *lines, pending[0] = (pending[0] + chunk).split(b"\n")
+            self._write(stream, [line + b"\n" for line in lines], self.lock)
+        return feed
 
     def _write(self, stream: str, lines: list[bytes], lock: threading.Lock) -> None:
         if not lines:

@@ -528,6 +528,12 @@ class _Starter:
             pump.tee = _passed_on(*ours)
             stdio = (0, *pump.writers())
             pump.pump_pipes()
+        tty_log = None
+        if not logging and stdio is None and opts.tty and p.log.driver != "none":
+            # a foreground -t container: what we relay from its pty is logged as it passes
+            from .monitor import log_path
+            pump = _log_pump(rec, log_path(directory), None, p.log, pipes=False)
+            tty_log = pump.sink("stdout")
         cg = started = checks = None
         try:
             cg_setup.sweep("rootless-")  # leftovers of engines that were killed
@@ -633,7 +639,7 @@ class _Starter:
                     if master is not None:
                         pump.add_source("stdout", master)
                 libc.release_free_memory()   # the monitor idles from here on (docs/containers.md)
-            code = container.wait(started)
+            code = container.wait(started, tty_log)
             if checks is not None:
                 checks.set()
             rec.oom_killed = cg.oom_killed()
@@ -649,6 +655,8 @@ class _Starter:
                 pump.finish(1.0)
                 for fd in ours:
                     os.close(fd)
+            elif tty_log is not None:
+                pump.finish(0)
             if started is not None:     # removed just as it started: it must not run on
                 _kill_child(started.init_pid)
             if console is not None:
@@ -714,12 +722,12 @@ def check_preserve_fds(count: int, detach: bool) -> None:
                              f"(open it, e.g. '{fd}<file', or pass a smaller number)") from None
 
 
-def _log_pump(rec, path: str, tee, cfg):
+def _log_pump(rec, path: str, tee, cfg, pipes: bool = True):
     """The container's log pump; its directory gone means it was removed ('rm -f') meanwhile."""
     from .monitor import LogPump
     from .records import ContainerGone
     try:
-        return LogPump(path, tee=tee, cfg=cfg)
+        return LogPump(path, tee=tee, cfg=cfg, pipes=pipes)
     except FileNotFoundError:
         raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') before it had started",
                             137) from None

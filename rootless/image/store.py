@@ -174,6 +174,18 @@ def _remove_any(path: str) -> None:
     remove_tree(idmap.detect(), path)
 
 
+def _local_alias(familiar: str) -> str | None:
+    """Podman names images it built or imported ``localhost/NAME``: ``localhost/NAME`` finds our
+    ``NAME`` (Docker Hub's form, as build and import name them) and ``NAME`` finds a
+    ``localhost/NAME`` loaded from Podman.  None for a name on another registry."""
+    if familiar.startswith("localhost/"):
+        return familiar.removeprefix("localhost/")
+    first = familiar.split("/", 1)[0]
+    if "/" in familiar and ("." in first or ":" in first):
+        return None                             # on a registry: never another image
+    return "localhost/" + familiar
+
+
 class Store:
     def __init__(self, root: str):
         self.root = root
@@ -418,6 +430,9 @@ class Store:
             normalized = None
         if normalized and normalized in tags:
             return self.image(tags[normalized], normalized)
+        alias = _local_alias(normalized) if normalized else None
+        if alias in tags:                       # Podman's localhost/NAME for a local NAME, and back
+            return self.image(tags[alias], alias)
         prefix = ref.removeprefix("sha256:")
         if len(prefix) >= 3 and all(c in "0123456789abcdef" for c in prefix):
             matches = {}

@@ -219,8 +219,9 @@ def _end_subreaping() -> None:
         pass
 
 
-def wait(started: Started) -> int:
-    """Forward the user's signals to the container's PID 1 until it ends; its exit status."""
+def wait(started: Started, tty_output=None) -> int:
+    """Forward the user's signals to the container's PID 1 until it ends; its exit status.
+    ``tty_output``: given what the container writes on its pty when we relay it (``-t``)."""
     def forward(signum: int, _frame: object) -> None:
         try:
             os.kill(started.init_pid, signum)
@@ -231,7 +232,7 @@ def wait(started: Started) -> int:
     try:
         if started.tty_master is not None:
             from .tty import relay
-            relay(started.tty_master, started.forward_input)
+            relay(started.tty_master, started.forward_input, tty_output)
         return _reap(started.intermediate_pid)
     finally:
         _end_subreaping()

@@ -41,8 +41,9 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[n:]
 
 
-def relay(master: int, forward_input: bool) -> None:
-    """Copy between the user's terminal and ``master`` until the container closes its pty; closes ``master``."""
+def relay(master: int, forward_input: bool, tee=None) -> None:
+    """Copy between the user's terminal and ``master`` until the container closes its pty; closes ``master``.
+    ``tee``: also given each chunk of the container's output (its log), and None at the end."""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     in_tty = forward_input and os.isatty(stdin)
     saved = termios.tcgetattr(stdin) if in_tty else None
@@ -69,6 +70,8 @@ def relay(master: int, forward_input: bool) -> None:
                     data = b""
                 if not data:
                     break
+                if tee is not None:
+                    tee(data)
                 _write_all(stdout, data)
             if stdin in ready:
                 data = os.read(stdin, 65536)
@@ -78,6 +81,8 @@ def relay(master: int, forward_input: bool) -> None:
                     readers.remove(stdin)  # stdin closed: send EOF as the terminal would
                     _write_all(master, b"\x04")
     finally:
+        if tee is not None:
+            tee(None)
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGWINCH, old_winch)
