@@ -112,6 +112,26 @@ def test_twenty_clients_ping_and_list_at_once(api):
     assert api.http().get("/_ping").text == "OK"
 
 
+def test_twenty_docker_py_clients_at_once(api):
+    docker = pytest.importorskip("docker", reason="docker-py (PyPI docker) is not installed")
+    lists = _served(api, "GET", "/containers/json") and _served(api, "GET", "/images/json")
+
+    def client(i):
+        c = docker.DockerClient(base_url=api.url, version="auto", timeout=120)
+        try:
+            for round in range(3):
+                assert c.ping()
+                assert c.version()["ApiVersion"] == "1.41"
+                assert c.info()["OSType"] == "linux"
+                if lists:
+                    c.containers.list(all=True)
+                    assert any("busybox:latest" in img.tags for img in c.images.list())
+        finally:
+            c.close()
+        return i
+    assert _all_at_once(client) == list(range(CLIENTS))
+
+
 def test_twenty_container_runs_at_once_through_the_api(api):
     _need(api, ("POST", "/containers/create"), ("POST", "/containers/zz-none/start"),
           ("POST", "/containers/zz-none/wait"), ("DELETE", "/containers/zz-none"))
