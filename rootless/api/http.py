@@ -74,7 +74,7 @@ class Request:
             return {}
         try:
             raw = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ApiError(400, f"invalid filters: {text!r} is not JSON") from None
         if not isinstance(raw, dict):
             raise ApiError(400, "invalid filters: expected a JSON object")
@@ -121,6 +121,8 @@ class Request:
             return json.loads(data)
         except ValueError as e:
             raise ApiError(400, f"invalid JSON body: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "invalid JSON body: nested too deeply") from None
 
     # --- the engine ----------------------------------------------------------------------
     @property

@@ -284,6 +284,9 @@ class Connection:
         """Answer one request; True if the connection was taken over."""
         started = time.monotonic()
         req = None
+        # the head alone for HEAD, also when it was refused before a handler ran (h11 refuses a
+        # body there, and its error must not take the connection's task down)
+        self.head_only = event.method == b"HEAD"
         try:
             req = self._make_request(event)
             handler, params = router.find(req.method, req.path)
@@ -299,7 +302,7 @@ class Connection:
         if isinstance(response, Hijack):
             await self._hijack(event, response)
             return True
-        await self._respond(event.method == b"HEAD", response)
+        await self._respond(req, response)
         if not self.service.quiet:
             what = event.target.decode("latin-1", "replace")[:200]
             log(f"{event.method.decode()} {what} {response.status} {time.monotonic() - started:.3f}s")
@@ -314,12 +317,10 @@ class Connection:
             headers.append(("Content-Length", str(len(response.body))))
         return headers + response.headers
 
-    async def _respond(self, head_only: bool, response: Response) -> None:
-        """The answer; the head alone for HEAD (also when it was refused before a handler ran:
-        h11 refuses a body there, and must not take the connection's task down)."""
+    async def _respond(self, req: Request | None, response: Response) -> None:
         streaming = not isinstance(response.body, (bytes, bytearray))
-        await self._send(h11.Response(status_code=response.status, headers=self._head(None, response, streaming)))
-        if head_only:
+        await self._send(h11.Response(status_code=response.status, headers=self._head(req, response, streaming)))
+        if self.head_only:
             if streaming:
                 await response.body.aclose()
             await self._send(h11.EndOfMessage())
