@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -206,7 +207,7 @@ def test_clients_leaving_streams_free_their_threads_and_files(api):
     streams = []
     if _served(api, "GET", "/events"):
         streams.append(b"/events")
-        streams.append(b"/events?filters=" + json.dumps({"type": ["container"]}).encode().replace(b'"', b"%22"))
+        streams.append(b"/events?filters=" + quote(json.dumps({"type": ["container"]}), safe="").encode())
     name = None
     if _served(api, "GET", "/containers/zz-none/logs") and _served(api, "POST", "/containers/create"):
         name = f"conc-follow-{uuid.uuid4().hex[:8]}"
