@@ -58,6 +58,7 @@ class RootfsPlan:
     masked: tuple[str, ...] = MASKED_PATHS           # --security-opt mask=/unmask=, --privileged
     readonly_paths: tuple[str, ...] = READONLY_PATHS
     devices: tuple[str, ...] = ()    # more host device nodes for /dev (--privileged): host paths
+    device_nodes: tuple[tuple[str, str], ...] = ()   # --device, CDI: (host node, container path)
     sysctls: tuple[tuple[str, str], ...] = ()   # --sysctl: namespaced parameters, set before the masks
     shm_size: int = 64 << 20         # bytes of /dev/shm (--shm-size; Docker's default 64 MiB)
 
@@ -132,6 +133,8 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
     _mount_dev(root, plan.ptmx_gid, plan.devices, plan.shm_size)
+    for source, target in plan.device_nodes:
+        _mount_device(root, source, target)
 
     sys_dir = _inside(root, "/sys")
     _ensure(root, sys_dir, "dir")
@@ -245,6 +248,19 @@ def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = (), shm
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("core", "/proc/kcore")):
         os.symlink(target, os.path.join(dev, name))
+
+
+def _mount_device(root: str, source: str, target: str) -> None:
+    """--device: the host's node bound onto a file made at ``target`` (a user namespace may not
+    mknod; the node keeps its host owner and mode, so access is what the host gives the user)."""
+    try:
+        dest = _inside(root, target)
+        if os.path.islink(dest):
+            os.unlink(dest)
+        _ensure(root, dest, "file")
+        libc.mount(source, dest, None, MS_BIND)
+    except OSError as e:
+        raise OSError(f"cannot give the container the device {source} at {target}: {_why(e)}") from None
 
 
 def _mask_paths(masked: tuple[str, ...], readonly: tuple[str, ...]) -> None:
