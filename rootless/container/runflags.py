@@ -159,9 +159,11 @@ def publish_all(exposed: dict | None) -> list[str]:
 # would load host code into the image's programs (docs/hpc.md).
 AS_ME_NOT_PASSED = ("PATH", "HOSTNAME", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "TMPDIR",
                     "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "SSH_AUTH_SOCK")
-# A working directory here would be bound over what the image needs.
-_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
-                "/sbin", "/sys", "/usr", "/var")
+# A working directory here would be bound over what the image needs: these and what is in
+# them, and /, /run, /tmp, /var themselves (/var/tmp/job or /tmp/x are fine).
+_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/sbin", "/sys", "/usr")
+_SYSTEM_TOPS = ("/", "/run", "/tmp", "/var")
 
 
 @dataclass
@@ -191,7 +193,7 @@ def as_me(single_uid: bool, environ: dict[str, str] | None = None, cwd: str | No
         except KeyError:
             home = ""
     home = os.path.realpath(home) if home else ""
-    if bind_cwd and (cwd == "/" or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)):
+    if bind_cwd and (cwd in _SYSTEM_TOPS or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)):
         raise UsageError(f"--as-me binds your working directory into the container, and {cwd} is a system "
                          "directory the image has its own of: cd to your own directory first (or give -w)")
     volumes = []
