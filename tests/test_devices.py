@@ -190,10 +190,32 @@ def test_failing_or_unsupported_cdi_hooks_are_refused(rl, tmp_path):
               env={cdi.ENV: str(_vendor(tmp_path, hooks=failing))})
     _refused(proc, "the CDI createRuntime hook /bin/false")
     assert "ran" not in proc.stdout
-    inside = [{"hookName": "createContainer", "path": "/bin/true"}]
+    inside = [{"hookName": "startContainer", "path": "/bin/true"}]
     proc = rl("run", "--rm", "--network", "none", "--device", "example.com/thing=0", "busybox", "true",
               env={cdi.ENV: str(_vendor(tmp_path, hooks=inside))})
-    _refused(proc, "has a createContainer hook (/bin/true), which must run inside the container's namespaces")
+    _refused(proc, "has a startContainer hook (/bin/true)")
+    failing = [{"hookName": "createContainer", "path": "/bin/sh", "args": ["sh", "-c", "echo no such library >&2; exit 3"]}]
+    proc = rl("run", "--rm", "--network", "none", "--device", "example.com/thing=0", "busybox", "echo", "ran",
+              env={cdi.ENV: str(_vendor(tmp_path, hooks=failing))})
+    _refused(proc, "the CDI createContainer hook /bin/sh failed with status 3: no such library")
+    assert "ran" not in proc.stdout
+
+
+def test_create_container_hook_edits_the_root_filesystem(rl, tmp_path):
+    # As nvidia-cdi-hook does (update-ldcache, create-symlinks): the root's path from the bundle,
+    # changed as root of the container's user namespace, before the command starts.
+    script = tmp_path / "hook.sh"
+    script.write_text("#!/bin/sh\nstate=$(cat)\n"
+                      "b=$(echo \"$state\" | sed 's/.*\"bundle\": \"\\([^\"]*\\)\".*/\\1/')\n"
+                      "root=$(sed 's/.*\"root\": {\"path\": \"\\([^\"]*\\)\".*/\\1/' \"$b/config.json\")\n"
+                      "echo \"uid $(id -u) $1\" > \"$root/etc/hooked\"\n"
+                      "ln -s libthing.so.1 \"$root/usr/lib/libthing.so\"\n")
+    script.chmod(0o755)
+    hooks = [{"hookName": "createContainer", "path": str(script), "args": ["hook.sh", "created"]}]
+    proc = rl("run", "--rm", "--network", "none", "--device", "example.com/thing=0", "busybox", "sh", "-c",
+              "cat /etc/hooked; cat /usr/lib/libthing.so", env={cdi.ENV: str(_vendor(tmp_path, hooks=hooks))})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["uid 0 created", "the vendor's library"]
 
 
 def test_device_flags_are_kept_by_create(rl, tmp_path):

@@ -20,11 +20,13 @@ from ..errors import DeviceError, UsageError
 from ..sandbox import mounts
 
 GPU_KIND = "nvidia.com/gpu"
-# Hook points run by P as the user, and when; the others run in the container's namespaces
-# (createContainer, startContainer), which rootless does not do for a hook.
+# Hook points run by P as the user, and when; createContainer hooks run in the container's mount
+# namespace before pivot_root (sandbox/mounts.py); startContainer (a program of the container's
+# own, run in it before the command) is refused.
 HOOKS_BEFORE = ("prestart", "createRuntime")
 HOOKS_AFTER = ("poststart",)
 HOOKS_END = ("poststop",)
+HOOKS_IN_CONTAINER = ("createContainer",)
 
 
 @dataclass
@@ -144,11 +146,11 @@ def plan(devices: list[str], gpus: str | None, cdi_dirs: tuple[str, ...] | None 
                               "not exist on this host: the spec is out of date (regenerate it)")
         binds.append(mounts.Bind(target=m.container_path, source=m.host_path, readonly=m.readonly))
     for hook in edits.hooks:
-        if hook.name not in HOOKS_BEFORE + HOOKS_AFTER + HOOKS_END:
-            raise DeviceError(f"the CDI spec {hook.source} has a {hook.name} hook ({hook.path}), which must run "
-                              "inside the container's namespaces; rootless runs hooks only from the host "
-                              "(prestart, createRuntime, poststart, poststop): generate the spec without it "
-                              "(docs/hpc.md)")
+        if hook.name not in HOOKS_BEFORE + HOOKS_AFTER + HOOKS_END + HOOKS_IN_CONTAINER:
+            raise DeviceError(f"the CDI spec {hook.source} has a {hook.name} hook ({hook.path}), a program of "
+                              "the container's own run in it before its command, which rootless does not run "
+                              "(it runs prestart, createRuntime, createContainer, poststart, poststop): generate "
+                              "the spec without it (docs/hpc.md)")
         if not os.access(hook.path, os.X_OK):
             raise DeviceError(f"the CDI spec {hook.source} has a {hook.name} hook {hook.path} that you cannot run "
                               "(missing or not executable)")

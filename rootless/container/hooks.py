@@ -6,6 +6,9 @@ and createRuntime once the container's first process exists and before its comma
 (a failure stops the start), poststart once it runs and poststop once it has ended (a failure
 is a warning, as runc does).  The state's ``bundle`` is a directory with a ``config.json``
 whose ``root.path`` is ``/proc/PID/root``: the container's root as the host sees it.
+createContainer hooks run elsewhere: in the container's mount namespace, as root of its user
+namespace, before pivot_root (``sandbox/mounts.py``), with ``root.path`` the root filesystem's
+mount point there (``in_container``).
 """
 
 from __future__ import annotations
@@ -18,17 +21,29 @@ from .cdi import Hook
 from ..errors import DeviceError
 
 
-def write_bundle(directory: str, pid: int | None, args: list[str], env: dict[str, str], hostname: str) -> str:
-    """The bundle a hook finds in the state (``directory/bundle``, made if missing)."""
+def write_bundle(directory: str, root: str, args: list[str], hostname: str) -> str:
+    """The bundle a hook finds in the state (``directory/bundle``, made if missing): a
+    ``config.json`` whose ``root.path`` is ``root``."""
     bundle = os.path.join(directory, "bundle")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.makedirs(bundle, mode=0o700, exist_ok=True)
-    config = {"ociVersion": "1.0.2", "root": {"path": f"/proc/{pid}/root" if pid else ""},
-              "process": {"args": args, "env": [f"{k}={v}" for k, v in env.items()], "cwd": "/"},
+    config = {"ociVersion": "1.0.2", "root": {"path": root}, "process": {"args": args, "cwd": "/"},
               "hostname": hostname}
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(config, f)
     return bundle
+
+
+def in_container(hooks: tuple[Hook, ...], cid: str, run_dir: str, root: str, args: list[str],
+                 hostname: str) -> tuple:
+    """createContainer ``hooks`` as the sandbox runs them (``sandbox.mounts.Hook``), the bundle
+    written now: ``root`` is where the root filesystem is mounted in the container's mount namespace."""
+    from ..sandbox.mounts import Hook as SandboxHook
+    if not hooks:
+        return ()
+    bundle = write_bundle(run_dir, root, args, hostname)
+    text = json.dumps(state(cid, "creating", None, bundle))
+    return tuple(SandboxHook(f"CDI {h.name}", h.path, h.args, h.env, h.timeout, text) for h in hooks)
 
 
 def state(cid: str, status: str, pid: int | None, bundle: str) -> dict:

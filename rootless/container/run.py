@@ -619,7 +619,9 @@ class _Starter:
                                          binds=vols.create(rec, maps) + (
                                              read_only_tmpfs_binds() if opts.read_only and sec.read_only_tmpfs
                                              else ()) + _init_bind(p.init) + p.devices.binds,
-                                         sysctls=p.sysctls, shm_size=p.shm_size),
+                                         sysctls=p.sysctls, shm_size=p.shm_size,
+                                         hooks=_hooks_in_container(p, rec.id, run_dir, rootfs.target,
+                                                                   hostname)),
                 hostname=hostname, domainname=opts.domainname, maps=maps,
                 prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
                 rootfs_server=lambda: rootfs.serving,
@@ -888,9 +890,16 @@ def _hooks_before(p: Plan, cid: str, run_dir: str, hostname: str) -> Callable[[i
         return None
 
     def run_them(pid: int) -> None:
-        bundle = hooks.write_bundle(run_dir, pid, p.args, {}, hostname)
+        bundle = hooks.write_bundle(run_dir, f"/proc/{pid}/root", p.args, hostname)
         hooks.run(todo, hooks.state(cid, "created", pid, bundle))
     return run_them
+
+
+def _hooks_in_container(p: Plan, cid: str, run_dir: str, root: str, hostname: str) -> tuple:
+    """The CDI createContainer hooks, for the sandbox to run before pivot_root."""
+    from . import devices, hooks
+    return hooks.in_container(p.devices.hooks_at(devices.HOOKS_IN_CONTAINER), cid, run_dir,
+                              os.path.realpath(root), p.args, hostname)
 
 
 def _hooks_after(p: Plan, points: tuple[str, ...], cid: str, run_dir: str, pid: int | None,
@@ -901,7 +910,7 @@ def _hooks_after(p: Plan, points: tuple[str, ...], cid: str, run_dir: str, pid: 
     if not todo:
         return
     try:
-        bundle = hooks.write_bundle(run_dir, pid, p.args, {}, hostname)
+        bundle = hooks.write_bundle(run_dir, f"/proc/{pid}/root" if pid else "", p.args, hostname)
         hooks.run(todo, hooks.state(cid, "running" if pid else "stopped", pid, bundle))
     except (RootlessError, OSError) as e:
         on_warning(str(e))
