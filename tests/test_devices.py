@@ -259,6 +259,12 @@ def test_as_me_yields_to_the_flags_you_give(rl, tmp_path, monkeypatch):
               env={"HPC_JOB_VAR": "passed"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["/tmp", "box", "flag", "1"]       # only lo: --network none won
+    other = tmp_path / "other-home"
+    other.mkdir()
+    (other / "marker").write_text("")
+    home = os.path.realpath(os.environ["HOME"])
+    proc = rl("run", "--rm", "--as-me", "-v", f"{other}:{home}", "busybox", "ls", home)
+    assert proc.returncode == 0 and proc.stdout.split() == ["marker"], proc.stderr
 
 
 def test_as_me_refuses_a_system_directory():
