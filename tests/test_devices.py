@@ -227,6 +227,9 @@ def test_device_flags_are_kept_by_create(rl, tmp_path):
     try:
         proc = rl("start", "-a", name, env={cdi.ENV: str(specs)})
         assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+        host = json.loads(rl("inspect", name, check=True).stdout)[0]["HostConfig"]
+        assert host["Devices"] == [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/z", "CgroupPermissions": "rw"}]
+        assert host["DeviceRequests"] == [{"Driver": "cdi", "DeviceIDs": ["example.com/thing=0"]}]
     finally:
         rl("rm", "-f", name)
 
