@@ -8,6 +8,7 @@
      │    └── ImageNotFound       (also a NotFound)
      ├── SandboxError             the kernel refused part of the sandbox
      │    └── UserNamespaceUnavailable
+     ├── DeviceError              a --device, --gpus or CDI spec that cannot be used here
      ├── CommandError             the container's command could not start (126, 127)
      └── BuildError               a build cannot go on: a COPY source missing, a URL unreachable (1)
           └── DockerfileError     FILE:LINE: what is wrong with the Dockerfile[; the fix]
@@ -54,6 +55,10 @@ class SandboxError(RootlessError):
 
 class UserNamespaceUnavailable(SandboxError):
     pass
+
+
+class DeviceError(RootlessError):
+    """A device the user cannot open, a CDI spec that is malformed or missing, a CDI hook that failed."""
 
 
 class CommandError(RootlessError):

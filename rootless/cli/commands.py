@@ -109,6 +109,14 @@ def _container_flags(command):
                      help="A resource limit (e.g. nofile=1024:2048), at most your own hard limit."),
         click.option("--sysctl", multiple=True, metavar="KEY=VALUE",
                      help="A namespaced kernel parameter (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)."),
+        click.option("--device", multiple=True, metavar="/dev/HOST[:/dev/CONTAINER][:rw]|VENDOR/CLASS=NAME",
+                     help="A host device node you may open (bind-mounted), or a CDI device from the specs in "
+                          "/etc/cdi, /var/run/cdi ($ROOTLESS_CDI_SPEC_DIRS)."),
+        click.option("--gpus", metavar="all|device=IDS",
+                     help="NVIDIA GPUs through CDI: all is --device nvidia.com/gpu=all (docs/hpc.md)."),
+        click.option("--as-me", is_flag=True,
+                     help="Run as yourself, as Apptainer does: your home and working directory bound, -w there, "
+                          "host network, keep-id, your environment (other flags win; docs/hpc.md)."),
         click.option("--init", is_flag=True,
                      help="Run a small init (catatonit or tini-static from the host) as PID 1: it reaps "
                           "zombies and forwards signals."),

@@ -81,6 +81,10 @@ class RunOptions:
     health_retries: int | None = None
     health_start_period: str | None = None
     no_healthcheck: bool = False
+    device: list[str] = field(default_factory=list)      # --device: host nodes or CDI names
+    gpus: str | None = None                              # --gpus all: nvidia.com/gpu=all
+    as_me: bool = False                                  # --as-me: expanded by plan() (runflags.as_me)
+    host_env: list[str] = field(default_factory=list)    # KEY=VALUE passed by --as-me, below the image's
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -119,13 +123,22 @@ def check_hostname(name: str, flag: str = "--hostname") -> None:
         raise UsageError(f"invalid {flag} {name!r}: use letters, digits, '-' and '.' (no spaces or '/')")
 
 
-def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str, tty: bool) -> dict[str, str]:
-    """Docker's order: the engine's defaults, then the image's ENV, then -e/--env-file."""
+def merge_env(image_env: list[str], extra: list[tuple[str, str]], hostname: str, tty: bool,
+              passed: list[str] = (), devices: list[tuple[str, str]] = ()) -> dict[str, str]:
+    """Docker's order: the engine's defaults, then the image's ENV, then -e/--env-file.
+    ``passed``: the caller's environment (--as-me), under the image's, as Apptainer orders
+    them; ``devices``: what CDI specs set, over the image's and under -e."""
     env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
     if tty:
         env["TERM"] = "xterm"
+    for item in passed:
+        key, _, value = item.partition("=")
+        env[key] = value
+    env["PATH"], env["HOSTNAME"] = DEFAULT_PATH, hostname
     for item in image_env:
         key, _, value = item.partition("=")
+        env[key] = value
+    for key, value in devices:
         env[key] = value
     for key, value in extra:
         env[key] = value
@@ -225,6 +238,7 @@ class Plan:
     shm_size: int = 64 << 20
     log: object = None                   # container.logfile.LogConfig
     health: object = None                # container.health.HealthConfig, or None
+    devices: object = None               # container.devices.DevicePlan
 
     @property
     def cfg(self) -> dict:
@@ -246,6 +260,8 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     maps = idmap.detect()
     stored = maps
     passwd_entry = None
+    if opts.as_me:
+        _expand_as_me(opts, maps.single)
     if opts.userns not in ("", "host-range", "keep-id"):
         raise UsageError(f"unknown --userns '{opts.userns}': use keep-id (or leave it out)")
     if opts.userns == "keep-id":
@@ -343,6 +359,12 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     from .. import volumes
     opts.volume, opts.mount = volumes.absolute_sources(opts.volume, opts.mount)
     vols = volumes.plan(store, opts.volume, opts.mount, opts.tmpfs)  # -v/--mount/--tmpfs, checked now
+    from . import devices as devices_mod
+    devs = devices_mod.plan(opts.device, opts.gpus)
+    if devs.gids and maps.single:
+        devs.warnings.append(f"the CDI spec adds groups {', '.join(devs.gids)}, which single-uid mode cannot "
+                             "give (no supplementary groups): left out")
+        devs.gids = ()
     policy, max_restarts = parse_restart(opts.restart)
     if policy != "no" and opts.rm:
         raise UsageError("--restart and --rm conflict: a container removed when it exits cannot be restarted")
@@ -350,9 +372,24 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
                 passwd_entry=passwd_entry, sec=sec, wanted_caps=wanted_caps, seccomp_prog=seccomp_prog,
                 extra_env=extra_env, net=net, extra_hosts=extra_hosts, user_net=user_net, shared=shared,
                 run_base=run_base, cg_setup=cg_setup, limits=limits, vols=vols, policy=policy,
-                max_restarts=max_restarts, warnings=single_uid_warning(maps), labels=labels,
+                max_restarts=max_restarts, warnings=single_uid_warning(maps) + devs.warnings, labels=labels,
                 resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init, shm_size=shm_size,
-                log=log, health=health)
+                log=log, health=health, devices=devs)
+
+
+def _expand_as_me(opts: RunOptions, single_uid: bool) -> None:
+    """--as-me, made into the flags it stands for (once: the record keeps the result, so a later
+    start binds the same directories and passes the same environment); a flag the user gave wins."""
+    from .runflags import as_me
+    me = as_me(single_uid, bind_cwd=not opts.workdir)
+    mine = {v.split(":")[1] if ":" in v else v for v in opts.volume}
+    opts.volume = [v for v in me.volumes if v.split(":")[1] not in mine] + list(opts.volume)
+    opts.workdir = opts.workdir or me.workdir
+    opts.network = opts.network or me.network
+    opts.userns = opts.userns or me.userns
+    opts.hostname = opts.hostname or me.hostname
+    opts.host_env = me.env
+    opts.as_me = False
 
 
 def create(store: Store, p: Plan, started_later: bool = True, builder: bool = False) -> Record:
@@ -560,17 +597,20 @@ class _Starter:
             spec = container.SandboxSpec(
                 process=container.ProcessSpec(
                     args=_with_init(p.init, p.args),
-                    env=merge_env(cfg.get("Env") or [], p.extra_env, hostname, opts.tty),
+                    env=merge_env(cfg.get("Env") or [], p.extra_env, hostname, opts.tty, opts.host_env,
+                                  p.devices.env),
                     cwd=p.workdir,
                     user=opts.user if opts.user is not None else (cfg.get("User") or ""),
                     caps=p.wanted_caps, tty=opts.tty, stdin=opts.interactive,
                     winsize=(_user_winsize() if not logging else console_winsize()) if opts.tty else None,
                     passwd_entry=p.passwd_entry, seccomp=p.seccomp_prog, no_new_privs=sec.no_new_privileges,
-                    preserve_fds=opts.preserve_fds, groups_add=tuple(opts.group_add), rlimits=p.rlimits),
+                    preserve_fds=opts.preserve_fds, groups_add=tuple(opts.group_add) + p.devices.gids,
+                    rlimits=p.rlimits),
                 rootfs=mounts.RootfsPlan(rootfs.target, readonly=opts.read_only,
                                          masked=sec.masked_paths(mounts.MASKED_PATHS),
                                          readonly_paths=sec.readonly_paths(mounts.READONLY_PATHS),
                                          devices=mounts.usable_host_devices() if sec.privileged else (),
+                                         device_nodes=p.devices.nodes,
                                          etc_files=_shared_etc(store, shared, directory) if shared else
                                          _etc_files(directory, hostname, net, p.extra_hosts,
                                                     user_net.hosts_for(records, rec) if user_net else "",
@@ -578,15 +618,18 @@ class _Starter:
                                          ptmx_gid=5 if maps.size("gid") > 5 else None,
                                          binds=vols.create(rec, maps) + (
                                              read_only_tmpfs_binds() if opts.read_only and sec.read_only_tmpfs
-                                             else ()) + _init_bind(p.init),
-                                         sysctls=p.sysctls, shm_size=p.shm_size),
+                                             else ()) + _init_bind(p.init) + p.devices.binds,
+                                         sysctls=p.sysctls, shm_size=p.shm_size,
+                                         hooks=_hooks_in_container(p, rec.id, run_dir, rootfs.target,
+                                                                   hostname)),
                 hostname=hostname, domainname=opts.domainname, maps=maps,
                 prepare_rootfs=vols.populating(rootfs.prepare, rootfs.target),
                 rootfs_server=lambda: rootfs.serving,
                 cleanup_rootfs=rootfs.cleanup,
                 intermediate_needed=lambda: rootfs.daemon != 0,
                 own_network=net.own_namespace,
-                network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records),
+                network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records,
+                                             _hooks_before(p, rec.id, run_dir, hostname)),
                 join_cgroup=cg.add if cg.paths else None,
                 join_userns=user_net.start_holder(maps, run_base) if user_net else None,
                 stdio=stdio)
@@ -628,6 +671,8 @@ class _Starter:
                 r.exit_code, r.finished, r.cgroup_paths = None, None, list(cg.paths)
                 r.config.update(config)
             rec = records.update(rec.id, now_running)
+            from .devices import HOOKS_AFTER, HOOKS_END
+            _hooks_after(p, HOOKS_AFTER, rec.id, run_dir, started.init_pid, hostname, self.on_warning)
             checks = _start_health_checks(store, rec.id, p.health)
             if detacher is not None:
                 detacher.started(rec.id)
@@ -640,6 +685,7 @@ class _Starter:
                         pump.add_source("stdout", master)
                 libc.release_free_memory()   # the monitor idles from here on (docs/containers.md)
             code = container.wait(started, tty_log)
+            _hooks_after(p, HOOKS_END, rec.id, run_dir, None, hostname, self.on_warning)
             if checks is not None:
                 checks.set()
             rec.oom_killed = cg.oom_killed()
@@ -817,10 +863,12 @@ def _shared_etc(store: Store, shared, directory: str) -> tuple[tuple[str, str], 
     return tuple(out)
 
 
-def _network_setup(net: NetworkSpec, run_dir: str, helpers: list, user_net=None, rec=None, records=None):
-    """What P does once PID 1's namespaces exist: the userspace stack, then the user networks."""
+def _network_setup(net: NetworkSpec, run_dir: str, helpers: list, user_net=None, rec=None, records=None,
+                   hooks: Callable[[int], None] | None = None):
+    """What P does once PID 1's namespaces exist: the userspace stack, then the user networks,
+    then the CDI hooks that run before the command (``hooks``)."""
     if not net.needs_helper and user_net is None:
-        return None
+        return hooks
 
     def setup(pid: int) -> None:
         if net.needs_helper:
@@ -829,7 +877,43 @@ def _network_setup(net: NetworkSpec, run_dir: str, helpers: list, user_net=None,
             helpers.extend(stacks.start(net, pid, run_dir))
         if user_net is not None:
             user_net.attach(rec, pid, records)
+        if hooks is not None:
+            hooks(pid)
     return setup
+
+
+def _hooks_before(p: Plan, cid: str, run_dir: str, hostname: str) -> Callable[[int], None] | None:
+    """The CDI prestart and createRuntime hooks, run by P as the user once PID 1 exists."""
+    from . import devices, hooks
+    todo = p.devices.hooks_at(devices.HOOKS_BEFORE)
+    if not todo:
+        return None
+
+    def run_them(pid: int) -> None:
+        bundle = hooks.write_bundle(run_dir, f"/proc/{pid}/root", p.args, hostname)
+        hooks.run(todo, hooks.state(cid, "created", pid, bundle))
+    return run_them
+
+
+def _hooks_in_container(p: Plan, cid: str, run_dir: str, root: str, hostname: str) -> tuple:
+    """The CDI createContainer hooks, for the sandbox to run before pivot_root."""
+    from . import devices, hooks
+    return hooks.in_container(p.devices.hooks_at(devices.HOOKS_IN_CONTAINER), cid, run_dir,
+                              os.path.realpath(root), p.args, hostname)
+
+
+def _hooks_after(p: Plan, points: tuple[str, ...], cid: str, run_dir: str, pid: int | None,
+                 hostname: str, on_warning: Callable[[str], None]) -> None:
+    """The CDI poststart (``pid``: the running PID 1) or poststop hooks; a failure is a warning."""
+    from . import hooks
+    todo = p.devices.hooks_at(points)
+    if not todo:
+        return
+    try:
+        bundle = hooks.write_bundle(run_dir, f"/proc/{pid}/root" if pid else "", p.args, hostname)
+        hooks.run(todo, hooks.state(cid, "running" if pid else "stopped", pid, bundle))
+    except (RootlessError, OSError) as e:
+        on_warning(str(e))
 
 
 def _stop(helpers: list, run_dir: str) -> None:

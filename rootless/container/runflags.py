@@ -1,4 +1,4 @@
-"""Checking the smaller ``run``/``create`` flags: labels, DNS, ulimits, sysctls, --init, -P.
+"""Checking the smaller ``run``/``create`` flags: labels, DNS, ulimits, sysctls, --init, -P, --as-me.
 
 Each function takes the flag's raw values and returns what the sandbox needs, or raises a
 ``UsageError`` that names the flag and the fix, before anything is created."""
@@ -9,6 +9,7 @@ import ipaddress
 import os
 import resource
 import shutil
+from dataclasses import dataclass, field
 
 from ..errors import UsageError
 
@@ -152,3 +153,55 @@ def publish_all(exposed: dict | None) -> list[str]:
             host_port = s.getsockname()[1]
         out.append(f"{host_port}:{port}/{proto}")
     return out
+
+
+# --as-me: the caller's environment is passed, but for what names the host's own places or
+# would load host code into the image's programs (docs/hpc.md).
+AS_ME_NOT_PASSED = ("PATH", "HOSTNAME", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "TMPDIR",
+                    "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "SSH_AUTH_SOCK")
+# A working directory here would be bound over what the image needs: these and what is in
+# them, and /, /run, /tmp, /var themselves (/var/tmp/job or /tmp/x are fine).
+_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/sbin", "/sys", "/usr")
+_SYSTEM_TOPS = ("/", "/run", "/tmp", "/var")
+
+
+@dataclass
+class AsMe:
+    """What --as-me adds to the flags: each part only where the user gave no flag of its own."""
+    volumes: list[str]                    # HOME:HOME, and CWD:CWD unless it is inside HOME
+    workdir: str
+    network: str = "host"
+    userns: str = "keep-id"               # "" in single-uid mode: uid 0 inside is you already
+    hostname: str = ""
+    env: list[str] = field(default_factory=list)
+
+
+def as_me(single_uid: bool, environ: dict[str, str] | None = None, cwd: str | None = None,
+          bind_cwd: bool = True) -> AsMe:
+    """Apptainer's habits: your home and working directory bound read-write at their own paths,
+    the working directory set to it, the host's network and host name, your uid (keep-id),
+    your environment but for ``AS_ME_NOT_PASSED``.  ``bind_cwd``: False when -w names another."""
+    import pwd
+    import socket
+    environ = dict(os.environ if environ is None else environ)
+    cwd = os.path.realpath(cwd or os.getcwd())
+    home = environ.get("HOME") or ""
+    if not home:
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:
+            home = ""
+    home = os.path.realpath(home) if home else ""
+    if bind_cwd and (cwd in _SYSTEM_TOPS or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)):
+        raise UsageError(f"--as-me binds your working directory into the container, and {cwd} is a system "
+                         "directory the image has its own of: cd to your own directory first (or give -w)")
+    volumes = []
+    if home and home != "/" and os.path.isdir(home):
+        volumes.append(f"{home}:{home}")
+    if bind_cwd and not (home and (cwd == home or cwd.startswith(home.rstrip("/") + "/"))):
+        volumes.append(f"{cwd}:{cwd}")
+    env = [f"{k}={v}" for k, v in environ.items() if k not in AS_ME_NOT_PASSED and k
+           and not k.startswith("ROOTLESS_")]
+    return AsMe(volumes=volumes, workdir=cwd, userns="" if single_uid else "keep-id",
+                hostname=socket.gethostname(), env=env)

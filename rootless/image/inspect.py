@@ -157,7 +157,27 @@ def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "CpusetCpus": o.get("cpuset_cpus") or "",
         "PidsLimit": int(o["pids_limit"]) if str(o.get("pids_limit") or "").lstrip("-").isdigit() else None,
         "CgroupParent": o.get("cgroup_parent") or "",
+        **_devices(o),
     }
+
+
+def _devices(o: dict[str, Any]) -> dict[str, Any]:
+    """Devices (--device host nodes) and DeviceRequests (CDI names, --gpus) as Docker shows them."""
+    nodes, cdi = [], []
+    for item in o.get("device") or []:
+        if not item.startswith("/") and "=" in item:
+            cdi.append(item)
+            continue
+        parts = item.split(":")
+        target = parts[1] if len(parts) > 1 and parts[1].startswith("/") else parts[0]
+        perms = parts[-1] if len(parts) > 1 and not parts[-1].startswith("/") else "rw"
+        nodes.append({"PathOnHost": parts[0], "PathInContainer": target, "CgroupPermissions": perms})
+    requests = [{"Driver": "cdi", "DeviceIDs": cdi}] if cdi else []
+    if o.get("gpus"):
+        requests.append({"Driver": "", "Count": -1 if o["gpus"].strip("'\"") == "all" else 0,
+                         "DeviceIDs": [] if o["gpus"].strip("'\"") == "all" else
+                         o["gpus"].strip("'\"").partition("=")[2].split(","), "Capabilities": [["gpu"]]})
+    return {"Devices": nodes or None, "DeviceRequests": requests or None}
 
 
 def container_info(store: Store, rec: Record) -> dict[str, Any]:

@@ -12,6 +12,8 @@ Order matters:
    namespace), a new ``devpts`` instance, ``/dev/shm``, ``/sys`` (a fresh sysfs,
    allowed because we own the network namespace), and the generated ``/etc``
    files are mounted under the new root.
+   The OCI ``createContainer`` hooks (CDI's) run here, before pivot_root: host programs, run as
+   root of the user namespace in the container's mount namespace (``Hook``).
 4. ``pivot_root(".", ".")`` then a lazy unmount of the old root: the host's
    tree is no longer reachable (a bare ``chroot`` could be escaped).
 5. The OCI runtime spec's default masked and read-only paths are applied.
@@ -49,6 +51,18 @@ class Bind:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """An OCI hook run before pivot_root (createContainer): ``path`` with ``args`` and ``env``,
+    the OCI state on its stdin (``state``: JSON, its ``pid`` filled in with PID 1's host pid)."""
+    name: str
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None
+    state: str = "{}"
+
+
+@dataclass(frozen=True)
 class RootfsPlan:
     rootfs: str                      # host path of the container's root (already populated)
     readonly: bool = False
@@ -58,8 +72,10 @@ class RootfsPlan:
     masked: tuple[str, ...] = MASKED_PATHS           # --security-opt mask=/unmask=, --privileged
     readonly_paths: tuple[str, ...] = READONLY_PATHS
     devices: tuple[str, ...] = ()    # more host device nodes for /dev (--privileged): host paths
+    device_nodes: tuple[tuple[str, str], ...] = ()   # --device, CDI: (host node, container path)
     sysctls: tuple[tuple[str, str], ...] = ()   # --sysctl: namespaced parameters, set before the masks
     shm_size: int = 64 << 20         # bytes of /dev/shm (--shm-size; Docker's default 64 MiB)
+    hooks: tuple[Hook, ...] = ()     # createContainer hooks, run just before pivot_root
 
 
 def usable_host_devices() -> tuple[str, ...]:
@@ -132,6 +148,8 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
     _mount_dev(root, plan.ptmx_gid, plan.devices, plan.shm_size)
+    for source, target in plan.device_nodes:
+        _mount_device(root, source, target)
 
     sys_dir = _inside(root, "/sys")
     _ensure(root, sys_dir, "dir")
@@ -155,6 +173,8 @@ def enter_rootfs(plan: RootfsPlan) -> None:
     if plan.readonly:
         libc.mount(None, root, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
+    if plan.hooks:
+        _run_hooks(plan.hooks)
     os.chdir(root)
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
@@ -245,6 +265,42 @@ def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = (), shm
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("core", "/proc/kcore")):
         os.symlink(target, os.path.join(dev, name))
+
+
+def _mount_device(root: str, source: str, target: str) -> None:
+    """--device: the host's node bound onto a file made at ``target`` (a user namespace may not
+    mknod; the node keeps its host owner and mode, so access is what the host gives the user)."""
+    try:
+        dest = _inside(root, target)
+        if os.path.islink(dest):
+            os.unlink(dest)
+        _ensure(root, dest, "file")
+        libc.mount(source, dest, None, MS_BIND)
+    except OSError as e:
+        raise OSError(f"cannot give the container the device {source} at {target}: {_why(e)}") from None
+
+
+def _run_hooks(hooks: tuple[Hook, ...]) -> None:
+    """Run ``hooks`` in turn, as the OCI runtime spec runs createContainer hooks; an error names
+    the first that fails.  This process's host pid: ``/proc`` is still the host's procfs here."""
+    import json
+    import subprocess
+    pid = int(os.readlink("/proc/self"))
+    for hook in hooks:
+        state = json.loads(hook.state)
+        state["pid"] = pid
+        try:
+            proc = subprocess.run(list(hook.args) or [hook.path], executable=hook.path, capture_output=True,
+                                  input=json.dumps(state).encode(), timeout=hook.timeout, check=False,
+                                  env=dict(e.partition("=")[::2] for e in hook.env))
+        except subprocess.TimeoutExpired:
+            raise OSError(f"the {hook.name} hook {hook.path} did not end within {hook.timeout} s") from None
+        except OSError as e:
+            raise OSError(f"cannot run the {hook.name} hook {hook.path}: {_why(e)}") from None
+        if proc.returncode != 0:
+            said = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise OSError(f"the {hook.name} hook {hook.path} failed with status {proc.returncode}"
+                          + (f": {said[-1]}" if said else ""))
 
 
 def _mask_paths(masked: tuple[str, ...], readonly: tuple[str, ...]) -> None:
