@@ -82,6 +82,16 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _fd_list(pid: int) -> list[str]:
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            out.append(f"{fd}:{os.readlink(f'/proc/{pid}/fd/{fd}')}")
+        except OSError:
+            pass
+    return out
+
+
 def _settles_at(pid: int, threads: int, fds: int, within: float = 40) -> tuple[int, int]:
     """Wait (trio's idle worker threads end after 10 s) until the service holds no more threads
     and fds than given; the last counts seen."""
@@ -227,7 +237,7 @@ def test_clients_leaving_streams_free_their_threads_and_files(api):
         assert api.http().get("/_ping").text == "OK"
         now = _settles_at(pid, threads, fds)
         assert now[0] <= threads and now[1] <= fds, \
-            f"threads, fds: {now} after the clients left; {(threads, fds)} before: streams still held"
+            f"threads, fds: {now} after the clients left; {(threads, fds)} before: streams still held: {_fd_list(pid)}"
     finally:
         if name:
             api.rl("rm", "-f", name)
