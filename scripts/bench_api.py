@@ -3,7 +3,7 @@ both driven by the same ``docker`` CLI through their sockets.
 
 * ``docker run --rm --network none IMG true``: a whole run as Docker's CLI makes it (create,
   attach, start, wait, removal), on the busybox test image (scripts/busybox-rootfs) loaded into
-  both;
+  both; and the same without attach: ``docker run -d``, ``docker wait``, ``docker rm``;
 * ``docker ps -a`` and ``docker ps`` with 50 containers in the store (40 created, not started,
   10 running ``sleep``), made with each engine's own command line;
 * the memory of the idle service after a few requests (``version``, ``info``, ``ps -a``,
@@ -238,9 +238,14 @@ def bench_api(runs: int, work: Path, rl: list[str], busybox_rootfs: Path) -> dic
         for eng in engines:
             memory[f"{eng.name} fresh"] = _memory(eng.service_pid())
         run = lambda eng: eng.timed("run", "--rm", "--network", "none", eng.image, "true")
+
+        def detached(eng: Engine) -> float:         # the same without attach: three CLI calls
+            name = f"bench-d-{time.monotonic_ns()}"
+            return (eng.timed("run", "-d", "--network", "none", "--name", name, eng.image, "true")
+                    + eng.timed("wait", name) + eng.timed("rm", name))
         ps_all = lambda eng: eng.timed("ps", "-a")
         ps = lambda eng: eng.timed("ps")
-        for what, fn in (("run --rm true", run),):
+        for what, fn in (("run --rm true", run), ("run -d + wait + rm", detached)):
             live = []
             for eng in engines:                              # warm-up: caches, first-run set-up
                 try:
@@ -283,7 +288,7 @@ def bench_api(runs: int, work: Path, rl: list[str], busybox_rootfs: Path) -> dic
         for cleanup in cleanups:
             cleanup()
     medians = {name: statistics.median(t) for name, t in times.items()}
-    for what in ("run --rm true", "ps -a (50 containers)", f"ps ({RUNNING} running of 50)"):
+    for what in ("run --rm true", "run -d + wait + rm", "ps -a (50 containers)", f"ps ({RUNNING} running of 50)"):
         if f"rootless {what}" in medians and f"podman {what}" in medians:
             ratios[f"rootless/podman {what}"] = medians[f"rootless {what}"] / medians[f"podman {what}"]
     for name, m in memory.items():
