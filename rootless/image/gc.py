@@ -195,6 +195,9 @@ def remove_image(store: Store, maps: idmap.IdMaps, name: str, force: bool = Fals
             store.forget_compressed(diff_id, fmt)
         for digest in reversed(out.blobs):
             store.remove_blob(digest)
+    if img.manifest_digest in out.blobs:
+        from .. import events
+        events.emit(store.root, "image", "delete", img.id, {"name": img.ref or img.id})
     return out
 
 
