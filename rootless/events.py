@@ -136,11 +136,17 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return e if isinstance(e, dict) and "timeNano" in e else None
 
 
-def past(store_root: str, since_ns: int, until_ns: int | None) -> tuple[list[dict[str, Any]], "Follower"]:
+def past(store_root: str, since_ns: int | None, until_ns: int | None) -> tuple[list[dict[str, Any]], "Follower"]:
     """The events of the journal from ``since_ns`` (to ``until_ns``), and a follower that
-    continues exactly where they end."""
+    continues exactly where they end.  ``since_ns`` None: no past events, the follower at the
+    journal's end."""
     path = journal_path(store_root)
     out: list[dict[str, Any]] = []
+    if since_ns is None:
+        follower = Follower(path)
+        if follower.fd is not None:
+            os.lseek(follower.fd, 0, os.SEEK_END)
+        return out, follower
     try:
         with open(path + ".1", "rb") as f:
             for line in f:

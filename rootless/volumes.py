@@ -179,7 +179,10 @@ class Volumes:
         for rec in Containers(self.store).all():
             if rec.id == exclude:
                 continue
-            for name in rec.config.get("volumes") or ():
+            names = rec.config.get("volumes")
+            if names is None:       # created, never started: the volumes its options name
+                names = _named_in(rec.config.get("options") or {})
+            for name in names:
                 out.setdefault(name, []).append(rec.name)
         return out
 
@@ -238,6 +241,20 @@ def _label_check(value: str, negate: bool = False) -> Callable[[dict[str, Any]],
 
 def _bad_prune_filter(item: str) -> NoReturn:
     raise UsageError(f"invalid prune filter '{item}': use label=KEY[=VALUE] or label!=KEY[=VALUE]")
+
+
+def _named_in(options: dict[str, Any]) -> list[str]:
+    """The named volumes of a container's saved -v and --mount options."""
+    out = []
+    for parse_one, args in ((parse_volume, options.get("volume") or ()), (parse_mount, options.get("mount") or ())):
+        for arg in args:
+            try:
+                spec = parse_one(arg)
+            except RootlessError:
+                continue            # a bind source gone since: no volume anyway
+            if spec.kind == "volume" and spec.source:
+                out.append(spec.source)
+    return out
 
 
 def remove_container_volumes(store: Store, rec, maps: idmap.IdMaps) -> list[str]:
