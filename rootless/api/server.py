@@ -295,44 +295,16 @@ class Connection:
             await self._send(h11.EndOfMessage())
             return
         body: AsyncIterator[bytes] = response.body
-        gone = False
         try:
-            if req is not None and self.conn.their_state is h11.SEND_BODY and not _has_body(req):
-                await self._receive_body()          # the end of a request without a body
-            async with trio.open_nursery() as nursery:
-                if self.conn.their_state is h11.DONE:
-                    # A stream may be idle for long (events, logs -f): the client closing its end
-                    # is how we learn it has gone, not our next write.
-                    async def watch() -> None:
-                        nonlocal gone
-                        gone = await self._until_closed()
-                        if gone:
-                            nursery.cancel_scope.cancel()
-                    nursery.start_soon(watch)
-                async for chunk in body:
-                    if chunk:
-                        await self._send(h11.Data(data=chunk))
-                await self._send(h11.EndOfMessage())
-                nursery.cancel_scope.cancel()
+            async for chunk in body:
+                if chunk:
+                    await self._send(h11.Data(data=chunk))
+            await self._send(h11.EndOfMessage())
         finally:
             with trio.CancelScope(shield=True):
                 aclose = getattr(body, "aclose", None)
                 if aclose:
                     await aclose()
-        if gone:
-            raise trio.BrokenResourceError("the client closed the connection")
-
-    async def _until_closed(self) -> bool:
-        """Read what the client sends while we stream (kept for h11: a pipelined request) until
-        it closes its end: True then."""
-        while True:
-            try:
-                data = await self.stream.receive_some(RECEIVE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return True
-            if not data:
-                return True
-            self.conn.receive_data(data)
 
     async def _hijack(self, event: h11.Request, hijack: Hijack) -> None:
         upgrade = any(k.lower() == b"upgrade" for k, _ in event.headers)
@@ -352,10 +324,6 @@ class Connection:
         if not self.service.quiet:
             log(f"{event.method.decode()} {event.target.decode('latin-1', 'replace')[:200]} hijacked")
         await hijack.run(self.stream, bytes(early))
-
-
-def _has_body(req: Request) -> bool:
-    return "transfer-encoding" in req.headers or req.headers.get("content-length", "0") not in ("", "0")
 
 
 async def _signals(scope: trio.CancelScope, quiet: bool) -> None:
