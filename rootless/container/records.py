@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import procs
+from .. import events
 from ..errors import Conflict, NotFound, RootlessError, StoreError, UsageError
 from ..sandbox.remove import remove_tree
 from ..sandbox import idmap
@@ -117,8 +118,10 @@ class Containers:
         with self.locked(cid, name) as rec:
             if rec.state == "removing":
                 raise ContainerGone(f"container {rec.name} is being removed")
+            before = (rec.state, bool(rec.config.get("paused")), rec.name)
             change(rec)
             self._write(rec)
+            _changed(self.store, before, rec)
             return rec
 
     def create(self, image: str, image_id: str, command: list[str], name: str | None,
@@ -144,6 +147,7 @@ class Containers:
         if setup is not None:
             setup(rec)
         self._write(rec)
+        events.emit(self.store.root, "container", "create", cid, events.container_attributes(rec))
         return rec
 
     def find(self, key: str) -> Record:
@@ -183,6 +187,7 @@ class Containers:
             busy = _container_alive(cur) or bool(owner[0])
             if busy and not force:
                 raise Conflict(f"container {cur.name} is running: stop it first, or use 'rootless rm -f'")
+            was_running = cur.state == "running"
             if busy:
                 cur.state = "removing"
                 cur.config["remover"] = [me, procs.start_time(me)]
@@ -201,6 +206,8 @@ class Containers:
         if cur.pid and cur.pid != me and _alive(cur.pid) and not cur.init_start:
             os.kill(cur.pid, 9)                              # a record from an older rootless
             _wait_gone(cur.pid)
+        if was_running:          # its owner cannot record the end of a container being removed
+            events.emit(self.store.root, "container", "die", cur.id, events.container_attributes(cur, exitCode=137))
         try:
             with self.locked(cur.id, cur.name) as last:
                 return self._discard(last, maps)
@@ -213,6 +220,7 @@ class Containers:
         directory = self.store.container_dir(rec.id)
         doomed = os.path.join(self.store.root, "tmp", f"removing-{rec.id}-{os.urandom(4).hex()}")
         os.rename(directory, doomed)
+        events.emit(self.store.root, "container", "destroy", rec.id, events.container_attributes(rec))
         warnings = []
         if rec.cgroup_paths:
             from ..cgroups import CgroupError, attach
@@ -270,6 +278,21 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> None:
         except OSError:
             return
         time.sleep(0.01)
+
+
+def _changed(store: Store, before: tuple[str, bool, str], rec: Record) -> None:
+    """The events of a change of state: start, die, pause, unpause, rename."""
+    state, paused, name = before
+    if rec.state == "running" and state != "running":
+        events.emit(store.root, "container", "start", rec.id, events.container_attributes(rec))
+    elif state == "running" and rec.state == "exited":
+        events.emit(store.root, "container", "die", rec.id,
+                    events.container_attributes(rec, exitCode=rec.exit_code if rec.exit_code is not None else ""))
+    if bool(rec.config.get("paused")) != paused:
+        events.emit(store.root, "container", "pause" if not paused else "unpause", rec.id,
+                    events.container_attributes(rec))
+    if rec.name != name:
+        events.emit(store.root, "container", "rename", rec.id, events.container_attributes(rec, oldName=name))
 
 
 def _random_name() -> str:
