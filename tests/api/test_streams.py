@@ -245,6 +245,17 @@ def test_attach_to_a_running_container(api, names):
             attach.wait()
 
 
+@needs_script
+def test_attach_to_a_dit_container_types_into_its_shell(api, names):
+    name = names("dit")
+    api.docker("run", "-dit", "--name", name, "busybox", "sh", check=True)
+    proc = _in_terminal(api, f"{DOCKER} attach {name}", input=b"echo sum-$((40+2)); exit 3\n")
+    out = proc.stdout.decode(errors="replace")
+    assert "sum-42" in out, out + proc.stderr.decode(errors="replace")
+    assert _exited(api, name) == 3
+    assert proc.returncode == 3
+
+
 def test_a_client_leaving_attach_frees_the_reader(api, names):
     name = names("leave")
     api.docker("run", "-d", "--name", name, "busybox", "sleep", "300", check=True)
