@@ -125,6 +125,49 @@ def test_run_it_sends_keys_to_the_terminal(api, names):
     assert proc.returncode == 4, out
 
 
+def _read_until(fd: int, needle: bytes, timeout: float = 60) -> bytes:
+    import select
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                buf += os.read(fd, 4096)
+            except OSError:
+                break
+    return buf
+
+
+@pytest.mark.parametrize("how", ["run", "exec"])
+def test_the_terminal_gets_the_clients_window_size(api, names, how):
+    """docker resizes the container's (or the exec's) terminal to its own once it runs."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    wait_for_size = "while [ \"$(stty size)\" != '31 97' ]; do sleep 0.1; done; echo resized-ok"
+    if how == "run":
+        args = ["run", "-it", "--name", names("size"), "busybox", "sh", "-c", wait_for_size]
+    else:
+        name = names("esize")
+        api.docker("run", "-d", "--name", name, "busybox", "sleep", "300", check=True)
+        args = ["exec", "-it", name, "sh", "-c", wait_for_size]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 31, 97, 0, 0))
+    p = subprocess.Popen([DOCKER, *args], stdin=slave, stdout=slave, stderr=slave, env=api.docker_env(),
+                         start_new_session=True)
+    os.close(slave)
+    try:
+        out = _read_until(master, b"resized-ok")
+        assert b"resized-ok" in out, out
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+
+
 # --- logs -----------------------------------------------------------------------------------
 
 def test_logs_streams_tail_timestamps_since(api, names):
