@@ -297,8 +297,19 @@ class Connection:
             return
         body: AsyncIterator[bytes] = response.body
         try:
-            # a client that goes away while the stream has nothing to send (logs -f of a quiet
-            # container, events) ends the stream too: the body is cancelled, then closed
+            await self._stream_body(body)
+        finally:
+            with trio.CancelScope(shield=True):
+                aclose = getattr(body, "aclose", None)
+                if aclose:
+                    await aclose()
+
+    async def _stream_body(self, body: AsyncIterator[bytes]) -> None:
+        """The chunks of a streamed answer.  A client that goes away while the stream has
+        nothing to send (logs -f of a quiet container, events) ends it too: the body is
+        cancelled.  A body that fails once the head is sent can only end early: the connection
+        is closed, and the service lives on."""
+        try:
             try:
                 async with trio.open_nursery() as watch:
                     watch.start_soon(self._hangup, watch.cancel_scope)
@@ -308,14 +319,18 @@ class Connection:
                     watch.cancel_scope.cancel()
             except BaseExceptionGroup as group:     # the watcher raises nothing: the body's error
                 raise group.exceptions[0] if len(group.exceptions) == 1 else group
-            if watch.cancel_scope.cancelled_caught and self.hung_up:
-                raise trio.BrokenResourceError("the client closed the connection")
-            await self._send(h11.EndOfMessage())
-        finally:
-            with trio.CancelScope(shield=True):
-                aclose = getattr(body, "aclose", None)
-                if aclose:
-                    await aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as e:  # noqa: BLE001 - see above
+            if isinstance(e, RootlessError):
+                log(f"a stream ended early: {e}")
+            else:
+                import traceback
+                log("".join(traceback.format_exception(e)).rstrip())
+            raise trio.BrokenResourceError("the stream failed") from e
+        if watch.cancel_scope.cancelled_caught and self.hung_up:
+            raise trio.BrokenResourceError("the client closed the connection")
+        await self._send(h11.EndOfMessage())
 
     async def _hangup(self, scope: trio.CancelScope) -> None:
         await until_hangup(self.stream)

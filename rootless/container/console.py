@@ -10,8 +10,9 @@ resized, which signals SIGWINCH to the container), ``EOF`` (the input has ended:
 ``-t`` the container's stdin is closed, as Docker's ``StdinOnce``), ``REPLAY`` (send the output
 written before this client connected: the API's attach made before the container started).
 Monitor to client: ``OUT``/``ERR`` (output as it came), ``REPLAY`` (the answer: the output from
-the container's start until the client connected, as much as ``BACKLOG`` holds).  When the container ends the monitor closes the connections; the client then
-reads the exit status from the record.  The client detaches on Ctrl-P Ctrl-Q, as Docker's.
+the container's start until the client connected, as much as ``BACKLOG`` holds).  When the
+container ends the monitor closes the connections; the client then reads the exit status from
+the record.  The client detaches on Ctrl-P Ctrl-Q, as Docker's.
 """
 
 from __future__ import annotations

@@ -158,11 +158,15 @@ def log_mark(store: Store, key: str, at_start: bool = False) -> LogMark:
 def wait_started(store: Store, key: str, mark: LogMark, stop: Callable[[], bool]) -> bool:
     """Wait until a run of the container later than ``mark``'s has started (it may have ended
     already): True; False if ``stop()`` said to give up first."""
+    from ..errors import NotFound
     records = Containers(store)
     cid = records.find(key).id
     while not stop():
-        if records.find(cid).config.get("started") != mark.started:
-            return True
+        try:
+            if records.find(cid).config.get("started") != mark.started:
+                return True
+        except NotFound:
+            return True             # removed: run_output has nothing to give
         time.sleep(0.02)
     return False
 
@@ -170,8 +174,13 @@ def wait_started(store: Store, key: str, mark: LogMark, stop: Callable[[], bool]
 def run_output(store: Store, key: str, mark: LogMark, stop: Callable[[], bool] = lambda: False) -> Iterator[LogLine]:
     """The output of the container's current run, from ``mark`` on (a ``log_mark`` taken before
     the run started, or at any time since), until the run has ended and all of it has been
-    logged, or ``stop()`` (checked every 0.05 s) says so.  What ``attach`` streams."""
-    rec = Containers(store).find(key)
+    logged, or ``stop()`` (checked every 0.05 s) says so.  What ``attach`` streams; nothing
+    for a container removed meanwhile."""
+    from ..errors import NotFound
+    try:
+        rec = Containers(store).find(key)
+    except NotFound:
+        return
     path = log_path(store.container_dir(rec.id))
     f = None
     try:

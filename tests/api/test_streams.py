@@ -313,6 +313,33 @@ def test_attach_to_a_dit_container_types_into_its_shell(api, names):
     assert proc.returncode == 3
 
 
+def _demux(data: bytes) -> list[tuple[int, bytes]]:
+    frames = []
+    while data:
+        size = int.from_bytes(data[4:8], "big")
+        frames.append((data[0], data[8:8 + size]))
+        data = data[8 + size:]
+    return frames
+
+
+def test_attach_logs_without_stream_gives_what_was_written(api, names):
+    name = names("alogs")
+    api.docker("run", "-d", "--name", name, "busybox", "sh", "-c", "echo one; echo two; sleep 300", check=True)
+    _until(lambda: api.docker("logs", name).stdout == "one\ntwo\n", "the output")
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(api.socket))
+    s.settimeout(60)
+    s.sendall(f"POST /v1.41/containers/{name}/attach?logs=1&stream=0&stdout=1 HTTP/1.1\r\nHost: d\r\n"
+              "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"".join(d for kind, d in _demux(body) if kind == 1) == b"one\ntwo\n"
+
+
 def test_a_client_leaving_attach_frees_the_reader(api, names):
     name = names("leave")
     api.docker("run", "-d", "--name", name, "busybox", "sleep", "300", check=True)
