@@ -295,8 +295,8 @@ async def _attached(store, ex: Exec, client: trio.abc.Stream, early: bytes) -> N
                            if name in proc.ours}
                 try:
                     if "in" in streams:
-                        nursery.start_soon(_pump_in, client, early, streams["in"], parse_detach_keys(ex.detach_keys),
-                                           True, nursery.cancel_scope)
+                        nursery.start_soon(_pump_in, client, early, streams["in"], b"", True,  # keys: -t only
+                                           nursery.cancel_scope)
                     async with trio.open_nursery() as outputs:
                         for name, kind in (("out", STDOUT), ("err", STDERR)):
                             if name in streams:
@@ -352,6 +352,9 @@ async def _pump_in(client: trio.abc.Stream, early: bytes, sink: trio.lowlevel.Fd
                     return
             data = await client.receive_some(65536)
             if not data:
+                held = watch.rest()
+                if held:
+                    await sink.send_all(held)
                 break
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass              # the process closed its stdin

@@ -216,6 +216,11 @@ class DetachWatch:
                 return data[:-n], False
         return data, False
 
+    def rest(self) -> bytes:
+        """What was held at the end of the input (the start of the sequence, never finished)."""
+        held, self.held = self.held, b""
+        return held
+
 
 class _Attach:
     """One attach: the client's connection relayed to the container until its run ends."""
@@ -227,7 +232,7 @@ class _Attach:
         self.tty = bool(options.get("tty"))
         self.has_input = stdin and (self.tty or bool(options.get("interactive")))
         self.want, self.stream, self.logs = want, stream, logs
-        self.detach = DetachWatch(detach_keys) if self.has_input else None
+        self.detach = DetachWatch(detach_keys if self.tty else b"")   # as Docker: keys of a terminal only
         self.console: trio.SocketStream | None = None
         self.console_ready = trio.Event()
         self.console_lock = trio.Lock()
@@ -349,6 +354,7 @@ class _Attach:
             data = await client.receive_some(65536)
             if not data:
                 break
+        self.pending.append(self.detach.rest())
         self.input_ended = True
         await self.console_ready.wait()
         await self._flush()

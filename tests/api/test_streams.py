@@ -313,6 +313,28 @@ def test_attach_to_a_dit_container_types_into_its_shell(api, names):
     assert proc.returncode == 3
 
 
+def test_ctrl_p_ctrl_q_detaches_from_a_dit_container(api, names):
+    import pty
+    name = names("detach")
+    api.docker("run", "-dit", "--name", name, "busybox", "sh", check=True)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([DOCKER, "attach", name], stdin=slave, stdout=slave, stderr=slave, env=api.docker_env(),
+                         start_new_session=True)
+    os.close(slave)
+    try:
+        os.write(master, b"echo ready-$((40+2))\n")
+        assert b"ready-42" in _read_until(master, b"ready-42")      # attached: the shell answers
+        os.write(master, b"\x10\x11")
+        p.wait(timeout=60)              # docker says "read escape sequence" (status 1, its own choice)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    state = json.loads(api.docker("inspect", "--format", "{{json .State}}", name, check=True).stdout)
+    assert state["Running"]                                          # it runs on
+
+
 def _demux(data: bytes) -> list[tuple[int, bytes]]:
     frames = []
     while data:
