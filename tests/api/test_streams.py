@@ -191,6 +191,15 @@ def test_logs_streams_tail_timestamps_since(api, names):
     assert api.docker("logs", "--until", "2000-01-01T00:00:00Z", name, check=True).stdout == ""
 
 
+def test_logs_of_a_terminal_are_raw(api, names):
+    name = names("ttylogs")
+    api.docker("run", "-dt", "--name", name, "busybox", "sh", "-c", "echo a; echo b >&2", check=True)
+    assert _exited(api, name) == 0
+    r = api.http().get(f"/containers/{name}/logs?stdout=1&stderr=1")
+    assert r.content == b"a\r\nb\r\n"
+    assert api.docker("logs", name, check=True).stdout == "a\nb\n"     # (text mode reads \r\n as \n)
+
+
 def test_logs_follow_ends_when_the_container_does(api, names):
     name = names("follow")
     api.docker("run", "-d", "--name", name, "busybox", "sh", "-c",
@@ -253,6 +262,26 @@ def test_exec_as_another_user(api, names):
     api.docker("run", "-d", "--name", name, "busybox", "sleep", "300", check=True)
     proc = api.docker("exec", "-u", "1:1", name, "id", "-u")
     assert proc.stdout == "1\n", proc.stderr
+
+
+def test_a_client_leaving_an_exec_ends_its_input(api, names):
+    """The connection was the process's stdin: when the client goes, cat reads EOF and ends."""
+    name = names("execleave")
+    api.docker("run", "-d", "--name", name, "busybox", "sleep", "300", check=True)
+    c = api.http()
+    exec_id = c.post(f"/containers/{name}/exec", json={"Cmd": ["cat"], "AttachStdin": True,
+                                                      "AttachStdout": True}).json()["Id"]
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(api.socket))
+    body = b'{"Detach": false, "Tty": false}'
+    s.sendall(f"POST /v1.41/exec/{exec_id}/start HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode() + body)
+    assert s.recv(4096).startswith(b"HTTP/1.1 101")
+    s.sendall(b"ping\n")
+    assert _demux(s.recv(4096)) == [(1, b"ping\n")]
+    assert c.get(f"/exec/{exec_id}/json").json()["Running"] is True
+    s.close()
+    _until(lambda: c.get(f"/exec/{exec_id}/json").json()["Running"] is False, "the exec to end")
 
 
 def test_exec_on_a_stopped_container_is_409(api, names):
