@@ -89,9 +89,11 @@ class LogLine:
     text: str            # with its newline (the last line of a stream may have none)
 
 
-def logs(store: Store, key: str, follow: bool, tail: int | None, since: float | None) -> Iterator[LogLine]:
+def logs(store: Store, key: str, follow: bool, tail: int | None, since: float | None,
+         until: float | None = None, stop: Callable[[], bool] | None = None) -> Iterator[LogLine]:
     """What a container wrote, line by line (its rotated files first); with ``follow``, until it
-    ends."""
+    ends (and its monitor has logged all it wrote) or ``stop()`` says so (checked every 0.1 s:
+    a server's client that went away).  ``since``/``until``: Unix times bounding the lines."""
     from . import logfile
     rec = Containers(store).find(key)
     path = log_path(store.container_dir(rec.id))
@@ -105,19 +107,107 @@ def logs(store: Store, key: str, follow: bool, tail: int | None, since: float | 
         lines = [line for name in logfile.files(path)[:-1] for line in _lines_of(name)] + current.readlines()
         if tail is not None:
             lines = lines[-tail:] if tail > 0 else []
-        yield from _entries(lines, since)
-        while follow:
+        yield from _entries(lines, since, until)
+        while follow and not (stop is not None and stop()):
             more = current.readlines()
             if more:
-                yield from _entries(more, since)
+                yield from _entries(more, since, until)
             elif _rotated(current, path):
                 current.close()
                 current = open(path, "rb")
-            elif not running(Containers(store).find(rec.id)):
-                yield from _entries(current.readlines(), since)
+            elif _logged_to_end(store, rec.id):
+                yield from _entries(current.readlines(), since, until)
                 return
             else:
                 time.sleep(0.1)
+
+
+def _logged_to_end(store: Store, cid: str) -> bool:
+    """Whether the container's run has ended and all it wrote is in its log: its owner (the
+    monitor) records the exit only once its log pump has drained the pipes."""
+    from ..errors import NotFound
+    try:
+        rec = Containers(store).find(cid)
+    except NotFound:
+        return True                 # removed (--rm): after its output was logged
+    if rec.state != "running":
+        return True
+    if running(rec):
+        return False
+    return not (rec.owner_pid and procs.alive(rec.owner_pid, rec.owner_start))
+
+
+@dataclass(frozen=True)
+class LogMark:
+    """A place in a container's log (``log_mark``), and which run of it had started then."""
+    inode: int
+    size: int
+    started: float | None
+
+
+def log_mark(store: Store, key: str, at_start: bool = False) -> LogMark:
+    """Where the container's log ends now (``at_start``: where it begins), for ``run_output``."""
+    rec = Containers(store).find(key)
+    try:
+        st = os.stat(log_path(store.container_dir(rec.id)))
+    except FileNotFoundError:
+        return LogMark(0, 0, rec.config.get("started"))
+    return LogMark(st.st_ino, 0 if at_start else st.st_size, rec.config.get("started"))
+
+
+def wait_started(store: Store, key: str, mark: LogMark, stop: Callable[[], bool]) -> bool:
+    """Wait until a run of the container later than ``mark``'s has started (it may have ended
+    already): True; False if ``stop()`` said to give up first."""
+    from ..errors import NotFound
+    records = Containers(store)
+    cid = records.find(key).id
+    while not stop():
+        try:
+            if records.find(cid).config.get("started") != mark.started:
+                return True
+        except NotFound:
+            return True             # removed: run_output has nothing to give
+        time.sleep(0.02)
+    return False
+
+
+def run_output(store: Store, key: str, mark: LogMark, stop: Callable[[], bool] = lambda: False) -> Iterator[LogLine]:
+    """The output of the container's current run, from ``mark`` on (a ``log_mark`` taken before
+    the run started, or at any time since), until the run has ended and all of it has been
+    logged, or ``stop()`` (checked every 0.05 s) says so.  What ``attach`` streams; nothing
+    for a container removed meanwhile."""
+    from ..errors import NotFound
+    try:
+        rec = Containers(store).find(key)
+    except NotFound:
+        return
+    path = log_path(store.container_dir(rec.id))
+    f = None
+    try:
+        while f is None:
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                if stop() or _logged_to_end(store, rec.id):
+                    return
+                time.sleep(0.05)
+        if os.fstat(f.fileno()).st_ino == mark.inode:
+            f.seek(mark.size)
+        while not stop():
+            more = f.readlines()
+            if more:
+                yield from _entries(more, None)
+            elif _rotated(f, path):
+                f.close()
+                f = open(path, "rb")
+            elif _logged_to_end(store, rec.id):
+                yield from _entries(f.readlines(), None)
+                return
+            else:
+                time.sleep(0.05)
+    finally:
+        if f is not None:
+            f.close()
 
 
 def _lines_of(name: str) -> list[bytes]:
@@ -135,7 +225,7 @@ def _rotated(f, path: str) -> bool:
         return False
 
 
-def _entries(lines: list[bytes], since: float | None) -> Iterator[LogLine]:
+def _entries(lines: list[bytes], since: float | None, until: float | None = None) -> Iterator[LogLine]:
     import datetime
     from .logfile import parse_line
     for raw in lines:
@@ -143,30 +233,53 @@ def _entries(lines: list[bytes], since: float | None) -> Iterator[LogLine]:
         if entry is None:
             continue
         stream, when, text = entry
-        if since is not None:
+        if since is not None or until is not None:
             try:
-                stamp = datetime.datetime.fromisoformat(when).timestamp()
+                stamp = datetime.datetime.fromisoformat(_iso(when)).timestamp()
             except ValueError:
-                stamp = since
-            if stamp < since:
+                stamp = None
+            if stamp is not None and ((since is not None and stamp < since) or (until is not None and stamp > until)):
                 continue
         yield LogLine(stream, when, text)
 
 
+def _iso(when: str) -> str:
+    """An RFC 3339 time as ``fromisoformat`` reads it before Python 3.11: at most 6 digits of
+    fraction, an explicit offset."""
+    import re
+    when = when.replace("Z", "+00:00")
+    return re.sub(r"(\.\d{6})\d+", r"\1", when)
+
+
 def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
             user: str | None, workdir: str | None, privileged: bool = False, preserve_fds: int = 0) -> int:
+    """``exec`` with our own stdin, stdout and stderr (and terminal, with ``tty``); its exit status."""
+    from ..sandbox import container
+    from ..sandbox.tty import winsize
+    if tty and interactive and not os.isatty(0):
+        raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
+    started = exec_start(store, key, command, interactive, tty, env, user, workdir, privileged, preserve_fds,
+                         winsize=winsize(0) if tty else None)
+    return container.wait(started)
+
+
+def exec_start(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
+               user: str | None, workdir: str | None, privileged: bool = False, preserve_fds: int = 0,
+               stdio: tuple[int, int, int] | None = None, winsize: bytes | None = None):
+    """Start ``command`` in the running container (Docker's exec): the ``sandbox.container.Started``
+    process, its pty master in ``tty_master`` with ``tty``.  ``stdio``: its stdin, stdout and
+    stderr (None: ours); with ``tty`` they are its pty instead.  The process dies with the
+    thread that started it (PR_SET_PDEATHSIG): that thread waits for it (``exec_wait``)."""
     from .. import security
     from .run import check_preserve_fds, parse_env, seccomp_program
     from ..sandbox import channel, container, idmap
     rec = Containers(store).find(key)
     if not running(rec) or not rec.init_pid:
-        raise RootlessError(f"container {rec.name} is not running: start one with 'rootless run -d'")
+        raise Conflict(f"container {rec.name} is not running: start one with 'rootless run -d'")
     if rootfs_lost(rec):
         raise RootlessError(f"container {rec.name}: " + ROOTFS_LOST.format(name=rec.name))
     if not command:
         raise UsageError("exec needs a command, e.g. 'rootless exec -it NAME sh'")
-    if tty and interactive and not os.isatty(0):
-        raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
     cfg = rec.config
     envs = dict(cfg.get("env") or {})
     envs.update(dict(parse_env(env, [])))
@@ -181,11 +294,9 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
     saved = cfg.get("options") or {}
     sec = security.parse(saved.get("security_opt") or [], privileged or bool(saved.get("privileged")))
     caps = frozenset(container.caps.NAMES) if privileged else frozenset(cfg.get("caps") or ())
-    from ..sandbox.tty import winsize
     proc = container.ProcessSpec(args=command, env=envs, cwd=wd,
                                  user=user if user is not None else cfg.get("user", ""),
-                                 caps=caps, tty=tty, stdin=interactive,
-                                 winsize=winsize(0) if tty else None,
+                                 caps=caps, tty=tty, stdin=interactive, winsize=winsize,
                                  seccomp=seccomp_program(sec, caps), no_new_privs=sec.no_new_privileges,
                                  preserve_fds=preserve_fds)
     join = None
@@ -193,11 +304,37 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
         from ..cgroups import attach
         join = attach(rec.cgroup_paths).add
     try:
-        started = container.enter(rec.init_pid, proc, idmap.detect(), join)
+        return container.enter(rec.init_pid, proc, idmap.detect(), join, stdio)
     except channel.ChildError as e:
         cls = CommandError if e.kind == "exec" else SandboxError
         raise cls(str(e), e.exit_code) from None
-    return container.wait(started)
+
+
+def exec_wait(started) -> int:
+    """The exit status of a process ``exec_start`` started (without relaying a terminal or
+    forwarding signals: ``exec_in`` does those)."""
+    from ..sandbox import userns
+    return userns.wait(started.intermediate_pid)
+
+
+def resize(store: Store, key: str, height: int, width: int) -> None:
+    """Set the window size of a running container's terminal (``-t``): it gets SIGWINCH."""
+    import struct
+    rec = Containers(store).find(key)
+    if not running(rec):
+        raise Conflict(f"container {rec.name} is not running")
+    if not (rec.config.get("options") or {}).get("tty"):
+        return                      # as Docker: no terminal, nothing to resize
+    from .attaching import send_console
+    from .console import SIZE
+    send_console(console_path(rec), SIZE, struct.pack("HHHH", height, width, 0, 0))
+
+
+def console_path(rec: Record) -> str:
+    """The socket of a ``-i``/``-t`` container's terminal (console.py), while it runs."""
+    from .console import socket_path
+    from ..paths import runtime_dir
+    return socket_path(os.path.join(runtime_dir(), rec.id[:16]))
 
 
 def start(store: Store, key: str) -> Record:
@@ -318,15 +455,13 @@ def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: b
                             "again and follows it")
     options = rec.config.get("options") or {}
     if options.get("tty") or options.get("interactive"):
-        from .console import socket_path
-        from ..paths import runtime_dir
-        path = socket_path(os.path.join(runtime_dir(), rec.id[:16]))
+        path = console_path(rec)
         if os.path.exists(path):
             from .attaching import attach_console
             if attach_console(path, bool(options.get("tty")), rec.init_pid if sig_proxy else 0):
                 return 0                        # detached with Ctrl-P Ctrl-Q: it runs on
             return wait_exit(store, rec.id) or 0
-    path = log_path(store.container_dir(rec.id))
+    mark = log_mark(store, rec.id)
     old = {}
     init = procs.open_pid(rec.init_pid, rec.init_start) if sig_proxy else None
     if init is not None:
@@ -334,19 +469,8 @@ def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: b
             procs.send(init, signum)
         old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            while True:
-                more = f.readlines()
-                if more:
-                    for line in _entries(more, None):
-                        emit(line)
-                elif not running(records.find(rec.id)):
-                    for line in _entries(f.readlines(), None):
-                        emit(line)
-                    break
-                else:
-                    time.sleep(0.05)
+        for line in run_output(store, rec.id, mark):
+            emit(line)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
