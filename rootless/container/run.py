@@ -33,7 +33,7 @@ class RunOptions:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
-    entrypoint: str | None = None
+    entrypoint: str | list[str] | None = None            # a list: Docker's API form ([] or [""] clears it)
     name: str | None = None
     read_only: bool = False
     cap_add: list[str] = field(default_factory=list)
@@ -81,6 +81,7 @@ class RunOptions:
     health_retries: int | None = None
     health_start_period: str | None = None
     no_healthcheck: bool = False
+    expose: list[str] = field(default_factory=list)     # PORT[/PROTO] exposed without publishing (inspect)
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -264,7 +265,10 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     image = image or store.resolve(opts.image)
     cfg = image.run_config
     if opts.entrypoint is not None:
-        entrypoint = [opts.entrypoint] if opts.entrypoint else []
+        if isinstance(opts.entrypoint, list):
+            entrypoint = [] if opts.entrypoint in ([], [""]) else list(opts.entrypoint)
+        else:
+            entrypoint = [opts.entrypoint] if opts.entrypoint else []
         cmd = list(opts.command)           # Docker: --entrypoint resets the image's CMD
     else:
         entrypoint = list(cfg.get("Entrypoint") or [])
@@ -674,6 +678,8 @@ class _Starter:
             if opts.rm:
                 if records.find(rec.id).state == "removing":
                     return None
+                from .records import note_exit
+                note_exit(rec.id, code)     # for a waiter (Docker's wait condition=removed)
                 _remove(records, rec, maps, self.on_warning)
             else:
                 records.update(rec.id, lambda r: _ended(r, code, oom))
