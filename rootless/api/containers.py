@@ -142,9 +142,21 @@ def _port_specs(bindings: dict) -> list[str]:
     return out
 
 
+def _binds(items: list[str]) -> list[str]:
+    """HostConfig.Binds: a host path must be absolute (the service's working directory means
+    nothing to the client)."""
+    for b in items:
+        source = b.split(":")[0]
+        if len(b.split(":")) > 1 and (source.startswith(".") or ("/" in source and not source.startswith("/"))):
+            raise ApiError(400, f"invalid bind '{b}': the host path must be absolute")
+    return items
+
+
 def _mount_arg(m: dict) -> str:
     """A HostConfig.Mounts entry as a --mount argument."""
     kind = str(m.get("Type") or "volume")
+    if kind == "bind" and not str(m.get("Source") or "").startswith("/"):
+        raise ApiError(400, f"invalid bind mount source {m.get('Source')!r}: the host path must be absolute")
     fields = [f"type={kind}"]
     if m.get("Source"):
         fields.append(f"source={m['Source']}")
@@ -298,7 +310,7 @@ def run_options(body: dict, name: str | None, store_root: str):
         hostname=cfg.get("Hostname") or None, domainname=cfg.get("Domainname") or None,
         label=[f"{k}={v}" for k, v in labels.items()], tty=bool(cfg.get("Tty")),
         interactive=bool(cfg.get("OpenStdin")), stop_signal=stop_signal,
-        volume=_strings(hc.get("Binds"), "Binds") + volumes,
+        volume=_binds(_strings(hc.get("Binds"), "Binds")) + volumes,
         mount=[_mount_arg(_obj(m, "Mounts[]")) for m in hc.get("Mounts") or []],
         publish=_port_specs(_obj(hc.get("PortBindings"), "PortBindings")),
         network=network, network_alias=aliases, restart=restart,
