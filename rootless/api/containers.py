@@ -746,3 +746,37 @@ async def _export_body(req: Request, rec_id: str) -> AsyncIterator[bytes]:
 async def export_container(req: Request, name: str) -> Response:
     rec = await req.engine(_find, req.store_root, name)
     return Response(200, _export_body(req, rec.id), "application/x-tar")
+
+
+# --- update -------------------------------------------------------------------------------------
+
+
+@route("POST", "/containers/{name}/update")
+async def update(req: Request, name: str) -> Response:
+    """Resource limits (Memory, MemorySwap, NanoCpus or CpuQuota, CpuShares, PidsLimit,
+    CpusetCpus) and the RestartPolicy; a running container's cgroup changes at once."""
+    from ..container import lifecycle
+    body = _obj(await req.json(), "body")
+    _refuse("update", body, _REFUSED_HOST)
+    changes: dict[str, str] = {}
+    for key, option in (("Memory", "memory"), ("MemorySwap", "memory_swap"), ("CpuShares", "cpu_shares")):
+        value = _int(body.get(key), key)
+        if value:
+            changes[option] = str(value)
+    nano, quota = _int(body.get("NanoCpus"), "NanoCpus"), _int(body.get("CpuQuota"), "CpuQuota")
+    if nano and quota > 0:
+        raise ApiError(400, "NanoCpus and CpuQuota conflict: give one of them")
+    if nano or quota > 0:
+        changes["cpus"] = f"{nano / 1e9:g}" if nano else f"{quota / (_int(body.get('CpuPeriod'), 'CpuPeriod') or 100000):g}"
+    if body.get("PidsLimit") is not None:
+        pids = _int(body.get("PidsLimit"), "PidsLimit")
+        changes["pids_limit"] = str(pids) if pids > 0 else "-1"
+    if body.get("CpusetCpus"):
+        changes["cpuset_cpus"] = str(body["CpusetCpus"])
+    policy = _obj(body.get("RestartPolicy"), "RestartPolicy")
+    if policy.get("Name"):
+        restart = str(policy["Name"])
+        count = _int(policy.get("MaximumRetryCount"), "MaximumRetryCount")
+        changes["restart"] = f"{restart}:{count}" if restart == "on-failure" and count else restart
+    await req.engine(lifecycle.update, req.store, name, changes)
+    return json_response({"Warnings": []})

@@ -278,6 +278,39 @@ def top(store: Store, key: str) -> list[tuple[int, str, str]]:
     return out
 
 
+UPDATABLE = ("memory", "memory_swap", "cpus", "cpu_shares", "pids_limit", "cpuset_cpus", "restart")
+
+
+def update(store: Store, key: str, changes: dict[str, str]) -> Record:
+    """Change a container's resource limits or restart policy (``changes``: run option names
+    of ``UPDATABLE`` -> the flags' values).  Its saved options change for every later start;
+    a running container's cgroup gets the new limits now.  The restart policy of a running
+    container applies from its next start."""
+    from .. import cgroups
+    from .run import parse_restart
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise UsageError(f"cannot update {', '.join(unknown)}: only {', '.join(UPDATABLE)}")
+    records = Containers(store)
+    rec = records.find(key)
+    if "restart" in changes:
+        parse_restart(changes["restart"])
+        if changes["restart"] != "no" and (rec.config.get("options") or {}).get("rm"):
+            raise UsageError(f"container {rec.name} is removed when it exits (--rm): it cannot have a restart policy")
+    merged = {**(rec.config.get("options") or {}), **changes}
+    limits = cgroups.Limits.parse(memory=merged.get("memory"), memory_swap=merged.get("memory_swap"),
+                                  cpus=merged.get("cpus"), cpu_shares=merged.get("cpu_shares"),
+                                  pids=merged.get("pids_limit"), cpuset_cpus=merged.get("cpuset_cpus"))
+    if running(rec) and any(k != "restart" for k in changes):
+        setup = cgroups.detect(merged.get("cgroup_parent") or os.environ.get(cgroups.ENV))
+        setup.check(limits)
+        if not rec.cgroup_paths:
+            raise RootlessError(f"container {rec.name} runs without a cgroup: its limits cannot change until "
+                                "it is started again (see docs/cgroups.md)")
+        cgroups.attach(rec.cgroup_paths).apply(limits)
+    return records.update(rec.id, lambda r: r.config.setdefault("options", {}).update(changes), rec.name)
+
+
 def rename(store: Store, key: str, new: str) -> None:
     from .records import _valid_name
     records = Containers(store)

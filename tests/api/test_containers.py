@@ -349,3 +349,22 @@ def test_list_limit_size_and_filters_over_http(api, names):
     assert sorted(r["ContainersDeleted"]) == sorted(_id for _id in r["ContainersDeleted"]) and len(
         r["ContainersDeleted"]) == 2 and r["SpaceReclaimed"] >= 0
     assert os.path.exists(api.socket)
+
+
+@needs_docker
+def test_update_limits_and_restart_policy(api, names):
+    n = names()
+    r = api.docker("run", "-d", "--name", n, "--cpus", "0.5", "--pids-limit", "100", "busybox", "sleep", "300")
+    if r.returncode != 0 and "cannot enforce" in r.stderr:
+        pytest.skip(f"no cpu or pids controller here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    api.docker("update", "--cpus", "1", "--pids-limit", "50", "--restart", "unless-stopped", n, check=True)
+    info = _inspect(api, n)
+    assert info["HostConfig"]["NanoCpus"] == 10**9 and info["HostConfig"]["PidsLimit"] == 50
+    assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    rows = api.http().get(f"/containers/{n}/stats", params={"stream": "false"}).json()
+    assert rows["pids_stats"]["limit"] == 50
+    bad = api.docker("update", "--blkio-weight", "300", n)
+    assert bad.returncode != 0 and "BlkioWeight" in bad.stderr
+    r = api.http().post(f"/containers/{n}/update", json={"Memory": 1024})
+    assert r.status_code == 400 and "memory" in r.json()["message"]
