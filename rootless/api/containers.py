@@ -383,7 +383,7 @@ async def start(req: Request, name: str) -> Response:
     rec = await req.engine(_find, req.store_root, name)
     if _is_running(rec):
         return Response(304, b"", None)
-    await req.engine(lifecycle.start, req.store, rec.id)
+    await req.engine(lifecycle.start, req.store, rec.id, False)
     return no_content()
 
 
@@ -443,7 +443,7 @@ async def stop(req: Request, name: str) -> Response:
 async def restart(req: Request, name: str) -> Response:
     from ..container import lifecycle
     await req.engine(_stop, req.store_root, name, _grace(req), req.arg("signal") or None)
-    await req.engine(lifecycle.start, req.store, name)
+    await req.engine(lifecycle.start, req.store, name, False)
     return no_content()
 
 

@@ -200,14 +200,33 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
     return container.wait(started)
 
 
-def start(store: Store, key: str) -> Record:
-    """Start a created or exited container, detached, with the options it was created with."""
+def start(store: Store, key: str, fork_here: bool = True) -> Record:
+    """Start a created or exited container, detached, with the options it was created with.
+
+    ``fork_here=False``: never fork this process (a multi-threaded one, the API service, whose
+    sockets a forked monitor would keep open for the container's life): the fork server forks
+    the monitor, or, without one, a fresh ``python -m rootless.container.detached`` does."""
     from .run import start as start_container
     records = Containers(store)
     rec = records.find(key)
     if running(rec):
         return rec
-    start_container(store, rec)
+    if fork_here:
+        start_container(store, rec)
+        return records.find(rec.id)
+    from . import services
+    from .. import paths
+    if services.ensure(paths.runtime_dir()) is not None:
+        start_container(store, rec)
+    else:
+        import subprocess
+        import sys
+        proc = subprocess.run([sys.executable, "-m", "rootless.container.detached", store.root, rec.id],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise RootlessError(proc.stderr.decode(errors="replace").strip() or
+                                f"the container's monitor could not start it (exit status {proc.returncode})",
+                                proc.returncode)
     return records.find(rec.id)
 
 

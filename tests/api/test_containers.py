@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -368,3 +369,42 @@ def test_update_limits_and_restart_policy(api, names):
     assert bad.returncode != 0 and "BlkioWeight" in bad.stderr
     r = api.http().post(f"/containers/{n}/update", json={"Memory": 1024})
     assert r.status_code == 400 and "memory" in r.json()["message"]
+
+
+def _sockets(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+def test_start_without_the_fork_server_keeps_no_socket_of_the_service(rl_session, tmp_path):
+    """Without the fork server the monitor comes from a fresh process, not from a fork of the
+    service's thread: it would hold the service's sockets open for the container's life."""
+    from tests.api.conftest import Service
+    rl = type(rl_session).__new__(type(rl_session))
+    rl.__dict__.update(rl_session.__dict__)
+    rl.env = {**rl_session.env, "ROOTLESS_FORKSERVER": "0"}
+    svc = Service(rl, tmp_path / "d.sock", tmp_path / "service.log")
+    svc.start()
+    n = _name("nofork")
+    try:
+        c = svc.http()
+        assert c.post("/containers/create", params={"name": n},
+                      json={"Image": "busybox", "Cmd": ["sleep", "300"]}).status_code == 201
+        assert c.post(f"/containers/{n}/start").status_code == 204
+        info = c.get(f"/containers/{n}/json").json()
+        assert info["State"]["Running"]
+        record = json.loads((Path(rl.env["ROOTLESS_ROOT"]) / "containers" / info["Id"] / "config.json").read_text())
+        monitor = int(record["config"]["monitor"])
+        assert monitor and monitor != svc.proc.pid
+        assert not _sockets(monitor) & _sockets(svc.proc.pid)
+        assert c.delete(f"/containers/{n}", params={"force": "1"}).status_code == 204
+    finally:
+        svc.stop()
+    assert "Traceback" not in (tmp_path / "service.log").read_text()
