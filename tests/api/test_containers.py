@@ -408,3 +408,23 @@ def test_start_without_the_fork_server_keeps_no_socket_of_the_service(rl_session
     finally:
         svc.stop()
     assert "Traceback" not in (tmp_path / "service.log").read_text()
+
+
+def test_publish_all_and_random_host_ports(api, names):
+    n = names()
+    c = api.http()
+    r = c.post("/containers/create", params={"name": n}, json={
+        "Image": "busybox", "Cmd": ["sleep", "300"], "ExposedPorts": {"80/tcp": {}, "53/udp": {}},
+        "HostConfig": {"PublishAllPorts": True, "PortBindings": {"7000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+                       "NetworkMode": "default"},
+        "NetworkingConfig": {"EndpointsConfig": {"default": {}}}})
+    assert r.status_code == 201, r.text
+    bindings = _inspect(api, n)["HostConfig"]["PortBindings"]
+    assert set(bindings) == {"80/tcp", "53/udp", "7000/tcp"}
+    assert bindings["7000/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert all(int(b[0]["HostPort"]) > 0 for b in bindings.values())
+    assert c.post(f"/containers/{n}/start").status_code == 204
+    ports = _inspect(api, n)["NetworkSettings"]["Ports"]
+    assert ports["7000/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": bindings["7000/tcp"][0]["HostPort"]}]
+    rows = c.get("/containers/json", params={"filters": json.dumps({"name": [n]})}).json()
+    assert sorted(p["PrivatePort"] for p in rows[0]["Ports"]) == [53, 80, 7000]
