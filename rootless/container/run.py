@@ -624,6 +624,7 @@ class _Starter:
                 r.state, r.pid, r.init_pid, r.init_start = ("running", started.intermediate_pid,
                                                             started.init_pid, init_start)
                 r.exit_code, r.finished, r.cgroup_paths = None, None, list(cg.paths)
+                r.config.pop("paused", None)     # stopped while paused: a new cgroup, not frozen
                 r.config.update(config)
             rec = records.update(rec.id, now_running)
             checks = _start_health_checks(store, rec.id, p.health)

@@ -155,6 +155,16 @@ def test_pause_and_unpause(api, names):
     assert api.docker("pause", n).returncode != 0
     api.docker("unpause", n, check=True)
     assert _inspect(api, n)["State"]["Status"] == "running"
+    api.docker("pause", n, check=True)
+    api.docker("stop", "-t", "1", n, check=True)         # a paused container stops too, as in Docker
+    assert _inspect(api, n)["State"]["Status"] == "exited"
+    api.docker("start", n, check=True)
+    assert _inspect(api, n)["State"]["Status"] == "running"
+    n2 = names()
+    api.docker("run", "-d", "--name", n2, "busybox", "sleep", "300", check=True)
+    api.docker("pause", n2, check=True)
+    api.docker("rm", "-f", n2, check=True)
+    assert api.http().get(f"/containers/{n2}/json").status_code == 404
 
 
 @needs_docker
