@@ -182,6 +182,13 @@ def test_stats_diff_export(api, names, tmp_path):
     assert r.status_code == 200
     one = r.json()
     assert one["name"] == f"/{n}" and "cpu_usage" in one["cpu_stats"] and "cpu_usage" in one["precpu_stats"]
+    assert n in api.docker("stats", "--no-stream", "--format", "{{.Name}}", check=True).stdout.split()
+    with api.http() as c, c.stream("GET", f"/containers/{n}/stats") as r:
+        lines = r.iter_lines()
+        first, second = json.loads(next(lines)), json.loads(next(lines))
+    assert second["preread"] == first["read"] and second["precpu_stats"] == first["cpu_stats"]
+    shot = api.http().get(f"/containers/{n}/stats", params={"stream": "false", "one-shot": "true"}).json()
+    assert shot["name"] == f"/{n}" and shot["precpu_stats"]["system_cpu_usage"] == 0
     exported = tmp_path / "c.tar"
     api.docker("export", "-o", str(exported), n, check=True)
     with tarfile.open(exported) as tar:
