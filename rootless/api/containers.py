@@ -72,15 +72,13 @@ _REFUSED_HOST = {
 
 _REFUSED_CONFIG = {
     "MacAddress": ("", "MacAddress is not supported"),
-    "Volumes": None,          # handled: anonymous volumes
 }
 
 
 def _refuse(where: str, fields: dict, table: dict) -> None:
-    for key, rule in table.items():
-        if rule is None or key not in fields:
+    for key, (harmless, why) in table.items():
+        if key not in fields:
             continue
-        harmless, why = rule
         value = fields[key]
         if _unset(value) or (isinstance(value, (str, int)) and str(value) in harmless.split()):
             continue
@@ -767,7 +765,8 @@ async def update(req: Request, name: str) -> Response:
     if nano and quota > 0:
         raise ApiError(400, "NanoCpus and CpuQuota conflict: give one of them")
     if nano or quota > 0:
-        changes["cpus"] = f"{nano / 1e9:g}" if nano else f"{quota / (_int(body.get('CpuPeriod'), 'CpuPeriod') or 100000):g}"
+        period = _int(body.get("CpuPeriod"), "CpuPeriod") or 100000
+        changes["cpus"] = f"{nano / 1e9:g}" if nano else f"{quota / period:g}"
     if body.get("PidsLimit") is not None:
         pids = _int(body.get("PidsLimit"), "PidsLimit")
         changes["pids_limit"] = str(pids) if pids > 0 else "-1"
