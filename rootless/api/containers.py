@@ -302,12 +302,15 @@ def run_options(body: dict, name: str | None, store_root: str):
         security.append("unmask=ALL")
     hosts = [h.replace("=", ":", 1) if "=" in h else h for h in _strings(hc.get("ExtraHosts"), "ExtraHosts")]
     stop_signal = cfg.get("StopSignal") or None
+    stop_timeout = cfg.get("StopTimeout")
+    if stop_timeout is not None:
+        stop_timeout = _int(stop_timeout, "StopTimeout")
     opts = RunOptions(
         image=image, command=cmd, entrypoint=entrypoint, name=name or None, detach=True,
         env=env, workdir=cfg.get("WorkingDir") or None, user=cfg.get("User") or None,
         hostname=cfg.get("Hostname") or None, domainname=cfg.get("Domainname") or None,
         label=[f"{k}={v}" for k, v in labels.items()], tty=bool(cfg.get("Tty")),
-        interactive=bool(cfg.get("OpenStdin")), stop_signal=stop_signal,
+        interactive=bool(cfg.get("OpenStdin")), stop_signal=stop_signal, stop_timeout=stop_timeout,
         volume=_binds(_strings(hc.get("Binds"), "Binds")) + volumes,
         mount=[_mount_arg(_obj(m, "Mounts[]")) for m in hc.get("Mounts") or []],
         publish=_port_specs(_obj(hc.get("PortBindings"), "PortBindings")),
@@ -390,8 +393,13 @@ async def _wait_body(req: Request, waiter) -> AsyncIterator[bytes]:
     it) finds out whether the client is still there."""
     import json
     delay, quiet = 0.02, 0.0
+    from ..errors import RootlessError
     while True:
-        code = await req.engine(waiter.poll)
+        try:
+            code = await req.engine(waiter.poll)
+        except (RootlessError, OSError) as e:   # the head is sent: the error goes in the body
+            yield json.dumps({"StatusCode": -1, "Error": {"Message": str(e)}}).encode() + b"\n"
+            return
         if code is not None:
             yield json.dumps({"StatusCode": code, "Error": None}).encode() + b"\n"
             return
@@ -420,7 +428,10 @@ def _stop(store_root: str, key: str, grace: float | None, sig: str | None) -> bo
     monitor = int(rec.config.get("monitor") or 0)
     if not _is_running(rec) and not (monitor and _alive(monitor)):
         return False
-    lifecycle.stop(store, rec.id, 10.0 if grace is None else float(grace), sig)
+    if grace is None:       # the container's own (Config.StopTimeout), else Docker's 10 s
+        own = (rec.config.get("options") or {}).get("stop_timeout")
+        grace = 10 if own is None or own < 0 else own
+    lifecycle.stop(store, rec.id, float(grace), sig)
     return True
 
 
@@ -672,9 +683,13 @@ async def _stats_body(req: Request, name: str, first: dict, stream: bool, one_sh
     if not stream and one_shot:
         yield json.dumps({**first, "preread": pre_read, "precpu_stats": blank}).encode() + b"\n"
         return
+    from ..errors import RootlessError
     while True:
         await trio.sleep(1.0 if stream else 0.5)
-        now = await req.engine(_reading, req.store_root, name)
+        try:
+            now = await req.engine(_reading, req.store_root, first["id"])
+        except RootlessError:
+            return          # removed meanwhile: the stream ends (the head is sent, no error can follow)
         yield json.dumps({**now, "preread": before["read"], "precpu_stats": before["cpu_stats"]}).encode() + b"\n"
         if not stream:
             return

@@ -82,6 +82,7 @@ class RunOptions:
     health_start_period: str | None = None
     no_healthcheck: bool = False
     expose: list[str] = field(default_factory=list)     # PORT[/PROTO] exposed without publishing (inspect)
+    stop_timeout: int | None = None                      # seconds 'stop' waits by default (Docker's --stop-timeout)
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:

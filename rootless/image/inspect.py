@@ -369,6 +369,7 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
             "OnBuild": None,
             "Labels": labels,
             "StopSignal": cfg.get("stop_signal") or o.get("stop_signal") or image_cfg.get("StopSignal"),
+            **({"StopTimeout": o["stop_timeout"]} if o.get("stop_timeout") is not None else {}),
         },
         "NetworkSettings": _network_settings(rec, running, o),
     }

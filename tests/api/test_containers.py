@@ -305,7 +305,8 @@ def test_create_translates_host_config(api, names):
     api.docker("create", "--name", n, "--restart", "on-failure:3", "--read-only", "--cap-drop", "NET_RAW",
                "--tmpfs", "/run:size=8m", "--dns", "10.0.2.3", "--add-host", "db:10.1.2.3", "--init",
                "--shm-size", "16m", "--ulimit", "nofile=512:1024", "--entrypoint", "/bin/echo",
-               "--stop-signal", "SIGUSR1", "-p", f"127.0.0.1:{port}:80/udp", "--expose", "9000",
+               "--stop-signal", "SIGUSR1", "--stop-timeout", "2", "-p", f"127.0.0.1:{port}:80/udp",
+               "--expose", "9000",
                "--health-cmd", "true", "--health-interval", "5s", "busybox", "a", "b", check=True)
     info = _inspect(api, n)
     hc, cfg = info["HostConfig"], info["Config"]
@@ -316,6 +317,7 @@ def test_create_translates_host_config(api, names):
     assert hc["ShmSize"] == 16 << 20 and hc["Ulimits"] == [{"Name": "nofile", "Soft": 512, "Hard": 1024}]
     assert hc["PortBindings"] == {"80/udp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
     assert cfg["Entrypoint"] == ["/bin/echo"] and cfg["Cmd"] == ["a", "b"] and cfg["StopSignal"] == "SIGUSR1"
+    assert cfg["StopTimeout"] == 2
     assert info["Path"] == "/bin/echo" and info["Args"] == ["a", "b"]
     assert "9000/tcp" in cfg["ExposedPorts"] and "80/udp" in cfg["ExposedPorts"]
     assert cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "true"]
@@ -447,3 +449,18 @@ def test_publish_all_and_random_host_ports(api, names):
     assert ports["7000/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": bindings["7000/tcp"][0]["HostPort"]}]
     rows = c.get("/containers/json", params={"filters": json.dumps({"name": [n]})}).json()
     assert sorted(p["PrivatePort"] for p in rows[0]["Ports"]) == [53, 80, 7000]
+
+
+def test_a_stats_stream_ends_when_its_container_is_removed(api, names):
+    n = names()
+    c = api.http()
+    r = c.post("/containers/create", params={"name": n}, json={"Image": "busybox", "Cmd": ["sleep", "300"]})
+    assert r.status_code == 201
+    assert c.post(f"/containers/{n}/start").status_code == 204
+    with api.http() as s, s.stream("GET", f"/containers/{n}/stats") as r:
+        lines = r.iter_lines()
+        assert json.loads(next(lines))["name"] == f"/{n}"
+        assert c.delete(f"/containers/{n}", params={"force": "1"}).status_code == 204
+        rest = [line for line in lines if line.strip()]
+    assert len(rest) <= 1
+    assert c.get("/_ping").text == "OK"
