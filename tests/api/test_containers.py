@@ -435,20 +435,20 @@ def test_publish_all_and_random_host_ports(api, names):
     n = names()
     c = api.http()
     r = c.post("/containers/create", params={"name": n}, json={
-        "Image": "busybox", "Cmd": ["sleep", "300"], "ExposedPorts": {"80/tcp": {}, "53/udp": {}},
+        "Image": "busybox", "Cmd": ["sleep", "300"], "ExposedPorts": {"80/tcp": {}, "443": {}},
         "HostConfig": {"PublishAllPorts": True, "PortBindings": {"7000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
                        "NetworkMode": "default"},
         "NetworkingConfig": {"EndpointsConfig": {"default": {}}}})
     assert r.status_code == 201, r.text
     bindings = _inspect(api, n)["HostConfig"]["PortBindings"]
-    assert set(bindings) == {"80/tcp", "53/udp", "7000/tcp"}
+    assert set(bindings) == {"80/tcp", "443/tcp", "7000/tcp"}
     assert bindings["7000/tcp"][0]["HostIp"] == "127.0.0.1"
     assert all(int(b[0]["HostPort"]) > 0 for b in bindings.values())
     assert c.post(f"/containers/{n}/start").status_code == 204
     ports = _inspect(api, n)["NetworkSettings"]["Ports"]
     assert ports["7000/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": bindings["7000/tcp"][0]["HostPort"]}]
     rows = c.get("/containers/json", params={"filters": json.dumps({"name": [n]})}).json()
-    assert sorted(p["PrivatePort"] for p in rows[0]["Ports"]) == [53, 80, 7000]
+    assert sorted(p["PrivatePort"] for p in rows[0]["Ports"]) == [80, 443, 7000]
 
 
 def test_a_stats_stream_ends_when_its_container_is_removed(api, names):
