@@ -527,6 +527,7 @@ def _size_rw(store_root: str, cid: str) -> int:
 
 
 def _inspect(store_root: str, key: str, size: bool) -> dict:
+    from ..errors import RootlessError
     from ..image.inspect import container_info, image_size
     from ..image.store import Store
     store = Store(store_root)
@@ -536,7 +537,7 @@ def _inspect(store_root: str, key: str, size: bool) -> dict:
         info["SizeRw"] = _size_rw(store_root, rec.id)
         try:
             info["SizeRootFs"] = info["SizeRw"] + image_size(store, store.resolve(rec.image_id))
-        except Exception:  # noqa: BLE001 - the image is gone ('rmi -f'): its size is unknown
+        except RootlessError:      # its image is gone ('rmi -f')
             info["SizeRootFs"] = info["SizeRw"]
     return info
 
@@ -548,7 +549,8 @@ async def inspect(req: Request, name: str) -> Response:
 
 def _summary(store, rec, state: str, size: bool) -> dict:
     from ..container.listing import _status
-    from ..image.inspect import _exposed, _mounts
+    from ..errors import RootlessError
+    from ..image.inspect import _exposed, _mounts, image_size
     from ..network.ports import parse_port
     o = rec.config.get("options") or {}
     ports = []
@@ -576,6 +578,10 @@ def _summary(store, rec, state: str, size: bool) -> dict:
            "NetworkSettings": {"Networks": networks}, "Mounts": _mounts(store, rec.config)}
     if size:
         out["SizeRw"] = _size_rw(store.root, rec.id)
+        try:
+            out["SizeRootFs"] = out["SizeRw"] + image_size(store, store.resolve(rec.image_id))
+        except RootlessError:
+            out["SizeRootFs"] = out["SizeRw"]       # its image is gone ('rmi -f')
     return out
 
 
