@@ -7,11 +7,11 @@ from typing import Any
 
 from ..errors import UsageError
 from ..image.store import Store
-from .records import Containers, Record, _alive
+from .records import Containers, Record, _alive, restarting
 
 FILTER_KEYS = ("status", "name", "id", "ancestor", "network", "label", "exited", "volume", "before", "since",
                "health")
-STATES = ("created", "running", "paused", "exited", "removing")
+STATES = ("created", "running", "paused", "restarting", "exited", "removing")
 
 
 def parse_filters(filters: list[str]) -> list[tuple[str, str]]:
@@ -22,7 +22,7 @@ def parse_filters(filters: list[str]) -> list[tuple[str, str]]:
         if not sep or key not in FILTER_KEYS:
             raise UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor=, network=, "
                              "label=KEY[=VALUE], exited=CODE, volume=, before=, since= or health=")
-        if key == "status" and value not in STATES + ("restarting", "dead"):
+        if key == "status" and value not in STATES + ("dead",):
             raise UsageError(f"invalid filter '{f}': the status is one of {', '.join(STATES)}")
         if key == "exited" and not value.lstrip("-").isdigit():
             raise UsageError(f"invalid filter '{f}': exited= takes an exit code")
@@ -59,6 +59,8 @@ def _status(store: Store, r: Record, running: bool) -> str:
         return status
     if r.state == "removing":
         return "Removal In Progress"
+    if restarting(r):
+        return f"Restarting ({r.exit_code}) {human_duration(time.time() - (r.finished or r.created))} ago"
     if r.state == "running":
         return "Exited (unknown): its process is gone"
     ago = human_duration(time.time() - (r.finished or r.created))
@@ -71,6 +73,8 @@ def state_of(r: Record) -> str:
         return "removing"
     if r.state == "running" and _alive(r.pid):
         return "paused" if r.config.get("paused") else "running"
+    if restarting(r):
+        return "restarting"
     return "created" if r.exit_code is None and r.state == "created" else "exited"
 
 
@@ -119,7 +123,7 @@ def matching(store: Store, show_all: bool = False, filters: list[str] | None = N
         if r.config.get("builder"):
             continue            # a build's RUN step, as Docker's 'ps' does not show them
         state = state_of(r)
-        if not (show_all or state in ("running", "paused")):
+        if not (show_all or state in ("running", "paused", "restarting")):
             continue
         if all(_passes(store, r, state, k, vs) for k, vs in wanted.items()):
             out.append((r, state))

@@ -286,6 +286,15 @@ def running(rec: Record) -> bool:
     return rec.state == "running" and _alive(rec.pid)
 
 
+def restarting(rec: Record) -> bool:
+    """Between two runs of its restart policy: it has ended, its monitor lives on to start it
+    again (and was not told to stop)."""
+    policy = str((rec.config.get("options") or {}).get("restart") or "no").partition(":")[0]
+    monitor = int(rec.config.get("monitor") or 0)
+    return (policy != "no" and rec.state == "exited" and not rec.config.get("stopped") and bool(monitor)
+            and _alive(monitor))
+
+
 # --- the exit code of a container removed as it ended (--rm) -----------------------------------
 # Docker's wait (condition=removed, as 'docker run --rm' asks) answers with the exit code of a
 # container that is gone by then: its owner leaves the code here, in the run-time directory,

@@ -283,8 +283,12 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
     running = rec.state == "running" and _alive(rec.pid)
     cfg = rec.config or {}
     o = cfg.get("options") or {}
+    from ..container.records import restarting
+    again = not running and restarting(rec)
     if rec.state == "removing":
         status = "removing"
+    elif again:
+        status = "restarting"
     elif running:
         status = "paused" if cfg.get("paused") else "running"
     elif rec.state == "created":
@@ -317,7 +321,7 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
             "Status": status,
             "Running": running,
             "Paused": bool(running and cfg.get("paused")),
-            "Restarting": False,
+            "Restarting": again,
             "OOMKilled": bool(rec.oom_killed),
             "Dead": False,
             "Pid": (rec.init_pid or rec.pid) if running else 0,

@@ -480,3 +480,17 @@ def test_platform_of_the_stored_image_is_checked(api, names):
     r = c.post("/containers/create", params={"name": names(), "platform": f"linux/{other}"},
                json={"Image": "busybox", "Cmd": ["true"]})
     assert r.status_code == 404 and f"linux/{other}" in r.json()["message"]
+
+
+@needs_docker
+def test_a_container_between_restarts_is_restarting(api, names):
+    n = names()
+    api.docker("run", "-d", "--name", n, "--restart", "always", "busybox", "sh", "-c", "sleep 0.2; exit 2",
+               check=True)
+    _until(lambda: _inspect(api, n)["RestartCount"] >= 2, "two restarts")
+    assert _inspect(api, n)["State"]["Status"] in ("restarting", "running")
+    assert n in api.docker("ps", "--format", "{{.Names}}", check=True).stdout.split()
+    api.docker("stop", "-t", "1", n, check=True)
+    state = _inspect(api, n)["State"]
+    assert state["Status"] == "exited" and not state["Restarting"]
+    assert n not in api.docker("ps", "--format", "{{.Names}}", check=True).stdout.split()
