@@ -494,3 +494,28 @@ def test_a_container_between_restarts_is_restarting(api, names):
     state = _inspect(api, n)["State"]
     assert state["Status"] == "exited" and not state["Restarting"]
     assert n not in api.docker("ps", "--format", "{{.Names}}", check=True).stdout.split()
+
+
+def test_a_user_network_and_its_aliases(api, names):
+    net = _name("net")
+    api.rl("network", "create", net, check=True)
+    try:
+        n = names()
+        c = api.http()
+        r = c.post("/containers/create", params={"name": n}, json={
+            "Image": "busybox", "Cmd": ["sleep", "300"], "HostConfig": {"NetworkMode": net},
+            "NetworkingConfig": {"EndpointsConfig": {net: {"Aliases": ["web", "www"], "IPAMConfig": {}, "Links": []}}}})
+        assert r.status_code == 201, r.text
+        assert c.post(f"/containers/{n}/start").status_code == 204
+        info = _inspect(api, n)
+        assert info["HostConfig"]["NetworkMode"] == net
+        ep = info["NetworkSettings"]["Networks"][net]
+        assert set(ep["Aliases"]) >= {"web", "www"} and ep["IPAddress"]
+        rows = c.get("/containers/json", params={"filters": json.dumps({"network": [net]})}).json()
+        assert [row["Names"] for row in rows] == [[f"/{n}"]]
+        r = c.post("/containers/create", json={"Image": "busybox", "HostConfig": {"NetworkMode": net},
+                                               "NetworkingConfig": {"EndpointsConfig": {net: {}, "other": {}}}})
+        assert r.status_code == 400 and "one network" in r.json()["message"]
+        c.delete(f"/containers/{n}", params={"force": "1"})
+    finally:
+        api.rl("network", "rm", net)
