@@ -291,8 +291,8 @@ def restarting(rec: Record) -> bool:
     again (and was not told to stop)."""
     policy = str((rec.config.get("options") or {}).get("restart") or "no").partition(":")[0]
     monitor = int(rec.config.get("monitor") or 0)
-    return (policy != "no" and rec.state == "exited" and not rec.config.get("stopped") and bool(monitor)
-            and _alive(monitor))
+    ended = rec.state == "exited" or (rec.state == "running" and not _alive(rec.pid))   # or being recorded
+    return policy != "no" and ended and not rec.config.get("stopped") and bool(monitor) and _alive(monitor)
 
 
 # --- the exit code of a container removed as it ended (--rm) -----------------------------------

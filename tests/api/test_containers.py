@@ -488,7 +488,8 @@ def test_a_container_between_restarts_is_restarting(api, names):
     api.docker("run", "-d", "--name", n, "--restart", "always", "busybox", "sh", "-c", "sleep 0.2; exit 2",
                check=True)
     _until(lambda: _inspect(api, n)["RestartCount"] >= 2, "two restarts")
-    assert _inspect(api, n)["State"]["Status"] in ("restarting", "running")
+    info = _inspect(api, n)
+    assert info["State"]["Status"] in ("restarting", "running")
     assert n in api.docker("ps", "--format", "{{.Names}}", check=True).stdout.split()
     api.docker("stop", "-t", "1", n, check=True)
     state = _inspect(api, n)["State"]
