@@ -161,6 +161,9 @@ class Service:
             await Connection(self, stream).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception as e:  # noqa: BLE001 - a streamed body failed after its head: a bug, logged;
+            import traceback   # this connection ends, the service lives on
+            log("".join(traceback.format_exception(e)).rstrip())
         finally:
             self.active -= 1
             self.last_active = time.monotonic()

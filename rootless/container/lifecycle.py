@@ -29,7 +29,7 @@ ROOTFS_LOST = ("its root filesystem daemon (fuse-overlay) has died, so its files
 def kill(store: Store, key: str, sig: int) -> Record:
     rec = Containers(store).find(key)
     if not running(rec):
-        raise RootlessError(f"container {rec.name} is not running")
+        raise Conflict(f"container {rec.name} is not running")
     procs.signal_pid(rec.init_pid, rec.init_start, sig)   # through a pidfd: never a reused pid
     return rec
 
@@ -337,14 +337,33 @@ def console_path(rec: Record) -> str:
     return socket_path(os.path.join(runtime_dir(), rec.id[:16]))
 
 
-def start(store: Store, key: str) -> Record:
-    """Start a created or exited container, detached, with the options it was created with."""
+def start(store: Store, key: str, fork_here: bool = True) -> Record:
+    """Start a created or exited container, detached, with the options it was created with.
+
+    ``fork_here=False``: never fork this process (a multi-threaded one, the API service, whose
+    sockets a forked monitor would keep open for the container's life): the fork server forks
+    the monitor, or, without one, a fresh ``python -m rootless.container.detached`` does."""
     from .run import start as start_container
     records = Containers(store)
     rec = records.find(key)
     if running(rec):
         return rec
-    start_container(store, rec)
+    if fork_here:
+        start_container(store, rec)
+        return records.find(rec.id)
+    from . import services
+    from .. import paths
+    if services.ensure(paths.runtime_dir()) is not None:
+        start_container(store, rec)
+    else:
+        import subprocess
+        import sys
+        proc = subprocess.run([sys.executable, "-m", "rootless.container.detached", store.root, rec.id],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise RootlessError(proc.stderr.decode(errors="replace").strip() or
+                                f"the container's monitor could not start it (exit status {proc.returncode})",
+                                proc.returncode)
     return records.find(rec.id)
 
 
@@ -375,7 +394,9 @@ def pause(store: Store, key: str, paused: bool) -> None:
     records = Containers(store)
     rec = records.find(key)
     if not running(rec):
-        raise RootlessError(f"container {rec.name} is not running")
+        raise Conflict(f"container {rec.name} is not running")
+    if bool(rec.config.get("paused")) == paused:
+        raise Conflict(f"container {rec.name} is {'already' if paused else 'not'} paused")
     cg = _cgroup(rec)
     cg.freeze() if paused else cg.thaw()
     records.update(rec.id, lambda r: r.config.__setitem__("paused", paused), rec.name)
@@ -385,7 +406,7 @@ def top(store: Store, key: str) -> list[tuple[int, str, str]]:
     """(host pid, user, command) of every process of the container: PID 1 and its descendants."""
     rec = Containers(store).find(key)
     if not running(rec):
-        raise RootlessError(f"container {rec.name} is not running")
+        raise Conflict(f"container {rec.name} is not running")
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -413,6 +434,39 @@ def top(store: Store, key: str) -> list[tuple[int, str, str]]:
     return out
 
 
+UPDATABLE = ("memory", "memory_swap", "cpus", "cpu_shares", "pids_limit", "cpuset_cpus", "restart")
+
+
+def update(store: Store, key: str, changes: dict[str, str]) -> Record:
+    """Change a container's resource limits or restart policy (``changes``: run option names
+    of ``UPDATABLE`` -> the flags' values).  Its saved options change for every later start;
+    a running container's cgroup gets the new limits now.  The restart policy of a running
+    container applies from its next start."""
+    from .. import cgroups
+    from .run import parse_restart
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise UsageError(f"cannot update {', '.join(unknown)}: only {', '.join(UPDATABLE)}")
+    records = Containers(store)
+    rec = records.find(key)
+    if "restart" in changes:
+        parse_restart(changes["restart"])
+        if changes["restart"] != "no" and (rec.config.get("options") or {}).get("rm"):
+            raise UsageError(f"container {rec.name} is removed when it exits (--rm): it cannot have a restart policy")
+    merged = {**(rec.config.get("options") or {}), **changes}
+    limits = cgroups.Limits.parse(memory=merged.get("memory"), memory_swap=merged.get("memory_swap"),
+                                  cpus=merged.get("cpus"), cpu_shares=merged.get("cpu_shares"),
+                                  pids=merged.get("pids_limit"), cpuset_cpus=merged.get("cpuset_cpus"))
+    if running(rec) and any(k != "restart" for k in changes):
+        setup = cgroups.detect(merged.get("cgroup_parent") or os.environ.get(cgroups.ENV))
+        setup.check(limits)
+        if not rec.cgroup_paths:
+            raise RootlessError(f"container {rec.name} runs without a cgroup: its limits cannot change until "
+                                "it is started again (see docs/cgroups.md)")
+        cgroups.attach(rec.cgroup_paths).apply(limits)
+    return records.update(rec.id, lambda r: r.config.setdefault("options", {}).update(changes), rec.name)
+
+
 def rename(store: Store, key: str, new: str) -> None:
     from .records import _valid_name
     records = Containers(store)
@@ -427,18 +481,120 @@ def rename(store: Store, key: str, new: str) -> None:
 
 def prune(store: Store) -> list[str]:
     """Remove every container that is not running; their ids."""
+    return prune_containers(store)[0]
+
+
+PRUNE_FILTERS = ("until", "label", "label!")
+
+
+def prune_containers(store: Store, filters: list[str] | None = None) -> tuple[list[str], int]:
+    """Remove every container that is not running and passes each ``KEY=VALUE`` filter
+    (Docker's: ``until=TIMESTAMP|DURATION`` created before, ``label=KEY[=VALUE]``,
+    ``label!=KEY[=VALUE]``); their ids and the bytes their files held."""
     from ..sandbox import idmap
+    checks: list[Callable[[Record], bool]] = []
+    for f in filters or []:
+        key, sep, value = f.partition("=")
+        if not sep or key not in PRUNE_FILTERS:
+            raise UsageError(f"invalid filter '{f}': use until=TIMESTAMP|DURATION, label=KEY[=VALUE] or "
+                             "label!=KEY[=VALUE]")
+        if key == "until":
+            cutoff = _until(value)
+            checks.append(lambda r, c=cutoff: r.created < c)
+        else:
+            want = key == "label"
+            checks.append(lambda r, v=value, w=want: _has_label(r, v) == w)
     records = Containers(store)
     maps = idmap.detect()
-    gone = []
+    gone, reclaimed = [], 0
     for rec in records.all():
-        if not running(rec):
+        if running(rec) or rec.config.get("builder") or not all(check(rec) for check in checks):
+            continue
+        size = _disk_usage(store.container_dir(rec.id))
+        try:
+            records.remove(rec, maps)
+        except RootlessError:
+            continue        # starting, being removed, or removed meanwhile
+        gone.append(rec.id)
+        reclaimed += size
+    return gone, reclaimed
+
+
+def _has_label(rec: Record, wanted: str) -> bool:
+    """Docker's ``label=KEY`` (present) or ``label=KEY=VALUE`` (equal), as ``listing.label_matches``."""
+    labels = rec.config.get("labels") or {}
+    key, sep, value = wanted.partition("=")
+    return key in labels and (not sep or str(labels[key]) == value)
+
+
+def _until(value: str) -> float:
+    """Docker's ``until``: a Unix time, an RFC 3339 time, or a duration before now (10m, 24h)."""
+    import datetime
+    from ..units import parse_duration
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return time.time() - parse_duration(value) / 1e9
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise UsageError(f"invalid until '{value}': use a Unix time, an RFC 3339 time or a duration "
+                         "such as 24h") from None
+
+
+def _disk_usage(directory: str) -> int:
+    """Bytes of the files under ``directory`` (what can be read of them: best effort)."""
+    total = 0
+    for base, _dirs, files in os.walk(directory):
+        for name in files:
             try:
-                records.remove(rec, maps)
-            except RootlessError:
-                continue        # starting, being removed, or removed meanwhile
-            gone.append(rec.id)
-    return gone
+                total += os.lstat(os.path.join(base, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+class Waiter:
+    """Docker's wait, one ``poll`` at a time (the API polls it between its own sleeps, so that
+    a client that goes away stops it): ``not-running`` — as soon as the container does not
+    run (a created one at once, code 0); ``next-exit`` — its next end after this waiter was
+    made (a created container: once it has been started and has ended); ``removed`` — once
+    its record is gone.  ``poll`` returns the exit code then, else None."""
+
+    def __init__(self, store: Store, key: str, condition: str = "not-running"):
+        if condition not in WAIT_CONDITIONS:
+            raise UsageError(f"invalid wait condition '{condition}': use not-running, next-exit or removed")
+        self.records = Containers(store)
+        rec = self.records.find(key)
+        self.id, self.condition = rec.id, condition
+        self.finished = rec.finished            # next-exit: an end after this one
+        self.code: int | None = None            # the last exit code seen
+
+    def poll(self) -> int | None:
+        from .records import noted_exit
+        try:
+            rec = next(r for r in self.records.all() if r.id == self.id)
+        except StopIteration:                   # removed
+            code = noted_exit(self.id)
+            return code if code is not None else self.code if self.code is not None else 137
+        if rec.state == "created" and not _starting(rec):
+            return 0 if self.condition == "not-running" else None
+        if running(rec) or rec.state == "created" or rec.state == "removing":
+            return None
+        monitor = int(rec.config.get("monitor") or 0)
+        if rec.state == "running" and monitor and _alive(monitor):
+            return None                         # it ended a moment ago: its monitor is recording how
+        self.code = rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
+        if self.condition == "not-running" or (self.condition == "next-exit" and rec.finished != self.finished):
+            return self.code
+        return None
 
 
 def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: bool = True) -> int:

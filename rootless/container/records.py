@@ -307,3 +307,53 @@ def _valid_name(name: str) -> bool:
 
 def running(rec: Record) -> bool:
     return rec.state == "running" and _alive(rec.pid)
+
+
+def restarting(rec: Record) -> bool:
+    """Between two runs of its restart policy: it has ended, its monitor lives on to start it
+    again (and was not told to stop)."""
+    policy = str((rec.config.get("options") or {}).get("restart") or "no").partition(":")[0]
+    monitor = int(rec.config.get("monitor") or 0)
+    ended = rec.state == "exited" or (rec.state == "running" and not _alive(rec.pid))   # or being recorded
+    return policy != "no" and ended and not rec.config.get("stopped") and bool(monitor) and _alive(monitor)
+
+
+# --- the exit code of a container removed as it ended (--rm) -----------------------------------
+# Docker's wait (condition=removed, as 'docker run --rm' asks) answers with the exit code of a
+# container that is gone by then: its owner leaves the code here, in the run-time directory,
+# before it removes the record.  Notes older than a day are swept when one is written.
+
+EXIT_NOTE_AGE = 86400.0
+
+
+def _exit_notes() -> str:
+    from .. import paths
+    return os.path.join(paths.runtime_dir(), "exits")
+
+
+def note_exit(cid: str, code: int) -> None:
+    """Leave ``code`` for a waiter of container ``cid``, which is about to be removed."""
+    try:
+        directory = _exit_notes()
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        now = time.time()
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if now - os.stat(path).st_mtime > EXIT_NOTE_AGE:
+                    os.unlink(path)
+        tmp = os.path.join(directory, f".{cid}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            f.write(str(code))
+        os.rename(tmp, os.path.join(directory, cid))
+    except (OSError, RootlessError):
+        pass            # a waiter then answers as for a container removed with 'rm -f'
+
+
+def noted_exit(cid: str) -> int | None:
+    """The exit code a removed container's owner left (``note_exit``), or None."""
+    try:
+        with open(os.path.join(_exit_notes(), cid)) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError, RootlessError):
+        return None
