@@ -29,8 +29,9 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
+from . import events
 from .errors import Conflict, NotFound, RootlessError, UsageError
 from .sandbox import idmap
 from .sandbox.mounts import Bind
@@ -140,10 +141,36 @@ class Volumes:
             os.rename(tmp, self.path(name))
         except FileExistsError:
             shutil.rmtree(tmp, ignore_errors=True)   # created meanwhile by someone else
+            return name
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        events.emit(self.store.root, "volume", "create", name, {"driver": "local"})
         return name
+
+    def listed(self, filters: list[str]) -> list[dict[str, Any]]:
+        """``volume ls --filter``: dangling=true|false (no container uses it), name=TEXT,
+        label=KEY[=VALUE], driver=local; each given must match."""
+        checks: list[Callable[[dict[str, Any]], bool]] = []
+        used: dict[str, list[str]] | None = None
+        for item in filters:
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("dangling", "name", "label", "driver"):
+                raise UsageError(f"invalid filter '{item}': use dangling=true|false, name=TEXT, "
+                                 "label=KEY[=VALUE] or driver=local")
+            if key == "dangling":
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise UsageError(f"invalid filter '{item}': dangling is true or false")
+                if used is None:
+                    used = self.users()
+                checks.append(lambda v, u=used, want=value.lower() in ("true", "1"): (v["Name"] not in u) == want)
+            elif key == "name":
+                checks.append(lambda v, value=value: value in v["Name"])
+            elif key == "driver":
+                checks.append(lambda v, value=value: v["Driver"] == value)
+            else:
+                checks.append(_label_check(value))
+        return [v for v in self.all() if all(c(v) for c in checks)]
 
     def users(self, exclude: str = "") -> dict[str, list[str]]:
         """Volume name → names of the containers (records, running or not) that use it."""
@@ -152,7 +179,10 @@ class Volumes:
         for rec in Containers(self.store).all():
             if rec.id == exclude:
                 continue
-            for name in rec.config.get("volumes") or ():
+            names = rec.config.get("volumes")
+            if names is None:       # created, never started: the volumes its options name
+                names = _named_in(rec.config.get("options") or {})
+            for name in names:
                 out.setdefault(name, []).append(rec.name)
         return out
 
@@ -165,6 +195,7 @@ class Volumes:
             raise VolumeInUse(f"volume {name} is in use by container {users[0]}: remove the container "
                               "first ('rootless rm'), or use 'rootless volume rm -f'")
         remove_tree(maps, self.path(name))
+        events.emit(self.store.root, "volume", "destroy", name, {"driver": "local"})
 
     def size(self, name: str) -> int:
         total = 0
@@ -177,21 +208,53 @@ class Volumes:
         return total
 
 
-    def prune(self, maps: idmap.IdMaps, all_volumes: bool = False) -> tuple[list[str], int]:
+    def prune(self, maps: idmap.IdMaps, all_volumes: bool = False,
+              labels: list[str] = ()) -> tuple[list[str], int]:
         """``volume prune``: remove the anonymous volumes no container uses (``all_volumes``:
-        every unused volume); (their names, the space freed).  With the store locked."""
+        every unused volume); (their names, the space freed).  ``labels``: only those with
+        label KEY[=VALUE] (``label=``) or without it (``label!=``), Docker's prune filters.
+        With the store locked."""
         from .sandbox.remove import remove_tree
+        checks = [_label_check(v.partition("=")[2], negate=v.startswith("label!="))
+                  if v.startswith(("label=", "label!=")) else _bad_prune_filter(v) for v in labels]
         removed, space = [], 0
         with self.store.lock():
             used = self.users()
             for v in self.all():
                 name = v["Name"]
-                if name in used or not (all_volumes or self.anonymous(name)):
+                if name in used or not (all_volumes or self.anonymous(name)) or not all(c(v) for c in checks):
                     continue
                 space += self.size(name)
                 remove_tree(maps, self.path(name))
+                events.emit(self.store.root, "volume", "destroy", name, {"driver": "local"})
                 removed.append(name)
         return removed, space
+
+
+def _label_check(value: str, negate: bool = False) -> Callable[[dict[str, Any]], bool]:
+    """label=KEY or label=KEY=VALUE against a volume's labels (``negate``: label!=)."""
+    k, eq, val = value.partition("=")
+    if not k:
+        raise UsageError(f"invalid label filter '{value}': use KEY or KEY=VALUE")
+    return lambda v: (k in v["Labels"] and (not eq or v["Labels"][k] == val)) != negate
+
+
+def _bad_prune_filter(item: str) -> NoReturn:
+    raise UsageError(f"invalid prune filter '{item}': use label=KEY[=VALUE] or label!=KEY[=VALUE]")
+
+
+def _named_in(options: dict[str, Any]) -> list[str]:
+    """The named volumes of a container's saved -v and --mount options."""
+    out = []
+    for parse_one, args in ((parse_volume, options.get("volume") or ()), (parse_mount, options.get("mount") or ())):
+        for arg in args:
+            try:
+                spec = parse_one(arg)
+            except RootlessError:
+                continue            # a bind source gone since: no volume anyway
+            if spec.kind == "volume" and spec.source:
+                out.append(spec.source)
+    return out
 
 
 def remove_container_volumes(store: Store, rec, maps: idmap.IdMaps) -> list[str]:
@@ -211,6 +274,7 @@ def remove_container_volumes(store: Store, rec, maps: idmap.IdMaps) -> list[str]
                 continue
             from .sandbox.remove import remove_tree
             remove_tree(maps, vols.path(name))
+            events.emit(store.root, "volume", "destroy", name, {"driver": "local"})
             removed.append(name)
     return removed
 

@@ -71,7 +71,7 @@ def test_other_networks_cannot_reach(rl, nets):
     container("tn-web2", "--network", "tn-b", "busybox", "sh", "-c", WEB)
     assert "hello" in _wait_http(rl, "tn-b", "tn-web2")
     ip = json.loads(rl("network", "inspect", "tn-b").stdout)[0]["Containers"]
-    address = next(iter(ip.values()))["IPv4Address"]
+    address = next(iter(ip.values()))["IPv4Address"].split("/")[0]
     other = rl("run", "--rm", "--network", "tn-c", "busybox", "sh", "-c",
                f"grep tn-web2 /etc/hosts || echo no-name; {GET.format(host=address)} 2>&1; ip route")
     assert "no-name" in other.stdout and "hello" not in other.stdout

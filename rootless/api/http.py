@@ -174,6 +174,22 @@ def json_stream(items: AsyncIterator[Any]) -> Response:
     return Response(200, body(), "application/json")
 
 
+async def until_hangup(stream: trio.abc.Stream, every: float = 0.5) -> None:
+    """Return once the client has closed its connection entirely (not a mere half-close: the
+    end of its input).  A stream whose client went away while it had nothing to send is ended
+    by this, not by a write that never comes.  Polls: reading would take the client's bytes."""
+    import select
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        await trio.sleep_forever()
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLHUP | select.POLLERR)
+    while True:
+        if any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0)):
+            return
+        await trio.sleep(every)
+
+
 # --- Docker's multiplexed stream (logs, attach and exec without a terminal) -----------------
 
 STDIN, STDOUT, STDERR = 0, 1, 2

@@ -25,7 +25,7 @@ import trio
 
 from ..errors import Conflict, NotFound, RootlessError, UsageError
 from . import router
-from .http import ApiError, Hijack, Request, Response
+from .http import ApiError, Hijack, Request, Response, until_hangup
 
 MAX_HEAD = 64 << 10            # request line and headers
 RECEIVE = 64 << 10
@@ -188,8 +188,8 @@ class Service:
             await Connection(self, stream).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        except Exception as e:  # noqa: BLE001 - a bug ends this connection, never the service
-            import traceback
+        except Exception as e:  # noqa: BLE001 - a streamed body failed after its head: a bug, logged;
+            import traceback   # this connection ends, the service lives on
             log("".join(traceback.format_exception(e)).rstrip())
         finally:
             self.active -= 1
@@ -206,6 +206,7 @@ class Connection:
         self.service = service
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.hung_up = False
 
     async def _send(self, event) -> None:
         data = self.conn.send(event)
@@ -332,15 +333,45 @@ class Connection:
             return
         body: AsyncIterator[bytes] = response.body
         try:
-            async for chunk in body:
-                if chunk:
-                    await self._send(h11.Data(data=chunk))
-            await self._send(h11.EndOfMessage())
+            await self._stream_body(body)
         finally:
             with trio.CancelScope(shield=True):
                 aclose = getattr(body, "aclose", None)
                 if aclose:
                     await aclose()
+
+    async def _stream_body(self, body: AsyncIterator[bytes]) -> None:
+        """The chunks of a streamed answer.  A client that goes away while the stream has
+        nothing to send (logs -f of a quiet container, events) ends it too: the body is
+        cancelled.  A body that fails once the head is sent can only end early: the connection
+        is closed, and the service lives on."""
+        try:
+            try:
+                async with trio.open_nursery() as watch:
+                    watch.start_soon(self._hangup, watch.cancel_scope)
+                    async for chunk in body:
+                        if chunk:
+                            await self._send(h11.Data(data=chunk))
+                    watch.cancel_scope.cancel()
+            except BaseExceptionGroup as group:     # the watcher raises nothing: the body's error
+                raise group.exceptions[0] if len(group.exceptions) == 1 else group
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as e:  # noqa: BLE001 - see above
+            if isinstance(e, RootlessError):
+                log(f"a stream ended early: {e}")
+            else:
+                import traceback
+                log("".join(traceback.format_exception(e)).rstrip())
+            raise trio.BrokenResourceError("the stream failed") from e
+        if watch.cancel_scope.cancelled_caught and self.hung_up:
+            raise trio.BrokenResourceError("the client closed the connection")
+        await self._send(h11.EndOfMessage())
+
+    async def _hangup(self, scope: trio.CancelScope) -> None:
+        await until_hangup(self.stream)
+        self.hung_up = True
+        scope.cancel()
 
     async def _hijack(self, event: h11.Request, hijack: Hijack) -> None:
         upgrade = any(k.lower() == b"upgrade" for k, _ in event.headers)
@@ -359,7 +390,13 @@ class Connection:
             early = self.conn.trailing_data[0]
         if not self.service.quiet:
             log(f"{event.method.decode()} {event.target.decode('latin-1', 'replace')[:200]} hijacked")
-        await hijack.run(self.stream, bytes(early))
+        try:
+            await hijack.run(self.stream, bytes(early))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug in one stream must not end the service
+            import traceback
+            log("".join(traceback.format_exception(e)).rstrip())
 
 
 async def _signals(scope: trio.CancelScope, quiet: bool) -> None:

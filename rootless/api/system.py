@@ -107,3 +107,50 @@ def _info(store_root: str) -> dict[str, Any]:
 @route("GET", "/info")
 async def info(req: Request) -> Response:
     return json_response(await req.engine(_info, req.store_root))
+
+
+def _unix(created: str) -> int:
+    """An image's RFC 3339 ``created`` (nanoseconds and all) as Unix seconds."""
+    import datetime
+    import re
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?", created or "")
+    if not m:
+        return 0
+    zone = m.group(2) or "Z"
+    try:
+        return int(datetime.datetime.fromisoformat(m.group(1) + ("+00:00" if zone == "Z" else zone)).timestamp())
+    except ValueError:
+        return 0
+
+
+def _df(store_root: str) -> dict[str, Any]:
+    from ..image.gc import df_detail
+    from ..image.store import Store
+    d = df_detail(Store(store_root))
+    images = [{"Id": i["id"], "ParentId": "", "RepoTags": i["tags"],
+               "RepoDigests": [f"{t.rsplit(':', 1)[0]}@{i['manifest']}" for t in i["tags"][:1]],
+               "Created": _unix(i["created"]), "Size": i["size"], "SharedSize": i["shared_size"],
+               "VirtualSize": i["size"], "Labels": i["labels"], "Containers": i["containers"]} for i in d["images"]]
+    containers = [{"Id": c["id"], "Names": ["/" + c["name"]], "Image": c["image"], "ImageID": c["image_id"],
+                   "Command": " ".join(c["command"]), "Created": int(c["created"]), "Ports": [],
+                   "SizeRw": c["size_rw"], "SizeRootFs": c["size_rw"], "Labels": c["labels"], "State": c["state"],
+                   "Status": c["state"].capitalize(), "HostConfig": {"NetworkMode": "default"},
+                   "NetworkSettings": {"Networks": {}}, "Mounts": []} for c in d["containers"]]
+    volumes = [{**{k: v for k, v in vol.items() if k not in ("size", "refcount")},
+                "UsageData": {"Size": vol["size"], "RefCount": vol["refcount"]}} for vol in d["volumes"]]
+    cache = [{"ID": layer["id"].removeprefix("sha256:")[:25], "Parent": "", "Type": "regular",
+              "Description": "a layer of the build cache", "InUse": False, "Shared": False, "Size": layer["size"],
+              "CreatedAt": "0001-01-01T00:00:00Z", "LastUsedAt": None, "UsageCount": 0}
+             for layer in d["build_cache"]]
+    if d["cache_mounts_size"]:
+        cache.append({"ID": "cache-mounts", "Parent": "", "Type": "exec.cachemount",
+                      "Description": "RUN --mount=type=cache directories", "InUse": False, "Shared": False,
+                      "Size": d["cache_mounts_size"], "CreatedAt": "0001-01-01T00:00:00Z", "LastUsedAt": None,
+                      "UsageCount": 0})
+    return {"LayersSize": d["layers_size"], "Images": images, "Containers": containers, "Volumes": volumes,
+            "BuildCache": cache}
+
+
+@route("GET", "/system/df")
+async def system_df(req: Request) -> Response:
+    return json_response(await req.engine(_df, req.store_root))

@@ -70,6 +70,20 @@ class ContainerCgroup:
             return v2.populated(v.path)
         return bool(self.pids())
 
+    def apply(self, limits) -> None:
+        """Write ``limits`` (cgroups.Limits; None fields are left as they are) into the cgroup
+        as it runs (``update``); ``LimitUnavailable`` if a hierarchy lacks the file."""
+        import dataclasses
+        from .limits import CONTROLLER, FLAGS
+        for p in self.parts:
+            controllers = p.controllers if p.version == 1 else frozenset(
+                (files.read(os.path.join(p.path, "cgroup.controllers")) or "").split())
+            mine = dataclasses.replace(limits, **{k: None for k in FLAGS if CONTROLLER[k] not in controllers})
+            if p.version == 2:
+                v2.apply(p.path, mine)
+            else:
+                v1.apply(p.path, p.controllers, mine)
+
     # --- signals and the freezer ---------------------------------------------------------
 
     def kill(self, timeout: float = WAIT) -> None:

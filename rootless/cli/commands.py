@@ -348,7 +348,8 @@ def _human(n: float) -> str:
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers (default: running).")
 @click.option("-q", "--quiet", is_flag=True, help="Only container ids.")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="status=running|exited, name=SUBSTRING, id=PREFIX, ancestor=IMAGE, network=NAME, label=KEY[=VALUE].")
+              help="status=running|paused|exited|created, name=SUBSTRING, id=PREFIX, ancestor=IMAGE, network=NAME, "
+                   "label=KEY[=VALUE], exited=CODE, volume=NAME, before=/since=CONTAINER, health=STATUS.")
 @format_option()
 @click.pass_context
 def ps(ctx: click.Context, show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:

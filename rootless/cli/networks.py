@@ -92,7 +92,7 @@ def rm(ctx, names) -> None:
 @click.argument("container", shell_complete=complete_containers)
 @click.pass_context
 def connect(ctx, name, container, alias) -> None:
-    """Connect a running container (started on a user network) to another network."""
+    """Connect a container made on a user network to another one (at once if it runs, else at its next start)."""
     from ..network.user_networks import connect as join
     from ..paths import runtime_dir
     from ..sandbox import idmap

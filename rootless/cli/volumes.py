@@ -54,41 +54,16 @@ def create(ctx: click.Context, name: str | None, driver: str, label: tuple[str, 
         click.echo(vols.create(name, _labels(label)))
 
 
-def _filters(items: tuple[str, ...]):
-    from ..errors import UsageError
-    checks = []
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or key not in ("dangling", "name", "label"):
-            raise UsageError(f"invalid filter '{item}': use dangling=true|false, name=TEXT or "
-                             "label=KEY[=VALUE]")
-        if key == "dangling":
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise UsageError(f"invalid filter '{item}': dangling is true or false")
-            want = value.lower() in ("true", "1")
-            checks.append(lambda v, used, want=want: (v["Name"] not in used) == want)
-        elif key == "name":
-            checks.append(lambda v, used, value=value: value in v["Name"])
-        else:
-            k, eq2, val = value.partition("=")
-            checks.append(lambda v, used, k=k, eq2=eq2, val=val:
-                          k in v["Labels"] and (not eq2 or v["Labels"][k] == val))
-    return checks
-
-
 @volume.command("ls", context_settings=CONTEXT)
 @click.option("-q", "--quiet", is_flag=True, help="Only volume names.")
 @format_option()
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="dangling=true|false, name=TEXT, label=KEY[=VALUE].")
+              help="dangling=true|false, name=TEXT, label=KEY[=VALUE], driver=local.")
 @click.pass_context
 def ls(ctx: click.Context, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
     """List volumes."""
     import json
-    checks = _filters(filters)
-    vols = _volumes(ctx)
-    used = vols.users() if checks else {}
-    rows = [v for v in vols.all() if all(c(v, used) for c in checks)]
+    rows = _volumes(ctx).listed(list(filters))
     if quiet:
         for v in rows:
             click.echo(v["Name"])

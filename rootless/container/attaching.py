@@ -18,14 +18,7 @@ def attach_console(path: str, tty: bool, proxy_pid: int) -> bool:
     """Relay our stdin/stdout to the container's terminal at ``path`` until it ends (False) or
     the user types Ctrl-P Ctrl-Q (True).  Without ``-t``, SIGINT/SIGTERM/SIGHUP go to
     ``proxy_pid`` (0: not forwarded); with it, the terminal is raw and keys are the pty's."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        conn.connect(path)
-    except OSError as e:
-        conn.close()
-        from ..errors import RootlessError
-        raise RootlessError(f"the container's terminal at {path} does not answer ({e.strerror}): its monitor "
-                            "has ended; 'rootless ps -a' shows the container's state") from None
+    conn = connect_console(path)
     stdin, stdout, stderr = sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()
     in_tty = tty and os.isatty(stdin)
     saved = termios.tcgetattr(stdin) if in_tty else None
@@ -87,6 +80,25 @@ def attach_console(path: str, tty: bool, proxy_pid: int) -> bool:
         os.close(wake_r)
         os.close(wake_w)
         conn.close()
+
+
+def connect_console(path: str) -> socket.socket:
+    """A connection to the container's terminal at ``path`` (console.py's protocol)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        conn.connect(path)
+    except OSError as e:
+        conn.close()
+        from ..errors import RootlessError
+        raise RootlessError(f"the container's terminal at {path} does not answer ({e.strerror}): its monitor "
+                            "has ended; 'rootless ps -a' shows the container's state") from None
+    return conn
+
+
+def send_console(path: str, kind: bytes, data: bytes) -> None:
+    """One frame to the container's terminal (a new window size, say)."""
+    with connect_console(path) as conn:
+        conn.sendall(frame(kind, data))
 
 
 def _write_all(fd: int, data: bytes) -> None:

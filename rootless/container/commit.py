@@ -126,7 +126,11 @@ def container_config(image: Image, rec: Record) -> dict[str, Any]:
     cfg = copy.deepcopy(image.run_config)
     opts = rec.config.get("options") or {}
     if opts.get("entrypoint") is not None:
-        cfg["Entrypoint"] = [opts["entrypoint"]] if opts["entrypoint"] else None
+        entrypoint = opts["entrypoint"]
+        if isinstance(entrypoint, list):
+            cfg["Entrypoint"] = None if entrypoint in ([], [""]) else list(entrypoint)
+        else:
+            cfg["Entrypoint"] = [entrypoint] if entrypoint else None
         cfg["Cmd"] = list(opts.get("command") or []) or None
     elif opts.get("command"):
         cfg["Cmd"] = list(opts["command"])

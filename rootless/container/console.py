@@ -6,9 +6,13 @@ Output goes to the log as always and, from the moment they attach, to every clie
 
 Protocol (SOCK_STREAM, both ways): frames of a 1-byte kind, a 4-byte big-endian length and
 the data.  Client to monitor: ``IN`` (input bytes), ``SIZE`` (a struct winsize: the pty is
-resized, which signals SIGWINCH to the container).  Monitor to client: ``OUT``/``ERR`` (output
-as it came).  When the container ends the monitor closes the connections; the client then
-reads the exit status from the record.  The client detaches on Ctrl-P Ctrl-Q, as Docker's.
+resized, which signals SIGWINCH to the container), ``EOF`` (the input has ended: without
+``-t`` the container's stdin is closed, as Docker's ``StdinOnce``), ``REPLAY`` (send the output
+written before this client connected: the API's attach made before the container started).
+Monitor to client: ``OUT``/``ERR`` (output as it came), ``REPLAY`` (the answer: the output from
+the container's start until the client connected, as much as ``BACKLOG`` holds).  When the
+container ends the monitor closes the connections; the client then reads the exit status from
+the record.  The client detaches on Ctrl-P Ctrl-Q, as Docker's.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import struct
 import termios
 import threading
 
-IN, SIZE, OUT, ERR = b"i", b"w", b"o", b"e"
+IN, SIZE, OUT, ERR, EOF, REPLAY = b"i", b"w", b"o", b"e", b"c", b"r"
+BACKLOG = 64 << 10                 # the start of the output kept for a client that asks (REPLAY)
 DETACH_KEYS = b"\x10\x11"          # Ctrl-P Ctrl-Q
 DEFAULT_WINSIZE = struct.pack("HHHH", 24, 80, 0, 0)
 
@@ -60,6 +65,10 @@ class Console:
         self.tty = tty
         self.input = -1                   # the pty master, or the write end of stdin's pipe
         self.clients: dict[socket.socket, Frames] = {}
+        self.offsets: dict[socket.socket, int] = {}     # output bytes sent before each client came
+        self.total = 0
+        self.backlog = bytearray()        # the first BACKLOG bytes of output, until a REPLAY asked for them
+        self.keep_backlog = True
         self.lock = threading.Lock()
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         self.path = socket_path(run_dir)
@@ -95,6 +104,9 @@ class Console:
         """``stream``'s output (``stdout``/``stderr``) to every attached client."""
         kind = ERR if stream == "stderr" else OUT
         with self.lock:
+            self.total += len(data)
+            if self.keep_backlog and kind == OUT:
+                self.backlog += data[:BACKLOG - len(self.backlog)]
             for c in list(self.clients):
                 try:
                     c.sendall(frame(kind, data))
@@ -103,6 +115,7 @@ class Console:
 
     def _drop(self, c: socket.socket) -> None:
         self.clients.pop(c, None)
+        self.offsets.pop(c, None)
         c.close()
 
     def _serve(self) -> None:
@@ -117,6 +130,7 @@ class Console:
                     c, _ = self.listener.accept()
                     with self.lock:
                         self.clients[c] = Frames()
+                        self.offsets[c] = self.total
                     continue
                 try:
                     data = r.recv(65536)
@@ -128,11 +142,30 @@ class Console:
                         continue
                     frames = self.clients[r].feed(data)
                 for kind, payload in frames:
-                    self._input(kind, payload)
+                    if kind == REPLAY:
+                        self._replay(r)
+                    else:
+                        self._input(kind, payload)
+
+    def _replay(self, c: socket.socket) -> None:
+        """What was written before ``c`` connected (from the start, as far as the backlog goes);
+        what came after has been sent to it already, and the client puts this first."""
+        with self.lock:
+            if c not in self.clients:
+                return
+            data = bytes(self.backlog[:self.offsets.get(c, 0)])
+            self.backlog, self.keep_backlog = bytearray(), False   # one attach waits for the start
+            try:
+                c.sendall(frame(REPLAY, data))
+            except OSError:
+                self._drop(c)
 
     def _input(self, kind: bytes, payload: bytes) -> None:
         try:
-            if kind == IN:
+            if kind == EOF and not self.tty and self.input >= 0:
+                os.close(self.input)      # the container reads EOF
+                self.input = -1
+            elif kind == IN and self.input >= 0:
                 while payload:
                     payload = payload[os.write(self.input, payload):]
             elif kind == SIZE and self.tty and len(payload) == 8:

@@ -63,3 +63,24 @@ def adopt(detacher: Detacher, request: dict) -> int:
         detacher.failed(f"the container monitor failed: {e!r}", 125)
         return 125
     return code if isinstance(code, int) else 125
+
+
+def main(argv: list[str]) -> int:
+    """``python -m rootless.container.detached STORE ID``: start container ID of STORE in a
+    monitor forked by this fresh process (``lifecycle.start(fork_here=False)`` without a fork
+    server); the error, if any, on stderr."""
+    import sys
+    from ..errors import RootlessError
+    from ..image.store import Store
+    from .lifecycle import start
+    try:
+        start(Store(argv[0]), argv[1])
+    except RootlessError as e:
+        sys.stderr.write(str(e))
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))

@@ -29,7 +29,7 @@ ROOTFS_LOST = ("its root filesystem daemon (fuse-overlay) has died, so its files
 def kill(store: Store, key: str, sig: int) -> Record:
     rec = Containers(store).find(key)
     if not running(rec):
-        raise RootlessError(f"container {rec.name} is not running")
+        raise Conflict(f"container {rec.name} is not running")
     procs.signal_pid(rec.init_pid, rec.init_start, sig)   # through a pidfd: never a reused pid
     return rec
 
@@ -89,9 +89,11 @@ class LogLine:
     text: str            # with its newline (the last line of a stream may have none)
 
 
-def logs(store: Store, key: str, follow: bool, tail: int | None, since: float | None) -> Iterator[LogLine]:
+def logs(store: Store, key: str, follow: bool, tail: int | None, since: float | None,
+         until: float | None = None, stop: Callable[[], bool] | None = None) -> Iterator[LogLine]:
     """What a container wrote, line by line (its rotated files first); with ``follow``, until it
-    ends."""
+    ends (and its monitor has logged all it wrote) or ``stop()`` says so (checked every 0.1 s:
+    a server's client that went away).  ``since``/``until``: Unix times bounding the lines."""
     from . import logfile
     rec = Containers(store).find(key)
     path = log_path(store.container_dir(rec.id))
@@ -105,19 +107,107 @@ def logs(store: Store, key: str, follow: bool, tail: int | None, since: float | 
         lines = [line for name in logfile.files(path)[:-1] for line in _lines_of(name)] + current.readlines()
         if tail is not None:
             lines = lines[-tail:] if tail > 0 else []
-        yield from _entries(lines, since)
-        while follow:
+        yield from _entries(lines, since, until)
+        while follow and not (stop is not None and stop()):
             more = current.readlines()
             if more:
-                yield from _entries(more, since)
+                yield from _entries(more, since, until)
             elif _rotated(current, path):
                 current.close()
                 current = open(path, "rb")
-            elif not running(Containers(store).find(rec.id)):
-                yield from _entries(current.readlines(), since)
+            elif _logged_to_end(store, rec.id):
+                yield from _entries(current.readlines(), since, until)
                 return
             else:
                 time.sleep(0.1)
+
+
+def _logged_to_end(store: Store, cid: str) -> bool:
+    """Whether the container's run has ended and all it wrote is in its log: its owner (the
+    monitor) records the exit only once its log pump has drained the pipes."""
+    from ..errors import NotFound
+    try:
+        rec = Containers(store).find(cid)
+    except NotFound:
+        return True                 # removed (--rm): after its output was logged
+    if rec.state != "running":
+        return True
+    if running(rec):
+        return False
+    return not (rec.owner_pid and procs.alive(rec.owner_pid, rec.owner_start))
+
+
+@dataclass(frozen=True)
+class LogMark:
+    """A place in a container's log (``log_mark``), and which run of it had started then."""
+    inode: int
+    size: int
+    started: float | None
+
+
+def log_mark(store: Store, key: str, at_start: bool = False) -> LogMark:
+    """Where the container's log ends now (``at_start``: where it begins), for ``run_output``."""
+    rec = Containers(store).find(key)
+    try:
+        st = os.stat(log_path(store.container_dir(rec.id)))
+    except FileNotFoundError:
+        return LogMark(0, 0, rec.config.get("started"))
+    return LogMark(st.st_ino, 0 if at_start else st.st_size, rec.config.get("started"))
+
+
+def wait_started(store: Store, key: str, mark: LogMark, stop: Callable[[], bool]) -> bool:
+    """Wait until a run of the container later than ``mark``'s has started (it may have ended
+    already): True; False if ``stop()`` said to give up first."""
+    from ..errors import NotFound
+    records = Containers(store)
+    cid = records.find(key).id
+    while not stop():
+        try:
+            if records.find(cid).config.get("started") != mark.started:
+                return True
+        except NotFound:
+            return True             # removed: run_output has nothing to give
+        time.sleep(0.02)
+    return False
+
+
+def run_output(store: Store, key: str, mark: LogMark, stop: Callable[[], bool] = lambda: False) -> Iterator[LogLine]:
+    """The output of the container's current run, from ``mark`` on (a ``log_mark`` taken before
+    the run started, or at any time since), until the run has ended and all of it has been
+    logged, or ``stop()`` (checked every 0.05 s) says so.  What ``attach`` streams; nothing
+    for a container removed meanwhile."""
+    from ..errors import NotFound
+    try:
+        rec = Containers(store).find(key)
+    except NotFound:
+        return
+    path = log_path(store.container_dir(rec.id))
+    f = None
+    try:
+        while f is None:
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                if stop() or _logged_to_end(store, rec.id):
+                    return
+                time.sleep(0.05)
+        if os.fstat(f.fileno()).st_ino == mark.inode:
+            f.seek(mark.size)
+        while not stop():
+            more = f.readlines()
+            if more:
+                yield from _entries(more, None)
+            elif _rotated(f, path):
+                f.close()
+                f = open(path, "rb")
+            elif _logged_to_end(store, rec.id):
+                yield from _entries(f.readlines(), None)
+                return
+            else:
+                time.sleep(0.05)
+    finally:
+        if f is not None:
+            f.close()
 
 
 def _lines_of(name: str) -> list[bytes]:
@@ -135,7 +225,7 @@ def _rotated(f, path: str) -> bool:
         return False
 
 
-def _entries(lines: list[bytes], since: float | None) -> Iterator[LogLine]:
+def _entries(lines: list[bytes], since: float | None, until: float | None = None) -> Iterator[LogLine]:
     import datetime
     from .logfile import parse_line
     for raw in lines:
@@ -143,30 +233,53 @@ def _entries(lines: list[bytes], since: float | None) -> Iterator[LogLine]:
         if entry is None:
             continue
         stream, when, text = entry
-        if since is not None:
+        if since is not None or until is not None:
             try:
-                stamp = datetime.datetime.fromisoformat(when).timestamp()
+                stamp = datetime.datetime.fromisoformat(_iso(when)).timestamp()
             except ValueError:
-                stamp = since
-            if stamp < since:
+                stamp = None
+            if stamp is not None and ((since is not None and stamp < since) or (until is not None and stamp > until)):
                 continue
         yield LogLine(stream, when, text)
 
 
+def _iso(when: str) -> str:
+    """An RFC 3339 time as ``fromisoformat`` reads it before Python 3.11: at most 6 digits of
+    fraction, an explicit offset."""
+    import re
+    when = when.replace("Z", "+00:00")
+    return re.sub(r"(\.\d{6})\d+", r"\1", when)
+
+
 def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
             user: str | None, workdir: str | None, privileged: bool = False, preserve_fds: int = 0) -> int:
+    """``exec`` with our own stdin, stdout and stderr (and terminal, with ``tty``); its exit status."""
+    from ..sandbox import container
+    from ..sandbox.tty import winsize
+    if tty and interactive and not os.isatty(0):
+        raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
+    started = exec_start(store, key, command, interactive, tty, env, user, workdir, privileged, preserve_fds,
+                         winsize=winsize(0) if tty else None)
+    return container.wait(started)
+
+
+def exec_start(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
+               user: str | None, workdir: str | None, privileged: bool = False, preserve_fds: int = 0,
+               stdio: tuple[int, int, int] | None = None, winsize: bytes | None = None):
+    """Start ``command`` in the running container (Docker's exec): the ``sandbox.container.Started``
+    process, its pty master in ``tty_master`` with ``tty``.  ``stdio``: its stdin, stdout and
+    stderr (None: ours); with ``tty`` they are its pty instead.  The process dies with the
+    thread that started it (PR_SET_PDEATHSIG): that thread waits for it (``exec_wait``)."""
     from .. import security
     from .run import check_preserve_fds, parse_env, seccomp_program
     from ..sandbox import channel, container, idmap
     rec = Containers(store).find(key)
     if not running(rec) or not rec.init_pid:
-        raise RootlessError(f"container {rec.name} is not running: start one with 'rootless run -d'")
+        raise Conflict(f"container {rec.name} is not running: start one with 'rootless run -d'")
     if rootfs_lost(rec):
         raise RootlessError(f"container {rec.name}: " + ROOTFS_LOST.format(name=rec.name))
     if not command:
         raise UsageError("exec needs a command, e.g. 'rootless exec -it NAME sh'")
-    if tty and interactive and not os.isatty(0):
-        raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
     cfg = rec.config
     envs = dict(cfg.get("env") or {})
     envs.update(dict(parse_env(env, [])))
@@ -181,11 +294,9 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
     saved = cfg.get("options") or {}
     sec = security.parse(saved.get("security_opt") or [], privileged or bool(saved.get("privileged")))
     caps = frozenset(container.caps.NAMES) if privileged else frozenset(cfg.get("caps") or ())
-    from ..sandbox.tty import winsize
     proc = container.ProcessSpec(args=command, env=envs, cwd=wd,
                                  user=user if user is not None else cfg.get("user", ""),
-                                 caps=caps, tty=tty, stdin=interactive,
-                                 winsize=winsize(0) if tty else None,
+                                 caps=caps, tty=tty, stdin=interactive, winsize=winsize,
                                  seccomp=seccomp_program(sec, caps), no_new_privs=sec.no_new_privileges,
                                  preserve_fds=preserve_fds)
     join = None
@@ -193,21 +304,66 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
         from ..cgroups import attach
         join = attach(rec.cgroup_paths).add
     try:
-        started = container.enter(rec.init_pid, proc, idmap.detect(), join)
+        return container.enter(rec.init_pid, proc, idmap.detect(), join, stdio)
     except channel.ChildError as e:
         cls = CommandError if e.kind == "exec" else SandboxError
         raise cls(str(e), e.exit_code) from None
-    return container.wait(started)
 
 
-def start(store: Store, key: str) -> Record:
-    """Start a created or exited container, detached, with the options it was created with."""
+def exec_wait(started) -> int:
+    """The exit status of a process ``exec_start`` started (without relaying a terminal or
+    forwarding signals: ``exec_in`` does those)."""
+    from ..sandbox import userns
+    return userns.wait(started.intermediate_pid)
+
+
+def resize(store: Store, key: str, height: int, width: int) -> None:
+    """Set the window size of a running container's terminal (``-t``): it gets SIGWINCH."""
+    import struct
+    rec = Containers(store).find(key)
+    if not running(rec):
+        raise Conflict(f"container {rec.name} is not running")
+    if not (rec.config.get("options") or {}).get("tty"):
+        return                      # as Docker: no terminal, nothing to resize
+    from .attaching import send_console
+    from .console import SIZE
+    send_console(console_path(rec), SIZE, struct.pack("HHHH", height, width, 0, 0))
+
+
+def console_path(rec: Record) -> str:
+    """The socket of a ``-i``/``-t`` container's terminal (console.py), while it runs."""
+    from .console import socket_path
+    from ..paths import runtime_dir
+    return socket_path(os.path.join(runtime_dir(), rec.id[:16]))
+
+
+def start(store: Store, key: str, fork_here: bool = True) -> Record:
+    """Start a created or exited container, detached, with the options it was created with.
+
+    ``fork_here=False``: never fork this process (a multi-threaded one, the API service, whose
+    sockets a forked monitor would keep open for the container's life): the fork server forks
+    the monitor, or, without one, a fresh ``python -m rootless.container.detached`` does."""
     from .run import start as start_container
     records = Containers(store)
     rec = records.find(key)
     if running(rec):
         return rec
-    start_container(store, rec)
+    if fork_here:
+        start_container(store, rec)
+        return records.find(rec.id)
+    from . import services
+    from .. import paths
+    if services.ensure(paths.runtime_dir()) is not None:
+        start_container(store, rec)
+    else:
+        import subprocess
+        import sys
+        proc = subprocess.run([sys.executable, "-m", "rootless.container.detached", store.root, rec.id],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise RootlessError(proc.stderr.decode(errors="replace").strip() or
+                                f"the container's monitor could not start it (exit status {proc.returncode})",
+                                proc.returncode)
     return records.find(rec.id)
 
 
@@ -238,7 +394,9 @@ def pause(store: Store, key: str, paused: bool) -> None:
     records = Containers(store)
     rec = records.find(key)
     if not running(rec):
-        raise RootlessError(f"container {rec.name} is not running")
+        raise Conflict(f"container {rec.name} is not running")
+    if bool(rec.config.get("paused")) == paused:
+        raise Conflict(f"container {rec.name} is {'already' if paused else 'not'} paused")
     cg = _cgroup(rec)
     cg.freeze() if paused else cg.thaw()
     records.update(rec.id, lambda r: r.config.__setitem__("paused", paused), rec.name)
@@ -248,7 +406,7 @@ def top(store: Store, key: str) -> list[tuple[int, str, str]]:
     """(host pid, user, command) of every process of the container: PID 1 and its descendants."""
     rec = Containers(store).find(key)
     if not running(rec):
-        raise RootlessError(f"container {rec.name} is not running")
+        raise Conflict(f"container {rec.name} is not running")
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -276,6 +434,39 @@ def top(store: Store, key: str) -> list[tuple[int, str, str]]:
     return out
 
 
+UPDATABLE = ("memory", "memory_swap", "cpus", "cpu_shares", "pids_limit", "cpuset_cpus", "restart")
+
+
+def update(store: Store, key: str, changes: dict[str, str]) -> Record:
+    """Change a container's resource limits or restart policy (``changes``: run option names
+    of ``UPDATABLE`` -> the flags' values).  Its saved options change for every later start;
+    a running container's cgroup gets the new limits now.  The restart policy of a running
+    container applies from its next start."""
+    from .. import cgroups
+    from .run import parse_restart
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise UsageError(f"cannot update {', '.join(unknown)}: only {', '.join(UPDATABLE)}")
+    records = Containers(store)
+    rec = records.find(key)
+    if "restart" in changes:
+        parse_restart(changes["restart"])
+        if changes["restart"] != "no" and (rec.config.get("options") or {}).get("rm"):
+            raise UsageError(f"container {rec.name} is removed when it exits (--rm): it cannot have a restart policy")
+    merged = {**(rec.config.get("options") or {}), **changes}
+    limits = cgroups.Limits.parse(memory=merged.get("memory"), memory_swap=merged.get("memory_swap"),
+                                  cpus=merged.get("cpus"), cpu_shares=merged.get("cpu_shares"),
+                                  pids=merged.get("pids_limit"), cpuset_cpus=merged.get("cpuset_cpus"))
+    if running(rec) and any(k != "restart" for k in changes):
+        setup = cgroups.detect(merged.get("cgroup_parent") or os.environ.get(cgroups.ENV))
+        setup.check(limits)
+        if not rec.cgroup_paths:
+            raise RootlessError(f"container {rec.name} runs without a cgroup: its limits cannot change until "
+                                "it is started again (see docs/cgroups.md)")
+        cgroups.attach(rec.cgroup_paths).apply(limits)
+    return records.update(rec.id, lambda r: r.config.setdefault("options", {}).update(changes), rec.name)
+
+
 def rename(store: Store, key: str, new: str) -> None:
     from .records import _valid_name
     records = Containers(store)
@@ -290,18 +481,120 @@ def rename(store: Store, key: str, new: str) -> None:
 
 def prune(store: Store) -> list[str]:
     """Remove every container that is not running; their ids."""
+    return prune_containers(store)[0]
+
+
+PRUNE_FILTERS = ("until", "label", "label!")
+
+
+def prune_containers(store: Store, filters: list[str] | None = None) -> tuple[list[str], int]:
+    """Remove every container that is not running and passes each ``KEY=VALUE`` filter
+    (Docker's: ``until=TIMESTAMP|DURATION`` created before, ``label=KEY[=VALUE]``,
+    ``label!=KEY[=VALUE]``); their ids and the bytes their files held."""
     from ..sandbox import idmap
+    checks: list[Callable[[Record], bool]] = []
+    for f in filters or []:
+        key, sep, value = f.partition("=")
+        if not sep or key not in PRUNE_FILTERS:
+            raise UsageError(f"invalid filter '{f}': use until=TIMESTAMP|DURATION, label=KEY[=VALUE] or "
+                             "label!=KEY[=VALUE]")
+        if key == "until":
+            cutoff = _until(value)
+            checks.append(lambda r, c=cutoff: r.created < c)
+        else:
+            want = key == "label"
+            checks.append(lambda r, v=value, w=want: _has_label(r, v) == w)
     records = Containers(store)
     maps = idmap.detect()
-    gone = []
+    gone, reclaimed = [], 0
     for rec in records.all():
-        if not running(rec):
+        if running(rec) or rec.config.get("builder") or not all(check(rec) for check in checks):
+            continue
+        size = _disk_usage(store.container_dir(rec.id))
+        try:
+            records.remove(rec, maps)
+        except RootlessError:
+            continue        # starting, being removed, or removed meanwhile
+        gone.append(rec.id)
+        reclaimed += size
+    return gone, reclaimed
+
+
+def _has_label(rec: Record, wanted: str) -> bool:
+    """Docker's ``label=KEY`` (present) or ``label=KEY=VALUE`` (equal), as ``listing.label_matches``."""
+    labels = rec.config.get("labels") or {}
+    key, sep, value = wanted.partition("=")
+    return key in labels and (not sep or str(labels[key]) == value)
+
+
+def _until(value: str) -> float:
+    """Docker's ``until``: a Unix time, an RFC 3339 time, or a duration before now (10m, 24h)."""
+    import datetime
+    from ..units import parse_duration
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return time.time() - parse_duration(value) / 1e9
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise UsageError(f"invalid until '{value}': use a Unix time, an RFC 3339 time or a duration "
+                         "such as 24h") from None
+
+
+def _disk_usage(directory: str) -> int:
+    """Bytes of the files under ``directory`` (what can be read of them: best effort)."""
+    total = 0
+    for base, _dirs, files in os.walk(directory):
+        for name in files:
             try:
-                records.remove(rec, maps)
-            except RootlessError:
-                continue        # starting, being removed, or removed meanwhile
-            gone.append(rec.id)
-    return gone
+                total += os.lstat(os.path.join(base, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+class Waiter:
+    """Docker's wait, one ``poll`` at a time (the API polls it between its own sleeps, so that
+    a client that goes away stops it): ``not-running`` — as soon as the container does not
+    run (a created one at once, code 0); ``next-exit`` — its next end after this waiter was
+    made (a created container: once it has been started and has ended); ``removed`` — once
+    its record is gone.  ``poll`` returns the exit code then, else None."""
+
+    def __init__(self, store: Store, key: str, condition: str = "not-running"):
+        if condition not in WAIT_CONDITIONS:
+            raise UsageError(f"invalid wait condition '{condition}': use not-running, next-exit or removed")
+        self.records = Containers(store)
+        rec = self.records.find(key)
+        self.id, self.condition = rec.id, condition
+        self.finished = rec.finished            # next-exit: an end after this one
+        self.code: int | None = None            # the last exit code seen
+
+    def poll(self) -> int | None:
+        from .records import noted_exit
+        try:
+            rec = next(r for r in self.records.all() if r.id == self.id)
+        except StopIteration:                   # removed
+            code = noted_exit(self.id)
+            return code if code is not None else self.code if self.code is not None else 137
+        if rec.state == "created" and not _starting(rec):
+            return 0 if self.condition == "not-running" else None
+        if running(rec) or rec.state == "created" or rec.state == "removing":
+            return None
+        monitor = int(rec.config.get("monitor") or 0)
+        if rec.state == "running" and monitor and _alive(monitor):
+            return None                         # it ended a moment ago: its monitor is recording how
+        self.code = rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
+        if self.condition == "not-running" or (self.condition == "next-exit" and rec.finished != self.finished):
+            return self.code
+        return None
 
 
 def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: bool = True) -> int:
@@ -318,15 +611,13 @@ def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: b
                             "again and follows it")
     options = rec.config.get("options") or {}
     if options.get("tty") or options.get("interactive"):
-        from .console import socket_path
-        from ..paths import runtime_dir
-        path = socket_path(os.path.join(runtime_dir(), rec.id[:16]))
+        path = console_path(rec)
         if os.path.exists(path):
             from .attaching import attach_console
             if attach_console(path, bool(options.get("tty")), rec.init_pid if sig_proxy else 0):
                 return 0                        # detached with Ctrl-P Ctrl-Q: it runs on
             return wait_exit(store, rec.id) or 0
-    path = log_path(store.container_dir(rec.id))
+    mark = log_mark(store, rec.id)
     old = {}
     init = procs.open_pid(rec.init_pid, rec.init_start) if sig_proxy else None
     if init is not None:
@@ -334,19 +625,8 @@ def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: b
             procs.send(init, signum)
         old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            while True:
-                more = f.readlines()
-                if more:
-                    for line in _entries(more, None):
-                        emit(line)
-                elif not running(records.find(rec.id)):
-                    for line in _entries(f.readlines(), None):
-                        emit(line)
-                    break
-                else:
-                    time.sleep(0.05)
+        for line in run_output(store, rec.id, mark):
+            emit(line)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -7,9 +7,11 @@ from typing import Any
 
 from ..errors import UsageError
 from ..image.store import Store
-from .records import Containers, Record, _alive
+from .records import Containers, Record, _alive, restarting
 
-FILTER_KEYS = ("status", "name", "id", "ancestor", "network", "label")
+FILTER_KEYS = ("status", "name", "id", "ancestor", "network", "label", "exited", "volume", "before", "since",
+               "health")
+STATES = ("created", "running", "paused", "restarting", "exited", "removing")
 
 
 def parse_filters(filters: list[str]) -> list[tuple[str, str]]:
@@ -18,8 +20,12 @@ def parse_filters(filters: list[str]) -> list[tuple[str, str]]:
     for f in filters:
         key, sep, value = f.partition("=")
         if not sep or key not in FILTER_KEYS:
-            raise UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor=, network= or "
-                             "label=KEY[=VALUE]")
+            raise UsageError(f"invalid filter '{f}': use status=, name=, id=, ancestor=, network=, "
+                             "label=KEY[=VALUE], exited=CODE, volume=, before=, since= or health=")
+        if key == "status" and value not in STATES + ("dead",):
+            raise UsageError(f"invalid filter '{f}': the status is one of {', '.join(STATES)}")
+        if key == "exited" and not value.lstrip("-").isdigit():
+            raise UsageError(f"invalid filter '{f}': exited= takes an exit code")
         wanted.append((key, value))
     return wanted
 
@@ -53,42 +59,87 @@ def _status(store: Store, r: Record, running: bool) -> str:
         return status
     if r.state == "removing":
         return "Removal In Progress"
+    if restarting(r):
+        return f"Restarting ({r.exit_code}) {human_duration(time.time() - (r.finished or r.created))} ago"
     if r.state == "running":
         return "Exited (unknown): its process is gone"
     ago = human_duration(time.time() - (r.finished or r.created))
     return f"Exited ({r.exit_code}) {ago} ago" if r.exit_code is not None else "Created"
 
 
-def ps(store: Store, show_all: bool = False, filters: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows (Id (short), Image, Command, Status, Ports, Names) of the running containers, or all
-    of them (``show_all``, or a status filter), that pass every filter."""
-    wanted = parse_filters(filters or [])
-    if any(k == "status" for k, _ in wanted):
+def state_of(r: Record) -> str:
+    """Docker's State of a container: created, running, paused, exited or removing."""
+    if r.state == "removing":
+        return "removing"
+    if r.state == "running" and _alive(r.pid):
+        return "paused" if r.config.get("paused") else "running"
+    if restarting(r):
+        return "restarting"
+    return "created" if r.exit_code is None and r.state == "created" else "exited"
+
+
+def _passes(store: Store, r: Record, state: str, key: str, values: list[str]) -> bool:
+    """Whether ``r`` passes filter ``key``: one of ``values`` matches (labels: each of them)."""
+    if key == "label":
+        return all(label_matches(r.config.get("labels") or {}, v) for v in values)
+    if key in ("before", "since"):
+        pivot = Containers(store).find(values[-1])
+        return r.created < pivot.created if key == "before" else r.created > pivot.created
+    for v in values:
+        if key == "status" and state == v:
+            return True
+        if key == "name" and v.lstrip("/") in r.name:
+            return True
+        if key == "id" and r.id.startswith(v):
+            return True
+        if key == "ancestor" and v in (r.image, r.image_id, r.image_id.removeprefix("sha256:")) or (
+                key == "ancestor" and ":" not in v and r.image == f"{v}:latest"):
+            return True
+        if key == "network" and v in (r.config.get("networks") or ()):
+            return True
+        if key == "exited" and state == "exited" and str(r.exit_code) == v:
+            return True
+        if key == "volume" and any(v in (m.get("Name"), m.get("Source"), m.get("Destination"))
+                                   for m in r.config.get("mounts") or ()):
+            return True
+        if key == "volume" and v in (r.config.get("volumes") or ()):
+            return True
+        if key == "health" and ((r.config.get("health") or {}).get("Status") or "none") == v:
+            return True
+    return False
+
+
+def matching(store: Store, show_all: bool = False, filters: list[str] | None = None) -> list[tuple[Record, str]]:
+    """The containers (newest first) with their state, running ones only unless ``show_all``
+    (or a status or exited filter), that pass every filter (Docker's: the values of one key
+    are alternatives, except labels, which must all match)."""
+    wanted: dict[str, list[str]] = {}
+    for k, v in parse_filters(filters or []):
+        wanted.setdefault(k, []).append(v)
+    if "status" in wanted or "exited" in wanted:
         show_all = True
-    rows = []
+    out = []
     for r in Containers(store).all():
         if r.config.get("builder"):
             continue            # a build's RUN step, as Docker's 'ps' does not show them
-        running = r.state == "running" and _alive(r.pid)
-        if not (show_all or running):
+        state = state_of(r)
+        if not (show_all or state in ("running", "paused", "restarting")):
             continue
-        facts = {"status": "running" if running else ("created" if r.exit_code is None and r.state == "created"
-                                                     else "exited"),
-                 "name": r.name, "id": r.id, "ancestor": r.image,
-                 "network": " ".join(r.config.get("networks") or ())}
-        labels = r.config.get("labels") or {}
-        if not all(label_matches(labels, v) for k, v in wanted if k == "label"):
-            continue
-        wanted_here = [(k, v) for k, v in wanted if k != "label"]
-        if not all((facts[k] == v if k in ("status", "ancestor") else
-                    facts[k].startswith(v) if k == "id" else v in facts[k].split() if k == "network" else
-                    v in facts[k]) for k, v in wanted_here):
-            continue
+        if all(_passes(store, r, state, k, vs) for k, vs in wanted.items()):
+            out.append((r, state))
+    return out
+
+
+def ps(store: Store, show_all: bool = False, filters: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows (Id (short), Image, Command, Status, Ports, Names) of the running containers, or all
+    of them (``show_all``, or a status filter), that pass every filter."""
+    rows = []
+    for r, state in matching(store, show_all, filters):
         rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
-                     "Status": _status(store, r, running), "Ports": ", ".join(published(r)), "Names": r.name,
-                     "State": facts["status"], "Labels": labels,
+                     "Status": _status(store, r, state in ("running", "paused")), "Ports": ", ".join(published(r)),
+                     "Names": r.name, "State": state, "Labels": r.config.get("labels") or {},
                      "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(r.created))})
     return rows
 
 
-__all__ = ["ps", "parse_filters", "published", "label_matches", "FILTER_KEYS"]
+__all__ = ["ps", "matching", "state_of", "parse_filters", "published", "label_matches", "FILTER_KEYS"]

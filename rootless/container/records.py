@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import procs
+from .. import events
 from ..errors import Conflict, NotFound, RootlessError, StoreError, UsageError
 from ..sandbox.remove import remove_tree
 from ..sandbox import idmap
@@ -117,8 +118,10 @@ class Containers:
         with self.locked(cid, name) as rec:
             if rec.state == "removing":
                 raise ContainerGone(f"container {rec.name} is being removed")
+            before = (rec.state, bool(rec.config.get("paused")), rec.name)
             change(rec)
             self._write(rec)
+            _changed(self.store, before, rec)
             return rec
 
     def create(self, image: str, image_id: str, command: list[str], name: str | None,
@@ -144,6 +147,7 @@ class Containers:
         if setup is not None:
             setup(rec)
         self._write(rec)
+        events.emit(self.store.root, "container", "create", cid, events.container_attributes(rec))
         return rec
 
     def find(self, key: str) -> Record:
@@ -183,6 +187,7 @@ class Containers:
             busy = _container_alive(cur) or bool(owner[0])
             if busy and not force:
                 raise Conflict(f"container {cur.name} is running: stop it first, or use 'rootless rm -f'")
+            was_running = cur.state == "running"
             if busy:
                 cur.state = "removing"
                 cur.config["remover"] = [me, procs.start_time(me)]
@@ -201,6 +206,8 @@ class Containers:
         if cur.pid and cur.pid != me and _alive(cur.pid) and not cur.init_start:
             os.kill(cur.pid, 9)                              # a record from an older rootless
             _wait_gone(cur.pid)
+        if was_running:          # its owner cannot record the end of a container being removed
+            events.emit(self.store.root, "container", "die", cur.id, events.container_attributes(cur, exitCode=137))
         try:
             with self.locked(cur.id, cur.name) as last:
                 return self._discard(last, maps)
@@ -213,6 +220,7 @@ class Containers:
         directory = self.store.container_dir(rec.id)
         doomed = os.path.join(self.store.root, "tmp", f"removing-{rec.id}-{os.urandom(4).hex()}")
         os.rename(directory, doomed)
+        events.emit(self.store.root, "container", "destroy", rec.id, events.container_attributes(rec))
         warnings = []
         if rec.cgroup_paths:
             from ..cgroups import CgroupError, attach
@@ -272,6 +280,21 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def _changed(store: Store, before: tuple[str, bool, str], rec: Record) -> None:
+    """The events of a change of state: start, die, pause, unpause, rename."""
+    state, paused, name = before
+    if rec.state == "running" and state != "running":
+        events.emit(store.root, "container", "start", rec.id, events.container_attributes(rec))
+    elif state == "running" and rec.state == "exited":
+        events.emit(store.root, "container", "die", rec.id,
+                    events.container_attributes(rec, exitCode=rec.exit_code if rec.exit_code is not None else ""))
+    if bool(rec.config.get("paused")) != paused:
+        events.emit(store.root, "container", "pause" if not paused else "unpause", rec.id,
+                    events.container_attributes(rec))
+    if rec.name != name:
+        events.emit(store.root, "container", "rename", rec.id, events.container_attributes(rec, oldName=name))
+
+
 def _random_name() -> str:
     a, b = os.urandom(2)
     return f"{_ADJECTIVES[a % len(_ADJECTIVES)]}_{_NOUNS[b % len(_NOUNS)]}"
@@ -284,3 +307,53 @@ def _valid_name(name: str) -> bool:
 
 def running(rec: Record) -> bool:
     return rec.state == "running" and _alive(rec.pid)
+
+
+def restarting(rec: Record) -> bool:
+    """Between two runs of its restart policy: it has ended, its monitor lives on to start it
+    again (and was not told to stop)."""
+    policy = str((rec.config.get("options") or {}).get("restart") or "no").partition(":")[0]
+    monitor = int(rec.config.get("monitor") or 0)
+    ended = rec.state == "exited" or (rec.state == "running" and not _alive(rec.pid))   # or being recorded
+    return policy != "no" and ended and not rec.config.get("stopped") and bool(monitor) and _alive(monitor)
+
+
+# --- the exit code of a container removed as it ended (--rm) -----------------------------------
+# Docker's wait (condition=removed, as 'docker run --rm' asks) answers with the exit code of a
+# container that is gone by then: its owner leaves the code here, in the run-time directory,
+# before it removes the record.  Notes older than a day are swept when one is written.
+
+EXIT_NOTE_AGE = 86400.0
+
+
+def _exit_notes() -> str:
+    from .. import paths
+    return os.path.join(paths.runtime_dir(), "exits")
+
+
+def note_exit(cid: str, code: int) -> None:
+    """Leave ``code`` for a waiter of container ``cid``, which is about to be removed."""
+    try:
+        directory = _exit_notes()
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        now = time.time()
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if now - os.stat(path).st_mtime > EXIT_NOTE_AGE:
+                    os.unlink(path)
+        tmp = os.path.join(directory, f".{cid}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            f.write(str(code))
+        os.rename(tmp, os.path.join(directory, cid))
+    except (OSError, RootlessError):
+        pass            # a waiter then answers as for a container removed with 'rm -f'
+
+
+def noted_exit(cid: str) -> int | None:
+    """The exit code a removed container's owner left (``note_exit``), or None."""
+    try:
+        with open(os.path.join(_exit_notes(), cid)) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError, RootlessError):
+        return None

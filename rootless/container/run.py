@@ -33,7 +33,7 @@ class RunOptions:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
-    entrypoint: str | None = None
+    entrypoint: str | list[str] | None = None            # a list: Docker's API form ([] or [""] clears it)
     name: str | None = None
     read_only: bool = False
     cap_add: list[str] = field(default_factory=list)
@@ -85,6 +85,8 @@ class RunOptions:
     gpus: str | None = None                              # --gpus all: nvidia.com/gpu=all
     as_me: bool = False                                  # --as-me: expanded by plan() (runflags.as_me)
     host_env: list[str] = field(default_factory=list)    # KEY=VALUE passed by --as-me, below the image's
+    expose: list[str] = field(default_factory=list)     # PORT[/PROTO] exposed without publishing (inspect)
+    stop_timeout: int | None = None                      # seconds 'stop' waits by default (Docker's --stop-timeout)
 
 
 def parse_env(items: list[str], env_files: list[str]) -> list[tuple[str, str]]:
@@ -280,7 +282,10 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     image = image or store.resolve(opts.image)
     cfg = image.run_config
     if opts.entrypoint is not None:
-        entrypoint = [opts.entrypoint] if opts.entrypoint else []
+        if isinstance(opts.entrypoint, list):
+            entrypoint = [] if opts.entrypoint in ([], [""]) else list(opts.entrypoint)
+        else:
+            entrypoint = [opts.entrypoint] if opts.entrypoint else []
         cmd = list(opts.command)           # Docker: --entrypoint resets the image's CMD
     else:
         entrypoint = list(cfg.get("Entrypoint") or [])
@@ -669,6 +674,7 @@ class _Starter:
                 r.state, r.pid, r.init_pid, r.init_start = ("running", started.intermediate_pid,
                                                             started.init_pid, init_start)
                 r.exit_code, r.finished, r.cgroup_paths = None, None, list(cg.paths)
+                r.config.pop("paused", None)     # stopped while paused: a new cgroup, not frozen
                 r.config.update(config)
             rec = records.update(rec.id, now_running)
             from .devices import HOOKS_AFTER, HOOKS_END
@@ -728,6 +734,8 @@ class _Starter:
             if opts.rm:
                 if records.find(rec.id).state == "removing":
                     return None
+                from .records import note_exit
+                note_exit(rec.id, code)     # for a waiter (Docker's wait condition=removed)
                 _remove(records, rec, maps, self.on_warning)
             else:
                 records.update(rec.id, lambda r: _ended(r, code, oom))

@@ -49,3 +49,10 @@ def samples(store: Store, keys: list[str], stream: bool, interval: float = 0.5) 
         if not stream:
             return
         time.sleep(interval)
+
+
+def sample(store: Store, key: str) -> tuple[Record, dict]:
+    """One reading of container ``key``'s cgroup (``{}`` when it does not run or has none):
+    cpu_usage_usec, memory_usage_bytes, memory_limit_bytes, pids_current, pids_limit."""
+    rec = Containers(store).find(key)
+    return rec, (_sample(rec) if rec.state == "running" and _alive(rec.pid) else {})

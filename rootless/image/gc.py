@@ -195,6 +195,9 @@ def remove_image(store: Store, maps: idmap.IdMaps, name: str, force: bool = Fals
             store.forget_compressed(diff_id, fmt)
         for digest in reversed(out.blobs):
             store.remove_blob(digest)
+    if img.manifest_digest in out.blobs:
+        from .. import events
+        events.emit(store.root, "image", "delete", img.id, {"name": img.ref or img.id})
     return out
 
 
@@ -284,4 +287,43 @@ def df(store: Store) -> list[dict]:
     return rows
 
 
-__all__ = ["collect", "prune", "df", "live", "remove_image", "container_size", "Removed", "Collected"]
+def df_detail(store: Store) -> dict:
+    """``system df -v``, item by item (the API's ``/system/df``): the images (tagged), their
+    size and the part shared with other images, the containers using each; containers and
+    their own files; volumes, their size and users; the build cache's own layers."""
+    from collections import Counter
+    from ..volumes import Volumes
+    from .buildcache import BuildCache
+    recs = Containers(store).all()
+    uses = Counter(r.image_id for r in recs)
+    images: dict[str, dict] = {}
+    for tag, digest in sorted(store.tags().items()):
+        try:
+            img = store.image(digest, tag)
+        except (OSError, ValueError, RootlessError):
+            continue
+        entry = images.setdefault(img.id, {
+            "id": img.id, "tags": [], "manifest": digest, "created": img.config.get("created", ""),
+            "layers": sorted(set(img.diff_ids)), "labels": (img.config.get("config") or {}).get("Labels") or {},
+            "containers": uses.get(img.id, 0)})
+        entry["tags"].append(tag)
+    sizes = {d: store.layer_size(d) for e in images.values() for d in e["layers"]}
+    shared = Counter(d for e in images.values() for d in e["layers"])
+    for e in images.values():
+        e["size"] = sum(sizes[d] for d in e["layers"])
+        e["shared_size"] = sum(sizes[d] for d in e["layers"] if shared[d] > 1)
+    containers = [{"id": r.id, "name": r.name, "image": r.image, "image_id": r.image_id, "command": r.command,
+                   "created": r.created, "labels": r.config.get("labels") or {},
+                   "state": "running" if r.state == "running" and _alive(r.pid) else
+                            ("created" if r.state == "created" else "exited"),
+                   "size_rw": container_size(store, r.id)} for r in recs]
+    vols = Volumes(store)
+    users = vols.users()
+    volumes = [{**v, "size": vols.size(v["Name"]), "refcount": len(users.get(v["Name"], ()))} for v in vols.all()]
+    cache = BuildCache(store)
+    cached = [{"id": d, "size": store.layer_size(d)} for d in sorted(cache.layers() - set(sizes)) if store.has_layer(d)]
+    return {"layers_size": sum(sizes.values()), "images": list(images.values()), "containers": containers,
+            "volumes": volumes, "build_cache": cached, "cache_mounts_size": cache.mounts_size()}
+
+
+__all__ = ["collect", "prune", "df", "df_detail", "live", "remove_image", "container_size", "Removed", "Collected"]

@@ -122,6 +122,33 @@ def _bytes(text: str | None) -> int:
         return 0
 
 
+def _port_bindings(publish: list[str]) -> dict[str, list[dict[str, str]]]:
+    """Docker's ``{"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}`` of -p options."""
+    from ..network.ports import parse_port
+    ports: dict[str, list[dict[str, str]]] = {}
+    for spec in publish:
+        try:
+            mappings = parse_port(spec)
+        except UsageError:
+            continue
+        for m in mappings:
+            ports.setdefault(f"{m.container_port}/{m.proto}", []).append(
+                {"HostIp": m.host_ip, "HostPort": str(m.host_port)})
+    return ports
+
+
+def _ulimits(items: list[str]) -> list[dict[str, Any]] | None:
+    out = []
+    for item in items:
+        name, _, values = item.partition("=")
+        soft, _, hard = values.partition(":")
+        try:
+            out.append({"Name": name, "Soft": int(soft), "Hard": int(hard or soft)})
+        except ValueError:
+            continue
+    return out or None
+
+
 def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Docker's HostConfig fields, from the run options the record keeps."""
     o = cfg.get("options") or {}
@@ -131,25 +158,40 @@ def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
         cpus = int(float(o.get("cpus")) * 1e9) if o.get("cpus") else 0
     except ValueError:
         cpus = 0
-    ports: dict[str, list] = {}
-    for p in o.get("publish") or []:
-        spec, _, proto = p.partition("/")
-        parts = spec.split(":")
-        ip, host, cport = (["", *parts] if len(parts) == 2 else parts if len(parts) == 3 else ["", "", parts[0]])[-3:]
-        ports.setdefault(f"{cport}/{proto or 'tcp'}", []).append({"HostIp": ip, "HostPort": host})
     return {
         "Binds": list(o.get("volume") or []) or None,
-        "NetworkMode": o.get("network") or "",
-        "PortBindings": ports,
+        "ContainerIDFile": "",
+        "LogConfig": {"Type": o.get("log_driver") or "json-file",
+                      "Config": dict(x.partition("=")[::2] for x in o.get("log_opt") or [])},
+        "NetworkMode": o.get("network") or "bridge",
+        "PortBindings": _port_bindings(list(o.get("publish") or [])),
         "RestartPolicy": {"Name": name, "MaximumRetryCount": int(count) if count.isdigit() else 0},
         "AutoRemove": bool(o.get("rm")),
+        "VolumeDriver": "",
+        "VolumesFrom": None,
         "CapAdd": list(o.get("cap_add") or []) or None,
         "CapDrop": list(o.get("cap_drop") or []) or None,
+        "CgroupnsMode": "private",
+        "Dns": list(o.get("dns") or []),
+        "DnsOptions": list(o.get("dns_option") or []),
+        "DnsSearch": list(o.get("dns_search") or []),
         "ExtraHosts": list(o.get("add_host") or []) or None,
-        "ReadonlyRootfs": bool(o.get("read_only")),
+        "GroupAdd": list(o.get("group_add") or []) or None,
+        "IpcMode": "private",
+        "Cgroup": "",
+        "Links": None,
+        "OomScoreAdj": 0,
+        "PidMode": "",
         "Privileged": bool(o.get("privileged")),
+        "PublishAllPorts": bool(o.get("publish_all")),
+        "ReadonlyRootfs": bool(o.get("read_only")),
         "SecurityOpt": list(o.get("security_opt") or []) or None,
         "Tmpfs": {t.partition(":")[0]: t.partition(":")[2] for t in o.get("tmpfs") or []} or None,
+        "UTSMode": "",
+        "UsernsMode": o.get("userns") or "",
+        "ShmSize": _bytes(o.get("shm_size")) or 64 << 20,
+        "Runtime": "rootless",
+        "Isolation": "",
         "Memory": _bytes(o.get("memory")),
         "MemorySwap": _bytes(o.get("memory_swap")),
         "NanoCpus": cpus,
@@ -157,6 +199,10 @@ def _host_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "CpusetCpus": o.get("cpuset_cpus") or "",
         "PidsLimit": int(o["pids_limit"]) if str(o.get("pids_limit") or "").lstrip("-").isdigit() else None,
         "CgroupParent": o.get("cgroup_parent") or "",
+        "Ulimits": _ulimits(list(o.get("ulimit") or [])),
+        "Sysctls": dict(x.partition("=")[::2] for x in o.get("sysctl") or []) or None,
+        "Init": bool(o.get("init")) or None,
+        "Mounts": None,
         **_devices(o),
     }
 
@@ -180,10 +226,90 @@ def _devices(o: dict[str, Any]) -> dict[str, Any]:
     return {"Devices": nodes or None, "DeviceRequests": requests or None}
 
 
+def _cmd_and_entrypoint(o: dict[str, Any], image_cfg: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
+    """The container's Cmd and Entrypoint as Docker reports them (its options over the image's)."""
+    entrypoint = o.get("entrypoint")
+    if entrypoint is None:
+        return list(o.get("command") or []) or image_cfg.get("Cmd"), image_cfg.get("Entrypoint")
+    if isinstance(entrypoint, list):
+        entrypoint = None if entrypoint in ([], [""]) else list(entrypoint)
+    else:
+        entrypoint = [entrypoint] if entrypoint else None
+    return list(o.get("command") or []) or None, entrypoint
+
+
+def _network_settings(rec: Record, running: bool, o: dict[str, Any]) -> dict[str, Any]:
+    """Docker's NetworkSettings: the published ports (while it runs, as Docker), its networks."""
+    from ..network import CONTAINER_IP, GATEWAY_IP
+    mode = o.get("network") or "bridge"
+    ports: dict[str, Any] = {}
+    if running:
+        ports = {p: None for p in _exposed(rec, o)}
+        for key, bindings in _port_bindings(list(o.get("publish") or [])).items():
+            ports[key] = [{"HostIp": b["HostIp"] or "0.0.0.0", "HostPort": b["HostPort"]} for b in bindings]
+    networks: dict[str, Any] = {}
+    own = running and mode.split(":")[0] in ("bridge", "slirp4netns", "pasta")
+    for name, info in (rec.config.get("networks") or {}).items():
+        networks[name] = {"IPAMConfig": None, "Links": None, "Aliases": list(info.get("aliases") or []) or None,
+                          "NetworkID": str(info.get("id") or name), "EndpointID": "", "Gateway": "",
+                          "IPAddress": str(info.get("ip") or "") if running else "", "IPPrefixLen": 0,
+                          "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                          "MacAddress": "", "DriverOpts": None}
+    if not networks and not mode.startswith("container:"):
+        networks[mode] = {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": mode, "EndpointID": "",
+                          "Gateway": GATEWAY_IP if own else "", "IPAddress": CONTAINER_IP if own else "",
+                          "IPPrefixLen": 24 if own else 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+                          "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": None}
+    return {"Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0, "Ports": ports, "SandboxKey": "", "SecondaryIPAddresses": None,
+            "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": GATEWAY_IP if own else "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": CONTAINER_IP if own else "",
+            "IPPrefixLen": 24 if own else 0, "IPv6Gateway": "", "MacAddress": "", "Networks": networks}
+
+
+def _exposed(rec: Record, o: dict[str, Any], image_cfg: dict[str, Any] | None = None) -> dict[str, dict]:
+    """The ports the container exposes: its image's, its own (``expose``) and those it publishes."""
+    from ..network.ports import parse_port
+    out = dict(image_cfg.get("ExposedPorts") or {}) if image_cfg else {}
+    for p in o.get("expose") or []:
+        out[p if "/" in p else p + "/tcp"] = {}
+    for spec in o.get("publish") or []:
+        try:
+            out.update({f"{m.container_port}/{m.proto}": {} for m in parse_port(spec)})
+        except UsageError:
+            continue
+    return out
+
+
+def _mounts(store: Store, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for m in cfg.get("mounts") or []:
+        rw = bool(m.get("RW", True))
+        entry = {"Type": m.get("Type", "volume"), "Source": m.get("Source", ""),
+                 "Destination": m.get("Destination", ""), "Mode": "" if rw else "ro", "RW": rw,
+                 "Propagation": "rprivate" if m.get("Type") == "bind" else ""}
+        if m.get("Type") == "volume":
+            entry = {"Type": "volume", "Name": m.get("Name", ""), **{k: v for k, v in entry.items() if k != "Type"},
+                     "Driver": m.get("Driver", "local"), "Mode": "z" if rw else "ro"}
+        out.append(entry)
+    if not out:   # a record from before mounts were recorded
+        out = [{"Type": "volume", "Name": v, "Source": os.path.join(store.root, "volumes", v, "_data"),
+                "Destination": "", "Driver": "local", "Mode": "", "RW": True, "Propagation": ""}
+               for v in cfg.get("volumes") or []]
+    return out
+
+
 def container_info(store: Store, rec: Record) -> dict[str, Any]:
     running = rec.state == "running" and _alive(rec.pid)
     cfg = rec.config or {}
-    if running:
+    o = cfg.get("options") or {}
+    from ..container.records import restarting
+    again = not running and restarting(rec)
+    if rec.state == "removing":
+        status = "removing"
+    elif again:
+        status = "restarting"
+    elif running:
         status = "paused" if cfg.get("paused") else "running"
     elif rec.state == "created":
         status = "created"
@@ -197,11 +323,15 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
     env = cfg.get("env")
     if isinstance(env, dict):
         env = [f"{k}={v}" for k, v in env.items()]
+    elif env is None:       # never started: what it will get
+        env = list(image_cfg.get("Env") or []) + [e for e in o.get("env") or [] if "=" in e]
     directory = store.container_dir(rec.id)
     upper = os.path.join(directory, "upper")
     driver = "overlay" if os.path.isdir(upper) else "vfs"
     from ..container.rootfs import internal_errors
     errors = internal_errors(directory)
+    cmd, entrypoint = _cmd_and_entrypoint(o, image_cfg)
+    labels = {**(image_cfg.get("Labels") or {}), **(cfg.get("labels") or {})}
     return {
         "Id": rec.id,
         "Created": _iso(rec.created),
@@ -211,10 +341,10 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
             "Status": status,
             "Running": running,
             "Paused": bool(running and cfg.get("paused")),
-            "Restarting": False,
+            "Restarting": again,
             "OOMKilled": bool(rec.oom_killed),
             "Dead": False,
-            "Pid": rec.pid if running else 0,
+            "Pid": (rec.init_pid or rec.pid) if running else 0,
             "ExitCode": rec.exit_code if rec.exit_code is not None else 0,
             "Error": (f"fuse-overlay answered {len(errors)} request(s) with EIO after an internal error "
                       f"(last: {errors[-1]}); see {os.path.join(directory, 'work', 'fuse-overlay.errors')} "
@@ -224,28 +354,48 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
             **({"Health": cfg["health"]} if cfg.get("health") else {}),
         },
         "Image": rec.image_id,
+        "ResolvConfPath": os.path.join(directory, "resolv.conf"),
+        "HostnamePath": os.path.join(directory, "hostname"),
+        "HostsPath": os.path.join(directory, "hosts"),
+        "LogPath": os.path.join(directory, "ctr.log"),
         "Name": "/" + rec.name,
         "RestartCount": int(cfg.get("restarts") or 0),
         "Driver": driver,
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": None,
         "HostConfig": _host_config(cfg),
         "GraphDriver": {"Name": driver,
                         "Data": {"UpperDir": upper if driver == "overlay" else os.path.join(directory, "rootfs"),
                                  "MergedDir": os.path.join(directory, "rootfs")}},
-        "Mounts": [{"Type": "volume", "Name": v, "Source": os.path.join(store.root, "volumes", v, "_data")}
-                   for v in cfg.get("volumes") or []],
+        "Mounts": _mounts(store, cfg),
         "Config": {
-            "Hostname": cfg.get("hostname") or rec.id[:12],
-            "Env": env if env is not None else image_cfg.get("Env"),
-            "Cmd": rec.command,
+            "Hostname": cfg.get("hostname") or o.get("hostname") or rec.id[:12],
+            "Domainname": o.get("domainname") or "",
+            "User": cfg.get("user") if cfg.get("user") is not None else o.get("user") or image_cfg.get("User") or "",
+            "AttachStdin": False,
+            "AttachStdout": False,
+            "AttachStderr": False,
+            "ExposedPorts": _exposed(rec, o, image_cfg) or None,
+            "Tty": bool(o.get("tty")),
+            "OpenStdin": bool(o.get("interactive")),
+            "StdinOnce": False,
+            "Env": env,
+            "Cmd": cmd,
+            "Healthcheck": image_cfg.get("Healthcheck") if not o.get("health_cmd") else {"Test": ["CMD-SHELL",
+                                                                                                  o["health_cmd"]]},
             "Image": rec.image,
-            "WorkingDir": cfg.get("cwd") or image_cfg.get("WorkingDir") or "",
-            "Entrypoint": image_cfg.get("Entrypoint"),
-            "User": cfg.get("user") if cfg.get("user") is not None else image_cfg.get("User") or "",
-            "Labels": {**(image_cfg.get("Labels") or {}), **(cfg.get("labels") or {})},
-            "StopSignal": cfg.get("stop_signal") or image_cfg.get("StopSignal"),
-            "Tty": bool((cfg.get("options") or {}).get("tty")),
-            "OpenStdin": bool((cfg.get("options") or {}).get("interactive")),
+            "Volumes": image_cfg.get("Volumes"),
+            "WorkingDir": cfg.get("cwd") or o.get("workdir") or image_cfg.get("WorkingDir") or "",
+            "Entrypoint": entrypoint,
+            "OnBuild": None,
+            "Labels": labels,
+            "StopSignal": cfg.get("stop_signal") or o.get("stop_signal") or image_cfg.get("StopSignal"),
+            **({"StopTimeout": o["stop_timeout"]} if o.get("stop_timeout") is not None else {}),
         },
+        "NetworkSettings": _network_settings(rec, running, o),
     }
 
 

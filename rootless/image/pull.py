@@ -178,6 +178,8 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
     except DownloadStalled as e:
         raise DownloadStalled(f"{e}, or allow longer pauses with {STALL_ENV}=SECONDS (now {stall:g})") from None
     else:
+        from .. import events
+        events.emit(store.root, "image", "pull", ref.familiar, {"name": ref.familiar})
         if report is not None:
             report(f"{ref}: pulled {len(new)} new layer(s), {len(manifest.layers) - len(new)} already in the store")
         return store.image(m.digest, str(ref))

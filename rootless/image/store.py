@@ -412,7 +412,10 @@ class Store:
     def tag(self, source: str, target: str) -> None:
         """``tag SOURCE TARGET``: the look-up and the change with the store locked."""
         with self.lock():
-            self.set_tag(target, self.resolve(source).manifest_digest)
+            img = self.resolve(source)
+            self.set_tag(target, img.manifest_digest)
+        from .. import events
+        events.emit(self.root, "image", "tag", img.id, {"name": reference.normalize(target)})
 
     def image(self, manifest_digest: str, ref: str | None = None) -> Image:
         manifest = self.read_json(manifest_digest)
@@ -485,6 +488,12 @@ class Store:
             raise ImageNotFound(f"no image tagged '{key}' ('rootless images' lists them)")
         digest = tags.pop(key)
         self._write_atomic(self._tags_path(), json.dumps(tags, indent=1, sort_keys=True).encode())
+        from .. import events
+        try:
+            image_id = self.read_json(digest)["config"]["digest"]
+        except (OSError, ValueError, KeyError, TypeError, StoreError):
+            image_id = digest
+        events.emit(self.root, "image", "untag", image_id, {"name": key})
         return digest
 
     def container_dir(self, cid: str) -> str:

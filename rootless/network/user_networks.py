@@ -16,6 +16,7 @@ are kept in ``ROOT/networks/NAME.json``; the holder's pid in ``RUNTIME/netns-hol
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -26,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import NoReturn
 
+from .. import events
 from ..errors import Conflict, NotFound, RootlessError, UsageError
 from ..sandbox import channel, idmap, libc
 
@@ -46,6 +48,12 @@ class Network:
     def bridge(self) -> str:
         return "br-" + self.name[:12]
 
+    @property
+    def id(self) -> str:
+        """Docker's network id: 64 hex digits, stable for the network's life (a network made
+        again under the same name gets another)."""
+        return hashlib.sha256(f"{self.name}\0{self.created!r}".encode()).hexdigest()
+
 
 class Networks:
     def __init__(self, store):
@@ -65,10 +73,19 @@ class Networks:
         return out
 
     def get(self, name: str) -> Network:
+        """A network by name, id, or a unique prefix of its id."""
         try:
+            if "/" in name or name.startswith("."):
+                raise FileNotFoundError
             with open(self._path(name)) as f:
                 return Network(**json.load(f))
         except FileNotFoundError:
+            by_id = [n for n in self.all() if n.id == name] or (
+                [n for n in self.all() if n.id.startswith(name)] if re.fullmatch(r"[0-9a-f]{3,63}", name) else [])
+            if len(by_id) == 1:
+                return by_id[0]
+            if len(by_id) > 1:
+                raise UsageError(f"network id prefix '{name}' is ambiguous: give more characters") from None
             raise NotFound(f"network '{name}' does not exist: use a mode (slirp4netns, pasta, none, host), "
                                 f"or make it with 'rootless network create {name}' ('rootless network ls' "
                                 "lists them)") from None
@@ -100,6 +117,7 @@ class Networks:
             network = Network(name, str(net), str(next(net.hosts())), internal=internal, labels=dict(labels or {}))
             with open(self._path(name), "w") as f:
                 json.dump(asdict(network), f)
+        events.emit(self.store.root, "network", "create", network.id, {"name": name, "type": "bridge"})
         return network
 
     def listed(self, filters: list[str]) -> list[Network]:
@@ -130,32 +148,59 @@ class Networks:
     def remove(self, name: str) -> None:
         """``network rm``: refused while a container uses it.  With the store locked."""
         with self.store.lock():
-            self.get(name)
-            users = self.users(name)
+            net = self.get(name)
+            users = self.users(net.name)
             if users:
-                raise Conflict(f"network '{name}' is used by container {users[0]}: remove it first")
-            os.unlink(self._path(name))
+                raise Conflict(f"network '{net.name}' is used by container {users[0]}: remove it first")
+            os.unlink(self._path(net.name))
+        events.emit(self.store.root, "network", "destroy", net.id, {"name": net.name, "type": "bridge"})
 
     def inspect(self, name: str) -> dict:
         """``network inspect``: Docker's shape (Name, Driver, IPAM, Containers)."""
+        import datetime
         from ..container.records import Containers
         n = self.get(name)
-        members = {r.id: {"Name": r.name, "IPv4Address": r.config["networks"][name]["ip"],
-                          "Aliases": r.config["networks"][name].get("aliases", [])}
-                   for r in Containers(self.store).all() if name in (r.config.get("networks") or {})}
-        return {"Name": n.name, "Driver": "bridge", "Scope": "local", "Internal": n.internal,
-                "IPAM": {"Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
-                "Containers": members, "Labels": n.labels}
+        prefix = ipaddress.ip_network(n.subnet).prefixlen
+        members = {}
+        for r in Containers(self.store).all():
+            info = (r.config.get("networks") or {}).get(n.name)
+            if info is not None:
+                members[r.id] = {"Name": r.name, "EndpointID": hashlib.sha256(f"{r.id}\0{n.id}".encode()).hexdigest(),
+                                 "MacAddress": "", "IPv4Address": f"{info['ip']}/{prefix}", "IPv6Address": "",
+                                 "Aliases": info.get("aliases", [])}
+        created = datetime.datetime.fromtimestamp(n.created).astimezone().isoformat()
+        return {"Name": n.name, "Id": n.id, "Created": created, "Scope": "local", "Driver": "bridge",
+                "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": {},
+                                              "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+                "Internal": n.internal, "Attachable": True, "Ingress": False, "ConfigFrom": {"Network": ""},
+                "ConfigOnly": False, "Containers": members, "Options": {}, "Labels": n.labels}
 
-    def prune(self) -> list[str]:
-        """``network prune``: remove every network no container uses; their names."""
+    def prune(self, filters: list[str] = ()) -> list[str]:
+        """``network prune``: remove every network no container uses; their names.  ``filters``:
+        Docker's label=KEY[=VALUE], label!=KEY[=VALUE] and until=TIMESTAMP (made before it)."""
+        checks = [_prune_check(f) for f in filters]
         removed = []
         with self.store.lock():
             for net in self.all():
-                if not self.users(net.name):
+                if not self.users(net.name) and all(c(net) for c in checks):
                     os.unlink(self._path(net.name))
+                    events.emit(self.store.root, "network", "destroy", net.id, {"name": net.name, "type": "bridge"})
                     removed.append(net.name)
         return removed
+
+
+def _prune_check(item: str):
+    key, _, value = item.partition("=")
+    if key in ("label", "label!"):
+        k, eq, val = value.partition("=")
+        return lambda n: (k in n.labels and (not eq or str(n.labels[k]) == val)) != (key == "label!")
+    if key == "until":
+        try:
+            limit = float(value)
+        except ValueError:
+            raise UsageError(f"invalid filter '{item}': until is a Unix timestamp") from None
+        return lambda n: n.created < limit
+    raise UsageError(f"invalid prune filter '{item}': use label=KEY[=VALUE], label!=KEY[=VALUE] or until=TIMESTAMP")
 
 
 def allocate(network: Network, used: set[str]) -> str:
@@ -288,15 +333,24 @@ class UserNetworkPlan:
         return all(n.internal for n in self.networks)
 
     def reserve(self, rec, records) -> None:
-        """Give ``rec`` an address on each network (call with the store locked; kept across restarts)."""
+        """Give ``rec`` an address on each network (call with the store locked; kept across restarts).
+        The networks it joined while it was not running ('network connect') are its networks too."""
         mine = rec.config.setdefault("networks", {})
+        known = {n.name for n in self.networks}
+        for name in list(mine):
+            if name not in known:
+                try:
+                    self.networks.append(Networks(self.store).get(name))
+                except NotFound:
+                    del mine[name]          # removed meanwhile ('network rm' refuses that; a crash)
         for net in self.networks:
             if net.name in mine:
                 continue
             used = {r.config.get("networks", {}).get(net.name, {}).get("ip") for r in records.all()
                     if r.id != rec.id and r.state in ("created", "running")}
-            mine[net.name] = {"ip": allocate(net, used), "aliases": list(self.aliases),
-                              "interface": f"eth{len(mine) + 1}"}
+            interfaces = {info.get("interface") for info in mine.values()}
+            ifname = next(f"eth{i}" for i in range(1, len(mine) + 2) if f"eth{i}" not in interfaces)
+            mine[net.name] = {"ip": allocate(net, used), "aliases": list(self.aliases), "interface": ifname}
 
     def _peers(self, records, rec_id: str, include: bool = True) -> dict[str, list]:
         """Per network: (name, aliases, ip) of the running containers on it (and ``rec_id`` if asked)."""
@@ -336,22 +390,35 @@ class UserNetworkPlan:
             rewrite_hosts(os.path.join(self.store.container_dir(r.id), "hosts"), hosts_entries(entries))
 
 
+def _on_user_network(rec) -> bool:
+    """Was the container made on a user network (so that its namespaces are the holder's)?"""
+    from . import MODES
+    mode = (rec.config.get("options") or {}).get("network") or ""
+    return bool(rec.config.get("networks")) or bool(mode and mode.split(":")[0] not in MODES + ("bridge", "container"))
+
+
 def connect(store, maps, run_dir: str, network_name: str, container: str, aliases: list[str]) -> None:
-    """``network connect``: a running container joins one more user network."""
+    """``network connect``: a container joins one more user network — at once if it runs, at
+    its next start if not."""
     from ..container.records import Containers
     from ..container.records import running
     records = Containers(store)
     rec = records.find(container)
-    if not running(rec) or not rec.init_pid:
-        raise RootlessError(f"container {rec.name} is not running")
-    if not rec.config.get("networks"):
-        raise RootlessError(f"container {rec.name} was not started on a user network, so its namespaces are not "
-                            "the networks' own: start it with --network NAME to connect it to others later")
-    if network_name in rec.config["networks"]:
-        raise RootlessError(f"container {rec.name} is already on network {network_name}")
+    network = Networks(store).get(network_name)
+    network_name = network.name
+    if not _on_user_network(rec):
+        raise RootlessError(f"container {rec.name} was not made on a user network, so its namespaces are not "
+                            "the networks' own: create it with --network NAME to connect it to others later")
+    if network_name in (rec.config.get("networks") or {}):
+        raise Conflict(f"container {rec.name} is already on network {network_name}")
     plan = UserNetworkPlan(store, [network_name], aliases)
+    is_running = running(rec) and rec.init_pid
     with store.lock():
         rec = records.update(rec.id, lambda r: plan.reserve(r, records), rec.name)
+    events.emit(store.root, "network", "connect", network.id,
+                {"container": rec.id, "name": network_name, "type": "bridge"})
+    if not is_running:
+        return                  # attached when it starts (UserNetworkPlan.reserve)
     os.close(plan.start_holder(maps, run_dir))
     info = rec.config["networks"][network_name]
     attach(plan.holder, rec.init_pid, plan.networks[0], info["ip"], rec.id, info["interface"])
@@ -362,23 +429,29 @@ def connect(store, maps, run_dir: str, network_name: str, container: str, aliase
 
 
 def disconnect(store, run_dir: str, network_name: str, container: str) -> None:
-    """``network disconnect``: a running container leaves a user network (its interface is removed)."""
+    """``network disconnect``: a container leaves a user network (its interface is removed if it runs)."""
     from ..container.records import Containers
+    from ..container.records import running
     records = Containers(store)
     rec = records.find(container)
+    network = Networks(store).get(network_name)
+    network_name = network.name
     info = (rec.config.get("networks") or {}).get(network_name)
     if info is None:
         raise RootlessError(f"container {rec.name} is not on network {network_name}")
     plan = UserNetworkPlan(store, [network_name], [])
-    pidfile = os.path.join(run_dir, "netns-holder.pid")
-    try:
-        with open(pidfile) as f:
-            holder = int(f.read())
-        if _holder_alive(holder):
-            _ip(holder, holder, [f"link del {_veth(rec.id, info.get('interface', 'eth1'))}"],
-                tolerate="Cannot find device")
-    except (OSError, ValueError):
-        pass
-    plan.refresh_peers(records, rec.id, leaving=True)
+    if running(rec) and rec.init_pid:
+        pidfile = os.path.join(run_dir, "netns-holder.pid")
+        try:
+            with open(pidfile) as f:
+                holder = int(f.read())
+            if _holder_alive(holder):
+                _ip(holder, holder, [f"link del {_veth(rec.id, info.get('interface', 'eth1'))}"],
+                    tolerate="Cannot find device")
+        except (OSError, ValueError):
+            pass
+        plan.refresh_peers(records, rec.id, leaving=True)
     with store.lock():
         records.update(rec.id, lambda r: (r.config.get("networks") or {}).pop(network_name, None), rec.name)
+    events.emit(store.root, "network", "disconnect", network.id,
+                {"container": rec.id, "name": network_name, "type": "bridge"})

@@ -496,6 +496,20 @@ def _set_identity(ident: users.Identity) -> None:
     os.setresuid(ident.uid, ident.uid, ident.uid)
 
 
+def _take_stdio(stdio: tuple[int, int, int], keep: set[int]) -> None:
+    """In a forked child: ``stdio`` becomes fds 0-2, and every other fd but ``keep`` is closed."""
+    for target, fd in enumerate(stdio):
+        if fd != target:
+            os.dup2(fd, target)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def _attach_pty(sock: socket.socket, winsize: bytes | None) -> None:
     """Open a pty in the container's own devpts; the slave becomes our terminal, P gets the master.
 
@@ -537,7 +551,8 @@ NS_ORDER = (("user", libc.CLONE_NEWUSER), ("cgroup", libc.CLONE_NEWCGROUP), ("ip
 
 
 def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
-          join_cgroup: Callable[[int], None] | None = None) -> Started:
+          join_cgroup: Callable[[int], None] | None = None,
+          stdio: tuple[int, int, int] | None = None) -> Started:
     """Run ``proc`` in the namespaces of the running container whose PID 1 is ``init_pid``.
 
     X (a child of ours) is put in the container's cgroup, then joins the user namespace that
@@ -545,6 +560,9 @@ def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
     grants the capabilities the other ``setns`` calls need; then the others, the mount namespace,
     and U2 last; joining a PID namespace applies to children, so X forks Y, which takes the
     same last steps as the container's PID 1 (``_become``).  Returns like ``start``.
+
+    ``stdio``: the process's stdin, stdout and stderr (None: ours).  Given, X keeps no other
+    descriptor of ours: a server's other clients and pipes must not live on in it.
     """
     fds = []
     try:
@@ -572,6 +590,8 @@ def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
         code = 125
         try:
             parent_sock.close()
+            if stdio is not None:
+                _take_stdio(stdio, keep={*fds, child_sock.fileno()})
             libc.set_pdeathsig(signal.SIGKILL)
             libc.set_process_name("rootless-exec")
             for sig in _IGNORED_IN_C:
