@@ -89,4 +89,4 @@ async def events(req: Request) -> Response:
                         yield journal.docker_form(e)
         finally:
             follower.close()
-    return json_stream(stream())
+    return json_stream(stream(), on_close=follower.close)     # also when the client left before the head

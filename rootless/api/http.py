@@ -165,13 +165,41 @@ def text_response(text: str, status: int = 200) -> Response:
     return Response(status, text.encode(), "text/plain; charset=utf-8")
 
 
-def json_stream(items: AsyncIterator[Any]) -> Response:
+class _Body:
+    """A streamed answer whose ``aclose`` also runs ``on_close``, whether it was read or not: a
+    generator that never started runs no ``finally``, and its client may leave before the head
+    is sent."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], on_close: Callable[[], Any] | None):
+        self._chunks, self._on_close = chunks, on_close
+
+    def __aiter__(self) -> "_Body":
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
+        finally:
+            close, self._on_close = self._on_close, None
+            if close:
+                close()
+
+
+def json_stream(items: AsyncIterator[Any], on_close: Callable[[], Any] | None = None) -> Response:
     """A stream of JSON objects, one per line (pull and push progress, build output, events,
-    stats)."""
+    stats).  ``on_close()``: frees what the stream holds once it ends, read or not."""
     async def body() -> AsyncIterator[bytes]:
-        async for item in items:
-            yield json.dumps(item).encode() + b"\n"
-    return Response(200, body(), "application/json")
+        try:
+            async for item in items:
+                yield json.dumps(item).encode() + b"\n"
+        finally:                            # at once, not when the collector finds it
+            aclose = getattr(items, "aclose", None)
+            if aclose:
+                await aclose()
+    return Response(200, _Body(body(), on_close), "application/json")
 
 
 async def until_hangup(stream: trio.abc.Stream, every: float = 0.5) -> None:

@@ -320,7 +320,15 @@ class Connection:
 
     async def _respond(self, req: Request | None, response: Response) -> None:
         streaming = not isinstance(response.body, (bytes, bytearray))
-        await self._send(h11.Response(status_code=response.status, headers=self._head(req, response, streaming)))
+        try:
+            await self._send(h11.Response(status_code=response.status, headers=self._head(req, response, streaming)))
+        except BaseException:
+            if streaming:                   # the client left before the head: the stream is closed unread
+                with trio.CancelScope(shield=True):
+                    aclose = getattr(response.body, "aclose", None)
+                    if aclose:
+                        await aclose()
+            raise
         if self.head_only:
             if streaming:
                 await response.body.aclose()
