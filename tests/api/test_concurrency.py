@@ -189,7 +189,11 @@ def test_twenty_docker_run_rm_at_once(api):
 
     def run(i):
         proc = api.docker("run", "--rm", "--network", "none", "busybox", "echo", f"run {i}", timeout=300)
-        assert proc.returncode == 0 and proc.stdout == f"run {i}\n", proc.stdout + proc.stderr
+        if proc.returncode != 0 or proc.stdout != f"run {i}\n":
+            cid = proc.stderr.split("'")[1] if "'" in proc.stderr else None
+            around = [line for line in api.log.read_text().splitlines() if cid and cid[:12] in line]
+            raise AssertionError(f"docker run --rm exited {proc.returncode}: {proc.stdout}{proc.stderr}\n"
+                                 + "\n".join(around[-20:]))
     _all_at_once(run)
 
 
