@@ -273,7 +273,13 @@ def run_options(body: dict, name: str | None, store_root: str):
     if entrypoint is not None:
         entrypoint = _strings(entrypoint, "Entrypoint")
     labels = _obj(cfg.get("Labels"), "Labels")
-    volumes = list(_obj(cfg.get("Volumes"), "Volumes"))
+    binds = _binds(_strings(hc.get("Binds"), "Binds"))
+    mounts = [_obj(m, "Mounts[]") for m in hc.get("Mounts") or []]
+    # Config.Volumes lists every volume path, the ones Binds or Mounts fill included (compose
+    # sends both): only the others are anonymous volumes
+    covered = {(b.split(":")[1] if ":" in b else b).rstrip("/") for b in binds} | \
+        {str(m.get("Target") or "").rstrip("/") for m in mounts}
+    volumes = [v for v in _obj(cfg.get("Volumes"), "Volumes") if v.rstrip("/") not in covered]
     policy = _obj(hc.get("RestartPolicy"), "RestartPolicy")
     restart = str(policy.get("Name") or "no")
     if restart == "on-failure" and _int(policy.get("MaximumRetryCount"), "MaximumRetryCount"):
@@ -311,8 +317,8 @@ def run_options(body: dict, name: str | None, store_root: str):
         hostname=cfg.get("Hostname") or None, domainname=cfg.get("Domainname") or None,
         label=[f"{k}={v}" for k, v in labels.items()], tty=bool(cfg.get("Tty")),
         interactive=bool(cfg.get("OpenStdin")), stop_signal=stop_signal, stop_timeout=stop_timeout,
-        volume=_binds(_strings(hc.get("Binds"), "Binds")) + volumes,
-        mount=[_mount_arg(_obj(m, "Mounts[]")) for m in hc.get("Mounts") or []],
+        volume=binds + volumes,
+        mount=[_mount_arg(m) for m in mounts],
         publish=_port_specs(_obj(hc.get("PortBindings"), "PortBindings")),
         network=network, network_alias=aliases, restart=restart,
         memory=str(memory) if memory else None, memory_swap=str(swap) if swap else None, cpus=cpus,
