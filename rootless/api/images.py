@@ -1,0 +1,452 @@
+"""Images: pull (``POST /images/create``), list, inspect, history, tag, remove, push, save
+(``/images/get``), load, prune, search (refused), build (``POST /build``) and commit.
+
+Long work streams Docker's JSON messages (``{"status": ..., "progressDetail": ..., "id": ...}``
+for pull and push, ``{"stream": ...}`` for load and build) from an engine call running in a
+thread (``streaming.from_thread``); an error before the first message is an HTTP error, one
+after it an ``{"errorDetail": ..., "error": ...}`` message in the stream, as Docker does.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import shutil
+from typing import Any, AsyncIterator, Callable
+
+from ..errors import RootlessError
+from .http import ApiError, Request, Response, json_response, json_stream
+from .router import route
+from .server import status_of
+from .streaming import Disconnected, bytes_from_thread, from_thread, spool
+
+UNTAGGED = "localhost/untagged/"
+
+
+# --- shared ---------------------------------------------------------------------------------
+
+def error_message(e: BaseException, code: int | None = None) -> dict[str, Any]:
+    """Docker's in-stream error (after the 200 was sent)."""
+    _status, message = status_of(_translated(e))
+    detail: dict[str, Any] = {"message": message}
+    if code:
+        detail["code"] = code
+    return {"errorDetail": detail, "error": message}
+
+
+def _translated(e: BaseException) -> BaseException:
+    """Registry errors as the status codes Docker gives them."""
+    from ..registry import errors as reg
+    if isinstance(e, reg.NotFound):
+        return ApiError(404, str(e))
+    if isinstance(e, reg.AuthenticationRequired):
+        return ApiError(401, str(e))
+    if isinstance(e, reg.AccessDenied):
+        return ApiError(403, str(e))
+    return e
+
+
+async def started_stream(items: AsyncIterator[Any]) -> Response:
+    """A JSON stream whose first message is awaited before answering: a failure before it is
+    an HTTP error status, a later one an error message in the stream."""
+    it = items.__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException as e:
+        await it.aclose()
+        raise _translated(e) from None
+
+    async def rest() -> AsyncIterator[Any]:
+        try:
+            if first is not None:
+                yield first
+            async for item in it:
+                yield item
+        except Disconnected:
+            return
+        except Exception as e:  # noqa: BLE001 - the status line is sent: the error goes in the stream
+            yield error_message(e, getattr(e, "exit_code", None))
+        finally:
+            await it.aclose()
+    return json_stream(rest())
+
+
+def credentials(req: Request, header: str = "x-registry-auth"):
+    """The credentials of an ``X-Registry-Auth`` header (base64 JSON: username, password,
+    serveraddress), or None."""
+    raw = (req.headers.get(header) or "").strip()
+    if not raw:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except ValueError:
+        raise ApiError(400, f"{header} is not base64-encoded JSON: send {{\"username\", \"password\", "
+                            "\"serveraddress\"}} encoded with base64") from None
+    if not isinstance(data, dict) or not data.get("username") or not data.get("password"):
+        return None
+    from ..registry import Credentials
+    return Credentials(str(data["username"]), str(data["password"]))
+
+
+def _unix(created: str | None) -> int:
+    """An RFC 3339 time (nanoseconds allowed) as seconds since 1970; 0 when unreadable."""
+    if not created:
+        return 0
+    text = str(created).replace("Z", "+00:00")
+    date, dot, rest = text.partition(".")
+    if dot:          # fractions longer than Python reads
+        n = len(rest) - len(rest.lstrip("0123456789"))
+        text = date + "." + rest[:n][:6].ljust(6, "0") + rest[n:]
+    try:
+        return int(datetime.datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return 0
+
+
+def _visible_tags(tags: list[str]) -> list[str]:
+    return [t for t in tags if not t.startswith(UNTAGGED)]
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.1f}MB" if n >= 1e6 else f"{n / 1e3:.1f}kB"
+
+
+class JsonProgress:
+    """The engine's progress sink (``progress.ProgressFactory``) as Docker's messages."""
+
+    def __init__(self, emit: Callable[[Any], None], verbs: dict[str, tuple[str, str, str]], verb: str,
+                 items: list[tuple[str, int | None]]):
+        self.emit = emit
+        self.first, self.doing, self.finished = verbs.get(verb, ("Waiting", verb.capitalize(), "Complete"))
+        self.sent: dict[str, int] = {}
+        self.complete: set[str] = set()
+        self.keys = [key for key, _size in items]
+        for key, _size in items:
+            emit({"status": self.first, "progressDetail": {}, "id": key[7:19]})
+
+    def update(self, key: str, done: int, total: int | None = None) -> None:
+        if key in self.complete:
+            return
+        last = self.sent.get(key, -1)
+        step = max((total or 0) // 40, 256 << 10)
+        finished = total is not None and done >= total
+        if finished or done - last >= step:
+            self.sent[key] = done
+            bar = ""
+            if total:
+                filled = int(50 * min(done, total) / total)
+                bar = "[" + "=" * filled + (">" if filled < 50 else "") + " " * max(0, 49 - filled) + "] "
+            self.emit({"status": self.doing, "progressDetail": {"current": done, **({"total": total} if total else {})},
+                       "progress": f"{bar}{_mb(done)}/{_mb(total)}", "id": key[7:19]})
+        if finished:
+            self.complete.add(key)
+            self.emit({"status": self.finished, "progressDetail": {}, "id": key[7:19]})
+
+
+def _factory(emit: Callable[[Any], None], verbs: dict[str, tuple[str, str, str]], made: list[JsonProgress],
+             before: Callable[[], None] | None = None):
+    def make(verb: str, items: list[tuple[str, int | None]]) -> JsonProgress:
+        if before:
+            before()
+        sink = JsonProgress(emit, verbs, verb, items)
+        made.append(sink)
+        return sink
+    return make
+
+
+# --- pull and import: POST /images/create ------------------------------------------------------
+
+PULL_VERBS = {"download": ("Pulling fs layer", "Downloading", "Download complete")}
+
+
+def _pull_ref(image: str, tag: str | None) -> str:
+    if not tag:
+        return image
+    if tag.startswith("sha256:"):
+        return f"{image}@{tag}"
+    return f"{image}:{tag}"
+
+
+@route("POST", "/images/create")
+async def create(req: Request) -> Response:
+    image, src = req.arg("fromImage"), req.arg("fromSrc")
+    if src:
+        return await _import(req, src)
+    if not image:
+        raise ApiError(400, "give fromImage=NAME (pull) or fromSrc=- (import a root filesystem tar in the body)")
+    tag = req.arg("tag") or ""
+    from ..image.reference import normalize
+    from ..registry import Reference
+    ref_text = _pull_ref(image, tag)
+    try:
+        ref = Reference.parse(ref_text)
+    except RootlessError as e:
+        raise ApiError(400, f"invalid reference format: {e}") from None
+    if not (ref.tag or ref.digest):
+        ref = Reference.parse(ref_text + ":latest")
+    creds = credentials(req)
+    platform = req.arg("platform") or None
+    store = req.store
+
+    def work(emit: Callable[[Any], None]) -> None:
+        from ..image.pull import pull
+        from ..sandbox import idmap
+        try:
+            before = store.tags().get(normalize(str(ref))) if ref.tag else None
+        except RootlessError:
+            before = None
+        said = []
+
+        def pulling() -> None:
+            if not said:
+                said.append(True)
+                emit({"status": f"Pulling from {ref.repository}", "id": ref.tag or ref.digest})
+        sinks: list[JsonProgress] = []
+        img = pull(store, idmap.detect(), str(ref), platform, True, progress=_factory(emit, PULL_VERBS, sinks, pulling),
+                   credentials=creds)
+        pulling()
+        for sink in sinks:
+            for key in sink.keys:
+                emit({"status": "Pull complete", "progressDetail": {}, "id": key[7:19]})
+        emit({"status": f"Digest: {img.manifest_digest}"})
+        name = ref.familiar if ref.tag else str(ref)
+        if before == img.manifest_digest:
+            emit({"status": f"Status: Image is up to date for {name}"})
+        else:
+            emit({"status": f"Status: Downloaded newer image for {name}"})
+    return await started_stream(from_thread(work))
+
+
+async def _import(req: Request, src: str) -> Response:
+    if src != "-":
+        raise ApiError(400, f"fromSrc={src}: only '-' (the tar in the request body) is supported; "
+                            "download the file and send it as the body")
+    repo, tag = req.arg("repo") or "", req.arg("tag") or ""
+    ref = (f"{repo}:{tag}" if tag else repo) or None
+    changes, message = req.args("changes"), req.arg("message") or ""
+    store = req.store
+    tmp = await req.engine(store.new_temp_dir, "api-import")
+    try:
+        path = await spool(req, tmp)
+        from ..image.importer import import_rootfs
+        from ..sandbox import idmap
+        img, _devices = await req.engine(lambda: import_rootfs(store, idmap.detect(), path, ref, changes, message))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return json_response({"status": img.id})
+
+
+# --- list, inspect, history ---------------------------------------------------------------------
+
+def _list(store_root: str, filters: list[str]) -> list[dict[str, Any]]:
+    from ..image.inspect import image_size, matching_images
+    from ..image.store import Store
+    store = Store(store_root)
+    by_id: dict[str, dict[str, Any]] = {}
+    for img in matching_images(store, filters):
+        row = by_id.get(img.id)
+        if row is None:
+            labels = img.run_config.get("Labels") or None
+            size = image_size(store, img)
+            row = by_id[img.id] = {
+                "Id": img.id, "ParentId": "", "RepoTags": [], "RepoDigests": [],
+                "Created": _unix(img.config.get("created")), "Size": size, "VirtualSize": size,
+                "SharedSize": -1, "Labels": labels, "Containers": -1}
+        if img.ref and not img.ref.startswith(UNTAGGED):
+            row["RepoTags"].append(img.ref)
+            row["RepoDigests"].append(f"{img.ref.rpartition(':')[0]}@{img.manifest_digest}")
+    for row in by_id.values():
+        if not row["RepoTags"]:
+            row["RepoTags"], row["RepoDigests"] = ["<none>:<none>"], ["<none>@<none>"]
+    return sorted(by_id.values(), key=lambda r: -r["Created"])
+
+
+@route("GET", "/images/json")
+async def list_images(req: Request) -> Response:
+    filters = req.filters()
+    args = []
+    for key, values in filters.items():
+        if key not in ("dangling", "label", "reference", "before", "since"):
+            raise ApiError(400, f"invalid filter '{key}': use dangling, label, reference, before or since")
+        args += [f"{key}={v}" for v in values]
+    if req.arg("filter"):                 # API < 1.28: ?filter=NAME
+        args.append(f"reference={req.arg('filter')}")
+    return json_response(await req.engine(_list, req.store_root, args))
+
+
+def _inspect(store_root: str, name: str) -> dict[str, Any]:
+    from ..image.inspect import image_info
+    from ..image.store import Store
+    store = Store(store_root)
+    info = image_info(store, store.resolve(name))
+    info["RepoTags"] = _visible_tags(info["RepoTags"])
+    info["RepoDigests"] = [d for d in info["RepoDigests"] if not d.startswith(UNTAGGED)]
+    info.update({"Container": "", "ContainerConfig": {}, "DockerVersion": "", "VirtualSize": info["Size"],
+                 "GraphDriver": {"Name": "overlay", "Data": None}})
+    return info
+
+
+@route("GET", "/images/{name:path}/json")
+async def inspect(req: Request, name: str) -> Response:
+    return json_response(await req.engine(_inspect, req.store_root, name))
+
+
+def _history(store_root: str, name: str) -> list[dict[str, Any]]:
+    from ..image.inspect import history
+    from ..image.store import Store
+    store = Store(store_root)
+    img = store.resolve(name)
+    tags = _visible_tags(sorted(t for t, d in store.tags().items() if d == img.manifest_digest))
+    out = []
+    for i, row in enumerate(history(store, name)):
+        out.append({"Id": row["Id"], "Created": _unix(row["Created"]), "CreatedBy": row["CreatedBy"],
+                    "Tags": tags if i == 0 and tags else None, "Size": row["Size"], "Comment": row["Comment"]})
+    return out
+
+
+@route("GET", "/images/{name:path}/history")
+async def history(req: Request, name: str) -> Response:
+    return json_response(await req.engine(_history, req.store_root, name))
+
+
+# --- tag, remove, prune, search -------------------------------------------------------------------
+
+@route("POST", "/images/{name:path}/tag")
+async def tag(req: Request, name: str) -> Response:
+    repo, tag_ = req.arg("repo"), req.arg("tag")
+    if not repo:
+        raise ApiError(400, "give repo=NAME (and tag=TAG) to tag an image")
+    target = f"{repo}:{tag_}" if tag_ else repo
+    await req.engine(req.store.tag, name, target)
+    return Response(201, b"", None)
+
+
+@route("DELETE", "/images/{name:path}")
+async def remove(req: Request, name: str) -> Response:
+    from ..image.gc import remove_image
+    from ..sandbox import idmap
+    force = req.flag("force")
+    store = req.store
+    img = await req.engine(store.resolve, name)
+    out = await req.engine(lambda: remove_image(store, idmap.detect(), name, force))
+    answer: list[dict[str, str]] = [{"Untagged": t} for t in out.untagged if not t.startswith(UNTAGGED)]
+    if img.id in out.blobs:
+        answer.append({"Deleted": img.id})
+    answer += [{"Deleted": d} for d in out.layers]
+    return json_response(answer)
+
+
+@route("POST", "/images/prune")
+async def prune(req: Request) -> Response:
+    from ..image.gc import prune as do_prune
+    from ..sandbox import idmap
+    all_images = False
+    for key, values in req.filters().items():
+        if key == "dangling":
+            all_images = any(v.lower() in ("false", "0") for v in values)
+        else:
+            raise ApiError(400, f"invalid filter '{key}' for image prune: only dangling=true|false is supported")
+    store = req.store
+    out = await req.engine(lambda: do_prune(store, idmap.detect(), all_images))
+    deleted = [{"Untagged": t} for t in out.untagged if not t.startswith(UNTAGGED)] + \
+              [{"Deleted": d} for d in out.layers]
+    return json_response({"ImagesDeleted": deleted or None, "SpaceReclaimed": out.reclaimed})
+
+
+@route("GET", "/images/search")
+async def search(req: Request) -> Response:
+    raise ApiError(501, "image search is not supported by rootless: look the image up on the registry's "
+                        "web site, then pull it by its full name")
+
+
+# --- push -------------------------------------------------------------------------------------------
+
+PUSH_VERBS = {"compress": ("Preparing", "Compressing", "Compressed"),
+              "upload": ("Preparing", "Pushing", "Pushed")}
+OUTCOMES = {"exists": "Layer already exists", "mounted": "Mounted from another repository", "pushed": "Pushed"}
+
+
+@route("POST", "/images/{name:path}/push")
+async def push(req: Request, name: str) -> Response:
+    from ..image.reference import normalize
+    tag_ = req.arg("tag") or ""
+    store = req.store
+    creds = credentials(req)
+    source = f"{name}:{tag_}" if tag_ else name
+    if tag_:
+        sources = [normalize(source)]
+        await req.engine(store.resolve, source)
+    else:                          # every tag of the repository, as Docker pushes them
+        repo = normalize(name).rpartition(":")[0]
+        sources = sorted(t for t in await req.engine(store.tags) if t.rpartition(":")[0] == repo)
+        if not sources:
+            await req.engine(store.resolve, name)           # the 404, in the store's words
+            sources = [normalize(name)]
+
+    def work(emit: Callable[[Any], None]) -> None:
+        from ..image.push import push as do_push
+        from ..registry import Reference
+        ref = Reference.parse(sources[0])
+        emit({"status": f"The push refers to repository [{ref.registry}/{ref.repository}]"})
+        for src in sources:
+            sinks: list[JsonProgress] = []
+
+            def report(line: str) -> None:
+                short, _, outcome = line.partition(": ")
+                emit({"status": OUTCOMES.get(outcome, outcome), "progressDetail": {}, "id": short})
+            digest = do_push(store, src, None, True, progress=_factory(emit, PUSH_VERBS, sinks), report=report,
+                             credentials=creds)
+            t = src.rpartition(":")[2]
+            emit({"status": f"{t}: digest: {digest}"})
+            emit({"progressDetail": {}, "aux": {"Tag": t, "Digest": digest}})
+    return await started_stream(from_thread(work))
+
+
+# --- save and load ---------------------------------------------------------------------------------
+
+async def _save(req: Request, names: list[str]) -> Response:
+    from ..image.archive import save
+    store = req.store
+    for n in names:
+        await req.engine(store.resolve, n)               # 404 before the archive starts
+    return Response(200, bytes_from_thread(lambda out: save(store, names, "docker-archive", out)),
+                    "application/x-tar")
+
+
+@route("GET", "/images/{name:path}/get")
+async def save_one(req: Request, name: str) -> Response:
+    return await _save(req, [name])
+
+
+@route("GET", "/images/get")
+async def save_many(req: Request) -> Response:
+    names = [n for value in req.args("names") for n in value.split(",") if n]
+    if not names:
+        raise ApiError(400, "give the images to save: names=NAME (repeatable)")
+    return await _save(req, names)
+
+
+@route("POST", "/images/load")
+async def load(req: Request) -> Response:
+    from ..image.archive import UNTAGGED_REPO, load as do_load
+    from ..sandbox import idmap
+    store = req.store
+    tmp = await req.engine(store.new_temp_dir, "api-load")
+    try:
+        path = await spool(req, tmp, "archive")
+        loaded = await req.engine(lambda: do_load(store, idmap.detect(), path))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = []
+    for img, tags in loaded:
+        for t in tags:
+            lines.append(f"Loaded image ID: {img.id}\n" if t.startswith(UNTAGGED_REPO + "/")
+                         else f"Loaded image: {t}\n")
+
+    async def items() -> AsyncIterator[Any]:
+        for line in lines:
+            yield {"stream": line}
+    return json_stream(items())

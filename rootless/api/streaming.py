@@ -1,0 +1,117 @@
+"""Engine work whose output is a stream (pull and push progress, a saved image, a tar of a
+container's files), run in a thread of its own and read by the trio side as it comes; and a
+request body spooled to a file for the engine calls that read one (load, build, put archive).
+
+``from_thread(work)``: ``work(emit)`` runs in a new thread; each ``emit(item)`` is yielded by
+the async iterator returned.  The channel between them is bounded: a slow client slows the
+work down instead of filling memory.  When the client goes away the iterator is closed: the
+next ``emit`` raises ``Disconnected`` in the worker, which ends the work (its ``finally``
+clauses free what it holds).  The work's exception, if any, is raised by the iterator after
+the items emitted before it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from typing import Any, AsyncIterator, BinaryIO, Callable
+
+import trio
+
+from .http import Request
+
+CHUNK = 64 << 10
+
+
+class Disconnected(Exception):
+    """The client stopped reading: the worker's next ``emit`` raises this."""
+
+
+async def from_thread(work: Callable[[Callable[[Any], None]], Any], buffer: int = 16) -> AsyncIterator[Any]:
+    send, receive = trio.open_memory_channel(buffer)
+    token = trio.lowlevel.current_trio_token()
+    gone = threading.Event()
+
+    def emit(item: Any) -> None:
+        if gone.is_set():
+            raise Disconnected()
+        try:
+            trio.from_thread.run(send.send, ("item", item), trio_token=token)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError, trio.Cancelled):
+            gone.set()
+            raise Disconnected() from None
+
+    def finished(outcome) -> None:
+        if gone.is_set():
+            return
+        try:
+            token.run_sync_soon(lambda: trio.lowlevel.spawn_system_task(_deliver, send, outcome))
+        except trio.RunFinishedError:
+            pass
+
+    trio.lowlevel.start_thread_soon(lambda: work(emit), finished)
+    try:
+        async with receive:
+            async for kind, value in receive:
+                if kind == "item":
+                    yield value
+                else:
+                    value.unwrap()
+                    return
+    finally:
+        gone.set()
+
+
+async def _deliver(send, outcome) -> None:
+    """The work's end, queued after its last items (waits while the channel is full)."""
+    try:
+        await send.send(("end", outcome))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+class ChannelWriter(io.RawIOBase):
+    """A file the engine writes (a tar) whose bytes go to ``emit``."""
+
+    def __init__(self, emit: Callable[[Any], None]):
+        self.emit = emit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        data = bytes(b)
+        if data:
+            self.emit(data)
+        return len(data)
+
+
+def writer(emit: Callable[[Any], None]) -> BinaryIO:
+    """A buffered file over ``emit`` (chunks of about 64 KiB); close it to send the rest."""
+    return io.BufferedWriter(ChannelWriter(emit), CHUNK)
+
+
+async def bytes_from_thread(work: Callable[[BinaryIO], Any]) -> AsyncIterator[bytes]:
+    """The bytes ``work(out)`` writes to ``out``."""
+    def run(emit: Callable[[Any], None]) -> None:
+        out = writer(emit)
+        try:
+            work(out)
+        finally:
+            try:
+                out.close()
+            except Disconnected:
+                pass
+    async for chunk in from_thread(run):
+        yield chunk
+
+
+async def spool(req: Request, directory: str, name: str = "body") -> str:
+    """The request's body in a new file under ``directory`` (the caller removes it)."""
+    path = os.path.join(directory, name)
+    f = await trio.open_file(path, "wb")
+    async with f:
+        async for chunk in req.chunks():
+            await f.write(chunk)
+    return path
