@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Callable
 
 from ..errors import RootlessError
 from .http import ApiError, Request, Response, json_response, json_stream
-from .router import route
+from .router import route as _route
 from .server import status_of
 from .streaming import Disconnected, bytes_from_thread, from_thread, spool
 
@@ -25,6 +25,30 @@ UNTAGGED = "localhost/untagged/"
 
 
 # --- shared ---------------------------------------------------------------------------------
+
+def no_such_image(e: BaseException) -> BaseException:
+    """An image the store does not have, in the words Docker's clients look for ("No such
+    image": docker-py raises ImageNotFound for it)."""
+    from ..errors import ImageNotFound
+    if isinstance(e, ImageNotFound) and not str(e).startswith("No such image"):
+        return ApiError(404, f"No such image: {e}")
+    return e
+
+
+def route(method: str, template: str):
+    """``router.route``, with the store's ImageNotFound worded as Docker's."""
+    def register(handler):
+        import functools
+
+        @functools.wraps(handler)
+        async def wrapped(req: Request, **params: str) -> Response:
+            try:
+                return await handler(req, **params)
+            except RootlessError as e:
+                raise no_such_image(e) from None
+        return _route(method, template)(wrapped)
+    return register
+
 
 def error_message(e: BaseException, code: int | None = None) -> dict[str, Any]:
     """Docker's in-stream error (after the 200 was sent)."""
@@ -38,6 +62,7 @@ def error_message(e: BaseException, code: int | None = None) -> dict[str, Any]:
 def _translated(e: BaseException) -> BaseException:
     """Registry errors as the status codes Docker gives them."""
     from ..registry import errors as reg
+    e = no_such_image(e)
     if isinstance(e, reg.NotFound):
         return ApiError(404, str(e))
     if isinstance(e, reg.AuthenticationRequired):
@@ -278,12 +303,14 @@ async def list_images(req: Request) -> Response:
 
 
 def _inspect(store_root: str, name: str) -> dict[str, Any]:
-    from ..image.inspect import image_info
+    from ..image.inspect import ZERO_TIME, image_info
     from ..image.store import Store
     store = Store(store_root)
     info = image_info(store, store.resolve(name))
     info["RepoTags"] = _visible_tags(info["RepoTags"])
     info["RepoDigests"] = [d for d in info["RepoDigests"] if not d.startswith(UNTAGGED)]
+    info["Created"] = info["Created"] or ZERO_TIME
+    info["Metadata"] = {"LastTagTime": ZERO_TIME}
     info.update({"Container": "", "ContainerConfig": {}, "DockerVersion": "", "VirtualSize": info["Size"],
                  "GraphDriver": {"Name": "overlay", "Data": None}})
     return info
