@@ -477,3 +477,160 @@ async def load(req: Request) -> Response:
         for line in lines:
             yield {"stream": line}
     return json_stream(items())
+
+
+# --- build: POST /build (the legacy builder's protocol) ---------------------------------------------
+
+def _json_arg(req: Request, name: str) -> dict[str, str]:
+    text = req.arg(name)
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ApiError(400, f"invalid {name}: {text!r} is not a JSON object") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, f"invalid {name}: expected a JSON object of strings")
+    return {str(k): str(v) for k, v in value.items() if v is not None}
+
+
+def _build_messages(msg: dict[str, Any], quiet: bool) -> list[dict[str, Any]]:
+    """The worker's message (build/worker.py) as Docker's legacy builder says it."""
+    if "step" in msg:
+        n, total, text = msg["step"]
+        return [] if quiet else [{"stream": f"Step {n}/{total} : {text}\n"}]
+    if "cached" in msg:
+        return [] if quiet else [{"stream": " ---> Using cache\n"}]
+    if "output" in msg:
+        return [] if quiet else [{"stream": msg["output"]}]
+    if "warning" in msg:
+        return [] if quiet else [{"stream": f"[WARNING]: {msg['warning']}\n"}]
+    if "image" in msg:
+        image_id = msg["image"]
+        if quiet:
+            return [{"aux": {"ID": image_id}}, {"stream": image_id + "\n"}]
+        return [{"aux": {"ID": image_id}}, {"stream": f"Successfully built {image_id[7:19]}\n"}] + \
+               [{"stream": f"Successfully tagged {t}\n"} for t in msg.get("tags") or []]
+    return []
+
+
+class BuildFailed(RootlessError):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.exit_code = code
+
+
+@route("POST", "/build")
+async def build(req: Request) -> Response:
+    import sys
+    import os
+    import trio
+    if req.arg("remote"):
+        raise ApiError(400, "remote build contexts (remote=URL) are not supported: send the context as a tar body")
+    from ..image.reference import normalize
+    tags = [normalize(t) for t in req.args("t") if t]
+    network = req.arg("networkmode") or "default"
+    if network not in ("default", "none", "host"):
+        network = "default"                     # bridge and named networks: the default network
+    pull = req.arg("pull") not in (None, "", "0", "false", "False")
+    quiet = req.flag("q")
+    store = req.store
+    tmp = await req.engine(store.new_temp_dir, "api-build")
+    scratch = os.path.join(tmp, "context")
+    os.mkdir(scratch)
+    request = {"store": req.store_root, "context": "", "scratch": scratch,
+               "dockerfile": req.arg("dockerfile") or None, "tags": tags, "build_args": _json_arg(req, "buildargs"),
+               "labels": _json_arg(req, "labels"), "target": req.arg("target") or None,
+               "no_cache": req.flag("nocache"), "pull": pull, "network": network}
+    try:
+        request["context"] = await spool(req, tmp, "context.tar")
+        proc = await trio.lowlevel.open_process([sys.executable, "-m", "rootless.build.worker"],
+                                                stdin=-1, stdout=-1, stderr=None)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    async def messages() -> AsyncIterator[Any]:
+        try:
+            await proc.stdin.send_all(json.dumps(request).encode() + b"\n")
+            await proc.stdin.aclose()
+            pending = b""
+            while True:
+                data = await proc.stdout.receive_some(65536)
+                if not data:
+                    break
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    msg = json.loads(line)
+                    if "error" in msg:
+                        if msg.get("usage"):
+                            raise ApiError(400, msg["error"])
+                        raise BuildFailed(msg["error"], int(msg.get("code") or 1))
+                    for item in _build_messages(msg, quiet):
+                        yield item
+            code = await proc.wait()
+            if code != 0:
+                raise BuildFailed(f"the build ended with status {code} (see the service's log)", 1)
+        finally:
+            with trio.CancelScope(shield=True):
+                if proc.returncode is None:
+                    proc.send_signal(15)            # the client went away: stop the build
+                    with trio.move_on_after(30):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+                await proc.aclose()
+            shutil.rmtree(tmp, ignore_errors=True)
+    return await started_stream(messages())
+
+
+# --- commit: POST /commit ---------------------------------------------------------------------------
+
+def config_changes(config: Any) -> list[str]:
+    """A container config sent with a commit (Cmd, Entrypoint, Env, Labels, WorkingDir, User,
+    ExposedPorts, Volumes, StopSignal) as the Dockerfile instructions ``--change`` takes."""
+    if not config:
+        return []
+    if not isinstance(config, dict):
+        raise ApiError(400, "the commit's body must be a container config (a JSON object)")
+    out = []
+    for key, keyword in (("Cmd", "CMD"), ("Entrypoint", "ENTRYPOINT")):
+        value = config.get(key)
+        if value:
+            out.append(f"{keyword} {json.dumps(value if isinstance(value, list) else [str(value)])}")
+    for item in config.get("Env") or []:
+        k, sep, v = str(item).partition("=")
+        if sep:
+            out.append(f"ENV {k}={json.dumps(v)}")
+    for k, v in (config.get("Labels") or {}).items():
+        out.append(f"LABEL {json.dumps(str(k))}={json.dumps(str(v))}")
+    for key, keyword in (("WorkingDir", "WORKDIR"), ("User", "USER"), ("StopSignal", "STOPSIGNAL")):
+        if config.get(key):
+            out.append(f"{keyword} {config[key]}")
+    for port in config.get("ExposedPorts") or {}:
+        out.append(f"EXPOSE {port}")
+    for volume in config.get("Volumes") or {}:
+        out.append(f"VOLUME {json.dumps([volume])}")
+    return out
+
+
+@route("POST", "/commit")
+async def commit(req: Request) -> Response:
+    from ..container.commit import commit as do_commit
+    from ..sandbox import idmap
+    container = req.arg("container")
+    if not container:
+        raise ApiError(400, "give the container to commit: container=NAME")
+    repo, tag_ = req.arg("repo") or "", req.arg("tag") or ""
+    ref = (f"{repo}:{tag_}" if tag_ else repo) or None
+    changes = [c for value in req.args("changes") for c in value.splitlines() if c.strip()]
+    changes = config_changes(await req.json()) + changes
+    store = req.store
+    done = await req.engine(lambda: do_commit(store, idmap.detect(), container, ref, message=req.arg("comment") or "",
+                                              author=req.arg("author") or "", changes=changes,
+                                              pause=req.flag("pause", True)))
+    return json_response({"Id": done.image.id}, 201)
