@@ -555,6 +555,7 @@ async def build(req: Request) -> Response:
             await proc.stdin.send_all(json.dumps(request).encode() + b"\n")
             await proc.stdin.aclose()
             pending = b""
+            failed: dict[str, Any] | None = None
             while True:
                 data = await proc.stdout.receive_some(65536)
                 if not data:
@@ -565,13 +566,15 @@ async def build(req: Request) -> Response:
                     if not line.strip():
                         continue
                     msg = json.loads(line)
-                    if "error" in msg:
-                        if msg.get("usage"):
-                            raise ApiError(400, msg["error"])
-                        raise BuildFailed(msg["error"], int(msg.get("code") or 1))
+                    if "error" in msg:        # the worker's last word: it ends now
+                        failed = msg
                     for item in _build_messages(msg, quiet):
                         yield item
             code = await proc.wait()
+            if failed is not None:
+                if failed.get("usage"):
+                    raise ApiError(400, failed["error"])
+                raise BuildFailed(failed["error"], int(failed.get("code") or 1))
             if code != 0:
                 raise BuildFailed(f"the build ended with status {code} (see the service's log)", 1)
         finally:
@@ -583,7 +586,8 @@ async def build(req: Request) -> Response:
                     if proc.returncode is None:
                         proc.kill()
                         await proc.wait()
-                await proc.aclose()
+                for pipe in (proc.stdin, proc.stdout):
+                    await pipe.aclose()
             shutil.rmtree(tmp, ignore_errors=True)
     return await started_stream(messages())
 

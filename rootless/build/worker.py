@@ -69,11 +69,13 @@ def run(request: dict[str, Any], out: BinaryIO) -> int:
                            network=request.get("network") or "default")
         image = build(store, idmap.detect(), ctx, req, reporter)
     except RootlessError as e:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)         # nothing left to clean up
         reporter.send({"error": str(e), "code": getattr(e, "exit_code", 1) if getattr(e, "step", None) else 1,
                        "usage": isinstance(e, (UsageError, DockerfileError))})
         return 1
     except KeyboardInterrupt:
         return 130
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     reporter.send({"image": image.id, "tags": req.tags})
     return 0
 
