@@ -522,9 +522,10 @@ class BuildFailed(RootlessError):
 
 @route("POST", "/build")
 async def build(req: Request) -> Response:
-    import sys
     import os
+    import sys
     import trio
+    from ..build.worker import STOP_SIGNAL
     if req.arg("remote"):
         raise ApiError(400, "remote build contexts (remote=URL) are not supported: send the context as a tar body")
     from ..image.reference import normalize
@@ -580,7 +581,7 @@ async def build(req: Request) -> Response:
         finally:
             with trio.CancelScope(shield=True):
                 if proc.returncode is None:
-                    proc.send_signal(15)            # the client went away: stop the build
+                    proc.send_signal(STOP_SIGNAL)   # the client went away: stop the build
                     with trio.move_on_after(30):
                         await proc.wait()
                     if proc.returncode is None:

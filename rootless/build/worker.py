@@ -11,8 +11,10 @@ stdout:
     {"step": [N, TOTAL, TEXT]}  {"cached": true}  {"output": TEXT}  {"done": SECONDS}
     {"warning": TEXT}  {"image": ID, "tags": [...]}  {"error": MESSAGE, "code": N, "usage": BOOL}
 
-SIGTERM (the client went away) ends the build as Ctrl-C ends ``rootless build``: its
-``finally`` clauses remove the step's container and scratch files.
+SIGALRM (the client went away: ``STOP_SIGNAL``) or SIGTERM ends the build as an exception
+in the main thread: its ``finally`` clauses remove the running step's container (``rm -f``)
+and scratch files.  SIGALRM, because a RUN step forwards SIGTERM and SIGINT to its container
+(whose PID 1, a shell, may ignore them) while it waits for it.
 """
 
 from __future__ import annotations
@@ -69,23 +71,33 @@ def run(request: dict[str, Any], out: BinaryIO) -> int:
                            network=request.get("network") or "default")
         image = build(store, idmap.detect(), ctx, req, reporter)
     except RootlessError as e:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)         # nothing left to clean up
+        _done()
         reporter.send({"error": str(e), "code": getattr(e, "exit_code", 1) if getattr(e, "step", None) else 1,
                        "usage": isinstance(e, (UsageError, DockerfileError))})
         return 1
     except KeyboardInterrupt:
         return 130
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _done()
     reporter.send({"image": image.id, "tags": req.tags})
     return 0
+
+
+def _done() -> None:
+    """Nothing is left to clean up: a stop signal now simply ends the process."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(STOP_SIGNAL, signal.SIG_DFL)
 
 
 def _terminated(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt()
 
 
+STOP_SIGNAL = signal.SIGALRM
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(STOP_SIGNAL, _terminated)
     # our messages keep the real stdout; anything else printed goes to stderr (the service's log)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

@@ -102,3 +102,45 @@ def test_docker_commit(api):
         api.docker("rmi", f"{name}:c", check=True)
     finally:
         api.rl("rm", "-f", name)
+
+
+def _workers(service_pid: int) -> list[int]:
+    import os
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"rootless.build.worker" in cmd and ppid == service_pid:
+            found.append(int(pid))
+    return found
+
+
+def test_a_client_that_goes_away_stops_its_build(api):
+    import time
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        text = b"FROM busybox\nRUN echo started && sleep 600\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
+    with api.http(timeout=120) as c:
+        with c.stream("POST", "/v1.41/build", params={"t": _name("abandoned")}, content=buf.getvalue()) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if "started" in line:
+                    break
+            assert _workers(api.proc.pid)
+    deadline = time.monotonic() + 60
+    while _workers(api.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _workers(api.proc.pid)
+    records = [d / "config.json" for d in (api.rl.root / "containers").iterdir()]
+    assert not [r for r in records if r.exists() and "sleep 600" in r.read_text()], "the step's container stayed"
+    assert api.http().get("/_ping").text == "OK"
