@@ -146,3 +146,24 @@ def test_docker_py_pull_and_list(api, busybox_tar):
     client.images.remove(f"{reg.host}/{repo}:3")
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get(f"{reg.host}/{repo}:3")
+
+
+def test_a_pull_whose_client_goes_away_ends_cleanly(api, busybox_tar):
+    repo = f"api/{_name('abandoned')}:1"
+    with running_registry() as reg:
+        push_image(reg, repo, [busybox_tar.read_bytes()])
+        ref = f"{reg.host}/{repo}"
+        with api.http(timeout=120) as c:
+            with c.stream("POST", "/v1.41/images/create", params={"fromImage": ref}) as r:
+                assert r.status_code == 200
+                first = next(r.iter_lines())
+                assert "Pulling from" in first or "Status:" in first, first
+        # the service goes on (the session's end checks its log holds no traceback)
+        out = api.docker("pull", ref, check=True)
+        assert "Status:" in out.stdout
+    api.docker("rmi", ref, check=True)
+
+
+def test_docker_py_error_in_the_stream(api):
+    r = api.http().post("/v1.41/images/create", params={"fromImage": "127.0.0.1:1/nothing/here", "tag": "x"})
+    assert r.status_code >= 400 and r.json()["message"]
