@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 
 from .http import ApiError, Request, Response
 from .router import route
-from .streaming import bytes_from_thread, spool
+from .streaming import BodyReader, bytes_from_thread
 
 STAT_HEADER = "X-Docker-Container-Path-Stat"
 
@@ -50,14 +49,7 @@ async def put_archive(req: Request, name: str) -> Response:
     store = req.store
     no_replace = req.flag("noOverwriteDirNonDir")
     keep_owner = req.flag("copyUIDGID")
-    tmp = await req.engine(store.new_temp_dir, "api-archive")
-    try:
-        spooled = await spool(req, tmp, "archive.tar")
-
-        def extract() -> None:
-            with open(spooled, "rb") as data:
-                archive_in(store, name, path, data, no_overwrite_dir_non_dir=no_replace, keep_owner=keep_owner)
-        await req.engine(extract)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    body = BodyReader(req)
+    await req.engine(lambda: archive_in(store, name, path, body, no_overwrite_dir_non_dir=no_replace,
+                                        keep_owner=keep_owner))
     return Response(200, b"", None)

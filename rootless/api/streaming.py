@@ -115,3 +115,35 @@ async def spool(req: Request, directory: str, name: str = "body") -> str:
         async for chunk in req.chunks():
             await f.write(chunk)
     return path
+
+
+class BodyReader(io.RawIOBase):
+    """The request's body as a file the engine reads in its worker thread (``req.engine``):
+    each read fetches the next chunk from the connection through the trio thread, so a large
+    upload (``docker cp`` into a container) is never held in memory or spooled to disk."""
+
+    def __init__(self, req: Request):
+        self.chunks = req.chunks()
+        self.pending = b""
+        self.ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await self.chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    def readinto(self, b) -> int:
+        while not self.pending and not self.ended:
+            data = trio.from_thread.run(self._next)
+            if data is None:
+                self.ended = True
+            else:
+                self.pending = data
+        n = min(len(b), len(self.pending))
+        b[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n

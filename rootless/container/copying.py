@@ -234,25 +234,48 @@ def archive_in(store: Store, name: str, path: str, data: BinaryIO, *, no_overwri
 
 def _feed_inside(store: Store, rec: Record, data: BinaryIO, target_dir: str | None, rename: str | None, *,
                  keep_owner: bool, no_replace_kind: bool = False, dest: str = "") -> None:
+    """Send the tar read from ``data`` to a child that extracts it in the container's view;
+    the child's failure comes back over a pipe of its own as this function's error."""
     single = idmap.detect().single
     r, w = os.pipe()
+    er, ew = os.pipe()
 
     def consume(fd: int) -> None:
         os.close(w)        # our copy of the writing end: the tar may end without padding (Go's)
+        os.close(er)
         where = target_dir
-        if where is None:          # the CLI's DEST: a directory, or a new name in one
-            where = dest if os.path.isdir(dest) else os.path.dirname(dest.rstrip("/")) or "/"
-        _extract_here(fd, where, None if target_dir is not None or os.path.isdir(dest) else rename,
-                      single, not keep_owner, no_replace_kind)
+        try:
+            if where is None:          # the CLI's DEST: a directory, or a new name in one
+                where = dest if os.path.isdir(dest) else os.path.dirname(dest.rstrip("/")) or "/"
+            _extract_here(fd, where, None if target_dir is not None or os.path.isdir(dest) else rename,
+                          single, not keep_owner, no_replace_kind)
+        except BaseException as e:  # noqa: BLE001 - told to the parent, which raises it
+            usage = isinstance(e, (IsADirectoryError, NotADirectoryError, FileNotFoundError, tarfile.TarError))
+            if isinstance(e, OSError) and e.strerror and e.filename:
+                reason = f"{e.strerror}: {e.filename}"
+            else:
+                reason = str(e) or type(e).__name__
+            os.write(ew, json.dumps({"usage": usage, "reason": reason}).encode()[:8000])
+            os._exit(1)
     pid = _run_inside(store, rec, consume, r)
     os.close(r)
+    os.close(ew)
     try:
         with os.fdopen(w, "wb") as out:
             shutil.copyfileobj(data, out, 1 << 16)
     except BrokenPipeError:
         pass
-    if wait(pid) != 0:
-        raise RootlessError(f"copying into {rec.name}:{target_dir or dest} failed (see the message above)")
+    finally:
+        with os.fdopen(er, "rb") as f:
+            told = f.read()
+        code = wait(pid)
+    if code != 0:
+        what = f"copying into {rec.name}:{target_dir or dest} failed"
+        try:
+            failure = json.loads(told)
+        except ValueError:
+            raise RootlessError(f"{what} (see the message above)") from None
+        raise (UsageError if failure.get("usage") else RootlessError)(f"{what}: {failure['reason']}")
 
 
 # --- the command line's cp ------------------------------------------------------------------

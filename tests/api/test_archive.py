@@ -97,3 +97,32 @@ def test_docker_py_put_and_get_archive(api, container):
     raw = b"".join(stream)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         assert tar.extractfile("dp/file").read() == b"put by docker-py\n"
+
+
+def test_put_archive_refusals_are_sentences(api, container):
+    c = api.http()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("one")          # /srv/one is a file: a directory may not replace it
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    r = c.put(f"/v1.41/containers/{container}/archive", params={"path": "/srv", "noOverwriteDirNonDir": "true"},
+              content=buf.getvalue())
+    assert r.status_code == 400 and "cannot overwrite non-directory" in r.json()["message"], r.text
+    r = c.put(f"/v1.41/containers/{container}/archive", params={"path": "/srv"}, content=b"not a tar" * 100)
+    assert r.status_code == 400, r.text
+    big = io.BytesIO()
+    with tarfile.open(fileobj=big, mode="w") as tar:
+        data = bytes(range(256)) * 40000          # ~10 MB, streamed to the container as it comes
+        info = tarfile.TarInfo("big.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    def chunks():
+        raw = big.getvalue()
+        for i in range(0, len(raw), 100000):
+            yield raw[i:i + 100000]
+    r = c.put(f"/v1.41/containers/{container}/archive", params={"path": "/srv"}, content=chunks())
+    assert r.status_code == 200, r.text
+    head = c.head(f"/v1.41/containers/{container}/archive", params={"path": "/srv/big.bin"})
+    assert json.loads(base64.b64decode(head.headers["x-docker-container-path-stat"]))["size"] == len(data)
