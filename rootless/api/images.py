@@ -15,7 +15,7 @@ import json
 import shutil
 from typing import Any, AsyncIterator, Callable
 
-from ..errors import RootlessError
+from ..errors import RootlessError, StoreError, UsageError
 from .http import ApiError, Request, Response, json_response, json_stream
 from .router import route as _route
 from .server import status_of
@@ -107,7 +107,7 @@ def credentials(req: Request, header: str = "x-registry-auth"):
         return None
     try:
         data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, f"{header} is not base64-encoded JSON: send {{\"username\", \"password\", "
                             "\"serveraddress\"}} encoded with base64") from None
     if not isinstance(data, dict) or not data.get("username") or not data.get("password"):
@@ -464,7 +464,10 @@ async def load(req: Request) -> Response:
     tmp = await req.engine(store.new_temp_dir, "api-load")
     try:
         path = await spool(req, tmp, "archive")
-        loaded = await req.engine(lambda: do_load(store, idmap.detect(), path))
+        try:
+            loaded = await req.engine(lambda: do_load(store, idmap.detect(), path))
+        except (StoreError, UsageError) as e:        # the archive sent is not one we can load
+            raise ApiError(400, f"cannot load the archive sent: {e}".replace(path, "the request's body")) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = []
@@ -487,7 +490,7 @@ def _json_arg(req: Request, name: str) -> dict[str, str]:
         return {}
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, f"invalid {name}: {text!r} is not a JSON object") from None
     if not isinstance(value, dict):
         raise ApiError(400, f"invalid {name}: expected a JSON object of strings")
@@ -602,23 +605,36 @@ def config_changes(config: Any) -> list[str]:
         return []
     if not isinstance(config, dict):
         raise ApiError(400, "the commit's body must be a container config (a JSON object)")
+    def of(key: str, kind: type, what: str):
+        value = config.get(key)
+        if value in (None, "", [], {}):
+            return kind()
+        if not isinstance(value, kind):
+            raise ApiError(400, f"invalid commit config: {key} must be {what}")
+        return value
     out = []
     for key, keyword in (("Cmd", "CMD"), ("Entrypoint", "ENTRYPOINT")):
         value = config.get(key)
-        if value:
-            out.append(f"{keyword} {json.dumps(value if isinstance(value, list) else [str(value)])}")
-    for item in config.get("Env") or []:
+        if isinstance(value, str) and value:
+            value = [value]
+        if value not in (None, [], ""):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ApiError(400, f"invalid commit config: {key} must be a list of strings")
+            out.append(f"{keyword} {json.dumps(value)}")
+    for item in of("Env", list, "a list of KEY=VALUE strings"):
         k, sep, v = str(item).partition("=")
-        if sep:
-            out.append(f"ENV {k}={json.dumps(v)}")
-    for k, v in (config.get("Labels") or {}).items():
+        if not sep or not k:
+            raise ApiError(400, f"invalid commit config: Env entry {item!r} is not KEY=VALUE")
+        out.append(f"ENV {k}={json.dumps(v)}")
+    for k, v in of("Labels", dict, "an object of strings").items():
         out.append(f"LABEL {json.dumps(str(k))}={json.dumps(str(v))}")
     for key, keyword in (("WorkingDir", "WORKDIR"), ("User", "USER"), ("StopSignal", "STOPSIGNAL")):
-        if config.get(key):
-            out.append(f"{keyword} {config[key]}")
-    for port in config.get("ExposedPorts") or {}:
+        value = of(key, str, "a string")
+        if value:
+            out.append(f"{keyword} {value}")
+    for port in of("ExposedPorts", dict, 'an object like {"80/tcp": {}}'):
         out.append(f"EXPOSE {port}")
-    for volume in config.get("Volumes") or {}:
+    for volume in of("Volumes", dict, 'an object like {"/data": {}}'):
         out.append(f"VOLUME {json.dumps([volume])}")
     return out
 
