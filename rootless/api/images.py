@@ -63,13 +63,16 @@ def _translated(e: BaseException) -> BaseException:
     """Registry errors as the status codes Docker gives them."""
     from ..registry import errors as reg
     e = no_such_image(e)
+    if not isinstance(e, reg.RegistryError):
+        return e
+    text = str(e).replace("'rootless login", "'docker login")     # the client logs in, not us
     if isinstance(e, reg.NotFound):
-        return ApiError(404, str(e))
+        return ApiError(404, text)
     if isinstance(e, reg.AuthenticationRequired):
-        return ApiError(401, str(e))
+        return ApiError(401, text)
     if isinstance(e, reg.AccessDenied):
-        return ApiError(403, str(e))
-    return e
+        return ApiError(403, text)
+    return RootlessError(text)          # a 500, worded for the client
 
 
 async def started_stream(items: AsyncIterator[Any]) -> Response:
@@ -262,6 +265,37 @@ async def _import(req: Request, src: str) -> Response:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return json_response({"status": img.id})
+
+
+# --- docker login: POST /auth ---------------------------------------------------------------------
+
+def _registry_host(server: str) -> str:
+    """``https://index.docker.io/v1/`` -> ``index.docker.io``; ``127.0.0.1:5000`` unchanged."""
+    text = server.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    return text.split("/", 1)[0] or "docker.io"
+
+
+@route("POST", "/auth")
+async def auth(req: Request) -> Response:
+    """Check credentials against a registry (``docker login``): the client keeps them and
+    sends them with each pull and push (X-Registry-Auth); the service stores nothing."""
+    body = await req.json()
+    if not isinstance(body, dict) or not body.get("username") or not body.get("password"):
+        raise ApiError(400, "give username and password (and serveraddress) to log in")
+    from ..registry import Credentials, RegistryClient
+    server = _registry_host(str(body.get("serveraddress") or "docker.io"))
+    creds = Credentials(str(body["username"]), str(body["password"]))
+
+    def check() -> None:
+        with RegistryClient(server, credentials=creds) as client:
+            client.check_login()
+    try:
+        await req.engine(check)
+    except RootlessError as e:
+        raise _translated(e) from None
+    return json_response({"Status": "Login Succeeded", "IdentityToken": ""})
 
 
 # --- list, inspect, history ---------------------------------------------------------------------

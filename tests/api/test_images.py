@@ -167,3 +167,20 @@ def test_a_pull_whose_client_goes_away_ends_cleanly(api, busybox_tar):
 def test_docker_py_error_in_the_stream(api):
     r = api.http().post("/v1.41/images/create", params={"fromImage": "127.0.0.1:1/nothing/here", "tag": "x"})
     assert r.status_code >= 400 and r.json()["message"]
+
+
+def test_docker_login_then_push_and_pull_with_the_clients_credentials(api, tmp_path):
+    from tests.registry_server import PASSWORD, USER
+    config = tmp_path / "docker-config"          # this test's own: its login stays here
+    config.mkdir()
+    env = {"DOCKER_CONFIG": str(config)}
+    with running_registry("basic") as reg:
+        wrong = api.docker("login", "-u", USER, "--password-stdin", reg.host, input="not it\n", env=env)
+        assert wrong.returncode != 0 and "rejected" in wrong.stderr and "docker login" in wrong.stderr, wrong.stderr
+        api.docker("login", "-u", USER, "--password-stdin", reg.host, input=PASSWORD + "\n", env=env, check=True)
+        ref = f"{reg.host}/api/{_name('login')}:1"
+        api.docker("tag", "busybox", ref, check=True)
+        api.docker("push", ref, env=env, check=True)
+        api.docker("rmi", ref, check=True)
+        api.docker("pull", ref, env=env, check=True)
+    api.docker("rmi", ref, check=True)
