@@ -16,12 +16,13 @@ import shutil
 from typing import Any, AsyncIterator, Callable
 
 from ..errors import RootlessError, StoreError, UsageError
+from ..image.archive import UNTAGGED_REPO
 from .http import ApiError, Request, Response, json_response, json_stream
 from .router import route as _route
 from .server import status_of
 from .streaming import Disconnected, bytes_from_thread, from_thread, spool
 
-UNTAGGED = "localhost/untagged/"
+UNTAGGED = UNTAGGED_REPO + "/"           # names of images loaded or committed without one
 
 
 # --- shared ---------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ async def started_stream(items: AsyncIterator[Any]) -> Response:
         first = await it.__anext__()
     except StopAsyncIteration:
         first = None
-    except BaseException as e:
+    except Exception as e:  # noqa: BLE001 - answered as an HTTP error (Cancelled goes on as it is)
         await it.aclose()
         raise _translated(e) from None
 
@@ -96,7 +97,7 @@ async def started_stream(items: AsyncIterator[Any]) -> Response:
         except Disconnected:
             return
         except Exception as e:  # noqa: BLE001 - the status line is sent: the error goes in the stream
-            yield error_message(e, getattr(e, "exit_code", None))
+            yield error_message(e, e.exit_code if isinstance(e, BuildFailed) else None)
         finally:
             await it.aclose()
     return json_stream(rest())
