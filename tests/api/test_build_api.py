@@ -42,6 +42,16 @@ def test_docker_build_runs_copies_and_tags(api, tmp_path):
     api.docker("rmi", f"{name}:1", check=True)
 
 
+def test_a_context_with_absolute_symlinks(api, tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nCOPY dir /dir\nCMD [\"readlink\", \"/dir/abs\"]\n")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "abs").symlink_to("/bin/busybox")        # copied as the link it is
+    name = _name("links")
+    api.docker("build", "-t", name, str(tmp_path), check=True)
+    assert api.rl("run", "--rm", "--network", "none", name).stdout == "/bin/busybox\n"
+    api.docker("rmi", name, check=True)
+
+
 def test_a_failing_run_fails_the_build(api, tmp_path):
     (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo before failing; exit 3\n")
     out = api.docker("build", "-t", _name("failing"), str(tmp_path))
