@@ -14,7 +14,7 @@ import json
 
 from .http import ApiError, Request, Response
 from .router import route
-from .streaming import BodyReader, bytes_from_thread
+from .streaming import BodyReader, bytes_from_thread, first_then_rest
 
 STAT_HEADER = "X-Docker-Container-Path-Stat"
 
@@ -38,7 +38,7 @@ async def get_archive(req: Request, name: str) -> Response:
     found = await req.engine(stat_path, store, name, path)
     if req.method == "HEAD":
         return Response(200, b"", None, [_stat_header(found)])
-    body = bytes_from_thread(lambda out: archive_out(store, name, path, out))
+    body = await first_then_rest(bytes_from_thread(lambda out: archive_out(store, name, path, out)))
     return Response(200, body, "application/x-tar", [_stat_header(found)])
 
 

@@ -20,7 +20,7 @@ from ..image.archive import UNTAGGED_REPO
 from .http import ApiError, Request, Response, json_response, json_stream
 from .router import route as _route
 from .server import status_of
-from .streaming import Disconnected, bytes_from_thread, from_thread, spool
+from .streaming import Disconnected, bytes_from_thread, first_then_rest, from_thread, spool
 
 UNTAGGED = UNTAGGED_REPO + "/"           # names of images loaded or committed without one
 
@@ -474,8 +474,8 @@ async def _save(req: Request, names: list[str]) -> Response:
     store = req.store
     for n in names:
         await req.engine(store.resolve, n)               # 404 before the archive starts
-    return Response(200, bytes_from_thread(lambda out: save(store, names, "docker-archive", out)),
-                    "application/x-tar")
+    body = await first_then_rest(bytes_from_thread(lambda out: save(store, names, "docker-archive", out)))
+    return Response(200, body, "application/x-tar")
 
 
 @route("GET", "/images/{name:path}/get")

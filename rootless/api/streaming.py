@@ -93,7 +93,9 @@ def writer(emit: Callable[[Any], None]) -> BinaryIO:
 
 
 async def bytes_from_thread(work: Callable[[BinaryIO], Any]) -> AsyncIterator[bytes]:
-    """The bytes ``work(out)`` writes to ``out``."""
+    """The bytes ``work(out)`` writes to ``out``.  A failure once bytes have gone (the status
+    line with them) cannot be answered: it is logged and the connection broken off, so that
+    the client sees a cut response, never a short archive that looks whole."""
     def run(emit: Callable[[Any], None]) -> None:
         out = writer(emit)
         try:
@@ -103,8 +105,19 @@ async def bytes_from_thread(work: Callable[[BinaryIO], Any]) -> AsyncIterator[by
                 out.close()
             except Disconnected:
                 pass
-    async for chunk in from_thread(run):
-        yield chunk
+    sent = False
+    try:
+        async for chunk in from_thread(run):
+            sent = True
+            yield chunk
+    except Disconnected:
+        return
+    except Exception as e:  # noqa: BLE001 - told in the log; the client sees the cut
+        if not sent:
+            raise                   # nothing went yet: an HTTP error (see first_then_rest)
+        from .server import log
+        log(f"a streamed answer was cut short: {e}")
+        raise trio.BrokenResourceError(str(e)) from None
 
 
 async def spool(req: Request, directory: str, name: str = "body") -> str:
@@ -147,3 +160,28 @@ class BodyReader(io.RawIOBase):
         b[:n] = self.pending[:n]
         self.pending = self.pending[n:]
         return n
+
+
+async def first_then_rest(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``items``, its first one awaited now: a failure before it is raised here (answered
+    as an HTTP error, the status line not sent yet); the rest is iterated later."""
+    it = items.__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        async def nothing() -> AsyncIterator[Any]:
+            return
+            yield
+        return nothing()
+    except Exception:
+        await it.aclose()
+        raise
+
+    async def rest() -> AsyncIterator[Any]:
+        try:
+            yield first
+            async for item in it:
+                yield item
+        finally:
+            await it.aclose()
+    return rest()
