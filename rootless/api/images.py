@@ -237,9 +237,17 @@ async def create(req: Request) -> Response:
         img = pull(store, idmap.detect(), str(ref), platform, True, progress=_factory(emit, PULL_VERBS, sinks, pulling),
                    credentials=creds)
         pulling()
-        for sink in sinks:
-            for key in sink.keys:
-                emit({"status": "Pull complete", "progressDetail": {}, "id": key[7:19]})
+        fetched = [key for sink in sinks for key in sink.keys]
+        if before != img.manifest_digest:          # what the store had already
+            try:
+                layers = [d["digest"] for d in store.read_json(img.manifest_digest).get("layers") or []]
+            except (OSError, ValueError, RootlessError):
+                layers = []
+            for digest in dict.fromkeys(layers):
+                if digest not in fetched:
+                    emit({"status": "Already exists", "progressDetail": {}, "id": digest[7:19]})
+        for key in fetched:
+            emit({"status": "Pull complete", "progressDetail": {}, "id": key[7:19]})
         emit({"status": f"Digest: {img.manifest_digest}"})
         name = ref.familiar if ref.tag else str(ref)
         if before == img.manifest_digest:

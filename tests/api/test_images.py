@@ -31,7 +31,12 @@ def test_pull_shows_progress_and_the_image_runs(api, busybox_tar):
         assert "Pulling from" in out.stdout and "Pull complete" in out.stdout, out.stdout
         assert "Digest: sha256:" in out.stdout and f"Downloaded newer image for {ref}" in out.stdout
         again = api.docker("pull", ref, check=True)
-        assert f"Image is up to date for {ref}" in again.stdout
+        assert f"Image is up to date for {ref}" in again.stdout and "Already exists" not in again.stdout
+        other = f"{reg.host}/api/{_name('same-layer')}:1"          # another image, the same layer
+        push_image(reg, other.split("/", 1)[1], [busybox_tar.read_bytes()], cmd=["true"])
+        shared = api.docker("pull", other, check=True)
+        assert "Already exists" in shared.stdout and "Pull complete" not in shared.stdout, shared.stdout
+        api.docker("rmi", other, check=True)
     ran = api.rl("run", "--rm", "--network", "none", ref)
     assert ran.stdout == "pulled through the API\n", ran.stderr
     listed = api.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", check=True).stdout
