@@ -46,6 +46,7 @@ class Image:
     id: str                   # the config's digest, as Docker shows it
     config: dict[str, Any]
     diff_ids: tuple[str, ...]
+    squashfs: str | None = None   # a single-file image (image/squashfs.py): its path; no layers
 
     @property
     def run_config(self) -> dict[str, Any]:
