@@ -200,6 +200,9 @@ class Store:
             path = os.path.normpath(os.path.join(root, sub))
             if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
                 raise StoreError(_not_usable(root, path))
+        # NFS, Lustre, GPFS...: refused now, with the fix, rather than halfway through a pull
+        from . import placement
+        placement.check(root)
 
     # --- locking and atomic files ---
     @contextlib.contextmanager
