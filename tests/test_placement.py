@@ -107,3 +107,43 @@ def test_a_refusal_names_the_filesystem_and_the_fix(tmp_path, monkeypatch):
     assert f"--root {tmp_path}/" in text and "ROOTLESS_ROOT" in text
     with pytest.raises(StoreError):
         paths.expand("$NOT_SET_ANYWHERE_X", "x")
+
+
+# --- a real NFS mount: scripts/vm-test's guest exports and mounts localhost:/srv/nfs --------
+
+NFS = os.environ.get("ROOTLESS_TEST_NFS", "")
+needs_nfs = pytest.mark.skipif(not NFS, reason="no NFS mount (ROOTLESS_TEST_NFS): run by scripts/vm-test")
+
+
+@pytest.mark.vm
+@needs_nfs
+def test_a_store_on_nfs_is_refused_before_anything_is_done(env, tmp_path, busybox_tar):
+    import uuid
+    root = Path(NFS) / f"store-{uuid.uuid4().hex[:8]}"
+    assert placement.mount_of(str(root))[0].startswith("nfs")
+    proc = _rootless({**env, "ROOTLESS_ROOT": str(root)}, "import", str(busybox_tar), "bb")
+    assert proc.returncode == 125
+    assert f"the store {root} is on NFS" in proc.stderr, proc.stderr
+    assert "storage.conf" in proc.stderr and "--root" in proc.stderr
+    assert not list((root / "layers").iterdir()) and not list((root / "blobs" / "sha256").iterdir())
+    # the fix it names: storage.conf with a local directory
+    _conf(env, '[storage]\nroot = "$TMPDIR/$USER/rootless"\n')
+    proc = _rootless(env, "import", str(busybox_tar), "bb")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.vm
+@needs_nfs
+def test_a_squashfs_image_on_nfs_runs_from_a_local_store(env, busybox_tar):
+    import uuid
+    _conf(env, '[storage]\nroot = "$TMPDIR/$USER/rootless"\n')
+    assert _rootless(env, "import", "-c", "ENV WHERE=nfs", str(busybox_tar), "bb").returncode == 0
+    image = Path(NFS) / f"bb-{uuid.uuid4().hex[:8]}.sqfs"
+    try:
+        proc = _rootless(env, "save", "--format", "squashfs", "bb", "-o", str(image))
+        assert proc.returncode == 0, proc.stderr
+        proc = _rootless(env, "run", "--rm", "--network", "none", str(image), "sh", "-c", "echo $WHERE; ls /bin/sh")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "nfs\n/bin/sh\n"
+    finally:
+        image.unlink(missing_ok=True)
