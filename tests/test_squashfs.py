@@ -159,3 +159,15 @@ def test_save_squashfs_usage(rl, tmp_path):
     assert proc.returncode != 0 and "cannot write" in proc.stderr
     assert not (tmp_path / "nodir").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_commit_and_export_say_why_not(rl, two_layers):
+    name = f"sqx-{uuid.uuid4().hex[:8]}"
+    try:
+        rl("run", "--name", name, str(two_layers), "true", check=True)
+        for args in (("commit", name, "sq-committed"), ("export", "-o", "/dev/null", name), ("diff", name)):
+            proc = rl(*args)
+            assert proc.returncode == 125, (args, proc.stdout, proc.stderr)
+            assert f"runs the squashfs image {two_layers}" in proc.stderr, (args, proc.stderr)
+    finally:
+        rl("rm", "-f", name)
