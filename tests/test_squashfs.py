@@ -171,3 +171,17 @@ def test_commit_and_export_say_why_not(rl, two_layers):
             assert f"runs the squashfs image {two_layers}" in proc.stderr, (args, proc.stderr)
     finally:
         rl("rm", "-f", name)
+
+
+def test_storage_drivers(rl, two_layers):
+    proc = rl("run", "--rm", "--storage-driver", "vfs", str(two_layers), "sh", "-c", "read x < /data/f; echo $x")
+    assert proc.returncode == 0 and proc.stdout == "hello\n", proc.stderr
+    proc = rl("run", "--rm", "--storage-driver", "overlay", str(two_layers), "true")
+    assert proc.returncode == 125 and "--storage-driver overlay cannot run a squashfs image" in proc.stderr
+    assert _wait_gone(two_layers) == []
+
+
+@pytest.mark.skipif(not RANGE_MODE, reason="keep-id is refused only with a subordinate id range")
+def test_keep_id_is_refused_with_the_reason(rl, two_layers):
+    proc = rl("run", "--rm", "--userns", "keep-id", str(two_layers), "true")
+    assert proc.returncode == 125 and "cannot run a squashfs image yet" in proc.stderr

@@ -289,6 +289,9 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
         raise UsageError("--userns keep-id (and --as-me with a subordinate id range) cannot run a squashfs "
                          "image yet: load the image into the store ('rootless load' of a saved archive) "
                          "and run it by name")
+    if image.squashfs and opts.storage_driver == "overlay":
+        raise UsageError("--storage-driver overlay cannot run a squashfs image: the kernel's overlay does not "
+                         "take the image's FUSE mount as its lower layer; use fuse-overlay (the default) or vfs")
     if opts.entrypoint is not None:
         entrypoint = [opts.entrypoint] if opts.entrypoint else []
         cmd = list(opts.command)           # Docker: --entrypoint resets the image's CMD
