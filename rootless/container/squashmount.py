@@ -61,7 +61,7 @@ class Mounted:
     def userns(self) -> int:
         """The mount's user namespace, open: the container's first user namespace must be this
         one (``SandboxSpec.join_userns``), for its overlay to read the mount."""
-        return os.open(f"/proc/{self.holder}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(f"/proc/{self.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)   # alive while we hold the lock
 
     def release(self) -> None:
         if self.lock_fd >= 0:

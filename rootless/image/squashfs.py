@@ -159,8 +159,11 @@ def save(store: Store, maps: idmap.IdMaps, name: str, output: str, compression: 
         os.mkdir(tree, 0o755)
         _merge_tree(layers, tree)
         with open(errors, "wb") as err:
+            # zstd level 3 (mksquashfs's default is 15): saving a 500 MB image takes a few
+            # seconds rather than a minute, for a file about 5% larger that reads as fast
+            level = ["-Xcompression-level", "3"] if compression == "zstd" else []
             proc = subprocess.run([exe, tree, partial, "-noappend", "-no-progress", "-quiet",
-                                   "-comp", compression, "-processors", cores],
+                                   "-comp", compression, *level, "-processors", cores],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         if proc.returncode != 0:
             with open(errors, errors="replace") as f:
