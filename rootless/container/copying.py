@@ -54,7 +54,7 @@ def _enter(store: Store, rec: Record) -> None:
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     if os.path.isdir(upper):
         from .export import layer_dirs_of
-        lowers = layer_dirs_of(store, rec.id, rec.image_id)[:-1]  # without the upper
+        lowers = layer_dirs_of(store, rec.id, rec.image_id, rec.image)[:-1]  # without the upper
         work = os.path.join(directory, "work")
         os.makedirs(work, exist_ok=True)
         os.makedirs(root, exist_ok=True)
