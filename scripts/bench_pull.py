@@ -21,7 +21,12 @@ Each run, for each engine (rootless, podman; runs interleaved after one warm-up 
 * ``pull, 4 of 5 layers present``: the second image into the same store, timed;
 * ``push``: the first image to a fresh repository of a second registry, started empty for that
   push (so neither engine can skip or cross-mount a blob it pushed in an earlier run), timed;
-* the store removed (``unshare rm -rf``), not timed.
+  an engine may send the gzip blobs it pulled as they came (rootless does, while its store
+  keeps them) or compress the layers again (podman does);
+* the store removed (``unshare rm -rf``), not timed;
+* ``push of the loaded image (compressing)``: the image's docker-archive ``load``-ed into another
+  empty store (not timed), whose layers have no compressed form yet, pushed to an empty
+  registry (timed): the cost of compressing at push, as after a build.
 
 ``skopeo copy`` of the image to a ``dir:`` (no unpacking: the transfer alone) is timed too when
 skopeo is installed.  The medians, the rootless/podman ratios and issue 14's goals (pull <= 0.8x
@@ -222,6 +227,11 @@ class Engine:
     def push(self, root: Path, ref: str, dest: str) -> float:
         raise NotImplementedError
 
+    loaded_name = "bench/pull:1"
+
+    def load(self, root: Path, archive: Path) -> None:
+        _run([*self.store_cmd(root), "load", "-q", "-i", str(archive)], self.env, f"{self.name} load")
+
     def disk(self, root: Path) -> int:
         return _du(self.store_cmd(root), self.env, root)
 
@@ -246,6 +256,7 @@ class Rootless(Engine):
 
 class Podman(Engine):
     name = "podman"
+    loaded_name = "localhost/bench/pull:1"
 
     def __init__(self, cmd, env, data_home: Path) -> None:
         super().__init__(cmd, env)
@@ -348,6 +359,18 @@ def bench_pull(runs: int, work: Path, size_mb: int, rl: list[str], repo: Path) -
                      f"{seeded:.1f} s; pulled: {compressed / 1e6:.1f} MB of gzip layers")
         skopeo = shutil.which("skopeo")
         counter = 0
+        sent: dict[str, int] = {}
+
+        def push_to_empty_registry(e: Engine, root: Path, name: str, repository: str) -> tuple[float, int]:
+            """Seconds ``e`` takes to push ``name`` to a registry started empty for it; bytes of layers sent."""
+            target = start_registry(work / f"push-{counter}", repo)
+            servers.append(target)
+            try:
+                took = e.push(root, name, f"{target.host}/{repository}:1")
+                return took, _registry_bytes(target.host, repository, "1")
+            finally:
+                target.stop()
+                shutil.rmtree(work / f"push-{counter}", ignore_errors=True)
 
         def one_round(record: bool) -> None:
             nonlocal counter
@@ -358,19 +381,21 @@ def bench_pull(runs: int, work: Path, size_mb: int, rl: list[str], repo: Path) -
                     pulled = e.pull(root, one)
                     used = e.disk(root)
                     again = e.pull(root, two)
-                    target = start_registry(work / f"push-{counter}", repo)
-                    servers.append(target)
-                    try:
-                        pushed = e.push(root, one, f"{target.host}/bench/pushed-{counter}:1")
-                    finally:
-                        target.stop()
-                        shutil.rmtree(work / f"push-{counter}", ignore_errors=True)
+                    pushed, _ = push_to_empty_registry(e, root, one, f"bench/pushed-{counter}")
                 finally:
                     e.remove(root)
+                loaded = work / f"loaded-{e.name}-{counter}"     # a store of its own: no blob of the pull
+                try:
+                    e.load(loaded, image.first)
+                    compressing, sent[e.name] = push_to_empty_registry(e, loaded, e.loaded_name,
+                                                                       f"bench/loaded-{counter}")
+                finally:
+                    e.remove(loaded)
                 if record:
                     times.setdefault(f"{e.name} pull", []).append(pulled)
                     times.setdefault(f"{e.name} pull, 4 of 5 layers present", []).append(again)
                     times.setdefault(f"{e.name} push", []).append(pushed)
+                    times.setdefault(f"{e.name} push of the loaded image (compressing)", []).append(compressing)
                     disk.setdefault(f"{e.name} store after pull", []).append(used)
             if skopeo:
                 counter += 1
@@ -391,8 +416,8 @@ def bench_pull(runs: int, work: Path, size_mb: int, rl: list[str], repo: Path) -
             cleanup()
     medians = {name: statistics.median(t) for name, t in times.items()}
     throughput = {n: compressed / 1e6 / m for n, m in medians.items() if "4 of 5" not in n}
-    ratios = {}
-    for what in ("pull", "pull, 4 of 5 layers present", "push"):
+    ratios: dict[str, float] = {}
+    for what in ("pull", "pull, 4 of 5 layers present", "push", "push of the loaded image (compressing)"):
         if f"rootless {what}" in medians and f"podman {what}" in medians:
             ratios[f"rootless/podman {what}"] = medians[f"rootless {what}"] / medians[f"podman {what}"]
     sizes = {"image unpacked (its regular files)": (image.unpacked, 1.0),
@@ -402,10 +427,14 @@ def bench_pull(runs: int, work: Path, size_mb: int, rl: list[str], repo: Path) -
         sizes[f"{name} (du)"] = (used, used / image.unpacked)
     goals = [("pull <= 0.8x podman", ratios.get("rootless/podman pull"), 0.8),
              ("push <= 1.0x podman", ratios.get("rootless/podman push"), 1.0),
+             ("push of the loaded image <= 1.0x podman",
+              ratios.get("rootless/podman push of the loaded image (compressing)"), 1.0),
              ("disk <= 1.1x unpacked", sizes.get("rootless store after pull (du)", (0, None))[1], 1.1)]
     for what, value, limit in goals:
         if value is not None:
             notes.append(f"goal {what}: {value:.2f}x, {'met' if value <= limit else 'MISSED'}")
+    for name, size in sent.items():
+        notes.append(f"{name} push of the loaded image: {size / 1e6:.2f} MB of layers sent")
     notes.append(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return {"section": "pull",
             "what": f"5-layer image, {image.unpacked / 1e6:.0f} MB unpacked, {compressed / 1e6:.0f} MB gzip, "
