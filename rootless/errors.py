@@ -2,13 +2,13 @@
 
     RootlessError                 exit 125 unless said otherwise
      ├── UsageError               a flag or argument is wrong
+     │    └── DeviceError         a --device, --gpus or CDI spec that cannot be used here
      ├── NotFound                 what the user named does not exist (the API answers 404)
      ├── Conflict                 a name in use, an object in a state that forbids it (409)
      ├── StoreError               the image store cannot be read or written
      │    └── ImageNotFound       (also a NotFound)
      ├── SandboxError             the kernel refused part of the sandbox
      │    └── UserNamespaceUnavailable
-     ├── DeviceError              a --device, --gpus or CDI spec that cannot be used here
      ├── CommandError             the container's command could not start (126, 127)
      └── BuildError               a build cannot go on: a COPY source missing, a URL unreachable (1)
           └── DockerfileError     FILE:LINE: what is wrong with the Dockerfile[; the fix]
@@ -57,7 +57,7 @@ class UserNamespaceUnavailable(SandboxError):
     pass
 
 
-class DeviceError(RootlessError):
+class DeviceError(UsageError):
     """A device the user cannot open, a CDI spec that is malformed or missing, a CDI hook that failed."""
 
 

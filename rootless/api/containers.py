@@ -31,9 +31,7 @@ def _unset(value: Any) -> bool:
 # HostConfig fields we cannot honour, with why; refused when set to anything but their zero
 # value (or one of the values listed as harmless).
 _REFUSED_HOST = {
-    "Devices": ("", "devices cannot be passed to a rootless container (use --privileged for those you can open)"),
     "DeviceCgroupRules": ("", "device cgroup rules need a privileged engine"),
-    "DeviceRequests": ("", "GPU and other device requests are not supported"),
     "Capabilities": ("", "set the capabilities with CapAdd and CapDrop"),
     "VolumesFrom": ("", "VolumesFrom is not supported: name the volumes in Binds or Mounts"),
     "Links": ("", "legacy links are not supported: put the containers on one network instead"),
@@ -73,6 +71,44 @@ _REFUSED_HOST = {
 _REFUSED_CONFIG = {
     "MacAddress": ("", "MacAddress is not supported"),
 }
+
+
+def _devices(hc: dict) -> tuple[list[str], str | None]:
+    """HostConfig.Devices and DeviceRequests as --device arguments and --gpus: host nodes bound
+    in, CDI names (Driver "cdi"), and `docker run --gpus` (Capabilities [["gpu"]])."""
+    out: list[str] = []
+    for d in hc.get("Devices") or []:
+        d = _obj(d, "Devices[]")
+        host = str(d.get("PathOnHost") or "")
+        if not host:
+            raise ApiError(400, "Devices[].PathOnHost is required: name the host's device node")
+        arg = host
+        target = str(d.get("PathInContainer") or "")
+        perms = str(d.get("CgroupPermissions") or "").replace("m", "")   # rwm is Docker's default: no mknod here
+        if (target and target != host) or perms not in ("", "rw"):
+            arg += ":" + (target or host)
+        if perms not in ("", "rw"):
+            arg += ":" + perms
+        out.append(arg)
+    gpus = None
+    for r in hc.get("DeviceRequests") or []:
+        r = _obj(r, "DeviceRequests[]")
+        driver = str(r.get("Driver") or "")
+        ids = _strings(r.get("DeviceIDs"), "DeviceIDs")
+        if driver == "cdi":
+            out += ids
+        elif driver in ("", "nvidia") and any("gpu" in (c or []) for c in r.get("Capabilities") or []):
+            if ids:
+                gpus = "device=" + ",".join(ids)
+            elif r.get("Count") == -1:
+                gpus = "all"
+            else:
+                raise ApiError(400, "a GPU count is not supported: ask for all GPUs or name them "
+                                    "(--gpus all, --gpus device=0,1)")
+        else:
+            raise ApiError(400, f"device requests of driver '{driver}' are not supported: use CDI names "
+                                "(Driver \"cdi\", e.g. vendor.com/class=name) or --gpus")
+    return out, gpus
 
 
 def _refuse(where: str, fields: dict, table: dict) -> None:
@@ -273,7 +309,13 @@ def run_options(body: dict, name: str | None, store_root: str):
     if entrypoint is not None:
         entrypoint = _strings(entrypoint, "Entrypoint")
     labels = _obj(cfg.get("Labels"), "Labels")
-    volumes = list(_obj(cfg.get("Volumes"), "Volumes"))
+    binds = _binds(_strings(hc.get("Binds"), "Binds"))
+    mounts = [_obj(m, "Mounts[]") for m in hc.get("Mounts") or []]
+    # Config.Volumes lists every volume path, the ones Binds or Mounts fill included (compose
+    # sends both): only the others are anonymous volumes
+    covered = {(b.split(":")[1] if ":" in b else b).rstrip("/") for b in binds} | \
+        {str(m.get("Target") or "").rstrip("/") for m in mounts}
+    volumes = [v for v in _obj(cfg.get("Volumes"), "Volumes") if v.rstrip("/") not in covered]
     policy = _obj(hc.get("RestartPolicy"), "RestartPolicy")
     restart = str(policy.get("Name") or "no")
     if restart == "on-failure" and _int(policy.get("MaximumRetryCount"), "MaximumRetryCount"):
@@ -305,14 +347,16 @@ def run_options(body: dict, name: str | None, store_root: str):
     stop_timeout = cfg.get("StopTimeout")
     if stop_timeout is not None:
         stop_timeout = _int(stop_timeout, "StopTimeout")
+    devices, gpus = _devices(hc)
     opts = RunOptions(
+        device=devices, gpus=gpus,
         image=image, command=cmd, entrypoint=entrypoint, name=name or None, detach=True,
         env=env, workdir=cfg.get("WorkingDir") or None, user=cfg.get("User") or None,
         hostname=cfg.get("Hostname") or None, domainname=cfg.get("Domainname") or None,
         label=[f"{k}={v}" for k, v in labels.items()], tty=bool(cfg.get("Tty")),
         interactive=bool(cfg.get("OpenStdin")), stop_signal=stop_signal, stop_timeout=stop_timeout,
-        volume=_binds(_strings(hc.get("Binds"), "Binds")) + volumes,
-        mount=[_mount_arg(_obj(m, "Mounts[]")) for m in hc.get("Mounts") or []],
+        volume=binds + volumes,
+        mount=[_mount_arg(m) for m in mounts],
         publish=_port_specs(_obj(hc.get("PortBindings"), "PortBindings")),
         network=network, network_alias=aliases, restart=restart,
         memory=str(memory) if memory else None, memory_swap=str(swap) if swap else None, cpus=cpus,

@@ -53,25 +53,40 @@ def _is_tar(head: bytes) -> bool:
             or head[:4] == b"\x28\xb5\x2f\xfd" or head[257:262] == b"ustar")
 
 
+def _inside(root: str, rel: str) -> bool:
+    """Whether ``root/rel``, its links resolved as they are on disk now, stays in ``root``."""
+    real = os.path.realpath(os.path.join(root, rel))
+    return real == root or real.startswith(root + os.sep)
+
+
 def _unpack(data: BinaryIO, dest: str) -> None:
+    """Extract a context tar into ``dest`` as docker build takes one: symbolic links are kept
+    as they are, wherever they point (COPY copies a link, never what it points at), but no
+    entry may be written outside ``dest`` — not by its name (absolute, ``..``), not through a
+    link an earlier entry made, not as a hard link to a file outside.  Device nodes are left
+    out and set-id bits dropped."""
+    root = os.path.realpath(dest)
     try:
         with tarfile.open(fileobj=data, mode="r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="data")
-            else:                                  # Python before 3.11.4: check the names ourselves
-                for m in tar.getmembers():
-                    checks = [posixpath.normpath(m.name)]
-                    if m.issym():
-                        checks += [m.linkname[:1] if m.linkname.startswith("/") else
-                                   posixpath.normpath(posixpath.join(posixpath.dirname(checks[0]), m.linkname))]
-                    elif m.islnk():
-                        checks.append(posixpath.normpath(m.linkname))
-                    if any(p.startswith("/") or p == ".." or p.startswith("../") for p in checks):
-                        raise tarfile.TarError(f"{m.name} would land outside the context")
-                    if m.isdev():
-                        continue
-                    m.mode &= 0o777
-                    tar.extract(m, dest, set_attrs=not m.issym())
+            for m in tar:
+                name = posixpath.normpath(m.name)
+                if m.name.startswith("/") or name == ".." or name.startswith("../"):
+                    raise tarfile.TarError(f"{m.name} would land outside the context")
+                if name == "." or m.isdev():
+                    continue
+                # its directory, through whatever links are there now, must be ours
+                if not _inside(root, posixpath.dirname(name) or "."):
+                    raise tarfile.TarError(f"{m.name} would land outside the context (through a link)")
+                if m.islnk():
+                    target = posixpath.normpath(m.linkname)
+                    if m.linkname.startswith("/") or target == ".." or target.startswith("../") \
+                            or not _inside(root, target):
+                        raise tarfile.TarError(f"hard link {m.name} points outside the context")
+                there = os.path.join(root, name)
+                if os.path.islink(there) and not m.issym():
+                    os.unlink(there)      # replaced, not written through (tarfile would follow it)
+                m.mode &= 0o777
+                tar.extract(m, root, set_attrs=not m.issym())
     except (tarfile.TarError, OSError) as e:
         raise UsageError(f"cannot read the build context from stdin: {e}") from None
 

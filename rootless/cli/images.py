@@ -30,14 +30,27 @@ def _write_output(path: str | None, what: str, writer) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
-@click.option("--format", "fmt", type=click.Choice(["docker-archive", "oci-archive"]),
-              default="docker-archive", show_default=True, help="Archive format.")
+@click.option("--format", "fmt", type=click.Choice(["docker-archive", "oci-archive", "squashfs"]),
+              default="docker-archive", show_default=True,
+              help="Archive format; squashfs: one image's root filesystem and config in a file that "
+                   "'rootless run FILE' runs without loading it (needs -o).")
 @click.argument("images", nargs=-1, required=True, shell_complete=complete_images)
 @click.pass_context
 def save(ctx: click.Context, images: tuple[str, ...], output: str | None, fmt: str) -> None:
-    """Save images to a tar archive (docker-archive or oci-archive), to stdout by default."""
-    from ..image.archive import save as do_save
+    """Save images to a tar archive (docker-archive or oci-archive), to stdout by default, or one
+    image to a squashfs file."""
     store = _store(ctx)
+    if fmt == "squashfs":
+        from ..errors import UsageError
+        from ..image import squashfs
+        from ..sandbox import idmap
+        if len(images) != 1:
+            raise UsageError("--format squashfs saves one image: give one image name")
+        if not output or output == "-":
+            raise UsageError("--format squashfs needs a file: give -o FILE.sqfs")
+        squashfs.save(store, idmap.detect(), images[0], output)
+        return
+    from ..image.archive import save as do_save
     _write_output(output, "an archive", lambda out: do_save(store, list(images), fmt, out))
 
 

@@ -47,6 +47,9 @@ def _image_of(store: Store, rec: Record) -> Image:
     try:
         return store.resolve(rec.image_id)
     except ImageNotFound:
+        if rec.image.startswith("/"):
+            from .export import squashfs_refusal
+            raise StoreError(squashfs_refusal(rec.name, rec.image)) from None
         raise StoreError(f"the image of container {rec.name} ({rec.image}, {rec.image_id[:19]}) is no longer "
                          "in the store") from None
 

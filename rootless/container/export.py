@@ -36,9 +36,16 @@ def _write_tar(layer_dirs: list[str], fd: int) -> None:
                 tar.addfile(info)
 
 
-def layer_dirs_of(store: Store, cid: str, image_id: str) -> list[str]:
+def squashfs_refusal(name: str, path: str) -> str:
+    return (f"container {name} runs the squashfs image {path}, whose files are not in the store: commit, "
+            "diff and export (and cp while it is stopped) need the image's layers: 'rootless load' a saved "
+            "archive of the image and run it by name")
+
+
+def layer_dirs_of(store: Store, cid: str, image_id: str, image: str = "") -> list[str]:
     """The directories whose merge is the container's tree: the image's layers and its upper
-    directory; a vfs container's copy; a container never started: its image's layers."""
+    directory; a vfs container's copy; a container never started: its image's layers.
+    ``image``: the record's image (a squashfs file's path has no layers in the store)."""
     directory = store.container_dir(cid)
     upper = os.path.join(directory, "upper")
     if not os.path.isdir(upper) and os.path.exists(os.path.join(directory, "rootfs.copied")):
@@ -46,6 +53,8 @@ def layer_dirs_of(store: Store, cid: str, image_id: str) -> list[str]:
     try:
         config = store.read_json(image_id)
     except OSError:
+        if image.startswith("/"):
+            raise StoreError(squashfs_refusal(cid[:12], image)) from None
         raise StoreError(f"the image {image_id} of container {cid[:12]} is missing from the store") from None
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     missing = [d for d in diff_ids if not store.has_layer(d)]
@@ -56,7 +65,7 @@ def layer_dirs_of(store: Store, cid: str, image_id: str) -> list[str]:
 
 def export(store: Store, maps: idmap.IdMaps, name: str, out: BinaryIO) -> None:
     rec = Containers(store).find(name)
-    export_layers(maps, layer_dirs_of(store, rec.id, rec.image_id), out, f"container {rec.name}")
+    export_layers(maps, layer_dirs_of(store, rec.id, rec.image_id, rec.image), out, f"container {rec.name}")
 
 
 def export_layers(maps: idmap.IdMaps, dirs: list[str], out: BinaryIO, what: str) -> None:

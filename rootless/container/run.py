@@ -279,8 +279,21 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
             passwd_entry = f"user:x:{os.getuid()}:{os.getgid()}::/:/bin/sh"
         if opts.user is None:
             opts.user = f"{os.getuid()}:{os.getgid()}"
-    image = image or store.resolve(opts.image)
+    if image is None:
+        from ..image import squashfs
+        if squashfs.looks_like_file(opts.image):   # a single-file image: img.sqfs, ./dir/img
+            opts.image = os.path.abspath(opts.image)
+            image = squashfs.read_image(opts.image)
+        else:
+            image = store.resolve(opts.image)
     cfg = image.run_config
+    if image.squashfs and opts.userns == "keep-id" and not stored.single:
+        raise UsageError("--userns keep-id (and --as-me with a subordinate id range) cannot run a squashfs "
+                         "image yet: load the image into the store ('rootless load' of a saved archive) "
+                         "and run it by name")
+    if image.squashfs and opts.storage_driver == "overlay":
+        raise UsageError("--storage-driver overlay cannot run a squashfs image: the kernel's overlay does not "
+                         "take the image's FUSE mount as its lower layer; use fuse-overlay (the default) or vfs")
     if opts.entrypoint is not None:
         if isinstance(opts.entrypoint, list):
             entrypoint = [] if opts.entrypoint in ([], [""]) else list(opts.entrypoint)
@@ -465,6 +478,13 @@ def start_attached(store: Store, rec: Record, interactive: bool,
 
 def _own_image(store: Store, rec: Record) -> Image:
     """A container's own image, by id: its tag may be gone or moved since ('rmi -f', pull)."""
+    if rec.image.startswith("/"):              # a squashfs file (image/squashfs.py), by its path
+        from ..image import squashfs
+        image = squashfs.read_image(rec.image)
+        if image.id != rec.image_id:
+            raise RootlessError(f"the squashfs image {rec.image} of container {rec.name} has changed since "
+                                "it was created: remove the container and run the file again")
+        return image
     return store.resolve(rec.image_id)
 
 
@@ -576,7 +596,7 @@ class _Starter:
             from .monitor import log_path
             pump = _log_pump(rec, log_path(directory), None, p.log, pipes=False)
             tty_log = pump.sink("stdout")
-        cg = started = checks = None
+        cg = started = checks = squash = None
         try:
             cg_setup.sweep("rootless-")  # leftovers of engines that were killed
             cg_name = f"rootless-{rec.id[:32]}"
@@ -593,7 +613,15 @@ class _Starter:
             if _may_use_fuse(opts.storage_driver):
                 from . import services
                 server = services.ensure(run_base)
-            rootfs = ContainerRootfs([store.layer_dir(d) for d in image.diff_ids], directory,
+            layer_dirs = [store.layer_dir(d) for d in image.diff_ids]
+            join_userns = user_net.start_holder(maps, run_base) if user_net else None
+            if image.squashfs:
+                from . import squashmount
+                squash = squashmount.acquire(image.squashfs, stored, run_base)
+                layer_dirs = [squash.lower]
+                if join_userns is None and not shared:
+                    join_userns = squash.userns()    # the same holder's as user networks'
+            rootfs = ContainerRootfs(layer_dirs, directory,
                                      opts.storage_driver, remove_after=opts.rm, single_uid=maps.single,
                                      fuse_server=server,
                                      id_translation=None if maps is stored else (
@@ -636,7 +664,7 @@ class _Starter:
                 network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records,
                                              _hooks_before(p, rec.id, run_dir, hostname)),
                 join_cgroup=cg.add if cg.paths else None,
-                join_userns=user_net.start_holder(maps, run_base) if user_net else None,
+                join_userns=join_userns,
                 stdio=stdio)
             if shared:
                 # NAME's network namespace is owned by NAME's user namespace (a child of the one
@@ -645,7 +673,19 @@ class _Starter:
                     spec.join_netns = os.open(f"/proc/{shared.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                     spec.container_userns = libc.ns_ioctl(spec.join_netns, libc.NS_GET_USERNS)
                     spec.join_userns = libc.ns_ioctl(spec.container_userns, libc.NS_GET_PARENT)
-                except OSError as e:
+                    if squash is not None:
+                        theirs, mine = os.fstat(spec.join_userns), os.fstat(held := squash.userns())
+                        os.close(held)
+                        if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
+                            raise UsageError(f"--network container:{shared.name} with a squashfs image needs "
+                                             f"{shared.name} to run from a squashfs image or on a user network "
+                                             "too (their user namespace is the one the image is mounted in)")
+                except (OSError, UsageError) as e:
+                    if isinstance(e, UsageError):
+                        for fd in (spec.join_netns, spec.container_userns, spec.join_userns):
+                            if fd is not None:
+                                os.close(fd)
+                        raise
                     for fd in (spec.join_netns, spec.container_userns):
                         if fd is not None:
                             os.close(fd)
@@ -711,6 +751,8 @@ class _Starter:
                 pump.finish(0)
             if started is not None:     # removed just as it started: it must not run on
                 _kill_child(started.init_pid)
+            if squash is not None:
+                squash.release()
             if console is not None:
                 console.close()
             _stop(helpers, run_dir)
@@ -725,6 +767,8 @@ class _Starter:
             raise
         for fd in ours:
             os.close(fd)
+        if squash is not None:
+            squash.release()      # the last container of that file unmounts it (squashmount.py)
         _stop(helpers, run_dir)
         _remove_cgroup(cg, self.on_warning)
         if user_net:

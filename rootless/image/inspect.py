@@ -39,15 +39,18 @@ IMAGE_FILTERS = ("dangling", "reference", "label", "before", "since")
 def image_rows(store: Store, filters: list[str] | None = None) -> list[dict[str, Any]]:
     """``rootless images``: one row per tag (Repository, Tag, Id (short), Created, Size) that
     passes every ``KEY=VALUE`` filter (Docker's: dangling, reference, label, before, since)."""
-    keep = _image_filter(store, filters or [])
     rows = []
-    for img in store.images():
-        if not keep(img):
-            continue
+    for img in matching_images(store, filters):
         name, _, tag = (img.ref or "<none>:<none>").rpartition(":")
         rows.append({"Repository": name, "Tag": tag, "Id": img.id.removeprefix("sha256:")[:12],
                      "Created": img.config.get("created", ""), "Size": image_size(store, img)})
     return rows
+
+
+def matching_images(store: Store, filters: list[str] | None = None) -> list[Image]:
+    """The images, one per tag, that pass every ``KEY=VALUE`` filter (as ``image_rows``)."""
+    keep = _image_filter(store, filters or [])
+    return [img for img in store.images() if keep(img)]
 
 
 def _image_filter(store: Store, filters: list[str]):
@@ -461,4 +464,4 @@ def history(store: Store, name: str) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["inspect", "history", "image_info", "container_info", "ago"]
+__all__ = ["inspect", "history", "image_info", "container_info", "ago", "matching_images"]

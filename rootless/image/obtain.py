@@ -24,6 +24,9 @@ def ensure(store: Store, maps: idmap.IdMaps, name: str, policy: str = "missing",
     from ..errors import ImageNotFound, RootlessError, UsageError
     if policy not in PULL_POLICIES:
         raise UsageError(f"invalid --pull '{policy}': use missing, always or never")
+    from . import squashfs
+    if squashfs.looks_like_file(name):       # a single-file image: never pulled
+        return squashfs.read_image(name)
     missing: ImageNotFound | None = None
     if policy != "always":
         try:

@@ -85,10 +85,11 @@ def _diff_id(src: str, dst: str | None, layer, ref: Reference) -> str:
 
 def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None = None,
          tls_verify: bool = True, progress: ProgressFactory | None = None,
-         report: Callable[[str], None] | None = None) -> Image:
+         report: Callable[[str], None] | None = None, credentials=None) -> Image:
     """Pull ``ref_text`` into the store.  ``progress(verb, [(key, size)])``: an object whose
     ``update(key, done, total)`` hears of each download (the face draws it); ``report``: the
-    closing line ("pulled N new layer(s)...")."""
+    closing line ("pulled N new layer(s)...").  ``credentials``: a ``registry.Credentials``
+    (the API's X-Registry-Auth), else those of the auth files."""
     ref = Reference.parse(ref_text)
     stall = stall_timeout()
     tmp = store.new_temp_dir("pull")
@@ -96,8 +97,8 @@ def pull(store: Store, maps: idmap.IdMaps, ref_text: str, platform: str | None =
     unpacked: dict[str, tuple[str, int]] = {}     # diff id -> (temporary layer dir, size)
     checked: set[str] = set()                     # blob digests whose diff id we verified
     try:
-        with RegistryClient(ref.registry, insecure=None if tls_verify else True,
-                            stall_timeout=stall) as client:
+        with RegistryClient(ref.registry, insecure=None if tls_verify else True, stall_timeout=stall,
+                            **({"credentials": credentials} if credentials else {})) as client:
             m = client.get_manifest(ref.repository, ref.reference, platform)
             manifest = parse_image_manifest(m.data)
             config_raw = client.get_blob(ref.repository, manifest.config.digest)

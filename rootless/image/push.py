@@ -110,11 +110,12 @@ def compressed_layers(store: Store, image: Image, manifest: dict[str, Any], fmt:
 
 def push(store: Store, source: str, destination: str | None = None, tls_verify: bool = True,
          progress: ProgressFactory | None = None, report: Callable[[str], None] | None = None,
-         compression_format: str | None = None) -> str:
+         compression_format: str | None = None, credentials=None) -> str:
     """Push image ``source`` to ``destination`` (default: the same name); the digest of the
     manifest pushed.  ``compression_format``: ``gzip`` or ``zstd`` for every layer (default:
     plain layers gzip, compressed ones as they are).  ``progress`` as for ``pull`` (verbs
-    ``compress`` and ``upload``); ``report`` hears what became of each blob."""
+    ``compress`` and ``upload``); ``report`` hears what became of each blob.  ``credentials``:
+    a ``registry.Credentials`` (the API's X-Registry-Auth), else those of the auth files."""
     check_format(compression_format)
     image = store.resolve(source)
     ref = Reference.parse(destination or source)
@@ -143,7 +144,8 @@ def push(store: Store, source: str, destination: str | None = None, tls_verify: 
     others = sorted({t.rsplit(":", 1)[0] for t in store.tags()} - {ref.familiar.rsplit(":", 1)[0]})
     mount_from = [Reference.parse(o).repository for o in others
                   if Reference.parse(o).registry == ref.registry]
-    with RegistryClient(ref.registry, insecure=None if tls_verify else True) as client:
+    with RegistryClient(ref.registry, insecure=None if tls_verify else True,
+                        **({"credentials": credentials} if credentials else {})) as client:
         for d in blobs:
             outcome = client.ensure_blob(ref.repository, d.digest, store.blob_path(d.digest),
                                          mount_from=mount_from,

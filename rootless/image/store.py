@@ -46,6 +46,7 @@ class Image:
     id: str                   # the config's digest, as Docker shows it
     config: dict[str, Any]
     diff_ids: tuple[str, ...]
+    squashfs: str | None = None   # a single-file image (image/squashfs.py): its path; no layers
 
     @property
     def run_config(self) -> dict[str, Any]:
@@ -199,6 +200,9 @@ class Store:
             path = os.path.normpath(os.path.join(root, sub))
             if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
                 raise StoreError(_not_usable(root, path))
+        # NFS, Lustre, GPFS...: refused now, with the fix, rather than halfway through a pull
+        from . import placement
+        placement.check(root)
 
     # --- locking and atomic files ---
     @contextlib.contextmanager

@@ -224,15 +224,26 @@ def _holder_alive(pid: int) -> bool:
 
 def ensure_holder(maps: idmap.IdMaps, run_dir: str) -> int:
     """The pid of the per-user holder of the networks' namespaces, started when none runs."""
-    from ..sandbox.userns import fork_into_userns
+    import fcntl
     pidfile = os.path.join(run_dir, "netns-holder.pid")
+    # one at a time: two commands starting a holder each would leave one nobody knows of
+    lock = os.open(pidfile + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        with open(pidfile) as f:
-            pid = int(f.read())
-        if _holder_alive(pid):
-            return pid
-    except (OSError, ValueError):
-        pass
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read())
+            if _holder_alive(pid):
+                return pid
+        except (OSError, ValueError):
+            pass
+        return _start_holder(maps, pidfile)
+    finally:
+        os.close(lock)
+
+
+def _start_holder(maps: idmap.IdMaps, pidfile: str) -> int:
+    from ..sandbox.userns import fork_into_userns
     sleep = shutil.which("sleep") or "/bin/sleep"
 
     def child(sock: socket.socket) -> NoReturn:

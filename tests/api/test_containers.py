@@ -267,7 +267,8 @@ def test_errors_are_docker_statuses(api, names):
     r = c.post("/containers/create", params={"name": n}, json={"Image": "busybox", "Cmd": ["true"]})
     assert r.status_code == 409 and "already in use" in r.json()["message"]
     for hc, words in (({"Devices": [{"PathOnHost": "/dev/kmsg", "PathInContainer": "/dev/kmsg",
-                                      "CgroupPermissions": "rwm"}]}, "Devices"),
+                                      "CgroupPermissions": "rwm"}]}, "may not open /dev/kmsg"),
+                      ({"DeviceRequests": [{"Driver": "", "Count": 2, "Capabilities": [["gpu"]]}]}, "GPU count"),
                       ({"PidMode": "host"}, "PidMode"),
                       ({"Memory": "lots"}, "Memory"),
                       ({"RestartPolicy": {"Name": "sometimes"}}, "restart"),
@@ -295,7 +296,7 @@ def test_cli_errors_carry_our_words(api, names):
     dup = api.docker("create", "--name", n, "busybox", "true")
     assert dup.returncode != 0 and "already in use" in dup.stderr
     dev = api.docker("create", "--device", "/dev/kmsg", "busybox", "true")
-    assert dev.returncode != 0 and "Devices" in dev.stderr
+    assert dev.returncode != 0 and "may not open /dev/kmsg" in dev.stderr
     missing = api.docker("start", "no-such-container-here")
     assert missing.returncode != 0 and "no such container" in missing.stderr.lower()
 
@@ -520,3 +521,14 @@ def test_a_user_network_and_its_aliases(api, names):
         c.delete(f"/containers/{n}", params={"force": "1"})
     finally:
         api.rl("network", "rm", net)
+
+
+@needs_docker
+def test_devices_are_bound_in(api):
+    """docker run --device (HostConfig.Devices) binds a node the user may open; --gpus asks for
+    the CDI spec a site would have (none here: its sentence)."""
+    out = api.docker("run", "--rm", "--device", "/dev/null:/dev/mynull", "busybox", "sh", "-c",
+                     "ls -l /dev/mynull; echo x > /dev/mynull && echo written", check=True).stdout
+    assert out.startswith("c") and "written" in out
+    gpus = api.docker("run", "--rm", "--gpus", "all", "busybox", "true")
+    assert gpus.returncode != 0 and "no CDI spec for nvidia.com/gpu" in gpus.stderr

@@ -89,8 +89,6 @@ def test_run_prints_stdout_and_stderr_apart_and_exits_with_the_code(api, names):
     assert proc.stderr == "err\n"
 
 
-@pytest.mark.xfail(strict=False, reason="wait?condition=removed needs the exit code of a container --rm removed "
-                   "(containers.py and run.py record none today)")
 def test_run_rm_prints_the_output_and_exits_with_the_code(api):
     proc = api.docker("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert proc.stdout == "out\n"

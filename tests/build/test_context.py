@@ -72,6 +72,60 @@ def test_context_as_a_tar_on_stdin(tmp_path):
     assert c.dockerfile == "FROM t\n" and c.view.lstat("f") is not None
 
 
+def _tar(entries) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, value in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(value)
+                tar.addfile(info, io.BytesIO(value))
+                continue
+            info.type = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE}[kind]
+            info.mode = 0o755
+            info.linkname = value
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def test_a_tar_context_keeps_symlinks_that_point_anywhere(tmp_path):
+    """As docker build: links are part of the context, stored as they are (COPY copies the
+    link, never what it points at), even absolute ones or ones leading out of the context."""
+    data = _tar([("Dockerfile", "file", b"FROM t\n"), ("bin", "dir", ""), ("bin/sh", "sym", "/bin/busybox"),
+                 ("up", "sym", "../../etc"), ("f", "file", b"x"), ("hard", "hard", "f")])
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    c = load_context("-", stdin=io.BytesIO(data), scratch_dir=str(scratch))
+    assert os.readlink(scratch / "bin" / "sh") == "/bin/busybox" and os.readlink(scratch / "up") == "../../etc"
+    assert (scratch / "hard").read_bytes() == b"x" and c.view.lstat("bin/sh") is not None
+
+
+@pytest.mark.parametrize("entries", [
+    [("../evil", "file", b"x")],
+    [("/abs", "file", b"x")],
+    [("out", "sym", "/tmp"), ("out/evil", "file", b"x")],                  # through a link it made
+    [("d", "dir", ""), ("d/up", "sym", "../.."), ("d/up/evil", "file", b"x")],
+    [("h", "hard", "../../etc/passwd")],
+])
+def test_a_tar_context_cannot_write_outside_its_directory(tmp_path, entries):
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    with pytest.raises(UsageError, match="outside the context"):
+        load_context("-", stdin=io.BytesIO(_tar([("Dockerfile", "file", b"FROM t\n")] + entries)),
+                     scratch_dir=str(scratch))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_a_later_entry_replaces_a_link_instead_of_writing_through_it(tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_text("untouched")
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    data = _tar([("Dockerfile", "file", b"FROM t\n"), ("x", "sym", str(outside)), ("x", "file", b"replaced")])
+    load_context("-", stdin=io.BytesIO(data), scratch_dir=str(scratch))
+    assert outside.read_text() == "untouched" and (scratch / "x").read_bytes() == b"replaced"
+
+
 def test_dockerfile_alone_on_stdin(tmp_path):
     c = load_context("-", stdin=io.BytesIO(b"FROM alone\n"), scratch_dir=str(tmp_path))
     assert c.dockerfile == "FROM alone\n" and not c.has_context
