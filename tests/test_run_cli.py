@@ -123,6 +123,29 @@ def test_user_signals_reach_the_container(rl, sig):
         p.wait()
 
 
+def test_only_the_main_thread_may_take_forwarded_signals(rl):
+    """The foreground run's helper threads (log pumps) block the signals it forwards: a signal
+    sent to the process while the main thread still blocks them (the container just started)
+    must wait for its handler, never be taken by a thread with the default action (SIGHUP's
+    ends the process: 'run' died with -1 instead of forwarding it)."""
+    import signal as _signal
+    p = rl.popen("run", "--rm", "busybox", "sleep", "30", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _container_pid1(p, "sleep")
+        tasks = [t for t in os.listdir(f"/proc/{p.pid}/task") if int(t) != p.pid]
+        assert tasks, "the foreground run has no helper thread to check"
+        wanted = 0
+        for sig in (_signal.SIGHUP, _signal.SIGINT, _signal.SIGTERM, _signal.SIGQUIT, _signal.SIGUSR1):
+            wanted |= 1 << (sig - 1)
+        for tid in tasks:
+            status = Path(f"/proc/{p.pid}/task/{tid}/status").read_text()
+            blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+            assert blocked & wanted == wanted, f"thread {tid} takes forwarded signals (SigBlk {blocked:x})"
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_killing_the_cli_ends_the_container(rl):
     p = rl.popen("run", "--rm", "busybox", "sleep", "60", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pid1 = _container_pid1(p, "sleep")

@@ -97,8 +97,8 @@ class Console:
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.close(null)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        from ..sandbox.spawn import quiet_thread
+        self.thread = quiet_thread(self._serve)
 
     def broadcast(self, stream: str, data: bytes) -> None:
         """``stream``'s output (``stdout``/``stderr``) to every attached client."""

@@ -130,9 +130,8 @@ class LogPump:
 
     def add_source(self, stream: str, fd: int) -> None:
         """Pump ``fd`` (closed at its end) into the log as ``stream``: the pipes, or a pty master."""
-        t = threading.Thread(target=self._pump, args=(stream, fd), daemon=True)
-        t.start()
-        self.threads.append(t)
+        from ..sandbox.spawn import quiet_thread
+        self.threads.append(quiet_thread(self._pump, stream, fd))
 
     def _pump(self, stream: str, fd: int) -> None:
         feed = self.sink(stream, tee=True)

@@ -839,8 +839,8 @@ def _start_health_checks(store: Store, cid: str, cfg):
     import threading
     from .health import run_checks
     stop = threading.Event()
-    threading.Thread(target=run_checks, args=(store.root, cid, cfg, stop), daemon=True,
-                     name="health").start()
+    from ..sandbox.spawn import quiet_thread
+    quiet_thread(run_checks, store.root, cid, cfg, stop, name="health")
     return stop
 
 

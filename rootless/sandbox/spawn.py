@@ -148,3 +148,19 @@ def stop(pid: int, steps: tuple[tuple[int | None, float], ...] = ((signal.SIGTER
                 break
             time.sleep(0.005)
     return None
+
+
+def quiet_thread(target: Callable[..., None], *args, name: str | None = None):
+    """Start a daemon thread that blocks the signals the engine forwards, so that one sent to
+    the process (the user's Ctrl-C, ``kill``) is taken by the main thread's handler — never
+    by this thread with the default action (which ends the process) while the main thread
+    still has it blocked during a start.  The thread inherits the mask: it is blocked here,
+    around its creation."""
+    import threading
+    t = threading.Thread(target=target, args=args, name=name, daemon=True)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFAULT_SIGNALS)
+    try:
+        t.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return t
