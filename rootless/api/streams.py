@@ -245,8 +245,10 @@ class _Attach:
         from ..container import lifecycle
         from ..container.records import running
         self.before_start = not running(self.rec)
+        # before the start: the log held open now, so that a run removed as soon as it ends
+        # (--rm) is still read whole
         self.mark = await self.req.engine(lifecycle.log_mark, self.store, self.rec.id,
-                                          self.logs and not self.before_start)
+                                          self.logs and not self.before_start, self.before_start)
 
     async def run(self, client: trio.abc.Stream, early: bytes) -> None:
         try:
@@ -263,6 +265,8 @@ class _Attach:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            if self.mark is not None:
+                self.mark.close()
             if self.console is not None:
                 with trio.CancelScope(shield=True):
                     await self.console.aclose()

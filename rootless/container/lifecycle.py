@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from . import procs
 from .procs import parse_signal
@@ -137,22 +138,38 @@ def _logged_to_end(store: Store, cid: str) -> bool:
     return not (rec.owner_pid and procs.alive(rec.owner_pid, rec.owner_start))
 
 
-@dataclass(frozen=True)
+@dataclass
 class LogMark:
-    """A place in a container's log (``log_mark``), and which run of it had started then."""
+    """A place in a container's log (``log_mark``), and which run of it had started then.
+    ``file``: the log opened when the mark was taken (``hold``), read by ``run_output`` even
+    if the container is removed (``--rm``) before its reader comes to it."""
     inode: int
     size: int
     started: float | None
+    file: BinaryIO | None = None
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
-def log_mark(store: Store, key: str, at_start: bool = False) -> LogMark:
-    """Where the container's log ends now (``at_start``: where it begins), for ``run_output``."""
+def log_mark(store: Store, key: str, at_start: bool = False, hold: bool = False) -> LogMark:
+    """Where the container's log ends now (``at_start``: where it begins), for ``run_output``.
+    ``hold``: open the log now (made empty if the container has none yet: its monitor appends
+    to it), for a run about to start whose output must not be lost."""
     rec = Containers(store).find(key)
+    path = log_path(store.container_dir(rec.id))
+    f = None
+    if hold and (rec.config.get("options") or {}).get("log_driver") != "none":
+        with contextlib.suppress(FileNotFoundError):       # removed meanwhile: nothing to hold
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+            f = open(path, "rb")
     try:
-        st = os.stat(log_path(store.container_dir(rec.id)))
+        st = os.fstat(f.fileno()) if f is not None else os.stat(path)
     except FileNotFoundError:
         return LogMark(0, 0, rec.config.get("started"))
-    return LogMark(st.st_ino, 0 if at_start else st.st_size, rec.config.get("started"))
+    return LogMark(st.st_ino, 0 if at_start else st.st_size, rec.config.get("started"), f)
 
 
 def wait_started(store: Store, key: str, mark: LogMark, stop: Callable[[], bool]) -> bool:
@@ -174,21 +191,26 @@ def wait_started(store: Store, key: str, mark: LogMark, stop: Callable[[], bool]
 def run_output(store: Store, key: str, mark: LogMark, stop: Callable[[], bool] = lambda: False) -> Iterator[LogLine]:
     """The output of the container's current run, from ``mark`` on (a ``log_mark`` taken before
     the run started, or at any time since), until the run has ended and all of it has been
-    logged, or ``stop()`` (checked every 0.05 s) says so.  What ``attach`` streams; nothing
-    for a container removed meanwhile."""
+    logged, or ``stop()`` (checked every 0.05 s) says so.  What ``attach`` streams.  A
+    container removed meanwhile gives what its held log (``log_mark(hold=True)``) has, or
+    nothing."""
     from ..errors import NotFound
+    f, mark.file = mark.file, None
     try:
-        rec = Containers(store).find(key)
+        cid = Containers(store).find(key).id
     except NotFound:
+        if f is not None:           # --rm removed it after logging all it wrote
+            with f:
+                f.seek(mark.size)
+                yield from _entries(f.readlines(), None)
         return
-    path = log_path(store.container_dir(rec.id))
-    f = None
+    path = log_path(store.container_dir(cid))
     try:
         while f is None:
             try:
                 f = open(path, "rb")
             except FileNotFoundError:
-                if stop() or _logged_to_end(store, rec.id):
+                if stop() or _logged_to_end(store, cid):
                     return
                 time.sleep(0.05)
         if os.fstat(f.fileno()).st_ino == mark.inode:
@@ -200,7 +222,7 @@ def run_output(store: Store, key: str, mark: LogMark, stop: Callable[[], bool] =
             elif _rotated(f, path):
                 f.close()
                 f = open(path, "rb")
-            elif _logged_to_end(store, rec.id):
+            elif _logged_to_end(store, cid):
                 yield from _entries(f.readlines(), None)
                 return
             else:
@@ -350,7 +372,7 @@ def start(store: Store, key: str, fork_here: bool = True) -> Record:
         return rec
     if fork_here:
         start_container(store, rec)
-        return records.find(rec.id)
+        return _after_start(records, rec)
     from . import services
     from .. import paths
     if services.ensure(paths.runtime_dir()) is not None:
@@ -364,7 +386,17 @@ def start(store: Store, key: str, fork_here: bool = True) -> Record:
             raise RootlessError(proc.stderr.decode(errors="replace").strip() or
                                 f"the container's monitor could not start it (exit status {proc.returncode})",
                                 proc.returncode)
-    return records.find(rec.id)
+    return _after_start(records, rec)
+
+
+def _after_start(records: Containers, rec: Record) -> Record:
+    """The record of a container just started; the one it had if it has already run and been
+    removed (``--rm``, a short command): it did start."""
+    from ..errors import NotFound
+    try:
+        return records.find(rec.id)
+    except NotFound:
+        return rec
 
 
 def start_attached(store: Store, key: str, interactive: bool, on_warning: Callable[[str], None],
