@@ -1,1 +1,3 @@
 """rootless: containers for ordinary users."""
+
+__version__ = "0.1.0"

@@ -12,10 +12,7 @@ from typing import Any
 
 def version() -> dict[str, Any]:
     from importlib import metadata
-    try:
-        ours = metadata.version("rootless")
-    except metadata.PackageNotFoundError:
-        ours = "unknown (not installed: running from a checkout)"
+    from . import __version__ as ours
     deps = {}
     for name in ("pyfuse3", "trio", "click", "httpx"):
         try:
@@ -75,7 +72,9 @@ def _id_maps() -> dict[str, Any]:
             "UidMap": ranges(maps.uids), "GidMap": ranges(maps.gids)}
 
 
-def info(store_root: str) -> dict[str, Any]:
+def info(store_root: str, versions: bool = True) -> dict[str, Any]:
+    """What was found on this host; ``versions=False``: without the dependencies' versions
+    (read from their installed metadata, which the API service does not need to load)."""
     from . import network, paths
     from .sandbox.seccomp_base import _library_path
     from .sandbox.userns import forbidden_by_sysctl
@@ -83,8 +82,10 @@ def info(store_root: str) -> dict[str, Any]:
         run_dir = paths.runtime_dir()
     except Exception as e:  # noqa: BLE001
         run_dir = f"unusable: {e}"
+    from . import __version__
     return {
-        **version(),
+        **(version() if versions else {"Version": __version__, "Python": platform.python_version(),
+                                       "Kernel": platform.release(), "Arch": platform.machine()}),
         "OperatingSystem": _os_release(),
         "User": {"Uid": os.getuid(), "Gid": os.getgid(),
                  "UserNamespaces": forbidden_by_sysctl() or "allowed"},

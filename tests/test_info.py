@@ -11,11 +11,11 @@ import pytest
 
 pytestmark = pytest.mark.both_modes
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+INIT = Path(__file__).resolve().parent.parent / "rootless" / "__init__.py"   # pyproject's version comes from it
 
 
 def _version() -> str:
-    return re.search(r'^version = "([^"]+)"', PYPROJECT.read_text(), re.M).group(1)
+    return re.search(r'^__version__ = "([^"]+)"', INIT.read_text(), re.M).group(1)
 
 
 def test_version_and_dash_dash_version(rl):

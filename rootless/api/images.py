@@ -16,7 +16,7 @@ import shutil
 from typing import Any, AsyncIterator, Callable
 
 from ..errors import RootlessError, StoreError, UsageError
-from ..image.archive import UNTAGGED_REPO
+from ..image.reference import UNTAGGED_REPO
 from .http import ApiError, Request, Response, json_response, json_stream
 from .router import route as _route
 from .server import status_of
@@ -501,7 +501,7 @@ async def save_many(req: Request) -> Response:
 
 @route("POST", "/images/load")
 async def load(req: Request) -> Response:
-    from ..image.archive import UNTAGGED_REPO, load as do_load
+    from ..image.archive import load as do_load
     from ..sandbox import idmap
     store = req.store
     tmp = await req.engine(store.new_temp_dir, "api-load")

@@ -56,6 +56,19 @@ def trim_memory() -> None:
         pass
 
 
+M_ARENA_MAX = -8
+
+
+def few_arenas(count: int = 1) -> None:
+    """glibc gives each thread that allocates a heap arena of its own; the service's worker
+    threads come and go, and each arena keeps pages.  One is enough for a service that mostly waits."""
+    import ctypes
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, count)
+    except (OSError, AttributeError):        # not glibc
+        pass
+
+
 def status_of(e: BaseException) -> tuple[int, str]:
     """Docker's status code and message for an error a handler raised."""
     if isinstance(e, ApiError):
@@ -420,23 +433,40 @@ async def _signals(scope: trio.CancelScope, quiet: bool) -> None:
 
 # --- entry point --------------------------------------------------------------------------
 
-def serve(store_root: str, socket_path: str | None, idle_timeout: float, quiet: bool = False,
-          on_listening=None) -> None:
-    """Run the service until it has been idle ``idle_timeout`` seconds (0: for ever) or is
-    interrupted.  ``on_listening(path)``: told once the socket accepts connections."""
+def open_socket(socket_path: str | None) -> tuple[socket.socket, str | None]:
+    """The listening socket: systemd's (socket activation), else one at ``socket_path`` (the
+    default: $XDG_RUNTIME_DIR/rootless/docker.sock); and its path, removed when the service ends."""
     sock = inherited_socket()
-    path = None
-    if sock is None:
-        path = socket_path or default_socket()
-        sock = listen(path)
+    if sock is not None:
+        return sock, None
+    path = socket_path or default_socket()
+    return listen(path), path
+
+
+def exec_service(store_root: str, sock: socket.socket, path: str | None, idle_timeout: float,
+                 quiet: bool) -> None:
+    """Become the service: a fresh interpreter (``python -m rootless.api``) that loads only what
+    serving needs — not the command line's modules (a service waits, idle, most of its life:
+    its memory is what it costs) — and inherits the listening socket."""
+    fd = sock.fileno()
+    os.set_inheritable(fd, True)
+    args = [sys.executable, "-m", "rootless.api", "--fd", str(fd), "--root", store_root,
+            "--timeout", repr(idle_timeout)] + (["--path", path] if path else []) + (["--quiet"] if quiet else [])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, args)
+
+
+def serve(store_root: str, sock: socket.socket, path: str | None, idle_timeout: float,
+          quiet: bool = False) -> None:
+    """Run the service on ``sock`` until it has been idle ``idle_timeout`` seconds (0: for ever)
+    or is interrupted; then remove ``path`` (the socket's, if we made it)."""
     service = Service(store_root, idle_timeout, quiet)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, nursery.cancel_scope, quiet)
             await nursery.start(service.serve, sock)
-            if on_listening:
-                on_listening(path or "(the socket systemd passed)")
             await service.ended.wait()         # idle for --timeout seconds
             nursery.cancel_scope.cancel()
     try:
@@ -449,3 +479,31 @@ def serve(store_root: str, socket_path: str | None, idle_timeout: float, quiet: 
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     raise
+
+
+def main(argv: list[str]) -> int:
+    """``python -m rootless.api --fd N --root DIR --timeout S [--path P] [--quiet]``: what
+    ``rootless system service`` execs once it listens (``exec_service``)."""
+    opts: dict[str, str | bool] = {"--quiet": False}
+    it = iter(argv)
+    for arg in it:
+        if arg == "--quiet":
+            opts[arg] = True
+        elif arg in ("--fd", "--root", "--timeout", "--path"):
+            opts[arg] = next(it, "")
+        else:
+            sys.stderr.write(f"rootless: unknown argument {arg!r}: start the service with 'rootless system service'\n")
+            return 125
+    try:
+        fd = int(opts["--fd"])
+        sock = socket.socket(fileno=fd)
+        os.set_inheritable(fd, False)
+        few_arenas()
+        serve(str(opts["--root"]), sock, opts.get("--path") or None, float(opts["--timeout"]), bool(opts["--quiet"]))
+    except (KeyError, ValueError, OSError) as e:
+        sys.stderr.write(f"rootless: the service cannot start ({e}): start it with 'rootless system service'\n")
+        return 125
+    except RootlessError as e:
+        sys.stderr.write(f"rootless: {e}\n")
+        return e.exit_code
+    return 0

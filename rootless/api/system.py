@@ -25,11 +25,8 @@ async def ping_head(req: Request) -> Response:
 
 
 def _ours() -> str:
-    from importlib import metadata
-    try:
-        return metadata.version("rootless")
-    except metadata.PackageNotFoundError:
-        return "0.0.0-dev"
+    from .. import __version__
+    return __version__
 
 
 def _arch() -> str:
@@ -55,7 +52,7 @@ def _info(store_root: str) -> dict[str, Any]:
     from ..container.listing import ps
     from ..image.store import Store
     store = Store(store_root)
-    found = host_info.info(store_root)
+    found = host_info.info(store_root, versions=False)
     rows = ps(store, show_all=True)
     running = sum(1 for r in rows if r.get("State") == "running")
     paused = sum(1 for r in rows if r.get("State") == "paused")

@@ -474,7 +474,7 @@ class Builder:
             img = new_image(self.store, state.parent, state.layers, copy.deepcopy(state.config.get("config") or {}),
                             history, tags, author=stage.author or "", created=state.created or None)
             if not tags:
-                from ..image.archive import UNTAGGED_REPO
+                from ..image.reference import UNTAGGED_REPO
                 tag = f"{UNTAGGED_REPO}/{img.id.removeprefix('sha256:')[:12]}:latest"
                 self.store.set_tag(tag, img.manifest_digest)
                 img = self.store.image(img.manifest_digest, tag)

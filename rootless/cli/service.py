@@ -20,11 +20,13 @@ def service(ctx: click.Context, socket_path: str | None, timeout: float, quiet: 
     Point Docker's clients at it: export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/rootless/docker.sock.
     A socket passed by systemd (socket activation, LISTEN_FDS) is used instead of --socket."""
     from ..paths import store_root
-    from ..api.server import serve
-
-    def listening(path: str) -> None:
-        click.echo(f"rootless: serving the Docker API on {path} (DOCKER_HOST=unix://{path})", err=True)
-    serve(store_root(ctx.find_root().obj["root"]), socket_path, timeout, quiet, on_listening=listening)
+    from ..api.server import exec_service, open_socket
+    root = store_root(ctx.find_root().obj["root"])
+    sock, path = open_socket(socket_path)
+    shown = path or "the socket systemd passed"
+    click.echo(f"rootless: serving the Docker API on {shown}" + (f" (DOCKER_HOST=unix://{path})" if path else ""),
+               err=True)
+    exec_service(root, sock, path, timeout, quiet)
 
 
 def register(group: click.Group) -> None:

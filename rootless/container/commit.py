@@ -225,7 +225,7 @@ def commit(store: Store, maps: idmap.IdMaps, key: str, ref: str | None = None, *
         history["empty_layer"] = True
     with store.lock():
         if ref is None:
-            from ..image.archive import UNTAGGED_REPO
+            from ..image.reference import UNTAGGED_REPO
             # the id is known once the config is written: write it, then name it by its id
             img = new_image(store, image, [] if layer.empty else [layer.diff_id], config, [history], [],
                             author=author)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Callable
 
 from . import compression, layers, reference
+from .reference import UNTAGGED_REPO
 from .. import atomic
 from ..errors import StoreError, UsageError
 from ..sandbox import idmap
@@ -48,7 +49,6 @@ MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 EPOCH = 0
-UNTAGGED_REPO = "localhost/untagged"
 
 
 def _sha256_file(path: str) -> str:

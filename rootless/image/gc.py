@@ -216,9 +216,9 @@ def _config(store: Store, manifest_digest: str) -> str | None:
 
 def prune(store: Store, maps: idmap.IdMaps, all_images: bool) -> Collected:
     """``image prune``: unreferenced blobs and layers, and the dangling images (loaded without a
-    name: ``archive.UNTAGGED_REPO``) no container uses; with ``all_images``, every image no
+    name: ``reference.UNTAGGED_REPO``) no container uses; with ``all_images``, every image no
     container uses (its tags removed first).  All with the store locked."""
-    from .archive import UNTAGGED_REPO
+    from .reference import UNTAGGED_REPO
     untagged = []
     with store.lock():
         used = {r.image_id for r in Containers(store).all()}

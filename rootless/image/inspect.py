@@ -55,7 +55,7 @@ def matching_images(store: Store, filters: list[str] | None = None) -> list[Imag
 
 def _image_filter(store: Store, filters: list[str]):
     import fnmatch
-    from .archive import UNTAGGED_REPO
+    from .reference import UNTAGGED_REPO
     from ..container.listing import label_matches
     checks = []
     for f in filters:

@@ -12,6 +12,9 @@ from ..errors import UsageError
 from ..registry.reference import InvalidReference, Reference
 
 
+UNTAGGED_REPO = "localhost/untagged"   # the names of images loaded or committed without one
+
+
 def normalize(ref: str) -> str:
     """``busybox`` -> ``busybox:latest``, ``docker.io/library/busybox`` -> ``busybox:latest``,
     ``127.0.0.1:5000/x`` -> ``127.0.0.1:5000/x:latest``; raise ``UsageError`` for a malformed one."""
