@@ -1,0 +1,177 @@
+"""A layer's tar, kept as its unpacked directory plus a small record ("tar-split").
+
+The store keeps a pulled layer once: unpacked (``layers/HEX/``).  What is needed to make its
+exact tar again — the same bytes, so the same sha256, its diff id — is recorded while it is
+unpacked: every byte of the stream that is not the data of a regular file (headers, PAX and
+GNU long-name records, padding, the end-of-archive blocks, anything after them) kept as it
+came, and for each regular file's data only its name and size.  ``regenerate`` replays the
+record, reading the files' data from the layer directory (as root of the user namespace,
+chrooted in it: the names resolve exactly as they did when the layer was unpacked).
+
+What unpacking changes is left to the raw bytes: entries whose data is not a plain file's
+(links, devices, sparse files, whiteouts ``.wh.*`` that become overlay whiteouts) keep their
+data in the record.  The record is checked once, right after the unpack (the layer made
+again and hashed): when it does not give the diff id back (an archive naming one file twice,
+writing through its own symbolic links...), it is not used and the layer's blob is kept.
+
+The record: gzip-compressed JSON lines: ``{"tarsplit": 1}``, then ``{"r": BASE64}`` (raw
+bytes) or ``{"f": NAME, "n": SIZE}`` (a file's data), and last ``{"end": true, "size": N,
+"digest": D}`` (the whole stream's length and sha256).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import posixpath
+import tarfile
+from typing import BinaryIO, Callable, Iterator
+
+VERSION = 1
+REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+
+
+class LayerChanged(Exception):
+    """The layer directory no longer holds what its record names (a file gone, or resized)."""
+
+
+class Recorder:
+    """A reader of a plain tar stream, for ``tarfile.open(mode="r|")``, that hashes every byte
+    read and records the stream as raw bytes and file references: call ``member(m)`` for each
+    member as tarfile yields it (before its data is read), and ``finish()`` at the end."""
+
+    def __init__(self, raw: BinaryIO, write: Callable[[dict], None]):
+        self.raw = raw
+        self._write = write
+        self.hash = hashlib.sha256()
+        self.pos = 0                 # bytes read from ``raw``
+        self._start = 0              # the stream offset of ``_pending[0]``
+        self._pending = bytearray()  # bytes from _start not yet recorded
+        self._skip_to = 0            # bytes before this offset are a file's data: not kept
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n) if n is not None and n >= 0 else self.raw.read()
+        if data:
+            self.hash.update(data)
+            end = self.pos + len(data)
+            if end > self._skip_to:
+                keep = data[max(0, self._skip_to - self.pos):]
+                if not self._pending:
+                    self._start = max(self.pos, self._skip_to)
+                self._pending += keep
+            self.pos = end
+        return data
+
+    def _flush_raw(self, upto: int) -> None:
+        """Record the pending bytes before stream offset ``upto`` as raw."""
+        count = max(0, min(upto, self._start + len(self._pending)) - self._start)
+        if count:
+            self._write({"r": base64.b64encode(bytes(self._pending[:count])).decode()})
+            del self._pending[:count]
+            self._start += count
+
+    def member(self, m: tarfile.TarInfo) -> None:
+        """Member ``m`` was read: its data, if a plain file's, is recorded by name."""
+        if not (m.type in REGULAR and m.sparse is None and m.size > 0
+                and not posixpath.basename(m.name.rstrip("/")).startswith(".wh.")):
+            return
+        start, end = m.offset_data, m.offset_data + m.size
+        self._flush_raw(start)
+        # bytes already read ahead inside the data are dropped, those after it kept
+        if self._pending:
+            drop = max(0, min(end, self._start + len(self._pending)) - self._start)
+            del self._pending[:drop]
+            self._start += drop
+        if not self._pending:
+            self._start = end
+        self._skip_to = max(self._skip_to, end)
+        self._write({"f": m.name, "n": m.size})
+
+    def finish(self) -> str:
+        """Read what is left of the stream (after the end-of-archive blocks too) and record it;
+        the sha256 of the whole stream."""
+        while self.read(1 << 20):
+            pass
+        self._flush_raw(self.pos)
+        return "sha256:" + self.hash.hexdigest()
+
+
+class Writer:
+    """A record written to the open file ``f``: ``write(segment)`` as the Recorder calls it,
+    ``close(size, digest)`` at the end (the closing line says what the whole stream was)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.gz = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0)
+        self.gz.write(json.dumps({"tarsplit": VERSION}).encode() + b"\n")
+
+    def write(self, seg: dict) -> None:
+        self.gz.write(json.dumps(seg).encode() + b"\n")
+
+    def close(self, size: int, digest: str) -> None:
+        self.gz.write(json.dumps({"end": True, "size": size, "digest": digest}).encode() + b"\n")
+        self.gz.close()
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+
+def segments(f: BinaryIO) -> Iterator[dict]:
+    """The record's segments; ValueError if it is not a whole record of this version."""
+    with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+        first = json.loads(gz.readline() or b"{}")
+        if first.get("tarsplit") != VERSION:
+            raise ValueError("not a tar-split record of this version")
+        for line in gz:
+            seg = json.loads(line)
+            if seg.get("end"):
+                return
+            yield seg
+    raise ValueError("the tar-split record is truncated")
+
+
+def regenerate(record: BinaryIO, out: Callable[[bytes], object], root: str = "/") -> str:
+    """Write the tar the record describes to ``out``, the files' data read under ``root``; its
+    sha256.  Raises ``LayerChanged`` when a file is missing or not of its recorded size."""
+    h = hashlib.sha256()
+    for seg in segments(record):
+        if "r" in seg:
+            data = base64.b64decode(seg["r"])
+            h.update(data)
+            out(data)
+            continue
+        name, size = seg["f"], int(seg["n"])
+        path = os.path.join(root, posixpath.normpath("/" + name).lstrip("/"))
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise LayerChanged(f"'{name}' cannot be read ({os.strerror(e.errno).lower() if e.errno else e})") from None
+        with f:
+            left = size
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise LayerChanged(f"'{name}' is shorter than it was")
+                h.update(chunk)
+                out(chunk)
+                left -= len(chunk)
+            if f.read(1):
+                raise LayerChanged(f"'{name}' is longer than it was")
+    return "sha256:" + h.hexdigest()
+
+
+__all__ = ["Recorder", "LayerChanged", "Writer", "segments", "regenerate"]
+
+
+def total_size(f: BinaryIO) -> int:
+    """The length of the tar the record describes (its closing line says)."""
+    with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+        last = b""
+        for line in gz:
+            last = line
+    end = json.loads(last or b"{}")
+    if not end.get("end"):
+        raise ValueError("the tar-split record is truncated")
+    return int(end["size"])
