@@ -118,7 +118,12 @@ def _add_layer_tar(tar: tarfile.TarFile, name: str, store: Store, maps: idmap.Id
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, EPOCH
     with layers.layer_tar(store, maps, diff_id, blob_digest) as f:
-        tar.addfile(info, f)
+        try:
+            tar.addfile(info, f)
+        except (OSError, tarfile.TarError):
+            while f.read(1 << 20):    # shorter than it was: the reason is in the check at its end
+                pass
+            raise
         if f.read(1):          # the end: the check of its digest
             raise layers.tampered(diff_id, "it is longer than it was")
     return size
