@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import os
 import posixpath
@@ -26,6 +27,7 @@ import signal
 import socket
 import tarfile
 import threading
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, NoReturn
 
@@ -106,15 +108,14 @@ def _close_others(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _unpack_child(sock: socket.socket, r: int, layer: str, split_w: int, split_r: int,
-                  maps: idmap.IdMaps) -> NoReturn:
+def _unpack_child(sock: socket.socket, r: int, layer: str, split_w: int, maps: idmap.IdMaps) -> NoReturn:
     """In the user namespace, as its root: unpack the tar read from ``r`` chrooted in ``layer``,
-    record its tar-split to ``split_w`` (-1: none) and check it (through ``split_r``).  Sends
+    record its tar-split to ``split_w`` (-1: none) and check it (``Recorder.usable``).  Sends
     ``done`` with the unpacked size, the device nodes skipped, the stream's sha256 and whether
     the tar-split gives the stream back.  In single-uid mode only uid 0 exists: every entry is
     unpacked as root's (tarfile skips an entry's chmod and utime when its chown fails, which
     would lose setgid bits, x bits and times)."""
-    _close_others({sock.fileno(), r, split_w, split_r})
+    _close_others({sock.fileno(), r, split_w})
     raw = os.fdopen(r, "rb", buffering=1 << 20)
     split = tarsplit.Writer(os.fdopen(split_w, "wb")) if split_w >= 0 else None
     rec = tarsplit.Recorder(raw, split.write if split else (lambda seg: None))
@@ -124,7 +125,7 @@ def _unpack_child(sock: socket.socket, r: int, layer: str, split_w: int, split_r
     size = 0
     current: list[tarfile.TarInfo] = []
     try:
-        with tarfile.open(fileobj=rec, mode="r|", bufsize=1 << 20, copybufsize=1 << 20) as tar:
+        with tarfile.open(fileobj=rec, mode="r:", copybufsize=1 << 20) as tar:
             def members():   # extractall takes members one at a time: the failing one is current
                 nonlocal size
                 for m in tar:
@@ -162,11 +163,7 @@ def _unpack_child(sock: socket.socket, r: int, layer: str, split_w: int, split_r
     usable = False
     if split is not None:
         split.close(rec.pos, digest)
-        try:    # the record must give the very same stream back, or it is not kept
-            with os.fdopen(split_r, "rb") as f:
-                usable = tarsplit.regenerate(f, lambda data: None) == digest
-        except (OSError, ValueError, EOFError, tarsplit.LayerChanged):
-            usable = False
+        usable = rec.usable("/")
     channel.send(sock, "done", size=size, devices=devices, digest=digest, tarsplit=usable)
     os._exit(0)
 
@@ -205,14 +202,12 @@ class StreamUnpack:
             fds.append(r)
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self._w, fcntl.F_SETPIPE_SZ, 1 << 20)
-            split_w = split_r = -1
+            split_w = -1
             if self.split:
                 split_w = os.open(self.split, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 fds.append(split_w)
-                split_r = os.open(self.split, os.O_RDONLY | os.O_CLOEXEC)
-                fds.append(split_r)
             self.pid, self.sock = fork_into_userns(
-                maps, lambda sock: _unpack_child(sock, r, self.dir, split_w, split_r, maps), "rootless-unpack")
+                maps, lambda sock: _unpack_child(sock, r, self.dir, split_w, maps), "rootless-unpack")
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -350,6 +345,9 @@ def _regenerate_child(sock: socket.socket, w: int, record: int, layer: str) -> N
         os._exit(125)
     except BrokenPipeError:
         os._exit(0)                  # the reader stopped early: nobody waits for the rest
+    except (ValueError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        channel.send_error(sock, f"its tar-split record is damaged: {e}", kind="changed")
+        os._exit(125)
     channel.send(sock, "done", digest=digest)
     os._exit(0)
 

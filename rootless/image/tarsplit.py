@@ -10,9 +10,10 @@ chrooted in it: the names resolve exactly as they did when the layer was unpacke
 
 What unpacking changes is left to the raw bytes: entries whose data is not a plain file's
 (links, devices, sparse files, whiteouts ``.wh.*`` that become overlay whiteouts) keep their
-data in the record.  The record is checked once, right after the unpack (the layer made
-again and hashed): when it does not give the diff id back (an archive naming one file twice,
-writing through its own symbolic links...), it is not used and the layer's blob is kept.
+data in the record.  The record is checked right after the unpack (``Recorder.usable``): when
+the files it names may not hold their data any more (an archive naming one file twice, or
+writing one over another through its own links), it is not used and the layer's blob is kept.
+Every tar made again is checked against the diff id (``layers.layer_tar``).
 
 The record: gzip-compressed JSON lines: ``{"tarsplit": 1}``, then ``{"r": BASE64}`` (raw
 bytes) or ``{"f": NAME, "n": SIZE}`` (a file's data), and last ``{"end": true, "size": N,
@@ -24,9 +25,11 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import os
 import posixpath
+import stat
 import tarfile
 from typing import BinaryIO, Callable, Iterator
 
@@ -39,9 +42,12 @@ class LayerChanged(Exception):
 
 
 class Recorder:
-    """A reader of a plain tar stream, for ``tarfile.open(mode="r|")``, that hashes every byte
-    read and records the stream as raw bytes and file references: call ``member(m)`` for each
-    member as tarfile yields it (before its data is read), and ``finish()`` at the end."""
+    """A reader of a plain tar stream that hashes every byte read and records the stream as raw
+    bytes and file references: call ``member(m)`` for each member as tarfile yields it (before
+    its data is read), and ``finish()`` at the end.  It seeks forward only (by reading on), which
+    is all ``tarfile.open(fileobj=..., mode="r:")`` asks when its members are taken in order: so
+    tarfile reads exactly the headers and then each file's data (its stream mode, "r|", copies
+    every byte through buffers of its own, several times slower)."""
 
     def __init__(self, raw: BinaryIO, write: Callable[[dict], None]):
         self.raw = raw
@@ -51,6 +57,9 @@ class Recorder:
         self._start = 0              # the stream offset of ``_pending[0]``
         self._pending = bytearray()  # bytes from _start not yet recorded
         self._skip_to = 0            # bytes before this offset are a file's data: not kept
+        self.files: list[tuple[str, int]] = []   # the file references recorded
+        self._names: set[str] = set()
+        self.ambiguous = False       # a name given twice: what the record names may be gone
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n) if n is not None and n >= 0 else self.raw.read()
@@ -65,6 +74,24 @@ class Recorder:
             self.pos = end
         return data
 
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return False
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self.pos
+        elif whence != 0:
+            raise io.UnsupportedOperation("a tar stream cannot seek from its end")
+        if pos < self.pos:
+            raise io.UnsupportedOperation(f"a tar stream cannot go back (from {self.pos} to {pos})")
+        while self.pos < pos:
+            if not self.read(min(pos - self.pos, 1 << 20)):
+                break
+        return self.pos
+
     def _flush_raw(self, upto: int) -> None:
         """Record the pending bytes before stream offset ``upto`` as raw."""
         count = max(0, min(upto, self._start + len(self._pending)) - self._start)
@@ -75,6 +102,10 @@ class Recorder:
 
     def member(self, m: tarfile.TarInfo) -> None:
         """Member ``m`` was read: its data, if a plain file's, is recorded by name."""
+        key = posixpath.normpath("/" + m.name)
+        if key in self._names:
+            self.ambiguous = True
+        self._names.add(key)
         if not (m.type in REGULAR and m.sparse is None and m.size > 0
                 and not posixpath.basename(m.name.rstrip("/")).startswith(".wh.")):
             return
@@ -89,6 +120,25 @@ class Recorder:
             self._start = end
         self._skip_to = max(self._skip_to, end)
         self._write({"f": m.name, "n": m.size})
+        self.files.append((m.name, m.size))
+
+    def usable(self, root: str = "/") -> bool:
+        """Whether the files the record names are, once unpacked (whiteouts made), where and as
+        it says: no name given twice in the archive, each one a regular file of its size, no two
+        the same file (one written over the other through a link).  Anything subtler is caught
+        when the tar is made again: its sha256 is checked every time."""
+        if self.ambiguous:
+            return False
+        seen: set[tuple[int, int]] = set()
+        for name, size in self.files:
+            try:
+                st = os.stat(_path(root, name))
+            except OSError:
+                return False
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size or (st.st_dev, st.st_ino) in seen:
+                return False
+            seen.add((st.st_dev, st.st_ino))
+        return True
 
     def finish(self) -> str:
         """Read what is left of the stream (after the end-of-archive blocks too) and record it;
@@ -132,6 +182,12 @@ def segments(f: BinaryIO) -> Iterator[dict]:
     raise ValueError("the tar-split record is truncated")
 
 
+def _path(root: str, name: str) -> str:
+    """Where tarfile unpacked member ``name`` under ``root`` (joined as it does: the kernel
+    resolves ``..`` and links, chrooted in the layer, as it did while unpacking)."""
+    return os.path.join(root, name.lstrip("/"))
+
+
 def regenerate(record: BinaryIO, out: Callable[[bytes], object], root: str = "/") -> str:
     """Write the tar the record describes to ``out``, the files' data read under ``root``; its
     sha256.  Raises ``LayerChanged`` when a file is missing or not of its recorded size."""
@@ -143,7 +199,7 @@ def regenerate(record: BinaryIO, out: Callable[[bytes], object], root: str = "/"
             out(data)
             continue
         name, size = seg["f"], int(seg["n"])
-        path = os.path.join(root, posixpath.normpath("/" + name).lstrip("/"))
+        path = _path(root, name)
         try:
             f = open(path, "rb")
         except OSError as e:

@@ -709,7 +709,7 @@ class RegistryClient:
                     *, max_workers: int = 4,
                     progress: Callable[[str, int, int | None], None] | None = None,
                     on_done: Callable[[str], None] | None = None,
-                    watch: Callable[[str, str, int], None] | None = None) -> None:
+                    watch: Callable[[str, str, int], None] | None = None, fsync: bool = True) -> None:
         """Download several blobs in parallel: ``blobs`` is (digest, dest_path, size or None).
         ``progress`` gets (digest, done, total) from the worker threads; ``on_done(digest)`` is
         called in the calling thread as each blob is complete (verified, at its dest_path),
@@ -717,7 +717,7 @@ class RegistryClient:
         the other downloads are stopped and the error is raised; completed blobs stay.  An
         exception in the calling thread meanwhile (KeyboardInterrupt) stops them too, at once
         (their sockets are shut down), and goes on up once the workers have cleaned up.
-        ``watch(digest, temporary path, bytes)``: as ``fetch_blob``'s."""
+        ``watch(digest, temporary path, bytes)`` and ``fsync``: as ``fetch_blob``'s."""
         items = list(blobs)
         cancel = _Cancel()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers),
@@ -727,7 +727,7 @@ class RegistryClient:
                 cb = (lambda done, total, d=digest: progress(d, done, total)) if progress else None
                 wcb = (lambda path, done, d=digest: watch(d, path, done)) if watch else None
                 futures.append(pool.submit(self.fetch_blob, repo, digest, dest, size, cb, watch=wcb,
-                                           _cancel=cancel))
+                                           fsync=fsync, _cancel=cancel))
             first: BaseException | None = None
             try:
                 for fut in self._as_completed(futures):
