@@ -238,10 +238,14 @@ def _file_size(path: str) -> int:
         return 0
 
 
-def layer_disk_use(store: Store, diff_id: str, blobs: set[str] = frozenset()) -> int:
+def layer_disk_use(store: Store, diff_id: str, blobs: set[str] = frozenset(),
+                   variants: dict[str, list[tuple[str, str]]] | None = None) -> int:
     """What layer ``diff_id`` takes in the store: unpacked, its tar-split record, and the blobs
-    kept for it (``blobs``: its blobs the manifests name; its plain blob; what push compressed)."""
-    kept = set(blobs) | {diff_id} | {d for _f, d in store.compressed_variants().get(diff_id, [])}
+    kept for it (``blobs``: its blobs the manifests name; its plain blob; what push compressed,
+    ``variants`` as ``Store.compressed_variants`` gives them)."""
+    if variants is None:
+        variants = store.compressed_variants()
+    kept = set(blobs) | {diff_id} | {d for _f, d in variants.get(diff_id, [])}
     return (store.layer_size(diff_id) + _file_size(store.tarsplit_path(diff_id))
             + sum(_file_size(store.blob_path(d)) for d in kept if store.has_blob(d)))
 
@@ -254,6 +258,7 @@ def df(store: Store) -> list[dict]:
     used_ids = {r.image_id for r in recs}
     sizes: dict[str, int] = {}
     images: dict[str, set[str]] = {}      # image id -> diff ids of its layers
+    variants = store.compressed_variants()
     for tag, digest in store.tags().items():
         try:
             img = store.image(digest, tag)
@@ -264,7 +269,7 @@ def df(store: Store) -> list[dict]:
         layer_blobs = [d.get("digest") for d in doc.get("layers") or []]
         for diff_id, blob in zip(img.diff_ids, layer_blobs):
             if diff_id not in sizes:
-                sizes[diff_id] = layer_disk_use(store, diff_id, {blob} if blob else set())
+                sizes[diff_id] = layer_disk_use(store, diff_id, {blob} if blob else set(), variants)
     total = sum(sizes.values())
     active_blobs = set().union(*(b for i, b in images.items() if i in used_ids)) if images else set()
     rows = [{"Type": "Images", "TotalCount": len(images), "Active": len(set(images) & used_ids),
