@@ -108,49 +108,68 @@ def _close_others(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _unpack_child(sock: socket.socket, r: int, layer: str, split_w: int, maps: idmap.IdMaps) -> NoReturn:
-    """In the user namespace, as its root: unpack the tar read from ``r`` chrooted in ``layer``,
-    record its tar-split to ``split_w`` (-1: none) and check it (``Recorder.usable``).  Sends
-    ``done`` with the unpacked size, the device nodes skipped, the stream's sha256 and whether
-    the tar-split gives the stream back.  In single-uid mode only uid 0 exists: every entry is
+def _extract(rec: tarsplit.Recorder, maps: idmap.IdMaps | None, single: bool) -> tuple[int, list[str]]:
+    """Unpack the tar ``rec`` reads into ``/`` (we are chrooted in the new layer), member by
+    member as they come; (the unpacked size, the device nodes skipped).  ``maps``: the owners
+    must fit in them (None: not checked).  In single-uid mode only uid 0 exists: every entry is
     unpacked as root's (tarfile skips an entry's chmod and utime when its chown fails, which
     would lose setgid bits, x bits and times)."""
+    devices: list[str] = []
+    size = 0
+    current: list[tarfile.TarInfo] = []
+    with tarfile.open(fileobj=rec, mode="r:", copybufsize=1 << 20) as tar:
+        def members():   # extractall takes members one at a time: the failing one is current
+            nonlocal size
+            for m in tar:
+                current[:] = [m]
+                why = _owner_error(m, maps) if maps is not None else None
+                if why:
+                    raise _Owners(why)
+                rec.member(m)
+                if (m.ischr() or m.isblk()) and (m.devmajor, m.devminor) != (0, 0):
+                    devices.append(m.name)
+                    continue
+                if single:
+                    m.uid = m.gid = 0
+                if m.isreg():
+                    size += m.size
+                yield m
+            current.clear()
+        # Safe by the chroot; Python 3.14's default 'data' filter would refuse absolute symlinks.
+        extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+        try:
+            tar.extractall("/", members=members(), numeric_owner=True, **extra)
+        except (OSError, KeyError) as e:
+            if not current:
+                raise
+            raise LayerEntryError(_explain(current[0], e)) from None
+    return size, devices
+
+
+def _extract_chrooted(tar_path: str, layer: str, single: bool) -> None:
+    """Unpack the file ``tar_path`` into ``layer``, chrooted there (as root of a user namespace
+    already), whiteouts made as the overlays read them: what a layer's unpacking does, for a
+    caller that is in the user namespace itself."""
+    with open(tar_path, "rb") as f:
+        os.chroot(layer)
+        os.chdir("/")
+        _extract(tarsplit.Recorder(f, lambda seg: None), None, single)
+    whiteouts.to_overlay("/")
+
+
+def _unpack_child(sock: socket.socket, r: int, layer: str, split_w: int, maps: idmap.IdMaps) -> NoReturn:
+    """In the user namespace, as its root: unpack the tar read from ``r`` chrooted in ``layer``
+    (``_extract``), record its tar-split to ``split_w`` (-1: none) and check it
+    (``Recorder.usable``).  Sends ``done`` with the unpacked size, the device nodes skipped, the
+    stream's sha256 and whether the tar-split can be used."""
     _close_others({sock.fileno(), r, split_w})
     raw = os.fdopen(r, "rb", buffering=1 << 20)
     split = tarsplit.Writer(os.fdopen(split_w, "wb")) if split_w >= 0 else None
     rec = tarsplit.Recorder(raw, split.write if split else (lambda seg: None))
     os.chroot(layer)
     os.chdir("/")
-    devices: list[str] = []
-    size = 0
-    current: list[tarfile.TarInfo] = []
     try:
-        with tarfile.open(fileobj=rec, mode="r:", copybufsize=1 << 20) as tar:
-            def members():   # extractall takes members one at a time: the failing one is current
-                nonlocal size
-                for m in tar:
-                    current[:] = [m]
-                    why = _owner_error(m, maps)
-                    if why:
-                        raise _Owners(why)
-                    rec.member(m)
-                    if (m.ischr() or m.isblk()) and (m.devmajor, m.devminor) != (0, 0):
-                        devices.append(m.name)
-                        continue
-                    if maps.single:
-                        m.uid = m.gid = 0
-                    if m.isreg():
-                        size += m.size
-                    yield m
-                current.clear()
-            # Safe by the chroot; Python 3.14's default 'data' filter would refuse absolute symlinks.
-            extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
-            try:
-                tar.extractall("/", members=members(), numeric_owner=True, **extra)
-            except (OSError, KeyError) as e:
-                if not current:
-                    raise
-                raise LayerEntryError(_explain(current[0], e)) from None
+        size, devices = _extract(rec, maps, maps.single)
         digest = rec.finish()
     except _Owners as e:
         channel.send_error(sock, str(e), kind="owners")
@@ -294,12 +313,12 @@ class StreamUnpack:
         self._cleanup()
 
 
-def unpack_temp(store: Store, maps: idmap.IdMaps, tar_path: str, what: str) -> tuple[str, int, list[str]]:
+def unpack_file(store: Store, maps: idmap.IdMaps, tar_path: str, what: str, record: bool = False) -> Unpacked:
     """Unpack ``tar_path`` (uncompressed) into a new temporary directory of the store (no lock
-    needed: nothing sees it); (that directory, the unpacked size, the device nodes skipped).
-    ``store.publish_layer`` makes it a layer; a killed unpack leaves a directory that the next
-    command taking the store lock removes."""
-    job = StreamUnpack(store, maps, what, record=False)
+    needed: nothing sees it), with its tar-split record if ``record``.  ``store.publish_layer``
+    makes it a layer; a killed unpack leaves a directory that the next command taking the store
+    lock removes."""
+    job = StreamUnpack(store, maps, what, record=record)
     try:
         with open(tar_path, "rb") as f:
             while chunk := f.read(1 << 20):
@@ -307,7 +326,12 @@ def unpack_temp(store: Store, maps: idmap.IdMaps, tar_path: str, what: str) -> t
     except BaseException:
         job.abort()
         raise
-    got = job.finish()
+    return job.finish()
+
+
+def unpack_temp(store: Store, maps: idmap.IdMaps, tar_path: str, what: str) -> tuple[str, int, list[str]]:
+    """``unpack_file`` without a record: (the directory, the unpacked size, the device nodes skipped)."""
+    got = unpack_file(store, maps, tar_path, what)
     return got.dir, got.size, got.devices
 
 

@@ -59,11 +59,13 @@ def _candidate(store: Store, desc: dict[str, Any], diff_id: str, fmt: str | None
     """For a layer the store keeps no blob of (pulled: kept unpacked), the compressed blob to
     look for at the registry: the one it came as, or one push made of it before."""
     from .pull import _format
-    if fmt is None:
+    came_as = _format(desc.get("mediaType", ""))
+    if fmt is None and came_as:
         return desc
-    if _format(desc.get("mediaType", "")) == fmt and store.compressed_record(diff_id, fmt) is not None:
+    want = fmt or "gzip"
+    if came_as == want and store.compressed_record(diff_id, want) is not None:
         return desc
-    return store.compressed_record(diff_id, fmt)
+    return store.compressed_record(diff_id, want)
 
 
 def compressed_layers(store: Store, image: Image, manifest: dict[str, Any], fmt: str | None,
