@@ -5,7 +5,7 @@
       layers/HEX/             each layer unpacked once (HEX = its diff id), shared read-only
       sizes/HEX               the unpacked size of layer HEX (written before the layer appears)
       tarsplit/HEX            what makes layer HEX's tar again from layers/HEX/ (``tarsplit.py``;
-                              written before the layer appears): a pulled layer keeps no blob
+                              written before the layer appears): a pulled or imported layer keeps no blob
       compressed/HEX.FORMAT   layer HEX (a diff id) compressed with FORMAT (gzip, zstd): the
                               descriptor of that blob (pulled, or made by push), so that a push
                               finds it at the registry, or compresses a layer once; the blob, when
