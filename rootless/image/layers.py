@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import os
 import posixpath
@@ -27,7 +26,6 @@ import signal
 import socket
 import tarfile
 import threading
-import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, NoReturn
 
@@ -369,7 +367,7 @@ def _regenerate_child(sock: socket.socket, w: int, record: int, layer: str) -> N
         os._exit(125)
     except BrokenPipeError:
         os._exit(0)                  # the reader stopped early: nobody waits for the rest
-    except (ValueError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+    except compression.ERRORS as e:     # (after OSError's subclass BrokenPipeError above)
         channel.send_error(sock, f"its tar-split record is damaged: {e}", kind="changed")
         os._exit(125)
     channel.send(sock, "done", digest=digest)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gzip
 import hashlib
 import io
 import json
@@ -32,7 +31,10 @@ import os
 import posixpath
 import stat
 import tarfile
+import zlib
 from typing import BinaryIO, Callable, Iterator
+
+from . import compression
 
 VERSION = 1
 REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
@@ -156,15 +158,15 @@ class Writer:
 
     def __init__(self, f: BinaryIO):
         self.f = f
-        self.gz = gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0)
-        self.gz.write(json.dumps({"tarsplit": VERSION}).encode() + b"\n")
+        self.z = zlib.compressobj(6, zlib.DEFLATED, 31)        # gzip's format
+        self.write({"tarsplit": VERSION})
 
     def write(self, seg: dict) -> None:
-        self.gz.write(json.dumps(seg).encode() + b"\n")
+        self.f.write(self.z.compress(json.dumps(seg).encode() + b"\n"))
 
     def close(self, size: int, digest: str) -> None:
-        self.gz.write(json.dumps({"end": True, "size": size, "digest": digest}).encode() + b"\n")
-        self.gz.close()
+        self.write({"end": True, "size": size, "digest": digest})
+        self.f.write(self.z.flush())
         self.f.flush()
         with contextlib.suppress(io.UnsupportedOperation):    # a file in memory (tests)
             os.fsync(self.f.fileno())
@@ -172,7 +174,7 @@ class Writer:
 
 def segments(f: BinaryIO) -> Iterator[dict]:
     """The record's segments; ValueError if it is not a whole record of this version."""
-    with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+    with compression.open_decompressed(f) as gz:
         first = json.loads(gz.readline() or b"{}")
         if first.get("tarsplit") != VERSION:
             raise ValueError("not a tar-split record of this version")
@@ -225,7 +227,7 @@ __all__ = ["Recorder", "LayerChanged", "Writer", "segments", "regenerate"]
 
 def total_size(f: BinaryIO) -> int:
     """The length of the tar the record describes (its closing line says)."""
-    with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+    with compression.open_decompressed(f) as gz:
         last = b""
         for line in gz:
             last = line
