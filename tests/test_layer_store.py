@@ -235,3 +235,14 @@ def test_a_store_of_an_older_rootless_keeps_working(store, registry, layers, tmp
     assert rl("rmi", ref).returncode == 0
     assert rl("image", "prune", "-f").returncode == 0
     assert os.listdir(rl.root / "blobs/sha256") == [] and os.listdir(rl.root / "layers") == []
+
+
+def test_a_layer_that_is_not_a_tar_fails_the_pull_and_leaves_nothing(store, registry):
+    rl = store
+    _push(registry, "split/notar:1", [os.urandom(3 << 20)])
+    proc = rl("pull", "-q", f"{registry.host}/split/notar:1")
+    assert proc.returncode == 125 and "is not a valid tar archive" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert rl("images", "-q").stdout == ""
+    for sub in ("layers", "tarsplit", "tmp", "blobs/sha256"):
+        assert os.listdir(rl.root / sub) == [], sub

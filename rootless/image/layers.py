@@ -233,6 +233,11 @@ class StreamUnpack:
         for fd in fds:
             os.close(fd)
 
+    @property
+    def broken(self) -> bool:
+        """Whether the child stopped reading (it ended: ``finish`` says why)."""
+        return self._broken
+
     def write(self, data: bytes) -> None:
         if self._broken or not data:
             return

@@ -126,6 +126,8 @@ class _Follower:
         self.thread.start()
 
     def watch(self, path: str, done: int) -> None:
+        if self.error is not None:    # the unpack failed: stop the download too (raised in its thread)
+            raise self.error
         with self.cond:
             if done < 0:
                 self.gen += 1
@@ -215,6 +217,10 @@ class _Follower:
                     offset += len(data)
                     for out in dec.feed(data):
                         job.write(out)
+                    if job.broken:           # the child has ended early: its reason, now
+                        job.finish()
+                        raise StoreError(f"cannot unpack layer {layer.digest} of {ref}: the unpacking "
+                                         "process stopped reading it")
                 for out in dec.finish():
                     job.write(out)
             except compression.ERRORS as e:
