@@ -27,7 +27,7 @@ import socket
 import tarfile
 import threading
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, NoReturn
+from typing import BinaryIO, Callable, Iterator, NoReturn
 
 from .. import atomic
 from ..errors import StoreError
@@ -382,7 +382,7 @@ def _regenerate_child(sock: socket.socket, w: int, record: int, layer: str) -> N
 class _Checked:
     """A reader of a layer's tar that checks, at its end, that it was the diff id."""
 
-    def __init__(self, f: BinaryIO, diff_id: str, fail: "callable"):
+    def __init__(self, f: BinaryIO, diff_id: str, fail: Callable[[str], None]):
         self.f, self.diff_id, self.fail = f, diff_id, fail
         self.hash = hashlib.sha256()
         self.done = False
@@ -409,7 +409,7 @@ def tampered(diff_id: str, why: str) -> LayerTampered:
 def layer_tar(store: Store, maps: idmap.IdMaps | None, diff_id: str,
               blob_digest: str | None = None) -> Iterator[BinaryIO]:
     """The plain tar of layer ``diff_id`` as a reader: its uncompressed blob when the store keeps
-    one (an import, a load, a commit), else the blob ``blob_digest`` decompressed (a store of an
+    one (a load, a commit, a build step, an older import), else the blob ``blob_digest`` decompressed (a store of an
     older rootless kept pulled layers so), else made again from the layer directory and its
     tar-split record (in a child chrooted there, as root of the user namespace).  Reading it to
     its end checks it against ``diff_id``: ``LayerTampered`` (a ``StoreError`` naming the fix)
@@ -465,4 +465,7 @@ def layer_tar(store: Store, maps: idmap.IdMaps | None, diff_id: str,
     finally:
         reader.close()
         sock.close()
-        kill_child(pid) if not checked.done else wait_child(pid)
+        if checked.done:
+            wait_child(pid)
+        else:                        # the reader stopped early: the child need not go on
+            kill_child(pid)

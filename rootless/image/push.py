@@ -117,8 +117,8 @@ def compressed_layers(store: Store, image: Image, manifest: dict[str, Any], fmt:
         if made is None:
             todo.append(i)
     if todo:
-        bar = progress("compress", [(image.diff_ids[i], store.layer_size(image.diff_ids[i])) for i in todo]) \
-            if progress else None
+        bar = progress("compress", [(image.diff_ids[i], _tar_size(store, image.diff_ids[i], out[i]["digest"]))
+                                    for i in todo]) if progress else None
         done_here: dict[str, dict[str, Any]] = {}
         for i in todo:
             diff_id, src = image.diff_ids[i], out[i]["digest"]
@@ -148,7 +148,7 @@ def compressed_layers(store: Store, image: Image, manifest: dict[str, Any], fmt:
                 raise StoreError(f"blob {src} of {what} holds {got}, but the image config "
                                  f"says {diff_id}: the store is corrupt; pull or import the image again")
             if bar:
-                bar.update(diff_id, store.layer_size(diff_id))
+                bar.update(diff_id, _tar_size(store, diff_id, src))
             desc = {"mediaType": compression.MEDIA_TYPES[this], "digest": digest, "size": size}
             with store.lock():       # the blob (kept only for a layer that keeps its tar), then the record
                 if i in unkept:
@@ -160,6 +160,19 @@ def compressed_layers(store: Store, image: Image, manifest: dict[str, Any], fmt:
             done_here[diff_id] = desc
             out[i] = desc
     return out, out != layers, found, made_here
+
+
+def _tar_size(store: Store, diff_id: str, blob_digest: str) -> int:
+    """About how many plain bytes compressing the layer reads (for the progress bar)."""
+    for digest in (diff_id, blob_digest):
+        if store.has_blob(digest):
+            return os.path.getsize(store.blob_path(digest))
+    try:
+        from .tarsplit import total_size
+        with open(store.tarsplit_path(diff_id), "rb") as f:
+            return total_size(f)
+    except (OSError, ValueError):
+        return store.layer_size(diff_id)
 
 
 def _layer_tar(store: Store, maps: idmap.IdMaps | None, diff_id: str, blob_digest: str):
