@@ -3,7 +3,8 @@ and the one compressor (``compress_file``: gzip or zstd, for push).
 
 The kind is told by the data's first bytes (never by a file name or a media type, which
 may lie); ``decompress_file`` streams a file into a plain one while hashing what comes out,
-which is how a layer's diff id is checked.  Used by pull, load, save and import.
+which is how a layer's diff id is checked; ``Decompressor`` takes the data in pieces as they
+arrive (pull unpacks a layer while it downloads).  Used by pull, load, save and import.
 
 Compression for push: gzip with ISA-L (the ``isal`` package, level 2: about 275 MB/s on one
 core for a 110 MB layer of /usr, 38.7 % of its size — zlib's level 1 gives 38.5 % at 82 MB/s,
