@@ -279,11 +279,17 @@ def test_push_compresses_layers_made_here_once(rl, registry, busybox_tar, tmp_pa
     assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
     assert layer["size"] < plain / 1.5, (layer["size"], plain)
     assert _remote_blob_head(registry, "gz/one", layer["digest"], tmp_path).startswith(b"\x1f\x8b")
-    # kept in the store: a second push sends the same blob, compressed once
-    assert (rl.root / "blobs/sha256" / layer["digest"][7:]).exists()
+    # the layer is kept unpacked (with its tar-split), the compressed blob is not: its descriptor
+    # is recorded, and a second push sends the same blob (gzip here depends on the data only)
+    diff_id = _digest(own.read_bytes())
+    assert not (rl.root / "blobs/sha256" / layer["digest"][7:]).exists()
+    assert not (rl.root / "blobs/sha256" / diff_id[7:]).exists()
+    assert json.loads((rl.root / "compressed" / f"{diff_id[7:]}.gzip").read_text())["digest"] == layer["digest"]
     second = rl("push", "compress/me:1", f"{registry.host}/gz/two:1")
     assert second.returncode == 0, second.stderr
     assert _remote_manifest(registry, "gz/two:1")[1]["layers"] == [layer]
+    again = rl("push", "compress/me:1", f"{registry.host}/gz/one:1")     # found there: not compressed
+    assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
     # the image itself is unchanged: save writes it as before, and pull of the push runs
     assert rl("save", "-o", str(tmp_path / "saved.tar"), "compress/me:1").returncode == 0
     with tarfile.open(tmp_path / "saved.tar") as tar:

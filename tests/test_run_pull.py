@@ -3,6 +3,8 @@ missing|always|never``), short names through registries.conf's unqualified-searc
 
 from __future__ import annotations
 
+import io
+import tarfile
 import uuid
 
 import pytest
@@ -16,7 +18,13 @@ pytestmark = pytest.mark.both_modes
 def test_run_pulls_what_is_missing_and_never_means_never(rl, busybox_tar):
     repo = f"auto/pulled-{uuid.uuid4().hex[:6]}:1"
     with running_registry() as reg:
-        push_image(reg, repo, [busybox_tar.read_bytes()], cmd=["echo", "from the registry"])
+        # busybox's layer is in the store already (imported): a layer of its own is pulled
+        own = io.BytesIO()
+        with tarfile.open(fileobj=own, mode="w") as tar:
+            info = tarfile.TarInfo("own.txt")
+            info.size = 32
+            tar.addfile(info, io.BytesIO(uuid.uuid4().hex.encode()))
+        push_image(reg, repo, [busybox_tar.read_bytes(), own.getvalue()], cmd=["echo", "from the registry"])
         remote = f"{reg.host}/{repo}"
         refused = rl("run", "--rm", "--pull", "never", "--network", "none", remote)
         assert refused.returncode == 125 and "--pull never" in refused.stderr
@@ -26,7 +34,7 @@ def test_run_pulls_what_is_missing_and_never_means_never(rl, busybox_tar):
         again = rl("run", "--rm", "--pull", "missing", "--network", "none", remote)   # in the store now: no pull
         assert again.returncode == 0 and "pulled" not in again.stderr
         always = rl("run", "--rm", "--pull", "always", "--network", "none", remote)
-        assert always.returncode == 0 and "0 new layer(s), 1 already in the store" in always.stderr
+        assert always.returncode == 0 and "0 new layer(s), 2 already in the store" in always.stderr
         created = rl("create", "--pull", "always", "--network", "none", remote)
         assert created.returncode == 0, created.stderr
         rl("rm", created.stdout.strip().splitlines()[-1])

@@ -32,7 +32,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Callable
 
-from . import compression, layers, reference
+from . import compression, layers, reference, tarsplit
 from .reference import UNTAGGED_REPO
 from .. import atomic
 from ..errors import StoreError, UsageError
@@ -109,30 +109,61 @@ def _plain_layer(store: Store, blob_digest: str, media_type: str, tmpdir: str) -
     return dst
 
 
-def save(store: Store, names: list[str], fmt: str, out: BinaryIO) -> None:
-    """Write images ``names`` to ``out`` as ``fmt`` (``docker-archive`` or ``oci-archive``)."""
+def _add_layer_tar(tar: tarfile.TarFile, name: str, store: Store, maps: idmap.IdMaps | None,
+                   diff_id: str, blob_digest: str) -> int:
+    """Layer ``diff_id``'s tar made again from its directory and tar-split record, as entry
+    ``name`` (streamed, checked against the diff id: ``layers.LayerTampered`` otherwise); its size."""
+    with open(store.tarsplit_path(diff_id), "rb") as rec:
+        size = tarsplit.total_size(rec)
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, EPOCH
+    with layers.layer_tar(store, maps, diff_id, blob_digest) as f:
+        try:
+            tar.addfile(info, f)
+        except (OSError, tarfile.TarError):
+            while f.read(1 << 20):    # shorter than it was: the reason is in the check at its end
+                pass
+            raise
+        if f.read(1):          # the end: the check of its digest
+            raise layers.tampered(diff_id, "it is longer than it was")
+    return size
+
+
+def _kept(store: Store, diff_id: str, blob_digest: str) -> bool:
+    """Whether the store keeps a blob of the layer (else it makes its tar from its tar-split)."""
+    return store.has_blob(blob_digest) or store.has_blob(diff_id)
+
+
+def save(store: Store, names: list[str], fmt: str, out: BinaryIO, maps: idmap.IdMaps | None = None) -> None:
+    """Write images ``names`` to ``out`` as ``fmt`` (``docker-archive`` or ``oci-archive``).
+    A layer the store keeps no blob of (pulled: kept unpacked) has its tar made again
+    (``layers.layer_tar``, as root of the user namespace with ``maps``, default this host's);
+    in an oci-archive it goes uncompressed, under a manifest naming it so."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown archive format '{fmt}': use {' or '.join(FORMATS)}")
     images = _resolve_all(store, names)
     for img, _tags in images:
         manifest = store.read_json(img.manifest_digest)
-        for d in [manifest["config"]] + manifest.get("layers", []):
-            if not os.path.exists(store.blob_path(d["digest"])):
+        if not os.path.exists(store.blob_path(img.id)):
+            raise StoreError(f"blob {img.id} of image {img.ref or img.id} is missing from the "
+                             "store: pull or import the image again")
+        for d, diff_id in zip(manifest.get("layers", []), img.diff_ids):
+            if not store.can_make_tar(diff_id, d["digest"]):
                 raise StoreError(f"blob {d['digest']} of image {img.ref or img.id} is missing from the "
                                  "store: pull or import the image again")
     tmpdir = store.new_temp_dir("save")
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             if fmt == "docker-archive":
-                _save_docker(store, images, tar, tmpdir)
+                _save_docker(store, images, tar, tmpdir, maps)
             else:
-                _save_oci(store, images, tar)
+                _save_oci(store, images, tar, maps)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _save_docker(store: Store, images: list[tuple[Image, list[str]]], tar: tarfile.TarFile,
-                 tmpdir: str) -> None:
+                 tmpdir: str, maps: idmap.IdMaps | None = None) -> None:
     entries, repositories, written = [], {}, set()
     for img, tags in images:
         manifest = store.read_json(img.manifest_digest)
@@ -144,12 +175,17 @@ def _save_docker(store: Store, images: list[tuple[Image, list[str]]], tar: tarfi
         for desc, diff_id in zip(manifest.get("layers", []), img.diff_ids):
             name = f"{diff_id[7:]}/layer.tar"
             if name not in written:
-                plain = _plain_layer(store, desc["digest"], desc.get("mediaType", ""), tmpdir)
                 _add_dir(tar, diff_id[7:])
                 _add_bytes(tar, f"{diff_id[7:]}/VERSION", b"1.0")
-                _add_file(tar, name, plain)
-                if plain.startswith(tmpdir):
-                    os.unlink(plain)
+                if store.has_blob(diff_id):
+                    _add_file(tar, name, store.blob_path(diff_id))
+                elif store.has_blob(desc["digest"]):
+                    plain = _plain_layer(store, desc["digest"], desc.get("mediaType", ""), tmpdir)
+                    _add_file(tar, name, plain)
+                    if plain.startswith(tmpdir):
+                        os.unlink(plain)
+                else:
+                    _add_layer_tar(tar, name, store, maps, diff_id, desc["digest"])
                 written.add(name)
             layer_names.append(name)
         entries.append({"Config": config_name, "RepoTags": tags or None, "Layers": layer_names})
@@ -162,20 +198,54 @@ def _save_docker(store: Store, images: list[tuple[Image, list[str]]], tar: tarfi
         _add_bytes(tar, "repositories", json.dumps(repositories).encode())
 
 
-def _save_oci(store: Store, images: list[tuple[Image, list[str]]], tar: tarfile.TarFile) -> None:
+def _save_oci(store: Store, images: list[tuple[Image, list[str]]], tar: tarfile.TarFile,
+              maps: idmap.IdMaps | None = None) -> None:
     _add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
     _add_dir(tar, "blobs")
     _add_dir(tar, "blobs/sha256")
     written: set[str] = set()
+    plain_sizes: dict[str, int] = {}
     index = []
     for img, tags in images:
         manifest = store.read_json(img.manifest_digest)
-        for d in [manifest["config"]] + manifest.get("layers", []) + [{"digest": img.manifest_digest}]:
-            if d["digest"] not in written:
-                _add_file(tar, f"blobs/sha256/{d['digest'][7:]}", store.blob_path(d["digest"]))
-                written.add(d["digest"])
-        desc = {"mediaType": manifest.get("mediaType", MEDIA_OCI_MANIFEST), "digest": img.manifest_digest,
-                "size": os.path.getsize(store.blob_path(img.manifest_digest))}
+        layer_descs = []
+        for d, diff_id in zip(manifest.get("layers", []), img.diff_ids):
+            if store.has_blob(d["digest"]):
+                layer_descs.append(d)
+                if d["digest"] not in written:
+                    _add_file(tar, f"blobs/sha256/{d['digest'][7:]}", store.blob_path(d["digest"]))
+            else:                # kept unpacked: its tar made again, uncompressed
+                if diff_id not in written:
+                    if store.has_blob(diff_id):
+                        _add_file(tar, f"blobs/sha256/{diff_id[7:]}", store.blob_path(diff_id))
+                        size = os.path.getsize(store.blob_path(diff_id))
+                    else:
+                        size = _add_layer_tar(tar, f"blobs/sha256/{diff_id[7:]}", store, maps, diff_id, d["digest"])
+                    written.add(diff_id)
+                    plain_sizes[diff_id] = size
+                size = plain_sizes.get(diff_id) or os.path.getsize(store.blob_path(diff_id))
+                layer_descs.append({"mediaType": MEDIA_OCI_LAYER, "digest": diff_id, "size": size})
+            written.add(layer_descs[-1]["digest"])
+        manifest_digest = img.manifest_digest
+        media_type = manifest.get("mediaType", MEDIA_OCI_MANIFEST)
+        manifest_size = os.path.getsize(store.blob_path(img.manifest_digest))
+        if layer_descs != manifest.get("layers", []):    # a manifest naming the layers as written
+            config = dict(manifest["config"])
+            if config.get("mediaType") == "application/vnd.docker.container.image.v1+json":
+                config["mediaType"] = MEDIA_OCI_CONFIG
+            doc = {"schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST, "config": config, "layers": layer_descs}
+            doc.update({k: v for k, v in manifest.items() if k in ("annotations",)})
+            raw = json.dumps(doc, sort_keys=True).encode()
+            manifest_digest, media_type, manifest_size = "sha256:" + hashlib.sha256(raw).hexdigest(), MEDIA_OCI_MANIFEST, len(raw)
+            if manifest_digest not in written:
+                _add_bytes(tar, f"blobs/sha256/{manifest_digest[7:]}", raw)
+        elif img.manifest_digest not in written:
+            _add_file(tar, f"blobs/sha256/{img.manifest_digest[7:]}", store.blob_path(img.manifest_digest))
+        written.add(manifest_digest)
+        if manifest["config"]["digest"] not in written:
+            _add_file(tar, f"blobs/sha256/{manifest['config']['digest'][7:]}", store.blob_path(manifest["config"]["digest"]))
+            written.add(manifest["config"]["digest"])
+        desc = {"mediaType": media_type, "digest": manifest_digest, "size": manifest_size}
         for tag in tags or [None]:
             index.append({**desc, **({"annotations": {REF_NAME: tag, CONTAINERD_NAME: _full_name(tag)}}
                                      if tag else {})})

@@ -130,16 +130,17 @@ def _collect(store: Store, maps: idmap.IdMaps) -> Collected:
             store.remove_layer(maps, diff_id)
             out.layers.append(diff_id)
     for diff_id, variants in store.compressed_variants().items():
-        for fmt, digest in variants:
-            if diff_id not in keep_layers or not store.has_blob(digest):
+        for fmt, digest in variants:     # a record whose blob is gone still names it at registries
+            if diff_id not in keep_layers:
                 store.forget_compressed(diff_id, fmt)
-    sizes = os.path.join(store.root, "sizes")
-    for name in os.listdir(sizes):      # of layers a killed command was removing, or unpacking
-        try:
-            if not store.has_layer("sha256:" + name):
-                os.unlink(os.path.join(sizes, name))
-        except (OSError, RootlessError):
-            pass
+    for sub in ("sizes", "tarsplit"):    # of layers a killed command was removing, or unpacking
+        base = os.path.join(store.root, sub)
+        for name in os.listdir(base):
+            try:
+                if not store.has_layer("sha256:" + name):
+                    os.unlink(os.path.join(base, name))
+            except (OSError, RootlessError):
+                pass
     return out
 
 
@@ -233,21 +234,45 @@ def prune(store: Store, maps: idmap.IdMaps, all_images: bool) -> Collected:
     return out
 
 
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def layer_disk_use(store: Store, diff_id: str, blobs: set[str] = frozenset(),
+                   variants: dict[str, list[tuple[str, str]]] | None = None) -> int:
+    """What layer ``diff_id`` takes in the store: unpacked, its tar-split record, and the blobs
+    kept for it (``blobs``: its blobs the manifests name; its plain blob; what push compressed,
+    ``variants`` as ``Store.compressed_variants`` gives them)."""
+    if variants is None:
+        variants = store.compressed_variants()
+    kept = set(blobs) | {diff_id} | {d for _f, d in variants.get(diff_id, [])}
+    return (store.layer_size(diff_id) + _file_size(store.tarsplit_path(diff_id))
+            + sum(_file_size(store.blob_path(d)) for d in kept if store.has_blob(d)))
+
+
 def df(store: Store) -> list[dict]:
-    """``system df``: images, containers and local volumes: count, active, size, reclaimable."""
+    """``system df``: images, containers and local volumes: count, active, size, reclaimable.
+    An image's size is what its layers take on disk: unpacked, with their tar-split records and
+    whatever blobs the store keeps of them."""
     recs = Containers(store).all()
     used_ids = {r.image_id for r in recs}
     sizes: dict[str, int] = {}
     images: dict[str, set[str]] = {}      # image id -> diff ids of its layers
+    variants = store.compressed_variants()
     for tag, digest in store.tags().items():
         try:
             img = store.image(digest, tag)
+            doc = store.read_json(digest)
         except (OSError, ValueError, RootlessError):
             continue
         images.setdefault(img.id, set()).update(img.diff_ids)
-        for diff_id in img.diff_ids:
+        layer_blobs = [d.get("digest") for d in doc.get("layers") or []]
+        for diff_id, blob in zip(img.diff_ids, layer_blobs):
             if diff_id not in sizes:
-                sizes[diff_id] = store.layer_size(diff_id)
+                sizes[diff_id] = layer_disk_use(store, diff_id, {blob} if blob else set(), variants)
     total = sum(sizes.values())
     active_blobs = set().union(*(b for i, b in images.items() if i in used_ids)) if images else set()
     rows = [{"Type": "Images", "TotalCount": len(images), "Active": len(set(images) & used_ids),

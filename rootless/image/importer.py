@@ -11,7 +11,7 @@ import tarfile
 from typing import Any
 
 from . import changes as changes_mod
-from . import compression, layers, reference
+from . import compression, layers, reference, tarsplit
 from .. import atomic
 from ..errors import StoreError, UsageError
 from ..sandbox import idmap
@@ -52,6 +52,7 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
 
     tmp = os.path.join(store.tmp_dir(), atomic.temp_name("import") + ".tar")
     layer_tmp = None
+    got: layers.Unpacked | None = None
     what = "standard input" if source == "-" else source
     try:
         with open(tmp, "xb") as out:
@@ -70,17 +71,24 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
         _check_tarball(tmp, size, what)
         devices: list[str] = []
         if not store.has_layer(diff_id):   # unpacked without the lock: nothing sees it yet
-            layer_tmp, unpacked_size, devices = layers.unpack_temp(store, maps, tmp, f"the layer of {what}")
+            got = layers.unpack_file(store, maps, tmp, f"the layer of {what}", record=True)
+            layer_tmp, devices = got.dir, got.devices
         with store.lock():
             # blob, layer, config, manifest, tag: each whole, each visible by one rename
-            if not store.has_blob(diff_id):
-                store.adopt_blob(tmp, diff_id)
-            if layer_tmp and store.publish_layer(layer_tmp, diff_id, unpacked_size):
+            if store.has_layer(diff_id) and not store.can_make_tar(diff_id):
+                got = None                 # unpacked by an older version, without a record
+            if got is None or got.tarsplit is None:
+                if not store.has_blob(diff_id):     # the layer is kept as its tar too
+                    store.adopt_blob(tmp, diff_id)
+            if got is not None and store.publish_layer(got.dir, diff_id, got.size, got.tarsplit):
                 layer_tmp = None
             if not store.has_layer(diff_id):   # removed by rmi or prune since we looked
-                layer_tmp, unpacked_size, devices = layers.unpack_temp(store, maps, store.blob_path(diff_id),
-                                                                        f"the layer of {what}")
-                store.publish_layer(layer_tmp, diff_id, unpacked_size)
+                got = layers.unpack_file(store, maps, tmp if os.path.exists(tmp) else store.blob_path(diff_id),
+                                         f"the layer of {what}", record=not store.has_blob(diff_id))
+                layer_tmp = got.dir
+                if got.tarsplit is None and not store.has_blob(diff_id):
+                    store.adopt_blob(tmp, diff_id)
+                store.publish_layer(got.dir, diff_id, got.size, got.tarsplit)
                 layer_tmp = None
             image = new_image(store, None, [diff_id], config_section,
                               [{"created_by": "rootless import " + os.path.basename(source),
@@ -90,6 +98,8 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
     finally:
         if layer_tmp:
             remove_tree(maps, layer_tmp)
+            if got is not None and got.tarsplit and os.path.exists(got.tarsplit):
+                os.unlink(got.tarsplit)
         if os.path.exists(tmp):
             os.unlink(tmp)
 
@@ -133,8 +143,14 @@ def new_image(store: Store, parent: Image | None, diff_ids: list[str], config: d
     else:
         base_layers, base_diff_ids, base_history = [], [], []
         arch = {"architecture": ARCH.get(platform.machine(), platform.machine()), "os": "linux"}
+    sizes = {}
     for d in diff_ids:
-        if not os.path.exists(store.blob_path(d)):
+        if os.path.exists(store.blob_path(d)):
+            sizes[d] = os.path.getsize(store.blob_path(d))
+        elif store.has_layer(d) and store.has_tarsplit(d):     # kept unpacked: the tar's size
+            with open(store.tarsplit_path(d), "rb") as f:
+                sizes[d] = tarsplit.total_size(f)
+        else:
             raise StoreError(f"layer {d} is missing from the store")
     image_config: dict[str, Any] = {
         "created": created,
@@ -150,8 +166,7 @@ def new_image(store: Store, parent: Image | None, diff_ids: list[str], config: d
     manifest = {
         "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
         "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_raw)},
-        "layers": base_layers + [{"mediaType": MEDIA_LAYER, "digest": d,
-                                  "size": os.path.getsize(store.blob_path(d))} for d in diff_ids],
+        "layers": base_layers + [{"mediaType": MEDIA_LAYER, "digest": d, "size": sizes[d]} for d in diff_ids],
     }
     manifest_digest = store.put_blob(json.dumps(manifest, sort_keys=True).encode())
     refs = [reference.normalize(t) for t in tags]

@@ -4,9 +4,12 @@
       blobs/sha256/HEX        content-addressed blobs: layer tars, image configs, manifests
       layers/HEX/             each layer unpacked once (HEX = its diff id), shared read-only
       sizes/HEX               the unpacked size of layer HEX (written before the layer appears)
+      tarsplit/HEX            what makes layer HEX's tar again from layers/HEX/ (``tarsplit.py``;
+                              written before the layer appears): a pulled or imported layer keeps no blob
       compressed/HEX.FORMAT   layer HEX (a diff id) compressed with FORMAT (gzip, zstd): the
-                              descriptor of that blob (made by push, or pulled), so that a push
-                              compresses a layer once; the blob is live while the layer is
+                              descriptor of that blob (pulled, or made by push), so that a push
+                              finds it at the registry, or compresses a layer once; the blob, when
+                              the store keeps it, is live while the layer is
       tags.json               {"name:tag": "sha256:MANIFEST"}
       containers/ID/          one per container: config.json, its root filesystem, etc files
       lock                    flock(2) held by commands that change the store
@@ -60,7 +63,7 @@ def _hex(digest: str) -> str:
     return value
 
 
-SUBDIRS = ("blobs/sha256", "layers", "sizes", "compressed", "containers", "tmp")
+SUBDIRS = ("blobs/sha256", "layers", "sizes", "tarsplit", "compressed", "containers", "tmp")
 CHOOSE = "choose a store of your own with --root DIR or ROOTLESS_ROOT=DIR (default ~/.local/share/rootless)"
 
 
@@ -300,15 +303,31 @@ class Store:
         os.mkdir(path, 0o755)
         return path
 
-    def publish_layer(self, tmp: str, diff_id: str, size: int) -> bool:
+    def publish_layer(self, tmp: str, diff_id: str, size: int, tarsplit: str | None = None) -> bool:
         """Make the complete layer ``tmp`` visible as ``diff_id`` with its unpacked ``size``
-        (the size first: a visible layer always has one).  False if the store has it already
-        (the caller removes ``tmp``).  Call with the store locked."""
+        and its tar-split record (the temporary file ``tarsplit``, flushed: renamed into place),
+        those first: a visible layer always has its size, and its record when it was made with
+        one.  False if the store has it already (the caller removes ``tmp`` and ``tarsplit``).
+        Call with the store locked."""
         if self.has_layer(diff_id):
             return False
         self._write_atomic(self._size_path(diff_id), str(size).encode())
+        if tarsplit is not None:
+            atomic.publish(tarsplit, self.tarsplit_path(diff_id))
         atomic.publish(tmp, self.layer_dir(diff_id))
         return True
+
+    def tarsplit_path(self, diff_id: str) -> str:
+        return os.path.join(self.root, "tarsplit", _hex(diff_id))
+
+    def has_tarsplit(self, diff_id: str) -> bool:
+        return os.path.exists(self.tarsplit_path(diff_id))
+
+    def can_make_tar(self, diff_id: str, blob_digest: str | None = None) -> bool:
+        """Whether the store can give layer ``diff_id``'s tar: its plain blob, the compressed
+        ``blob_digest``, or the unpacked layer with its tar-split record."""
+        return (self.has_blob(diff_id) or (blob_digest is not None and self.has_blob(blob_digest))
+                or (self.has_layer(diff_id) and self.has_tarsplit(diff_id)))
 
     def _size_path(self, diff_id: str) -> str:
         return os.path.join(self.root, "sizes", _hex(diff_id))
@@ -340,8 +359,9 @@ class Store:
         except FileNotFoundError:
             return
         atomic.step("rename layer away")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._size_path(diff_id))
+        for path in (self._size_path(diff_id), self.tarsplit_path(diff_id)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         remove_tree(maps, doomed)
 
     def remove_blob(self, digest: str) -> None:
@@ -364,6 +384,18 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError, StoreError):
             pass
         return None
+
+    def compressed_record(self, diff_id: str, fmt: str) -> dict[str, Any] | None:
+        """The descriptor of layer ``diff_id`` compressed with ``fmt`` as recorded (pulled, or
+        pushed), whether the store keeps that blob or not: a registry may have it."""
+        try:
+            with open(self._compressed_path(diff_id, fmt), "rb") as f:
+                desc = json.loads(f.read())
+            _hex(desc["digest"])
+            int(desc["size"])
+            return desc
+        except (OSError, ValueError, KeyError, TypeError, StoreError):
+            return None
 
     def remember_compressed(self, diff_id: str, fmt: str, desc: dict[str, Any]) -> None:
         """Record that blob ``desc`` (in the store already) is layer ``diff_id`` compressed with

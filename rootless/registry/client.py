@@ -587,7 +587,8 @@ class RegistryClient:
 
     def fetch_blob(self, repo: str, digest: str, dest_path: str | os.PathLike[str],
                    expected_size: int | None = None, progress: Progress | None = None,
-                   *, fsync: bool = True, _cancel: _Cancel | None = None) -> int:
+                   *, fsync: bool = True, watch: Callable[[str, int], None] | None = None,
+                   _cancel: _Cancel | None = None) -> int:
         """Download blob ``digest`` of ``repo`` to ``dest_path``; return its size.
 
         Streams into a temporary file in ``dest_path``'s directory, then checks the size
@@ -596,7 +597,12 @@ class RegistryClient:
         stall is resumed with ``Range`` if the server supports it, else restarted, up to
         ``retries`` times.  Raises ``DigestMismatch``, ``BlobUnknown``, ``RegistryUnreachable``,
         ``DownloadStalled``...; on any
-        error nothing is left at ``dest_path`` by this call and the temporary file is gone."""
+        error nothing is left at ``dest_path`` by this call and the temporary file is gone.
+
+        ``watch(temporary path, bytes)`` hears, in the downloading thread, how much of the blob is
+        in the temporary file so far (written out, readable by another descriptor), and ``-1``
+        when the download starts over from its first byte (a server that cannot resume): so
+        that a reader may follow the download (unpack it as it comes)."""
         validate_digest(digest)
         dest = Path(dest_path)
         what = self._what(repo, digest)
@@ -607,7 +613,8 @@ class RegistryClient:
                                 f"{e.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as f:
-                size = self._download(repo, digest, what, f, expected_size, progress, _cancel)
+                size = self._download(repo, digest, what, f, expected_size, progress, _cancel,
+                                      (lambda done: watch(tmp, done)) if watch else None)
                 if fsync:
                     os.fsync(f.fileno())
             os.replace(tmp, dest)
@@ -623,7 +630,8 @@ class RegistryClient:
                     pass
 
     def _download(self, repo: str, digest: str, what: str, f: Any, expected_size: int | None,
-                  progress: Progress | None, cancel: _Cancel | None) -> int:
+                  progress: Progress | None, cancel: _Cancel | None,
+                  watch: Callable[[int], None] | None = None) -> int:
         h = hashlib.sha256()
         done = 0
         resumable = False
@@ -646,6 +654,8 @@ class RegistryClient:
                         f.truncate()
                         h = hashlib.sha256()
                         done = 0
+                        if watch:
+                            watch(-1)
                     resumable = resp.headers.get("Accept-Ranges", "").lower() == "bytes"
                 else:
                     raise self._fail(resp, what, "get blob", kind="blob")
@@ -667,6 +677,9 @@ class RegistryClient:
                                              f"{expected_size} bytes; refusing it")
                     if progress:
                         progress(done, total)
+                    if watch:
+                        f.flush()
+                        watch(done)
                 break
             except (httpx.TransportError, _Stalled) as exc:
                 if cancel is not None and cancel.is_set():
@@ -695,14 +708,16 @@ class RegistryClient:
     def fetch_blobs(self, repo: str, blobs: Iterable[tuple[str, str | os.PathLike[str], int | None]],
                     *, max_workers: int = 4,
                     progress: Callable[[str, int, int | None], None] | None = None,
-                    on_done: Callable[[str], None] | None = None) -> None:
+                    on_done: Callable[[str], None] | None = None,
+                    watch: Callable[[str, str, int], None] | None = None, fsync: bool = True) -> None:
         """Download several blobs in parallel: ``blobs`` is (digest, dest_path, size or None).
         ``progress`` gets (digest, done, total) from the worker threads; ``on_done(digest)`` is
         called in the calling thread as each blob is complete (verified, at its dest_path),
         while the others go on downloading (an exception from it stops them).  On the first error
         the other downloads are stopped and the error is raised; completed blobs stay.  An
         exception in the calling thread meanwhile (KeyboardInterrupt) stops them too, at once
-        (their sockets are shut down), and goes on up once the workers have cleaned up."""
+        (their sockets are shut down), and goes on up once the workers have cleaned up.
+        ``watch(digest, temporary path, bytes)`` and ``fsync``: as ``fetch_blob``'s."""
         items = list(blobs)
         cancel = _Cancel()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers),
@@ -710,7 +725,9 @@ class RegistryClient:
             futures = []
             for digest, dest, size in items:
                 cb = (lambda done, total, d=digest: progress(d, done, total)) if progress else None
-                futures.append(pool.submit(self.fetch_blob, repo, digest, dest, size, cb, _cancel=cancel))
+                wcb = (lambda path, done, d=digest: watch(d, path, done)) if watch else None
+                futures.append(pool.submit(self.fetch_blob, repo, digest, dest, size, cb, watch=wcb,
+                                           fsync=fsync, _cancel=cancel))
             first: BaseException | None = None
             try:
                 for fut in self._as_completed(futures):
