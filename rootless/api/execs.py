@@ -21,7 +21,8 @@ from typing import Any
 
 import trio
 
-from .http import STDERR, STDOUT, ApiError, Hijack, Request, Response, frame, json_response, until_hangup
+from .http import (HANGUPS, STDERR, STDOUT, ApiError, Hijack, Request, Response, frame, json_response,
+                   raise_unless_hangup, until_hangup)
 from .router import route
 from .streams import MULTIPLEXED, RAW, DetachWatch, parse_detach_keys
 
@@ -308,10 +309,8 @@ async def _attached(store, ex: Exec, client: trio.abc.Stream, early: bytes) -> N
                         for s in streams.values():
                             await s.aclose()
     except BaseExceptionGroup as group:
-        _, rest = group.split((trio.BrokenResourceError, trio.ClosedResourceError))
-        if rest is not None:
-            raise rest
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise_unless_hangup(group)
+    except HANGUPS:
         pass
     finally:
         proc.close_ours()

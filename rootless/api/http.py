@@ -18,6 +18,17 @@ import trio
 MAX_JSON_BODY = 16 << 20        # a create or a network config; archives and contexts stream
 
 
+HANGUPS = (trio.BrokenResourceError, trio.ClosedResourceError)   # the client went away
+
+
+def raise_unless_hangup(group: BaseExceptionGroup) -> None:
+    """A stream's nursery failed: a client that went away ends it quietly; anything else is
+    raised again."""
+    _, rest = group.split(HANGUPS)
+    if rest is not None:
+        raise rest
+
+
 class ApiError(Exception):
     """An answer other than 2xx that is not an engine error: a bad parameter (400), a
     route that does not exist (404), a body that is too large (413)."""

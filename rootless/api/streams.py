@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 import trio
 
-from .http import STDERR, STDOUT, ApiError, Hijack, Request, Response, frame, until_hangup
+from .http import HANGUPS, STDERR, STDOUT, ApiError, Hijack, Request, Response, frame, raise_unless_hangup, until_hangup
 from .router import route
 
 RAW = "application/vnd.docker.raw-stream"
@@ -259,10 +259,8 @@ class _Attach:
                 await self._output(client)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            _, rest = group.split((trio.BrokenResourceError, trio.ClosedResourceError))
-            if rest is not None:
-                raise rest
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise_unless_hangup(group)
+        except HANGUPS:
             pass
         finally:
             if self.mark is not None:
@@ -325,7 +323,7 @@ class _Attach:
         while True:
             try:
                 data = await self.console.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except HANGUPS:
                 data = b""
             if not data:
                 return replayed
@@ -366,7 +364,7 @@ class _Attach:
             async with self.console_lock:
                 try:
                     await self.console.send_all(_console_frame(EOF, b""))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except HANGUPS:
                     pass
 
     async def _flush(self) -> None:
@@ -381,7 +379,7 @@ class _Attach:
         async with self.console_lock:
             try:
                 await self.console.send_all(_console_frame(IN, data))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except HANGUPS:
                 pass
 
     def _stdin_once(self) -> bool:
