@@ -4,7 +4,6 @@ run`` in the foreground (create, attach, wait, start), ``docker logs``, ``docker
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,11 +17,7 @@ import pytest
 from tests.api.conftest import DOCKER, needs_docker
 from tests.conftest import needs_range
 
-# docker run, inspect and rm are containers.py's (create, start, wait, inspect, remove)
-needs_containers = pytest.mark.skipif(importlib.util.find_spec("rootless.api.containers") is None,
-                                      reason="the API's containers endpoints (rootless/api/containers.py) are not "
-                                             "there yet")
-pytestmark = [pytest.mark.both_modes, needs_docker, needs_containers]
+pytestmark = [pytest.mark.both_modes, needs_docker]
 
 SCRIPT = shutil.which("script")
 needs_script = pytest.mark.skipif(SCRIPT is None, reason="util-linux's script is not installed")
