@@ -295,5 +295,10 @@ def test_the_cli_and_the_service_on_one_store_at_once(api):
         assert theirs == ours
     info = api.http().get("/info").json()
     assert info["Containers"] == len(rows)
-    for d in (api.rl.root / "containers").iterdir():
-        assert (d / "config.json").exists(), f"a container directory without its record: {d}"
+    # a directory without its record is a leftover if it stays so (one being made right now by
+    # another test's container — a restart, a run still ending — gets its record at once)
+    lone = [d for d in (api.rl.root / "containers").iterdir() if not (d / "config.json").exists()]
+    if lone:
+        time.sleep(3)
+    for d in lone:
+        assert not d.exists() or (d / "config.json").exists(), f"a container directory without its record: {d}"
