@@ -533,6 +533,23 @@ def test_inspect_container(rl):
         rl("rm", name)
 
 
+@pytest.mark.parametrize("driver", ["fuse-overlay", "overlay", "vfs"])
+def test_inspect_and_ps_name_the_driver_that_mounted_the_root(rl, driver):
+    """Not the one guessed from the files (an upper directory is there for both overlays)."""
+    name = f"drv-{uuid.uuid4().hex[:6]}"
+    ran = rl("run", "--name", name, "--storage-driver", driver, "--network", "none", "busybox", "true")
+    try:
+        if ran.returncode != 0 and "cannot work here" in ran.stderr:
+            pytest.skip(f"{driver} cannot work on this host: {ran.stderr.strip()}")
+        assert ran.returncode == 0, ran.stderr
+        [c] = json.loads(rl("inspect", "--type", "container", name, check=True).stdout)
+        assert c["Driver"] == driver and c["GraphDriver"]["Name"] == driver
+        rows = json.loads(rl("ps", "-a", "--filter", f"name={name}", "--format", "json", check=True).stdout)
+        assert [r["Driver"] for r in rows] == [driver]
+    finally:
+        rl("rm", "-f", name)
+
+
 def test_history(rl):
     proc = rl("history", "busybox")
     assert proc.returncode == 0, proc.stderr

@@ -131,14 +131,17 @@ def matching(store: Store, show_all: bool = False, filters: list[str] | None = N
 
 
 def ps(store: Store, show_all: bool = False, filters: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows (Id (short), Image, Command, Status, Ports, Names) of the running containers, or all
+    """Rows (Id (short), Image, Command, Status, Ports, Names, ..., Driver: the storage driver
+    that mounted its root at its last start) of the running containers, or all
     of them (``show_all``, or a status filter), that pass every filter."""
+    from .rootfs import driver_of
     rows = []
     for r, state in matching(store, show_all, filters):
         rows.append({"Id": r.id[:12], "Image": r.image, "Command": " ".join(r.command),
                      "Status": _status(store, r, state in ("running", "paused")), "Ports": ", ".join(published(r)),
                      "Names": r.name, "State": state, "Labels": r.config.get("labels") or {},
-                     "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(r.created))})
+                     "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(r.created)),
+                     "Driver": driver_of(store.container_dir(r.id)) or ""})
     return rows
 
 

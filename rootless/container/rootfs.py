@@ -24,6 +24,7 @@ of its own), else the mount simply ends with the container and ``--rm`` is done 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -37,6 +38,27 @@ DRIVERS = ("auto", "fuse-overlay", "overlay", "vfs")
 # when FUSE is not usable here, the copy as the last resort.
 AUTO_ORDER = ("fuse-overlay", "overlay", "vfs")
 READY_TIMEOUT = 30.0
+
+
+DRIVER_FILE = "driver"        # in the container's directory: the driver that mounted its root
+
+
+def record_driver(directory: str, driver: str) -> None:
+    """Note which driver serves the container's root (``auto`` decides in the process that
+    mounts it), for inspect and ps."""
+    with contextlib.suppress(OSError):       # removed while it started: nothing to note
+        with open(os.path.join(directory, DRIVER_FILE), "w") as f:
+            f.write(driver)
+
+
+def driver_of(directory: str) -> str | None:
+    """The driver that mounted the container's root at its last start (None: never started,
+    or started by a version that did not note it)."""
+    try:
+        with open(os.path.join(directory, DRIVER_FILE)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 class ContainerRootfs:
@@ -68,6 +90,7 @@ class ContainerRootfs:
             try:
                 {"fuse-overlay": self._mount_fuse, "overlay": self._mount_overlay, "vfs": self._copy}[driver]()
                 self.used = driver
+                record_driver(self.directory, driver)
                 if self.id_translation and driver != "fuse-overlay":
                     os.write(2, f"rootless: warning: with --storage-driver {driver}, the image's files show "
                                 "owners shifted by --userns keep-id (root's as yours); fuse-overlay shows "

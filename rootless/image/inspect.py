@@ -330,8 +330,8 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
         env = list(image_cfg.get("Env") or []) + [e for e in o.get("env") or [] if "=" in e]
     directory = store.container_dir(rec.id)
     upper = os.path.join(directory, "upper")
-    driver = "overlay" if os.path.isdir(upper) else "vfs"
-    from ..container.rootfs import internal_errors
+    from ..container.rootfs import driver_of, internal_errors
+    driver = driver_of(directory) or ("overlay" if os.path.isdir(upper) else "vfs")
     errors = internal_errors(directory)
     cmd, entrypoint = _cmd_and_entrypoint(o, image_cfg)
     labels = {**(image_cfg.get("Labels") or {}), **(cfg.get("labels") or {})}
@@ -371,7 +371,7 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
         "ExecIDs": None,
         "HostConfig": _host_config(cfg),
         "GraphDriver": {"Name": driver,
-                        "Data": {"UpperDir": upper if driver == "overlay" else os.path.join(directory, "rootfs"),
+                        "Data": {"UpperDir": upper if driver != "vfs" else os.path.join(directory, "rootfs"),
                                  "MergedDir": os.path.join(directory, "rootfs")}},
         "Mounts": _mounts(store, cfg),
         "Config": {
