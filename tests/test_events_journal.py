@@ -51,3 +51,27 @@ def test_filters_and_docker_form(tmp_path):
     assert d["status"] == "start" and d["id"] == Rec.id and d["from"] == "busybox:latest"
     with pytest.raises(UsageError, match="invalid filter 'colour'"):
         events.Filter({"colour": ["red"]}).check()
+
+
+def test_the_command_lines_kill_stop_commit_and_import_are_events(rl, busybox_tar):
+    """What the CLI does shows in the journal as Docker's events: kill (with its signal),
+    stop, commit, and an image's import."""
+    import json
+    import uuid
+    name = f"ev-{uuid.uuid4().hex[:8]}"
+    image = f"ev-img-{uuid.uuid4().hex[:8]}"
+    rl("run", "-d", "--name", name, "--network", "none", "busybox", "sleep", "60", check=True)
+    try:
+        rl("kill", "-s", "USR1", name)
+        rl("commit", name, image, check=True)
+        rl("stop", "-t", "1", name, check=True)
+        rl("import", str(busybox_tar), image + "-imported", check=True)
+    finally:
+        rl("rm", "-f", name)
+        rl("rmi", image, image + "-imported")
+    lines = [json.loads(line) for line in (rl.root / "events.log").read_text().splitlines()]
+    mine = [(e["Action"], e["Actor"]["Attributes"].get("signal")) for e in lines
+            if e["Actor"]["Attributes"].get("name") == name]
+    assert ("kill", "10") in mine and ("commit", None) in mine and ("stop", None) in mine, mine
+    assert any(e["Action"] == "import" and e["Actor"]["Attributes"]["name"].startswith(image + "-imported")
+               for e in lines)

@@ -235,6 +235,9 @@ def commit(store: Store, maps: idmap.IdMaps, key: str, ref: str | None = None, *
         else:
             img = new_image(store, image, [] if layer.empty else [layer.diff_id], config, [history], [ref],
                             author=author)
+    from .. import events
+    events.emit(store.root, "container", "commit", rec.id,
+                events.container_attributes(rec, comment=message, imageID=img.id, imageRef=img.ref or ""))
     return Committed(img, layer, warnings)
 
 

@@ -32,6 +32,8 @@ def kill(store: Store, key: str, sig: int) -> Record:
     if not running(rec):
         raise Conflict(f"container {rec.name} is not running")
     procs.signal_pid(rec.init_pid, rec.init_start, sig)   # through a pidfd: never a reused pid
+    from .. import events
+    events.emit(store.root, "container", "kill", rec.id, events.container_attributes(rec, signal=int(sig)))
     return rec
 
 
@@ -80,6 +82,8 @@ def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record
     if wait_exit(store, rec.id, grace) is None:
         procs.signal_pid(rec.init_pid, rec.init_start, signal.SIGKILL)  # from outside, even PID 1 cannot ignore it
         wait_exit(store, rec.id, 30)
+    from .. import events
+    events.emit(store.root, "container", "stop", rec.id, events.container_attributes(rec))
     return rec
 
 

@@ -661,6 +661,9 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
                 for d in added_layers:
                     store.remove_layer(maps, d)
                 raise
+        from .. import events
+        for img, tags in result:
+            events.emit(store.root, "image", "load", img.id, {"name": tags[0] if tags else img.id})
         return result
     finally:
         for layer_tmp, _size in prepared.values():

@@ -94,6 +94,8 @@ def import_rootfs(store: Store, maps: idmap.IdMaps, source: str, ref: str | None
                               [{"created_by": "rootless import " + os.path.basename(source),
                                 **({"comment": message} if message else {})}],
                               [ref] if ref else [])
+        from .. import events
+        events.emit(store.root, "image", "import", image.id, {"name": ref or image.id})
         return image, devices
     finally:
         if layer_tmp:

@@ -245,4 +245,6 @@ def push(store: Store, source: str, destination: str | None = None, tls_verify: 
             digest = client.put_manifest(ref.repository, ref.tag or "latest", manifest_raw, manifest.media_type)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from .. import events
+    events.emit(store.root, "image", "push", ref.familiar, {"name": ref.familiar})
     return digest
