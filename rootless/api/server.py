@@ -92,7 +92,11 @@ def inherited_socket() -> socket.socket | None:
         return None
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)          # not for the children we start
-    sock = socket.socket(fileno=3)
+    try:
+        sock = socket.socket(fileno=3)
+    except OSError as e:
+        raise UsageError(f"LISTEN_FDS says a socket was passed, but fd 3 is not one ({e.strerror}): "
+                         "start the service from a systemd socket unit, or unset LISTEN_FDS") from None
     os.set_inheritable(3, False)
     if sock.family != socket.AF_UNIX:
         raise UsageError("the socket systemd passed (LISTEN_FDS) is not a unix socket: use ListenStream=%t/...")

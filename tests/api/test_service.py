@@ -116,3 +116,45 @@ def test_docker_version_and_info(api):
     assert out.split() == ["1.41", "1.41"]
     info = api.docker("info", "--format", "{{json .}}", check=True).stdout
     assert '"OSType":"linux"' in info
+
+
+def test_socket_activation_serves_the_socket_systemd_passed(rl, tmp_path):
+    """As systemd's socket unit starts it: the listening socket is fd 3, LISTEN_PID is the
+    service's pid and LISTEN_FDS 1; --socket is not needed, and the socket is not removed."""
+    path = tmp_path / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(8)
+
+    def as_fd_3() -> None:
+        os.dup2(listener.fileno(), 3)
+    proc = subprocess.Popen(["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh",
+                             *ROOTLESS, "system", "service", "--timeout", "0"],
+                            env=rl.env, preexec_fn=as_fd_3, pass_fds=(3,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    listener.close()
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(30)
+        c.connect(str(path))
+        c.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+        reply = b""
+        while b"OK" not in reply:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        c.close()
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"OK"), reply
+    finally:
+        proc.send_signal(__import__("signal").SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "the socket systemd passed" in err and "Traceback" not in err
+    assert path.exists()            # systemd's, not ours to remove
+
+
+def test_listen_fds_without_a_socket_is_a_sentence(rl):
+    proc = subprocess.run(["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@" 3</dev/null', "sh",
+                           *ROOTLESS, "system", "service"], env=rl.env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 125 and "fd 3 is not one" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
