@@ -436,3 +436,23 @@ def test_system_prune(store, busybox_tar, tmp_path):
     proc = rl("system", "prune", "-a", "-f")
     assert proc.returncode == 0 and "untagged: keep:1" in proc.stdout, proc.stdout
     assert os.listdir(rl.root / "layers") == [] and os.listdir(rl.root / "blobs/sha256") == []
+
+
+def test_a_creator_killed_half_way_leaves_no_container_directory(tmp_path):
+    """A container's directory appears whole (its record in it) or not at all: a creator killed
+    while it made the record (a build stopped by its client) left an empty containers/ID/."""
+    import subprocess
+    import sys
+    root = tmp_path / "store"
+    code = ("import os, signal, sys\n"
+            "from rootless.image.store import Store\n"
+            "from rootless.container.records import Containers\n"
+            "Containers(Store(sys.argv[1])).create('busybox', 'sha256:' + '0' * 64, ['true'], None,\n"
+            "    setup=lambda r: os.kill(os.getpid(), signal.SIGKILL))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    assert list((root / "containers").iterdir()) == []
+    from rootless.image.store import Store
+    with Store(str(root)).lock():               # the next command that takes the lock sweeps tmp/
+        pass
+    assert list((root / "tmp").iterdir()) == []

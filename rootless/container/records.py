@@ -75,16 +75,17 @@ class Containers:
                 continue
         return sorted(out, key=lambda r: r.created, reverse=True)
 
-    def _write(self, rec: Record) -> None:
-        """Replace the record (call with its lock held): a temporary file of our own, renamed."""
-        directory = self.store.container_dir(rec.id)
+    def _write(self, rec: Record, directory: str | None = None) -> None:
+        """Replace the record (call with its lock held): a temporary file of our own, renamed.
+        ``directory``: where the container's directory is being made (``create``)."""
+        directory = directory or self.store.container_dir(rec.id)
         # A name of our own (not tempfile's: its import costs every start ~6 ms).
         tmp = os.path.join(directory, f".config.{os.getpid()}.{os.urandom(6).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(vars(rec), f)      # the fields as they are: asdict's deep copy costs ~1 ms a write
-            os.rename(tmp, self._path(rec.id))
+            os.rename(tmp, os.path.join(directory, "config.json"))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -141,12 +142,20 @@ class Containers:
             name = next((n for n in (_random_name() for _ in range(100)) if n not in taken), None)
             name = name or f"c_{os.urandom(4).hex()}"
         cid = os.urandom(32).hex()
-        os.makedirs(self.store.container_dir(cid), mode=0o700)
         rec = Record(cid, name, image, image_id, command, time.time(),
                      owner_pid=os.getpid(), owner_start=procs.start_time(os.getpid()))
-        if setup is not None:
-            setup(rec)
-        self._write(rec)
+        # made whole under tmp/ (named for its writer) and renamed into place: a creator killed
+        # half-way (a build stopped by its client) leaves nothing in containers/, and what it
+        # left in tmp/ is swept by the next command that takes the store lock
+        staging = self.store.new_temp_dir("container")
+        try:
+            if setup is not None:
+                setup(rec)
+            self._write(rec, staging)
+            os.rename(staging, self.store.container_dir(cid))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         events.emit(self.store.root, "container", "create", cid, events.container_attributes(rec))
         return rec
 
