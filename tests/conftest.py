@@ -161,3 +161,18 @@ def rl_session(store_root: Path, busybox_tar: Path, run_dir: Path) -> Rootless:
 @pytest.fixture
 def rl(rl_session: Rootless) -> Rootless:
     return rl_session
+
+
+def read_until(fd: int, needle: bytes, timeout: float = 20) -> bytes:
+    """What ``fd`` (a pty master, a socket) gives until ``needle`` appears or ``timeout`` passes."""
+    import select
+    import time
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                buf += os.read(fd, 4096)
+            except OSError:
+                break
+    return buf

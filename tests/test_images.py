@@ -47,6 +47,18 @@ def _layer(entries: list[tuple[str, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
+def own_layer() -> bytes:
+    """A one-file layer no other image has (busybox's layer is in the tests' store since import:
+    a pull of it finds it there)."""
+    import uuid as _uuid
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("own.txt")
+        info.size = 32
+        tar.addfile(info, io.BytesIO(_uuid.uuid4().hex.encode()))
+    return out.getvalue()
+
+
 def push_image(registry, repo_tag: str, layers: list[bytes], cmd: list[str] | None = None,
                compression: str = "gzip") -> str:
     """Push an OCI image of gzip (or zstd) layers with our registry client; its manifest digest."""

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .conftest import RANGE_MODE, ROOTLESS
+from .conftest import RANGE_MODE, ROOTLESS, read_until
 
 pytestmark = pytest.mark.both_modes
 
@@ -415,16 +415,7 @@ def test_a_monitor_from_the_fork_server_reports_errors_and_gets_the_callers_envi
         rl("container", "prune", "-f")
 
 
-def _read_until(fd: int, needle: bytes, timeout: float = 20) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                buf += os.read(fd, 4096)
-            except OSError:
-                break
-    return buf
+_read_until = read_until
 
 
 def test_run_dit_attach_types_into_the_shell_and_ctrl_p_ctrl_q_detaches(rl, detached):

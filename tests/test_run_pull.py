@@ -3,14 +3,12 @@ missing|always|never``), short names through registries.conf's unqualified-searc
 
 from __future__ import annotations
 
-import io
-import tarfile
 import uuid
 
 import pytest
 
 from .registry_server import running_registry
-from .test_images import push_image
+from .test_images import own_layer, push_image
 
 pytestmark = pytest.mark.both_modes
 
@@ -18,13 +16,7 @@ pytestmark = pytest.mark.both_modes
 def test_run_pulls_what_is_missing_and_never_means_never(rl, busybox_tar):
     repo = f"auto/pulled-{uuid.uuid4().hex[:6]}:1"
     with running_registry() as reg:
-        # busybox's layer is in the store already (imported): a layer of its own is pulled
-        own = io.BytesIO()
-        with tarfile.open(fileobj=own, mode="w") as tar:
-            info = tarfile.TarInfo("own.txt")
-            info.size = 32
-            tar.addfile(info, io.BytesIO(uuid.uuid4().hex.encode()))
-        push_image(reg, repo, [busybox_tar.read_bytes(), own.getvalue()], cmd=["echo", "from the registry"])
+        push_image(reg, repo, [busybox_tar.read_bytes(), own_layer()], cmd=["echo", "from the registry"])
         remote = f"{reg.host}/{repo}"
         refused = rl("run", "--rm", "--pull", "never", "--network", "none", remote)
         assert refused.returncode == 125 and "--pull never" in refused.stderr

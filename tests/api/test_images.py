@@ -13,7 +13,7 @@ import pytest
 
 from tests.api.conftest import needs_docker
 from tests.registry_server import running_registry
-from tests.test_images import push_image
+from tests.test_images import own_layer, push_image
 
 pytestmark = [pytest.mark.both_modes, needs_docker]
 
@@ -25,13 +25,7 @@ def _name(prefix: str) -> str:
 def test_pull_shows_progress_and_the_image_runs(api, busybox_tar):
     repo = f"api/{_name('pull')}:1"
     with running_registry() as reg:
-        # busybox's layer is in the store already (imported, so "Already exists"): one of its own too
-        own = io.BytesIO()
-        with tarfile.open(fileobj=own, mode="w") as tar:
-            info = tarfile.TarInfo("own.txt")
-            info.size = 32
-            tar.addfile(info, io.BytesIO(uuid.uuid4().hex.encode()))
-        push_image(reg, repo, [busybox_tar.read_bytes(), own.getvalue()], cmd=["echo", "pulled through the API"])
+        push_image(reg, repo, [busybox_tar.read_bytes(), own_layer()], cmd=["echo", "pulled through the API"])
         ref = f"{reg.host}/{repo}"
         out = api.docker("pull", ref, check=True)
         assert "Pulling from" in out.stdout and "Pull complete" in out.stdout, out.stdout

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from tests.api.conftest import DOCKER, needs_docker
-from tests.conftest import needs_range
+from tests.conftest import needs_range, read_until
 
 pytestmark = [pytest.mark.both_modes, needs_docker]
 
@@ -129,16 +129,7 @@ def test_run_it_sends_keys_to_the_terminal(api, names):
 
 
 def _read_until(fd: int, needle: bytes, timeout: float = 60) -> bytes:
-    import select
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                buf += os.read(fd, 4096)
-            except OSError:
-                break
-    return buf
+    return read_until(fd, needle, timeout)
 
 
 @pytest.mark.parametrize("how", ["run", "exec"])
