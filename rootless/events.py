@@ -71,6 +71,14 @@ def container_attributes(rec: Any, **extra: Any) -> dict[str, Any]:
     return out
 
 
+def exec_event(store_root: str, rec: Any, action: str, command: list[str] | None = None,
+               exec_id: str = "", **extra: Any) -> None:
+    """An exec's event as Docker writes it: ``exec_create: CMD``, ``exec_start: CMD`` (the
+    command joined by spaces) or ``exec_die``, on its container, with ``execID``."""
+    name = f"{action}: {' '.join(command)}" if command else action
+    emit(store_root, "container", name, rec.id, container_attributes(rec, execID=exec_id, **extra))
+
+
 def docker_form(event: dict[str, Any]) -> dict[str, Any]:
     """An event as the API sends it: the older ``status``, ``id`` and ``from`` too (clients
     before 1.22, and docker-py's examples, read them)."""

@@ -75,3 +75,25 @@ def test_the_command_lines_kill_stop_commit_and_import_are_events(rl, busybox_ta
     assert ("kill", "10") in mine and ("commit", None) in mine and ("stop", None) in mine, mine
     assert any(e["Action"] == "import" and e["Actor"]["Attributes"]["name"].startswith(image + "-imported")
                for e in lines)
+
+
+def test_exec_attach_and_save_are_events(rl, tmp_path):
+    """exec (exec_start, exec_die with its exit code), attach and save are in the journal too,
+    as Docker writes them."""
+    import json
+    import uuid
+    name = f"ev-{uuid.uuid4().hex[:8]}"
+    rl("run", "-d", "--name", name, "--network", "none", "busybox", "sh", "-c", "sleep 1; echo done", check=True)
+    try:
+        assert rl("exec", name, "sh", "-c", "exit 3").returncode == 3
+        attached = rl("attach", name)                     # follows it to its end
+        assert attached.returncode == 0, attached
+        rl("save", "-o", str(tmp_path / "bb.tar"), "busybox", check=True)
+    finally:
+        rl("rm", "-f", name)
+    lines = [json.loads(line) for line in (rl.root / "events.log").read_text().splitlines()]
+    mine = [(e["Action"], e["Actor"]["Attributes"].get("exitCode")) for e in lines
+            if e["Actor"]["Attributes"].get("name") == name]
+    assert ("exec_start: sh -c exit 3", None) in mine and ("exec_die", "3") in mine, mine
+    assert ("attach", None) in mine, mine
+    assert any(e["Type"] == "image" and e["Action"] == "save" for e in lines)

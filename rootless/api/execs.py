@@ -23,6 +23,7 @@ import trio
 
 from .http import (HANGUPS, STDERR, STDOUT, ApiError, Hijack, Request, Response, frame, json_response,
                    raise_unless_hangup, until_hangup)
+from .. import events
 from .router import route
 from .streams import MULTIPLEXED, RAW, DetachWatch, parse_detach_keys
 
@@ -117,6 +118,7 @@ async def create(req: Request, name: str) -> Response:
               stdin=bool(body.get("AttachStdin")), stdout=bool(body.get("AttachStdout")),
               stderr=bool(body.get("AttachStderr")), privileged=bool(body.get("Privileged")), detach_keys=keys)
     EXECS[ex.id] = ex
+    await req.engine(events.exec_event, req.store.root, rec, "exec_create", cmd, ex.id)
     return json_response({"Id": ex.id}, 201)
 
 
@@ -188,7 +190,8 @@ class _Process:
             from ..container import lifecycle
             try:
                 started = lifecycle.exec_start(self.store, ex.container_id, ex.cmd, ex.stdin, ex.tty, ex.env,
-                                               ex.user, ex.workdir, ex.privileged, 0, self.stdio, ex.size)
+                                               ex.user, ex.workdir, ex.privileged, 0, self.stdio, ex.size,
+                                               exec_id=ex.id)
             except BaseException as e:  # noqa: BLE001 - told to the client
                 self.error = e
                 started = None
@@ -200,6 +203,7 @@ class _Process:
                 return
             soon(lambda: self._running(started))
             code = lifecycle.exec_wait(started)
+            lifecycle.exec_died(self.store, ex.container_id, code, ex.id)
             soon(lambda: self._ended(code))
 
         threading.Thread(target=work, name="rootless-api-exec", daemon=True).start()

@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import trio
 
 from .http import HANGUPS, STDERR, STDOUT, ApiError, Hijack, Request, Response, frame, raise_unless_hangup, until_hangup
+from .. import events
 from .router import route
 
 RAW = "application/vnd.docker.raw-stream"
@@ -245,6 +246,8 @@ class _Attach:
         from ..container import lifecycle
         from ..container.records import running
         self.before_start = not running(self.rec)
+        await self.req.engine(events.emit, self.store.root, "container", "attach", self.rec.id,
+                              events.container_attributes(self.rec))
         # before the start: the log held open now, so that a run removed as soon as it ends
         # (--rm) is still read whole
         self.mark = await self.req.engine(lifecycle.log_mark, self.store, self.rec.id,

@@ -286,12 +286,14 @@ def exec_in(store: Store, key: str, command: list[str], interactive: bool, tty: 
         raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
     started = exec_start(store, key, command, interactive, tty, env, user, workdir, privileged, preserve_fds,
                          winsize=winsize(0) if tty else None)
-    return container.wait(started)
+    code = container.wait(started)
+    exec_died(store, key, code)
+    return code
 
 
 def exec_start(store: Store, key: str, command: list[str], interactive: bool, tty: bool, env: list[str],
                user: str | None, workdir: str | None, privileged: bool = False, preserve_fds: int = 0,
-               stdio: tuple[int, int, int] | None = None, winsize: bytes | None = None):
+               stdio: tuple[int, int, int] | None = None, winsize: bytes | None = None, exec_id: str = ""):
     """Start ``command`` in the running container (Docker's exec): the ``sandbox.container.Started``
     process, its pty master in ``tty_master`` with ``tty``.  ``stdio``: its stdin, stdout and
     stderr (None: ours); with ``tty`` they are its pty instead.  The process dies with the
@@ -330,10 +332,23 @@ def exec_start(store: Store, key: str, command: list[str], interactive: bool, tt
         from ..cgroups import attach
         join = attach(rec.cgroup_paths).add
     try:
-        return container.enter(rec.init_pid, proc, idmap.detect(), join, stdio)
+        started = container.enter(rec.init_pid, proc, idmap.detect(), join, stdio)
     except channel.ChildError as e:
         cls = CommandError if e.kind == "exec" else SandboxError
         raise cls(str(e), e.exit_code) from None
+    from .. import events
+    events.exec_event(store.root, rec, "exec_start", command, exec_id)
+    return started
+
+
+def exec_died(store: Store, key: str, code: int, exec_id: str = "") -> None:
+    """Journal an exec's end (``exec_die``), unless its container is gone by now."""
+    from .. import events
+    try:
+        rec = Containers(store).find(key)
+    except RootlessError:
+        return
+    events.exec_event(store.root, rec, "exec_die", exec_id=exec_id, exitCode=code)
 
 
 def exec_wait(started) -> int:
@@ -640,11 +655,13 @@ def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: b
     A container started with ``-dt``/``-di`` has a terminal (console.py): then our input goes to
     it too, Ctrl-P Ctrl-Q detaches, and with ``-t`` signals are keys on its pty, as in Docker.
     """
+    from .. import events
     records = Containers(store)
     rec = records.find(key)
     if not running(rec):
         raise RootlessError(f"container {rec.name} is not running: 'rootless start -a {rec.name}' runs it "
                             "again and follows it")
+    events.emit(store.root, "container", "attach", rec.id, events.container_attributes(rec))
     options = rec.config.get("options") or {}
     if options.get("tty") or options.get("interactive"):
         path = console_path(rec)

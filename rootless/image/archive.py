@@ -160,6 +160,9 @@ def save(store: Store, names: list[str], fmt: str, out: BinaryIO, maps: idmap.Id
                 _save_oci(store, images, tar, maps)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+    from .. import events
+    for img, tags in images:
+        events.emit(store.root, "image", "save", img.id, {"name": tags[0] if tags else img.ref or img.id})
 
 
 def _save_docker(store: Store, images: list[tuple[Image, list[str]]], tar: tarfile.TarFile,

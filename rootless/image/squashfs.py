@@ -191,6 +191,8 @@ def save(store: Store, maps: idmap.IdMaps, name: str, output: str, compression: 
         raise
     finally:
         remove_tree(maps, work)
+    from .. import events
+    events.emit(store.root, "image", "save", image.id, {"name": image.ref or name})
     return image
 
 

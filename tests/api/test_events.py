@@ -125,3 +125,21 @@ def test_docker_py_events(api):
     finally:
         stream.close()
         api.rl("volume", "rm", "te-pyvol")
+
+
+@needs_docker
+def test_docker_exec_is_three_events(api):
+    """docker exec: exec_create, exec_start (with the command) and exec_die (with its exit code
+    and exec id), as Docker's daemon writes them."""
+    since = _stamp()
+    api.rl("run", "-d", "--name", "te-exec", "--network", "none", "busybox", "sleep", "60", check=True)
+    try:
+        assert api.docker("exec", "te-exec", "sh", "-c", "exit 4").returncode == 4
+    finally:
+        api.rl("rm", "-f", "te-exec")
+    out = api.docker("events", "--since", since, "--until", _stamp(), "--filter", "container=te-exec",
+                     "--format", "{{json .}}", check=True).stdout
+    got = [e for e in _events(out) if e["Action"].startswith("exec_")]
+    assert [e["Action"] for e in got] == ["exec_create: sh -c exit 4", "exec_start: sh -c exit 4", "exec_die"], out
+    assert got[2]["Actor"]["Attributes"]["exitCode"] == "4"
+    assert len({e["Actor"]["Attributes"]["execID"] for e in got}) == 1 and got[0]["Actor"]["Attributes"]["execID"]
