@@ -176,3 +176,17 @@ def read_until(fd: int, needle: bytes, timeout: float = 20) -> bytes:
             except OSError:
                 break
     return buf
+
+
+def layer_tars(rl: Rootless, ref: str) -> list[bytes]:
+    """Image ``ref``'s layer tars, bottom first (from ``rootless save``: the store keeps most
+    layers unpacked with a tar-split record, not as blobs)."""
+    import json
+    import tarfile
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="layer-tars-") as work:
+        archive = os.path.join(work, "saved.tar")
+        rl("save", "-o", archive, ref, check=True)
+        with tarfile.open(archive) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+            return [tar.extractfile(name).read() for name in manifest[0]["Layers"]]

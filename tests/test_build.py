@@ -3,6 +3,7 @@ unprivileged users (with and without a subordinate id range)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tarfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RANGE_MODE
+from .conftest import RANGE_MODE, layer_tars
 
 pytestmark = pytest.mark.both_modes
 
@@ -100,15 +101,7 @@ def test_a_dockerfile_builds_an_image_that_runs(rl, tmp_path):
 
 
 def _layers(rl, tag: str) -> list[tarfile.TarFile]:
-    tags = json.loads((rl.root / "tags.json").read_text())
-    key = next(k for k in tags if k.endswith("/" + tag + ":latest") or k == tag + ":latest")
-    manifest = json.loads((rl.root / "blobs/sha256" / tags[key][7:]).read_text())
-    out = []
-    for layer in manifest["layers"]:
-        path = rl.root / "blobs/sha256" / layer["digest"][7:]
-        if path.exists():
-            out.append(tarfile.open(path))
-    return out
+    return [tarfile.open(fileobj=io.BytesIO(t)) for t in layer_tars(rl, tag)]
 
 
 def test_the_cache_reruns_from_the_first_changed_step(rl, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tarfile
@@ -9,7 +10,7 @@ import uuid
 
 import pytest
 
-from .conftest import RANGE_MODE, ROOTLESS
+from .conftest import RANGE_MODE, ROOTLESS, layer_tars
 from .registry_server import running_registry
 
 pytestmark = pytest.mark.both_modes
@@ -54,7 +55,7 @@ def _config(rl, ref: str) -> dict:
 
 
 def _top_layer(rl, ref: str):
-    return tarfile.open(rl.root / "blobs/sha256" / _manifest(rl, ref)["layers"][-1]["digest"][7:])
+    return tarfile.open(fileobj=io.BytesIO(layer_tars(rl, ref)[-1]))
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -115,13 +116,15 @@ def test_layer_is_an_oci_layer(rl, driver):
         rl("rmi", image)
 
 
-def test_layer_directory_is_what_unpacking_the_tar_gives(rl):
+def test_layer_directory_is_what_unpacking_the_tar_gives(rl, tmp_path):
     """The layer directory is written along with the tar: it must hold what unpacking gives."""
     name = _made(rl, "auto")
     image = f"committed/{name}:1"
     try:
         assert rl("commit", name, image).returncode == 0
         diff_id = _config(rl, image)["rootfs"]["diff_ids"][-1]
+        tar_path = tmp_path / "top.tar"
+        tar_path.write_bytes(layer_tars(rl, image)[-1])
         script = f"""
 import os, sys, stat
 from rootless.image import layers
@@ -132,7 +135,7 @@ try:
     pid = os.fork()
     if pid == 0:     # the extraction chroots: in a child
         try:
-            layers._extract_chrooted("{rl.root}/blobs/sha256/{diff_id[7:]}", fresh, {not RANGE_MODE})
+            layers._extract_chrooted("{tar_path}", fresh, {not RANGE_MODE})
         finally:
             os._exit(0)
     os.waitpid(pid, 0)

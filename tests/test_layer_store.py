@@ -246,3 +246,54 @@ def test_a_layer_that_is_not_a_tar_fails_the_pull_and_leaves_nothing(store, regi
     assert rl("images", "-q").stdout == ""
     for sub in ("layers", "tarsplit", "tmp", "blobs/sha256"):
         assert os.listdir(rl.root / sub) == [], sub
+
+
+def test_load_commit_and_build_keep_layers_once_and_give_their_tars_back(store, registry, layers, tmp_path):
+    """A loaded layer, a committed one and a build step's are kept as a pulled one is: unpacked
+    plus the tar-split record, no blob; save gives their exact tars, push sends them."""
+    rl = store
+    archive = tmp_path / "in.tar"
+    with tarfile.open(archive, "w") as tar:          # a docker-archive of `layers`, by hand
+        diff_ids = [_digest(layer) for layer in layers]
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+        members = [(f"{d[7:]}/layer.tar", layer) for d, layer in zip(diff_ids, layers)]
+        members += [("cfg.json", config), ("manifest.json", json.dumps(
+            [{"Config": "cfg.json", "RepoTags": ["split/loaded:1"], "Layers": [m for m, _ in members]}]).encode())]
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert rl("load", "-i", str(archive)).returncode == 0
+    proc = rl("run", "--name", "split-c", "split/loaded:1", "sh", "-c", "echo made > /new; rm /odd/target")
+    assert proc.returncode == 0, proc.stderr
+    assert rl("commit", "split-c", "split/committed:1").returncode == 0
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM split/committed:1\nRUN echo built > /built\nCOPY f /f\n")
+    (ctx / "f").write_bytes(os.urandom(300_000))
+    proc = rl("build", "-q", "-t", "split/built:1", str(ctx))
+    assert proc.returncode == 0, proc.stderr
+    image = json.loads(rl("image", "inspect", "split/built:1").stdout)[0]
+    all_ids = image["RootFS"]["Layers"]
+    assert len(all_ids) == len(layers) + 3
+    for d in all_ids:
+        assert not (rl.root / "blobs/sha256" / d[7:]).exists(), d
+        assert (rl.root / "tarsplit" / d[7:]).exists(), d
+    out = tmp_path / "saved.tar"
+    assert rl("save", "-o", str(out), "split/built:1").returncode == 0
+    with tarfile.open(out) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+        assert [_digest(tar.extractfile(n).read()) for n in manifest[0]["Layers"]] == all_ids
+    ref = f"{registry.host}/split/built:1"
+    assert rl("tag", "split/built:1", ref).returncode == 0
+    proc = rl("push", "-q", ref)
+    assert proc.returncode == 0, proc.stderr
+    other = Rootless(tmp_path / "other", rl.env.get("XDG_RUNTIME_DIR") and Path(rl.env["XDG_RUNTIME_DIR"]))
+    try:
+        assert other("pull", "-q", ref).returncode == 0
+        proc = other("run", "--rm", ref, "cat", "/new", "/built")
+        assert proc.stdout == "made\nbuilt\n", proc.stderr
+        assert other("run", "--rm", ref, "ls", "/odd/target").returncode != 0
+    finally:
+        subprocess.run([*ROOTLESS, "unshare", "rm", "-rf", str(other.root)], env=other.env, timeout=120)

@@ -439,8 +439,9 @@ class Builder:
                 os.unlink(tmp)
 
     def _store_tar(self, tmp: str, what: str) -> str:
-        """Store the layer tar ``tmp`` (blob and layer directory), as ``import`` does: unpacked
-        without the lock, each made visible by one rename with it."""
+        """Store the layer tar ``tmp`` as ``import`` does: unpacked (without the lock) with its
+        tar-split record, or as a blob too when the record cannot serve; each made visible by
+        one rename, with the lock."""
         from ..image import layers
         from ..sandbox.remove import remove_tree
         h = hashlib.sha256()
@@ -448,20 +449,23 @@ class Builder:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         diff_id = "sha256:" + h.hexdigest()
-        layer_tmp = None
+        got = None
         try:
-            if not self.store.has_layer(diff_id):
-                layer_tmp, size, _devices = layers.unpack_temp(self.store, self.maps, tmp, what)
+            if not self.store.has_layer(diff_id):    # kept unpacked with its tar-split record
+                got = layers.unpack_file(self.store, self.maps, tmp, what, record=True)
             with self.store.lock():
-                if not self.store.has_blob(diff_id):
-                    self.store.adopt_blob(tmp, diff_id)
-                if layer_tmp and self.store.publish_layer(layer_tmp, diff_id, size):
-                    layer_tmp = None
-                if not self.store.has_layer(diff_id):      # removed by a prune since we looked
-                    layers.unpack(self.store, self.maps, self.store.blob_path(diff_id), diff_id, what)
+                if not self.store.has_layer(diff_id) and got is None:   # removed by a prune since we looked
+                    got = layers.unpack_file(self.store, self.maps, tmp, what, record=True)
+                if got is None or got.tarsplit is None:
+                    if not self.store.can_make_tar(diff_id):
+                        self.store.adopt_blob(tmp, diff_id)
+                if got is not None and self.store.publish_layer(got.dir, diff_id, got.size, got.tarsplit):
+                    got = None
         finally:
-            if layer_tmp:
-                remove_tree(self.maps, layer_tmp)
+            if got is not None:
+                remove_tree(self.maps, got.dir)
+                if got.tarsplit and os.path.exists(got.tarsplit):
+                    os.unlink(got.tarsplit)
         return diff_id
 
     # the image

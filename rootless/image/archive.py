@@ -472,7 +472,7 @@ def _read_docker(archive: _Archive, store: Store, tmpdir: str) -> list[_Loaded]:
             _hex(diff_id)
             named = posixpath.normpath(name)
             want = "sha256:" + named.rsplit("/", 1)[1] if named.startswith("blobs/sha256/") else None
-            if store.has_layer(diff_id) and os.path.exists(store.blob_path(diff_id)) and want is None:
+            if store.has_layer(diff_id) and store.can_make_tar(diff_id) and want is None:
                 loaded.layers.append((diff_id, diff_id, MEDIA_OCI_LAYER, ""))
                 continue
             blob, blob_digest, plain, got = _copy_layer(archive, name, tmpdir, want)
@@ -593,7 +593,7 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
     tmpdir = store.new_temp_dir("load")
     added_layers: list[str] = []
     added_blobs: list[str] = []
-    prepared: dict[str, tuple[str, int]] = {}   # diff id -> (unpacked temporary directory, size)
+    prepared: dict[str, layers.Unpacked] = {}   # diff id -> unpacked into a temporary directory
     old_tags: dict[str, str] | None = None
     try:
         archive = _Archive(_spool(source, tmpdir), source)
@@ -616,25 +616,26 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
         for img in images:
             for diff_id, _blob_digest, _media_type, _blob in img.layers:
                 if diff_id in img.plain and diff_id not in prepared and not store.has_layer(diff_id):
-                    layer_tmp, size, _devices = layers.unpack_temp(store, maps, img.plain[diff_id],
-                                                                    f"layer {diff_id} of {source}")
-                    prepared[diff_id] = (layer_tmp, size)
+                    prepared[diff_id] = layers.unpack_file(store, maps, img.plain[diff_id],
+                                                           f"layer {diff_id} of {source}", record=True)
         with store.lock():
             old_tags = store.tags()
             try:
                 for img in images:
                     for diff_id, blob_digest, media_type, blob in img.layers:
                         if not store.has_layer(diff_id):
-                            if diff_id in prepared:
-                                layer_tmp, size = prepared.pop(diff_id)
-                                store.publish_layer(layer_tmp, diff_id, size)
-                            elif diff_id in img.plain:    # removed by rmi or prune since we looked
-                                layers.unpack(store, maps, img.plain[diff_id], diff_id,
-                                              f"layer {diff_id} of {source}")
-                            else:
+                            if diff_id not in prepared and diff_id in img.plain:   # removed by rmi or
+                                prepared[diff_id] = layers.unpack_file(               # prune since we looked
+                                    store, maps, img.plain[diff_id], f"layer {diff_id} of {source}", record=True)
+                            if diff_id not in prepared:
                                 raise StoreError(f"layer {diff_id} is missing from the store")
+                            got = prepared.pop(diff_id)
+                            if blob == img.plain.get(diff_id) and got.tarsplit:
+                                blob = ""     # a plain tar: kept as the layer and its record only
+                            store.publish_layer(got.dir, diff_id, got.size, got.tarsplit)
                             added_layers.append(diff_id)
-                        if blob and not os.path.exists(store.blob_path(blob_digest)):
+                        if blob and not os.path.exists(store.blob_path(blob_digest)) \
+                                and not (blob_digest == diff_id and store.can_make_tar(diff_id)):
                             store.adopt_blob(blob, blob_digest)
                             added_blobs.append(blob_digest)
                     if img.manifest_raw is None:
@@ -643,8 +644,7 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
                             "config": {"mediaType": MEDIA_OCI_CONFIG,
                                        "digest": "sha256:" + hashlib.sha256(img.config_raw).hexdigest(),
                                        "size": len(img.config_raw)},
-                            "layers": [{"mediaType": MEDIA_OCI_LAYER, "digest": d,
-                                        "size": os.path.getsize(store.blob_path(d))}
+                            "layers": [{"mediaType": MEDIA_OCI_LAYER, "digest": d, "size": store.tar_size(d)}
                                        for d, _b, _m, _p in img.layers]}, sort_keys=True).encode()
                     for raw in (img.config_raw, img.manifest_raw):
                         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -669,8 +669,10 @@ def load(store: Store, maps: idmap.IdMaps, source: str) -> list[tuple[Image, lis
             events.emit(store.root, "image", "load", img.id, {"name": tags[0] if tags else img.id})
         return result
     finally:
-        for layer_tmp, _size in prepared.values():
-            remove_tree(maps, layer_tmp)
+        for got in prepared.values():
+            remove_tree(maps, got.dir)
+            if got.tarsplit and os.path.exists(got.tarsplit):
+                os.unlink(got.tarsplit)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 

@@ -559,6 +559,9 @@ def layer_from_changes(store: Store, maps: idmap.IdMaps, changes_dir: str, *, si
     # temporary names that carry their writer: a command cleaning the store leaves them alone
     tmp = os.path.join(store.tmp_dir(), atomic.temp_name("changes") + ".tar")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)   # read back: see LayerWriter
+    # the layer is kept unpacked with its tar-split record, as a pulled one (no blob)
+    split = os.path.join(store.tmp_dir(), atomic.temp_name("tarsplit"))
+    split_fd = os.open(split, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     layer_tmp = store.layer_temp_dir()
     try:
         def work() -> dict:
@@ -566,25 +569,42 @@ def layer_from_changes(store: Store, maps: idmap.IdMaps, changes_dir: str, *, si
             for change in _changes(changes_dir, layers_below, full_copy, ignore):
                 writer.add(change)
             writer.finish()
-            return {"digest": writer.digest, "size": writer.pos, "count": writer.count}
+            usable = False
+            if writer.count:
+                from . import tarsplit
+                # chrooted in the new layer (this child ends here): names resolve as in an unpack
+                os.chroot(layer_tmp)
+                os.chdir("/")
+                with os.fdopen(os.dup(fd), "rb") as tar, os.fdopen(os.dup(split_fd), "wb") as out:
+                    tar.seek(0)
+                    digest, usable = tarsplit.record_file(tar, out, "/")
+                usable = usable and digest == writer.digest
+            return {"digest": writer.digest, "size": writer.pos, "count": writer.count, "tarsplit": usable}
 
         try:
             result = _in_userns(maps, work, "the container's changes")
         finally:
             os.close(fd)
+            os.close(split_fd)
         diff_id, size = result["digest"], result["size"]
         if result["count"] == 0:
             return NewLayer(diff_id, size, True)
         from .layers import unpacked_size
         files_size = unpacked_size(tmp)
         with store.lock():
-            if not store.has_blob(diff_id):
-                store.adopt_blob(tmp, diff_id)
-            store.publish_layer(layer_tmp, diff_id, files_size)
+            if store.has_layer(diff_id):          # made already: its tar must be kept somehow
+                if not store.can_make_tar(diff_id):
+                    store.adopt_blob(tmp, diff_id)
+            else:
+                if not result["tarsplit"] and not store.has_blob(diff_id):
+                    store.adopt_blob(tmp, diff_id)
+                store.publish_layer(layer_tmp, diff_id, files_size, split if result["tarsplit"] else None)
+                split = "" if result["tarsplit"] else split
         return NewLayer(diff_id, size, False)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, split):
+            if path and os.path.exists(path):
+                os.unlink(path)
         if os.path.lexists(layer_tmp):
             remove_tree(maps, layer_tmp)
 

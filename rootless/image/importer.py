@@ -11,7 +11,7 @@ import tarfile
 from typing import Any
 
 from . import changes as changes_mod
-from . import compression, layers, reference, tarsplit
+from . import compression, layers, reference
 from .. import atomic
 from ..errors import StoreError, UsageError
 from ..sandbox import idmap
@@ -145,15 +145,7 @@ def new_image(store: Store, parent: Image | None, diff_ids: list[str], config: d
     else:
         base_layers, base_diff_ids, base_history = [], [], []
         arch = {"architecture": ARCH.get(platform.machine(), platform.machine()), "os": "linux"}
-    sizes = {}
-    for d in diff_ids:
-        if os.path.exists(store.blob_path(d)):
-            sizes[d] = os.path.getsize(store.blob_path(d))
-        elif store.has_layer(d) and store.has_tarsplit(d):     # kept unpacked: the tar's size
-            with open(store.tarsplit_path(d), "rb") as f:
-                sizes[d] = tarsplit.total_size(f)
-        else:
-            raise StoreError(f"layer {d} is missing from the store")
+    sizes = {d: store.tar_size(d) for d in diff_ids}
     image_config: dict[str, Any] = {
         "created": created,
         **arch,

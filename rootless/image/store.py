@@ -1,11 +1,13 @@
 """The image store on disk.
 
     ROOT/
-      blobs/sha256/HEX        content-addressed blobs: layer tars, image configs, manifests
+      blobs/sha256/HEX        content-addressed blobs: image configs, manifests, and a layer's tar
+                              only where its tar-split cannot serve (or an older store made it)
       layers/HEX/             each layer unpacked once (HEX = its diff id), shared read-only
       sizes/HEX               the unpacked size of layer HEX (written before the layer appears)
       tarsplit/HEX            what makes layer HEX's tar again from layers/HEX/ (``tarsplit.py``;
-                              written before the layer appears): a pulled or imported layer keeps no blob
+                              written before the layer appears): a layer pulled, imported, loaded, committed
+                              or built keeps no plain blob
       compressed/HEX.FORMAT   layer HEX (a diff id) compressed with FORMAT (gzip, zstd): the
                               descriptor of that blob (pulled, or made by push), so that a push
                               finds it at the registry, or compresses a layer once; the blob, when
@@ -316,6 +318,16 @@ class Store:
             atomic.publish(tarsplit, self.tarsplit_path(diff_id))
         atomic.publish(tmp, self.layer_dir(diff_id))
         return True
+
+    def tar_size(self, diff_id: str) -> int:
+        """The size of layer ``diff_id``'s plain tar: its blob's, or as its tar-split record says."""
+        if self.has_blob(diff_id):
+            return os.path.getsize(self.blob_path(diff_id))
+        if self.has_layer(diff_id) and self.has_tarsplit(diff_id):
+            from . import tarsplit
+            with open(self.tarsplit_path(diff_id), "rb") as f:
+                return tarsplit.total_size(f)
+        raise StoreError(f"layer {diff_id} is missing from the store: pull or import the image again")
 
     def tarsplit_path(self, diff_id: str) -> str:
         return os.path.join(self.root, "tarsplit", _hex(diff_id))

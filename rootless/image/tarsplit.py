@@ -172,6 +172,20 @@ class Writer:
             os.fsync(self.f.fileno())
 
 
+def record_file(tar: BinaryIO, out: BinaryIO, root: str = "/") -> tuple[str, bool]:
+    """Record the tar-split of the plain tar ``tar`` (read from its start, nothing unpacked) to
+    ``out``, for a layer already unpacked under ``root`` (a commit's, written with its tar):
+    (the tar's sha256, whether the record is usable there, ``Recorder.usable``)."""
+    writer = Writer(out)
+    rec = Recorder(tar, writer.write)
+    with tarfile.open(fileobj=rec, mode="r:") as t:
+        for m in t:
+            rec.member(m)
+    digest = rec.finish()
+    writer.close(rec.pos, digest)
+    return digest, rec.usable(root)
+
+
 def segments(f: BinaryIO) -> Iterator[dict]:
     """The record's segments; ValueError if it is not a whole record of this version."""
     with compression.open_decompressed(f) as gz:
