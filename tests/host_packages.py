@@ -72,8 +72,15 @@ def _loaded(path: str) -> set[str]:
 
 def package_set(roots: list[str]) -> set[str]:
     """ROOTS and every installed package owning a library their ELF files load."""
+    return _closure(roots)[0]
+
+
+def _closure(roots: list[str]) -> tuple[set[str], set[str]]:
+    """package_set(ROOTS), and the paths of the libraries loaded (some are links that
+    update-alternatives made, which no package lists)."""
     owners = _owners()
     chosen: set[str] = set()
+    libs: set[str] = set()
     todo = list(roots)
     checked: set[str] = set()
     while todo:
@@ -87,16 +94,18 @@ def package_set(roots: list[str]) -> set[str]:
                 continue
             checked.add(real)
             for lib in _loaded(real):
+                libs.add(lib)
                 owner = owners.get(lib) or owners.get(_real(lib)) or owners.get(os.path.realpath(lib))
                 if owner and owner not in chosen:
                     todo.append(owner)
-    return chosen
+    return chosen, libs
 
 
 def packages_context(dest: Path, roots: list[str], without: set[str] = frozenset()) -> list[str]:
     """Copy the files of ``package_set(roots)``, but for the packages ``without`` (another
     layer's), into DEST (made if missing); returns the packages copied."""
-    pkgs = sorted(package_set(roots) - set(without))
+    found, libs = _closure(roots)
+    pkgs = sorted(found - set(without))
     dest.mkdir(parents=True, exist_ok=True)
     for name, target in MERGED.items():
         if os.path.islink(f"/{name}") and not os.path.lexists(dest / name):
@@ -116,4 +125,10 @@ def packages_context(dest: Path, roots: list[str], without: set[str] = frozenset
                 os.symlink(os.readlink(real), out)
             else:
                 shutil.copy2(real, out)
+    for lib in sorted(libs):     # e.g. libpsm_infinipath.so.1 -> /etc/alternatives/... -> the file
+        out = dest / _real(lib).lstrip("/")
+        target = os.path.realpath(lib)
+        if not os.path.lexists(out) and os.path.lexists(dest / target.lstrip("/")):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(target, out)
     return pkgs
