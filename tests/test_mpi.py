@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RANGE_MODE, ROOTLESS
+from .conftest import RANGE_MODE, ROOTLESS, needs_single
 from .host_packages import packages_context
 
 pytestmark = pytest.mark.both_modes
@@ -229,3 +229,13 @@ def test_mpi_expansion(tmp_path):
     assert (m.network, m.pid, m.ipc, m.userns, m.launcher_found) == ("host", "host", "host", "keep-id", True)
     single = mpi(True, {"HOME": "/home/u"})
     assert (single.userns, single.launcher_found, single.volumes, single.env) == ("", False, [], [])
+
+
+@needs_single
+def test_mpi_single_uid_names_the_launcher_setting(rl):
+    """In single-uid mode a PMIx server that checks uids refuses the rank (uid 0 inside): said
+    before it happens, with the setting that lets it in."""
+    proc = rl("run", "--rm", "--mpi", "busybox", "true", env={"PMIX_SECURITY_MODE": "munge,native"}, check=True)
+    assert "start mpirun with PMIX_MCA_psec=none" in proc.stderr, proc.stderr
+    proc = rl("run", "--rm", "--mpi", "busybox", "true", env={"PMIX_SECURITY_MODE": "none"}, check=True)
+    assert "PMIX_MCA_psec" not in proc.stderr, proc.stderr

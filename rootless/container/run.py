@@ -443,6 +443,11 @@ def _expand_mpi(opts: RunOptions, single_uid: bool) -> list[str]:
     if not m.launcher_found:
         return ["--mpi: no MPI launcher's variables (OMPI_*, PMIX_*, PMI_*) in the environment: "
                 "start the container from mpirun or srun, one per rank (docs/hpc.md)"]
+    modes = os.environ.get("PMIX_SECURITY_MODE", "")
+    if single_uid and modes and "none" not in modes.split(","):
+        return [f"--mpi in single-uid mode: the rank is uid 0 inside, and the launcher's PMIx server checks "
+                f"uids (PMIX_SECURITY_MODE={modes}), so it will refuse the rank: start mpirun with "
+                "PMIX_MCA_psec=none in its environment (docs/hpc.md)"]
     return []
 
 
