@@ -14,6 +14,7 @@ compares the client's uid with the server's): ``mpirun`` is started with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -179,6 +180,8 @@ def test_exec_into_a_container_of_the_host_pid_namespace(rl):
     try:
         out = rl("exec", name, "sh", "-c", "echo $$; pidof sleep", check=True).stdout.split()
         assert out[0] != "1" and len(out) >= 2, out
+        host_config = json.loads(rl("inspect", name, check=True).stdout)[0]["HostConfig"]
+        assert (host_config["PidMode"], host_config["IpcMode"]) == ("host", "host")
     finally:
         rl("rm", "-f", name, timeout=60)
 
