@@ -22,6 +22,10 @@ over them (ports < 1024, sethostname, ip link).  The PID namespace is U1's: B mu
 born in it (so C unshares it) with U1's rights to mount its /proc, and a PID namespace
 without a process cannot be joined (``/proc/K/ns/pid_for_children`` does not open).
 
+``--network host``, ``--ipc host`` and ``--pid host`` leave the matching namespace out: the
+container keeps the host's (K unshares no IPC namespace, C no PID namespace), and B binds the
+host's ``/dev/shm`` and ``/proc`` instead of mounting its own (``mounts.RootfsPlan``).
+
 Why two processes: ``unshare(CLONE_NEWPID)`` only puts the *children* of the caller in
 the new PID namespace, so the command needs a fork after it; and ``pivot_root``
 changes the root of every process of the mount namespace, so B takes a nested mount
