@@ -228,9 +228,10 @@ MPI_PREFIXES = ("OMPI_", "OPAL_", "PMIX_", "PRTE_", "PMI_")
 # shared-memory key/value store, the session directory): bound at their own paths.
 MPI_DIR_VARIABLES = ("OMPI_MCA_orte_top_session_dir", "OMPI_MCA_orte_jobfam_session_dir",
                      "PMIX_SERVER_TMPDIR", "PRTE_MCA_prte_top_session_dir")
-# Open MPI's shared-memory transport copies large messages with process_vm_readv (CMA), which it
-# refuses between processes of different user namespaces (each container has its own): it
-# then warns and falls back to copying through the shared segment, which this asks at once.
+# Open MPI's shared-memory transport copies large messages with process_vm_readv (CMA), which
+# the kernel refuses between processes of different user namespaces (each container has its
+# own; ptrace's rule) and Open MPI does not try: it warns and copies through the shared
+# segment, which this asks at once.
 MPI_DEFAULTS = ("OMPI_MCA_btl_vader_single_copy_mechanism=none", "OMPI_MCA_smsc=^cma")
 
 
