@@ -87,14 +87,16 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _mpirun(rl, btl: str, *run_args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    """mpirun -np RANKS rootless run --rm RUN_ARGS, as this user, in its own session; on a
-    timeout mpirun and every process under it are killed (mpirun may hang once a rank died)."""
+def _mpirun(rl, btl: str, *run_args: str, rank: list[str] | None = None,
+            timeout: float = 150) -> subprocess.CompletedProcess:
+    """mpirun -np RANKS rootless run --rm RUN_ARGS (or the command RANK), as this user, in its
+    own session; on a timeout mpirun and every process under it are killed (mpirun may hang
+    once a rank died)."""
     env = dict(rl.env)
     if not RANGE_MODE:
         env["PMIX_MCA_psec"] = "none"
     args = ["mpirun", "--oversubscribe", "-np", str(RANKS), "--mca", "btl", btl,
-            *ROOTLESS, "run", "--rm", *run_args]
+            *(rank or [*ROOTLESS, "run", "--rm", *run_args])]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -148,13 +150,7 @@ def test_ring_with_the_flags_mpi_stands_for(rl, mpi_image, tmp_path):
         '-v "$OMPI_MCA_orte_top_session_dir:$OMPI_MCA_orte_top_session_dir" '
         f'-e OMPI_MCA_btl_vader_single_copy_mechanism=none "$@" {mpi_image} /ring\n')
     script.chmod(0o755)
-    env = dict(rl.env)
-    if not RANGE_MODE:
-        env["PMIX_MCA_psec"] = "none"
-    proc = subprocess.run(["timeout", "-k", "10", "150", "mpirun", "--oversubscribe", "-np", str(RANKS),
-                           "--mca", "btl", "self,vader", str(script)],
-                          capture_output=True, text=True, env=env, timeout=180, stdin=subprocess.DEVNULL)
-    _check_ring(proc)
+    _check_ring(_mpirun(rl, "self,vader", rank=[str(script)]))
 
 
 def test_pid_and_ipc_host(rl, tmp_path):
