@@ -296,7 +296,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
             image = store.resolve(opts.image)
     cfg = image.run_config
     if image.squashfs and opts.userns == "keep-id" and not stored.single:
-        raise UsageError("--userns keep-id (and --as-me with a subordinate id range) cannot run a squashfs "
+        raise UsageError("--userns keep-id (and --as-me or --mpi with a subordinate id range) cannot run a squashfs "
                          "image yet: load the image into the store ('rootless load' of a saved archive) "
                          "and run it by name")
     if image.squashfs and opts.storage_driver == "overlay":
