@@ -117,6 +117,11 @@ def _container_flags(command):
         click.option("--as-me", is_flag=True,
                      help="Run as yourself, as Apptainer does: your home and working directory bound, -w there, "
                           "host network, keep-id, your environment (other flags win; docs/hpc.md)."),
+        click.option("--mpi", is_flag=True,
+                     help="Run as a rank of an MPI job started by mpirun or srun: host network, PID and IPC "
+                          "namespaces, keep-id, the launcher's variables and session directory (docs/hpc.md)."),
+        click.option("--pid", metavar="host", help="host: share the host's PID namespace (and its /proc)."),
+        click.option("--ipc", metavar="host", help="host: share the host's IPC namespace and /dev/shm."),
         click.option("--init", is_flag=True,
                      help="Run a small init (catatonit or tini-static from the host) as PID 1: it reaps "
                           "zombies and forwards signals."),

@@ -84,6 +84,9 @@ class RunOptions:
     device: list[str] = field(default_factory=list)      # --device: host nodes or CDI names
     gpus: str | None = None                              # --gpus all: nvidia.com/gpu=all
     as_me: bool = False                                  # --as-me: expanded by plan() (runflags.as_me)
+    mpi: bool = False                                    # --mpi: expanded by plan() (runflags.mpi)
+    pid: str | None = None                               # --pid host: the host's PID namespace
+    ipc: str | None = None                               # --ipc host: the host's IPC namespace, /dev/shm
     host_env: list[str] = field(default_factory=list)    # KEY=VALUE passed by --as-me, below the image's
     expose: list[str] = field(default_factory=list)     # PORT[/PROTO] exposed without publishing (inspect)
     stop_timeout: int | None = None                      # seconds 'stop' waits by default (Docker's --stop-timeout)
@@ -262,8 +265,13 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     maps = idmap.detect()
     stored = maps
     passwd_entry = None
+    mpi_warnings = []
+    if opts.mpi:
+        mpi_warnings = _expand_mpi(opts, maps.single)
     if opts.as_me:
         _expand_as_me(opts, maps.single)
+    from .runflags import namespace_mode
+    opts.pid, opts.ipc = namespace_mode("--pid", opts.pid), namespace_mode("--ipc", opts.ipc)
     if opts.userns not in ("", "host-range", "keep-id"):
         raise UsageError(f"unknown --userns '{opts.userns}': use keep-id (or leave it out)")
     if opts.userns == "keep-id":
@@ -288,7 +296,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
             image = store.resolve(opts.image)
     cfg = image.run_config
     if image.squashfs and opts.userns == "keep-id" and not stored.single:
-        raise UsageError("--userns keep-id (and --as-me with a subordinate id range) cannot run a squashfs "
+        raise UsageError("--userns keep-id (and --as-me or --mpi with a subordinate id range) cannot run a squashfs "
                          "image yet: load the image into the store ('rootless load' of a saved archive) "
                          "and run it by name")
     if image.squashfs and opts.storage_driver == "overlay":
@@ -327,6 +335,8 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     opts.label, opts.label_file = [f"{k}={v}" for k, v in labels.items()], []   # files read once, now
     resolv_extra = runflags.dns(opts.dns, opts.dns_search, opts.dns_option)
     rlimits = runflags.ulimits(opts.ulimit)
+    if opts.shm_size and opts.ipc == "host":
+        raise UsageError("--shm-size cannot be used with --ipc host: /dev/shm is then the host's own")
     shm_size = runflags.shm_size(opts.shm_size)
     from . import logfile
     log = logfile.parse(opts.log_driver, opts.log_opt)
@@ -364,7 +374,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
     elif opts.network_alias:
         raise UsageError("--network-alias needs a network made with 'rootless network create'")
     net, extra_hosts = network.parse(mode, opts.publish, opts.add_host)
-    sysctls = runflags.sysctls(opts.sysctl, net.mode == "host")
+    sysctls = runflags.sysctls(opts.sysctl, net.mode == "host", opts.ipc == "host")
     if net.ports:
         from ..network.ports import check_available
         check_available(net.ports)
@@ -390,7 +400,8 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
                 passwd_entry=passwd_entry, sec=sec, wanted_caps=wanted_caps, seccomp_prog=seccomp_prog,
                 extra_env=extra_env, net=net, extra_hosts=extra_hosts, user_net=user_net, shared=shared,
                 run_base=run_base, cg_setup=cg_setup, limits=limits, vols=vols, policy=policy,
-                max_restarts=max_restarts, warnings=single_uid_warning(maps) + devs.warnings, labels=labels,
+                max_restarts=max_restarts, warnings=single_uid_warning(maps) + devs.warnings + mpi_warnings,
+                labels=labels,
                 resolv_extra=resolv_extra, rlimits=rlimits, sysctls=sysctls, init=init, shm_size=shm_size,
                 log=log, health=health, devices=devs)
 
@@ -406,8 +417,38 @@ def _expand_as_me(opts: RunOptions, single_uid: bool) -> None:
     opts.network = opts.network or me.network
     opts.userns = opts.userns or me.userns
     opts.hostname = opts.hostname or me.hostname
-    opts.host_env = me.env
+    opts.host_env = list(opts.host_env) + me.env
     opts.as_me = False
+
+
+def _expand_mpi(opts: RunOptions, single_uid: bool) -> list[str]:
+    """--mpi, made into the flags it stands for (once, as --as-me); a flag the user gave wins.
+    Returns its warnings."""
+    from .runflags import mpi
+    m = mpi(single_uid)
+    mine = {v.split(":")[1] if ":" in v else v for v in opts.volume}
+    opts.volume = [v for v in m.volumes if v.split(":")[1] not in mine] + list(opts.volume)
+    opts.network = opts.network or m.network
+    opts.pid = opts.pid or m.pid
+    opts.ipc = opts.ipc or m.ipc
+    opts.userns = opts.userns or m.userns
+    opts.hostname = opts.hostname or m.hostname
+    # The launcher's variables over the image's ENV (it may carry stale ones) and under the
+    # user's --env-file and -e (the files are read now, so that they stay above); the defaults
+    # under the image's ENV, as --as-me's environment.
+    files = [f"{k}={v}" for k, v in parse_env([], opts.env_files)]
+    opts.env, opts.env_files = m.env + files + list(opts.env), []
+    opts.host_env = m.defaults + list(opts.host_env)
+    opts.mpi = False
+    if not m.launcher_found:
+        return ["--mpi: no MPI launcher's variables (OMPI_*, PMIX_*, PMI_*) in the environment: "
+                "start the container from mpirun or srun, one per rank (docs/hpc.md)"]
+    modes = os.environ.get("PMIX_SECURITY_MODE", "")
+    if single_uid and modes and "none" not in modes.split(","):
+        return [f"--mpi in single-uid mode: the rank is uid 0 inside, and the launcher's PMIx server checks "
+                f"uids (PMIX_SECURITY_MODE={modes}), so it will refuse the rank: start mpirun with "
+                "PMIX_MCA_psec=none in its environment (docs/hpc.md)"]
+    return []
 
 
 def create(store: Store, p: Plan, started_later: bool = True, builder: bool = False) -> Record:
@@ -653,6 +694,7 @@ class _Starter:
                                              read_only_tmpfs_binds() if opts.read_only and sec.read_only_tmpfs
                                              else ()) + _init_bind(p.init) + p.devices.binds,
                                          sysctls=p.sysctls, shm_size=p.shm_size,
+                                         host_proc=opts.pid == "host", host_shm=opts.ipc == "host",
                                          hooks=_hooks_in_container(p, rec.id, run_dir, rootfs.target,
                                                                    hostname)),
                 hostname=hostname, domainname=opts.domainname, maps=maps,
@@ -660,7 +702,7 @@ class _Starter:
                 rootfs_server=lambda: rootfs.serving,
                 cleanup_rootfs=rootfs.cleanup,
                 intermediate_needed=lambda: rootfs.daemon != 0,
-                own_network=net.own_namespace,
+                own_network=net.own_namespace, own_pid=opts.pid != "host", own_ipc=opts.ipc != "host",
                 network_setup=_network_setup(net, run_dir, helpers, user_net, rec, records,
                                              _hooks_before(p, rec.id, run_dir, hostname)),
                 join_cgroup=cg.add if cg.paths else None,

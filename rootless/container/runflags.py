@@ -98,7 +98,7 @@ _IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
                 "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
 
 
-def sysctls(items: list[str], host_network: bool) -> tuple[tuple[str, str], ...]:
+def sysctls(items: list[str], host_network: bool, host_ipc: bool = False) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items:
         key, sep, value = item.partition("=")
@@ -109,6 +109,9 @@ def sysctls(items: list[str], host_network: bool) -> tuple[tuple[str, str], ...]
             if host_network:
                 raise UsageError(f"--sysctl {key} cannot be used with --network host: it would change the host's "
                                  "network")
+        elif host_ipc and (key in _IPC_SYSCTLS or key.startswith("fs.mqueue.")):
+            raise UsageError(f"--sysctl {key} cannot be used with --ipc host: it would change the host's "
+                             "IPC namespace")
         elif not (key in _IPC_SYSCTLS or key.startswith("fs.mqueue.")):
             raise UsageError(f"--sysctl {key} is not a namespaced kernel parameter: it would change the whole "
                              "host, which a container may not do (allowed: net.*, kernel.shm*, kernel.msg*, "
@@ -205,3 +208,68 @@ def as_me(single_uid: bool, environ: dict[str, str] | None = None, cwd: str | No
            and not k.startswith("ROOTLESS_")]
     return AsMe(volumes=volumes, workdir=cwd, userns="" if single_uid else "keep-id",
                 hostname=socket.gethostname(), env=env)
+
+
+def namespace_mode(flag: str, value: str | None) -> str:
+    """--pid and --ipc: "" (the container's own namespace, Docker's default) or "host"."""
+    value = (value or "").strip()
+    if value in ("", "private") or (flag == "--ipc" and value == "shareable"):
+        return ""
+    if value == "host":
+        return "host"
+    raise UsageError(f"invalid {flag} '{value}': use host (share the host's namespace) or private "
+                     "(the default); sharing another container's is not supported")
+
+
+# --mpi: the variables an MPI launcher (mpirun of Open MPI 4 and 5, PRRTE, a PMIx server such as
+# Slurm's) gives each rank; the rank's library reads them to find its server and its peers.
+MPI_PREFIXES = ("OMPI_", "OPAL_", "PMIX_", "PRTE_", "PMI_")
+# Variables naming the directory a PMIx server and its ranks share (rendezvous files, the
+# shared-memory key/value store, the session directory): bound at their own paths.
+MPI_DIR_VARIABLES = ("OMPI_MCA_orte_top_session_dir", "OMPI_MCA_orte_jobfam_session_dir",
+                     "PMIX_SERVER_TMPDIR", "PRTE_MCA_prte_top_session_dir")
+# Open MPI's shared-memory transport copies large messages with process_vm_readv (CMA), which
+# the kernel refuses between processes of different user namespaces (each container has its
+# own; ptrace's rule) and Open MPI does not try: it warns and copies through the shared
+# segment, which this asks at once.
+MPI_DEFAULTS = ("OMPI_MCA_btl_vader_single_copy_mechanism=none", "OMPI_MCA_smsc=^cma")
+
+
+@dataclass
+class Mpi:
+    """What --mpi adds to the flags: each part only where the user gave no flag of its own."""
+    volumes: list[str]
+    env: list[str]                         # the launcher's variables, KEY=VALUE
+    defaults: list[str]                    # MPI_DEFAULTS the launcher did not set
+    network: str = "host"
+    pid: str = "host"
+    ipc: str = "host"
+    userns: str = "keep-id"                # "" in single-uid mode: uid 0 inside is you already
+    hostname: str = ""
+    launcher_found: bool = True
+
+
+def mpi(single_uid: bool, environ: dict[str, str] | None = None) -> Mpi:
+    """A rank of an MPI job started by a launcher on the host (mpirun, srun): the host's
+    network (the PMIx server listens on it, ranks talk TCP), PID and IPC namespaces with the
+    host's /dev/shm (ranks map each other's shared-memory segments, and tell them apart by pid),
+    your uid (PMIx's native security checks it), the launcher's variables and directories."""
+    import socket
+    environ = dict(os.environ if environ is None else environ)
+    env = [f"{k}={v}" for k, v in environ.items() if k.startswith(MPI_PREFIXES)]
+    names = {item.partition("=")[0] for item in env}
+    defaults = [d for d in MPI_DEFAULTS if d.partition("=")[0] not in names]
+    dirs: list[str] = []
+    for name in MPI_DIR_VARIABLES:
+        value = environ.get(name, "")
+        if not value.startswith("/") or not os.path.isdir(value):
+            continue
+        path = os.path.realpath(value)
+        if path in _SYSTEM_TOPS or any(path == d or path.startswith(d + "/") for d in _SYSTEM_DIRS):
+            continue
+        dirs.append(path)
+    # the outermost of nested directories is enough
+    dirs = sorted(set(dirs))
+    outer = [d for d in dirs if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in dirs)]
+    return Mpi(volumes=[f"{d}:{d}" for d in outer], env=env, defaults=defaults, userns="" if single_uid else "keep-id",
+               hostname=socket.gethostname(), launcher_found=bool(names))

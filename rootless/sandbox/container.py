@@ -22,6 +22,10 @@ over them (ports < 1024, sethostname, ip link).  The PID namespace is U1's: B mu
 born in it (so C unshares it) with U1's rights to mount its /proc, and a PID namespace
 without a process cannot be joined (``/proc/K/ns/pid_for_children`` does not open).
 
+``--network host``, ``--ipc host`` and ``--pid host`` leave the matching namespace out: the
+container keeps the host's (K unshares no IPC namespace, C no PID namespace), and B binds the
+host's ``/dev/shm`` and ``/proc`` instead of mounting its own (``mounts.RootfsPlan``).
+
 Why two processes: ``unshare(CLONE_NEWPID)`` only puts the *children* of the caller in
 the new PID namespace, so the command needs a fork after it; and ``pivot_root``
 changes the root of every process of the mount namespace, so B takes a nested mount
@@ -89,6 +93,8 @@ class SandboxSpec:
     cleanup_rootfs: Callable[[], None] = lambda: None
     on_started: Callable[[int], None] = field(default=lambda pid: None)
     own_network: bool = True          # False: share the host's network namespace
+    own_pid: bool = True              # False: share the host's PID namespace (--pid host)
+    own_ipc: bool = True              # False: share the host's IPC namespace (--ipc host)
     # Run in P with PID 1's host pid once its namespaces exist; the command is executed only
     # after it returns (B waits for "network-ready"), so it starts with its network configured.
     network_setup: Callable[[int], None] | None = None
@@ -283,7 +289,8 @@ def _intermediate(spec: SandboxSpec, sock: socket.socket) -> NoReturn:
 def _container_namespaces(spec: SandboxSpec) -> tuple[int, int]:
     """Enter the container's UTS, IPC, network and cgroup namespaces, owned by the container's
     user namespace U2, a child of ours (U1), and a new PID namespace (for our children; owned
-    by U1, see below); return an fd of U2 and K's pid, for the caller to reap.
+    by U1, see below); return an fd of U2 and K's pid, for the caller to reap.  The host's
+    network, IPC or PID namespace is kept where ``spec`` says so (--network/--ipc/--pid host).
 
     They are made by a short-lived child K: it unshares U2 with them (or joins
     ``spec.container_userns`` and unshares the others), we write U2's maps (identity over our
@@ -292,8 +299,14 @@ def _container_namespaces(spec: SandboxSpec) -> tuple[int, int]:
     its mounts are made: the mount namespace holding them is owned by U1, and the one B takes
     once in U2 receives them locked (mount_namespaces(7)).
     """
-    flags = (NAMESPACES if spec.own_network and spec.join_netns is None else NAMESPACES & ~libc.CLONE_NEWNET
-             ) & ~libc.CLONE_NEWPID
+    flags = NAMESPACES & ~libc.CLONE_NEWPID
+    if not spec.own_network or spec.join_netns is not None:
+        flags &= ~libc.CLONE_NEWNET
+    if not spec.own_ipc:
+        flags &= ~libc.CLONE_NEWIPC
+    kinds = [(kind, flag) for kind, flag in (("uts", libc.CLONE_NEWUTS), ("ipc", libc.CLONE_NEWIPC),
+                                             ("cgroup", libc.CLONE_NEWCGROUP), ("net", libc.CLONE_NEWNET))
+             if flags & flag]
     new_userns = spec.container_userns is None
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
@@ -319,10 +332,8 @@ def _container_namespaces(spec: SandboxSpec) -> tuple[int, int]:
         answer = os.read(ready_r, 4096).decode(errors="replace")
         if answer != "ok":
             raise OSError(f"creating the container's namespaces: {answer or 'the helper died'}")
-        kinds = ["user", "uts", "ipc", "cgroup"]
-        if flags & libc.CLONE_NEWNET:
-            kinds.append("net")
-        fds = [os.open(f"/proc/{k}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds]
+        fds = [os.open(f"/proc/{k}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+               for kind in ["user"] + [kind for kind, _ in kinds]]
         if new_userns:
             for kind in ("uid", "gid"):
                 idmap.write_identity(k, kind)
@@ -334,15 +345,16 @@ def _container_namespaces(spec: SandboxSpec) -> tuple[int, int]:
         os.close(ready_r)
     os.close(done_w)          # K exits: its namespaces live on in our fds
     try:
-        for fd, flag in zip(fds[1:], (libc.CLONE_NEWUTS, libc.CLONE_NEWIPC, libc.CLONE_NEWCGROUP,
-                                      libc.CLONE_NEWNET)):
+        for fd, (_, flag) in zip(fds[1:], kinds):
             libc.setns(fd, flag)
         if spec.join_netns is not None:
             libc.setns(spec.join_netns, libc.CLONE_NEWNET)
         # The PID namespace is ours (U1), not U2's: B must be its first process, with U1's
         # credentials to mount its /proc, and a PID namespace without a process cannot be
         # joined (/proc/K/ns/pid_for_children does not open until it has an init).
-        libc.unshare(libc.CLONE_NEWPID)
+        # --pid host: none; B stays in the host's, and its /proc is the host's (RootfsPlan).
+        if spec.own_pid:
+            libc.unshare(libc.CLONE_NEWPID)
     except BaseException:
         os.close(fds[0])
         _reap(k)
@@ -565,16 +577,21 @@ def enter(init_pid: int, proc: ProcessSpec, maps: idmap.IdMaps,
     descriptor of ours: a server's other clients and pipes must not live on in it.
     """
     fds = []
+    order = []
     try:
-        for kind, _ in NS_ORDER:
-            fds.append(os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
+        for kind, flag in NS_ORDER:
+            fd = os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            if kind in ("ipc", "pid", "net") and os.fstat(fd).st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino:
+                os.close(fd)    # the host's own (--ipc/--pid/--network host): nothing to join, and
+                continue        # setns would need rights over the host's namespace
+            fds.append(fd)
+            order.append((kind, flag))
     except OSError as e:
         for fd in fds:
             os.close(fd)
         raise channel.ChildError(f"the container is not running (cannot open its namespaces: {e.strerror})")
     # The container's user namespace (U2) is a child of the one that owns its PID and mount
     # set-up (U1): join U1 first (its PID namespace needs capabilities there), U2 last.
-    order = list(NS_ORDER)
     parent = libc.ns_ioctl(fds[0], libc.NS_GET_PARENT)
     if os.fstat(parent).st_ino != os.stat("/proc/self/ns/user").st_ino:
         fds.insert(0, parent)

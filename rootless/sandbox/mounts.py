@@ -7,9 +7,11 @@ Order matters:
 2. The new root is made a mount point (bind onto itself) — ``pivot_root(2)``
    requires one — and remounted read-only for ``--read-only``.
 3. ``/proc`` (a fresh instance: this process is PID 1 of the new PID namespace,
-   and procfs shows the mounter's PID namespace), ``/dev`` (a tmpfs with device
+   and procfs shows the mounter's PID namespace; with ``--pid host`` the host's, bound),
+   ``/dev`` (a tmpfs with device
    nodes bind-mounted from the host: ``mknod`` is not allowed in a user
-   namespace), a new ``devpts`` instance, ``/dev/shm``, ``/sys`` (a fresh sysfs,
+   namespace), a new ``devpts`` instance, ``/dev/shm`` (a tmpfs; with ``--ipc host``
+   the host's, bound), ``/sys`` (a fresh sysfs,
    allowed because we own the network namespace), and the generated ``/etc``
    files are mounted under the new root.
    The OCI ``createContainer`` hooks (CDI's) run here, before pivot_root: host programs, run as
@@ -75,6 +77,8 @@ class RootfsPlan:
     device_nodes: tuple[tuple[str, str], ...] = ()   # --device, CDI: (host node, container path)
     sysctls: tuple[tuple[str, str], ...] = ()   # --sysctl: namespaced parameters, set before the masks
     shm_size: int = 64 << 20         # bytes of /dev/shm (--shm-size; Docker's default 64 MiB)
+    host_proc: bool = False          # --pid host: the host's /proc (no procfs of our own may be made)
+    host_shm: bool = False           # --ipc host: the host's /dev/shm, not a tmpfs of our own
     hooks: tuple[Hook, ...] = ()     # createContainer hooks, run just before pivot_root
 
 
@@ -145,9 +149,15 @@ def enter_rootfs(plan: RootfsPlan) -> None:
 
     proc = _inside(root, "/proc")
     _ensure(root, proc, "dir")
-    libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if plan.host_proc:
+        # The host's PID namespace is owned by the host's user namespace: a procfs for it may
+        # not be mounted from ours, but the host's may be bound (its masks are added below).
+        libc.mount("/proc", proc, None, MS_BIND | MS_REC)
+        _restrict(proc)
+    else:
+        libc.mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
-    _mount_dev(root, plan.ptmx_gid, plan.devices, plan.shm_size)
+    _mount_dev(root, plan.ptmx_gid, plan.devices, plan.shm_size, plan.host_shm)
     for source, target in plan.device_nodes:
         _mount_device(root, source, target)
 
@@ -234,7 +244,20 @@ def _why(e: OSError) -> str:
     return os.strerror(e.errno).lower() if e.errno else str(e)
 
 
-def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = (), shm_size: int = 64 << 20) -> None:
+def _restrict(path: str) -> None:
+    """Add nosuid, nodev and noexec to the bind mount at PATH, as the container's own /proc
+    and /dev/shm have them.  Its atime flags are kept: the kernel refuses to change them on a
+    mount that came from a more privileged namespace."""
+    st = os.statvfs(path)
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if st.f_flag & os.ST_RDONLY else 0)
+    for bit, flag in ((os.ST_NOATIME, 1024), (os.ST_NODIRATIME, 2048), (os.ST_RELATIME, 1 << 21)):
+        if st.f_flag & bit:
+            flags |= flag
+    libc.mount(None, path, None, flags)
+
+
+def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = (), shm_size: int = 64 << 20,
+               host_shm: bool = False) -> None:
     dev = _inside(root, "/dev")
     _ensure(root, dev, "dir")
     libc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | libc.MS_STRICTATIME, "mode=755,size=65536k")
@@ -254,7 +277,11 @@ def _mount_dev(root: str, ptmx_gid: int | None, extra: tuple[str, ...] = (), shm
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     shm = os.path.join(dev, "shm")
     os.mkdir(shm, 0o1777)
-    libc.mount("shm", shm, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
+    if host_shm:
+        libc.mount("/dev/shm", shm, None, MS_BIND | MS_REC)
+        _restrict(shm)
+    else:
+        libc.mount("shm", shm, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
     mqueue = os.path.join(dev, "mqueue")
     os.mkdir(mqueue, 0o755)
     try:

@@ -240,6 +240,20 @@ def test_wait_before_start_answers_the_next_exit(api, names):
     assert bad.status_code == 400 and "condition" in bad.json()["message"]
 
 
+def test_host_pid_and_ipc_modes(api, names):
+    """PidMode and IpcMode host, as docker run --pid host --ipc host sends them."""
+    n = names()
+    c = api.http()
+    r = c.post("/containers/create", params={"name": n},
+               json={"Image": "busybox", "Cmd": ["sh", "-c", "test $$ != 1"],
+                     "HostConfig": {"PidMode": "host", "IpcMode": "host"}})
+    assert r.status_code == 201, r.text
+    hc = c.get(f"/containers/{n}/json").json()["HostConfig"]
+    assert (hc["PidMode"], hc["IpcMode"]) == ("host", "host")
+    assert c.post(f"/containers/{n}/start").status_code == 204
+    assert c.post(f"/containers/{n}/wait").json()["StatusCode"] == 0     # the command was not PID 1
+
+
 def test_wait_removed_returns_the_code_of_an_auto_removed_container(api, names):
     n = names()
     c = api.http()
@@ -269,7 +283,8 @@ def test_errors_are_docker_statuses(api, names):
     for hc, words in (({"Devices": [{"PathOnHost": "/dev/kmsg", "PathInContainer": "/dev/kmsg",
                                       "CgroupPermissions": "rwm"}]}, "may not open /dev/kmsg"),
                       ({"DeviceRequests": [{"Driver": "", "Count": 2, "Capabilities": [["gpu"]]}]}, "GPU count"),
-                      ({"PidMode": "host"}, "PidMode"),
+                      ({"PidMode": "container:abc"}, "PidMode"),
+                      ({"IpcMode": "container:abc"}, "IpcMode"),
                       ({"Memory": "lots"}, "Memory"),
                       ({"RestartPolicy": {"Name": "sometimes"}}, "restart"),
                       ({"Binds": ["./relative:/x"]}, "absolute"),
