@@ -38,7 +38,7 @@ from .sandbox.mounts import Bind
 from .image.store import Store
 from .units import parse_size
 
-_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{1,254}")      # a directory name: at most 255 bytes
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"   # Docker (23+) marks anonymous volumes so
 TMPFS_DATA_OPTIONS = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "huge", "mpol")
 _IGNORED_MODES = {"z", "Z", "rprivate", "private", "cached", "delegated", "consistent"}
@@ -61,7 +61,7 @@ def valid_name(name: str) -> bool:
 
 def _check_name(name: str) -> None:
     if not valid_name(name):
-        raise UsageError(f"invalid volume name '{name}': use at least two of [a-zA-Z0-9_.-], "
+        raise UsageError(f"invalid volume name '{name}': use 2 to 255 of [a-zA-Z0-9_.-], "
                          "starting with a letter or digit")
 
 

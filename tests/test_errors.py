@@ -207,3 +207,15 @@ def test_a_failed_mount_is_reported_when_many_start_at_once(rl):
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 125 and "/sys/x" in err, (p.returncode, err)
+
+
+@pytest.mark.both_modes
+@pytest.mark.parametrize("command", [("network", "inspect"), ("network", "rm"), ("volume", "inspect"),
+                                     ("volume", "rm"), ("volume", "create")])
+def test_a_name_too_long_for_a_file_is_not_found_or_invalid(rl, command):
+    """A 300-character name is "no such" (or, to create, an invalid name), not the errno of
+    the file it would be (found by the API fuzz test: GET /networks/<long> was a 500)."""
+    proc = rl(*command, "a" * 300)
+    assert proc.returncode != 0
+    assert "File name too long" not in proc.stderr and "Errno" not in proc.stderr, proc.stderr
+    assert any(w in proc.stderr for w in ("does not exist", "no such volume", "invalid volume name")), proc.stderr

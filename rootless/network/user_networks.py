@@ -33,6 +33,7 @@ from ..sandbox import channel, idmap, libc
 
 SUBNETS = ipaddress.ip_network("10.89.0.0/16")
 HOSTS_MARK = "# rootless networks\n"
+NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")     # a network's name
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Networks:
     def get(self, name: str) -> Network:
         """A network by name, id, or a unique prefix of its id."""
         try:
-            if "/" in name or name.startswith("."):
+            if not NAME.fullmatch(name):          # never a file of ours (a long one: ENAMETOOLONG)
                 raise FileNotFoundError
             with open(self._path(name)) as f:
                 return Network(**json.load(f))
@@ -92,7 +93,7 @@ class Networks:
 
     def create(self, name: str, subnet: str | None = None, internal: bool = False,
                labels: dict | None = None) -> Network:
-        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", name):
+        if not NAME.fullmatch(name):
             raise UsageError(f"invalid network name '{name}': letters, digits, '_', '.', '-'")
         if name in ("pasta", "slirp4netns", "none", "host", "bridge"):
             raise UsageError(f"'{name}' is a network mode, not a name you can create")

@@ -180,6 +180,8 @@ def test_docker_network_prune_with_a_label(api, cleanup):
 def test_network_api_errors(api):
     c = api.http()
     assert c.get("/v1.41/networks/tn-missing").status_code == 404
+    assert c.get("/v1.41/networks/" + "n" * 300).status_code == 404      # not a 500 (ENAMETOOLONG)
+    assert c.get("/v1.41/volumes/" + "v" * 300).status_code == 404
     r = c.post("/v1.41/networks/create", json={"Name": "tn-x", "Driver": "overlay"})
     assert r.status_code == 400 and "bridge" in r.json()["message"]
     r = c.post("/v1.41/networks/create", json={"Name": "tn-x", "EnableIPv6": True})
