@@ -6,7 +6,8 @@
 * Run-time state: ``$XDG_RUNTIME_DIR/rootless``.  Without ``XDG_RUNTIME_DIR`` (su, cron,
   Slurm jobs, ssh without a systemd session) a private ``/tmp/rootless-run-UID`` is used,
   created mode 0700 and refused if someone else owns it or it is open to others: a
-  shared /tmp must not let another user plant or read our state.
+  shared /tmp must not let another user plant or read our state.  Inside a Slurm job step,
+  its subdirectory ``slurm-JOB.STEP``.
 """
 
 from __future__ import annotations
@@ -115,8 +116,17 @@ def runtime_dir() -> str:
     if xdg and _usable_runtime_dir(xdg):
         path = os.path.join(xdg, "rootless")
         os.makedirs(path, mode=0o700, exist_ok=True)
+    else:
+        path = private_tmp_dir(f"/tmp/rootless-run-{os.getuid()}")
+    from .slurm import current
+    step = current()
+    if step is None:
         return path
-    return private_tmp_dir(f"/tmp/rootless-run-{os.getuid()}")
+    # A Slurm job step's own: what it starts there (a squashfs mount, a namespace holder) ends
+    # with it, and no other job's container may come to depend on it (rootless/slurm.py).
+    path = os.path.join(path, f"slurm-{step.name}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
 
 
 def private_tmp_dir(path: str) -> str:

@@ -298,13 +298,63 @@ def test_scancel_leaves_no_process_or_mount(rl, job_env, tmp_path):
         rl("rm", "-f", *names, timeout=60)
 
 
+def _wait_gone(job: str, env: dict[str, str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not slurm("squeue", "-h", "-j", job, "-o", "%T", env=env, timeout=30).stdout.strip():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} still in the queue after {timeout} s")
+
+
+@pytest.mark.skipif(not (shutil.which("mksquashfs") and shutil.which("squashfuse")),
+                    reason="squashfs-tools and squashfuse are not installed")
+def test_squashfs_mount_is_each_jobs_own(rl, job_env, tmp_path):
+    """Two jobs of one user on one node run containers of the same squashfs file; cancelling the
+    first leaves the second's container reading its image (the mount is not shared between
+    jobs: the first job's end would have taken it away)."""
+    sqfs = tmp_path / "bb.sqfs"
+    rl("save", "--format", "squashfs", "busybox", "-o", str(sqfs), check=True, timeout=120)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    rlc = rootless_cmd()
+    jobs = {}
+    for me, body in (("a", "touch /shared/a-up; exec sleep 300"),
+                     ("b", "touch /shared/b-up; i=0; while [ ! -e /shared/go ]; do i=$((i+1)); "
+                           "[ $i -gt 900 ] && exit 7; sleep 0.1; done; cat /bin/busybox > /dev/null && echo b-read-ok")):
+        script = tmp_path / f"{me}.sh"
+        script.write_text(f"#!/bin/sh\nexec {rlc} run --rm --network none -v {shared}:/shared {sqfs} sh -c '{body}'\n")
+        out = slurm("sbatch", "--parsable", "-t", SLURM_TIME, "-o", str(tmp_path / f"{me}.out"), str(script),
+                    env=job_env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        jobs[me] = out.stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not ((shared / "a-up").exists() and (shared / "b-up").exists()):
+            time.sleep(0.2)
+        assert (shared / "a-up").exists() and (shared / "b-up").exists(), \
+            [(tmp_path / f"{m}.out").read_text(errors="replace") for m in "ab" if (tmp_path / f"{m}.out").exists()]
+        assert slurm("scancel", jobs["a"], env=job_env, timeout=30).returncode == 0
+        _wait_gone(jobs["a"], job_env)
+        time.sleep(1)
+        (shared / "go").touch()
+        _wait_gone(jobs["b"], job_env, timeout=90)
+        assert (tmp_path / "b.out").read_text(errors="replace").strip() == "b-read-ok"
+    finally:
+        for j in jobs.values():
+            slurm("scancel", j, env=job_env, timeout=30)
+
+
 def test_memory_limit_of_the_job_applies(job_env):
     """srun --mem: a container that needs more is stopped by the job's memory limit.  Needs a
     cluster that confines memory (ConstrainRAMSpace, cgroup/v2): not the CI host, whose memory
     hierarchy belongs to its supervisor."""
     probe = slurm("srun", "-n1", "--mem=64M", "-t", SLURM_TIME, "sh", "-c",
-                  "p=$(sed -n 's/^0:://p' /proc/self/cgroup); cat /sys/fs/cgroup$p/memory.max 2>/dev/null "
-                  "|| echo none", env=job_env)
+                  # the limit is on the job's or the step's cgroup, above the task's
+                  "p=$(sed -n 's/^0:://p' /proc/self/cgroup); while [ -n \"$p\" ]; do "
+                  "v=$(cat /sys/fs/cgroup$p/memory.max 2>/dev/null); case $v in [0-9]*) echo $v; exit;; esac; "
+                  "p=${p%/*}; done; echo none", env=job_env)
     limit = probe.stdout.strip()
     if probe.returncode != 0 or not limit.isdigit():
         detail = f"memory.max of the job's cgroup v2: {limit}" if probe.returncode == 0 else probe.stderr.strip()[:200]

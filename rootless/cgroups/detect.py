@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 from dataclasses import dataclass, field
 
+from .. import slurm
 from . import files
 from .errors import SYSTEMD_FIX, CgroupError, v1_fix
 from .limits import STANDARD, Limits
@@ -144,26 +144,10 @@ def _place(mount: Mount, cur: str) -> tuple[str | None, str]:
                   f"({usable(cur, mount.version)})")
 
 
-# The cgroup slurmstepd puts a job's processes in: cgroup/v1 <hierarchy>/slurm[_NODE]/uid_U/job_J/step_S,
-# cgroup/v2 .../slurmstepd.scope/job_J/step_S/user/task_T.
-_SLURM_CGROUP = re.compile(r"/slurm[^/]*/uid_\d+/job_(\d+)(?:/|$)|/slurmstepd\.scope/job_(\d+)(?:/|$)")
-
-
 def slurm_job(cgroup_file: str = "/proc/self/cgroup", environ: dict[str, str] | None = None) -> str | None:
-    """The id of the Slurm job this process runs in on its node, or None.
-
-    Its cgroups say so when Slurm tracks jobs with cgroups (proctrack/cgroup, task/cgroup).
-    Otherwise SLURM_JOB_ID together with SLURMD_NODENAME, which slurmstepd sets for a batch
-    script and a step's tasks (salloc's shell on a login node has SLURM_JOB_ID only: it is not
-    in the job)."""
-    for _ctrls, path in own_cgroups(cgroup_file):
-        m = _SLURM_CGROUP.search(path)
-        if m:
-            return m.group(1) or m.group(2)
-    env = os.environ if environ is None else environ
-    if env.get("SLURM_JOB_ID") and env.get("SLURMD_NODENAME"):
-        return env["SLURM_JOB_ID"]
-    return None
+    """The id of the Slurm job this process runs in on its node (rootless.slurm.current), or None."""
+    step = slurm.current(cgroup_file, environ)
+    return step.job if step else None
 
 
 def default_parent() -> str | None:
