@@ -86,6 +86,22 @@ def test_slurm_job_detected_from_cgroup_and_environment(tmp_path):
     assert slurm_job(str(f), {"SLURM_JOB_ID": "9", "SLURMD_NODENAME": "n1"}) == "9"
 
 
+def test_env_host_order(rl, busybox_tar):
+    """--env-host (no Slurm needed): the caller's environment over the image's ENV, under -e;
+    PATH, TMPDIR and the engine's ROOTLESS_* stay out."""
+    rl("import", "-c", "ENV IMG=image HOSTV=image", str(busybox_tar), "envhost-img", check=True)
+    try:
+        out = rl("run", "--rm", "--env-host", "-e", "FLAG=flag", "envhost-img", "sh", "-c",
+                 'echo "$IMG $HOSTV $FLAG $PATH ${TMPDIR-none} ${ROOTLESS_ROOT-none}"',
+                 env={"HOSTV": "host", "FLAG": "host", "PATH": "/host/bin:" + os.environ["PATH"],
+                      "TMPDIR": "/host/tmp"})
+        assert out.returncode == 0, out.stderr
+        default_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        assert out.stdout.split() == ["image", "host", "flag", default_path, "none", "none"]
+    finally:
+        rl("rmi", "envhost-img")
+
+
 def test_srun_two_tasks_each_run_a_container(job_env):
     out = slurm("srun", "-n2", "-t", SLURM_TIME, "sh", "-c",
                 f'test -z "$XDG_RUNTIME_DIR" || exit 9; exec {rootless_cmd()} run --rm busybox hostname',
@@ -98,7 +114,8 @@ def test_srun_two_tasks_each_run_a_container(job_env):
 
 def test_env_host_passes_slurm_environment(job_env):
     out = slurm("srun", "-n2", "-t", SLURM_TIME, *rootless_cmd().split(), "run", "--rm", "--env-host", "busybox",
-                "sh", "-c", 'echo "$SLURM_JOB_ID $SLURM_PROCID $SLURM_NTASKS ${XDG_RUNTIME_DIR-unset} ${ROOTLESS_ROOT-unset}"',
+                "sh", "-c",
+                'echo "$SLURM_JOB_ID $SLURM_PROCID $SLURM_NTASKS ${XDG_RUNTIME_DIR-unset} ${ROOTLESS_ROOT-unset}"',
                 env=job_env)
     assert out.returncode == 0, out.stderr
     lines = sorted(out.stdout.splitlines())
@@ -139,6 +156,11 @@ def _job_cgroup(pid: int) -> dict[str, str]:
     return out
 
 
+def _parse_cgroups(text: str) -> dict[str, str]:
+    """/proc/PID/cgroup's lines: controllers -> path."""
+    return dict(line.split(":", 2)[1:] for line in text.splitlines() if line.count(":") >= 2)
+
+
 def test_container_stays_in_the_job_step_cgroup_and_cpuset(job_env):
     """-c1 gives the step one core (task/cgroup, ConstrainCores): the container sees the same one,
     and its process is in the step's own cgroups, even with ROOTLESS_CGROUP_PARENT naming
@@ -162,8 +184,7 @@ def test_container_stays_in_the_job_step_cgroup_and_cpuset(job_env):
     assert step_cpus.startswith("Cpus_allowed_list:") and container_cpus == step_cpus, out.stdout
     assert nproc == "1", out.stdout
     _, step_cg, container_cg = out.stdout.split("---\n")
-    parse = lambda text: dict(line.split(":", 2)[1:] for line in text.splitlines() if line.count(":") >= 2)  # noqa: E731
-    step, cont = parse(step_cg), parse(container_cg)
+    step, cont = _parse_cgroups(step_cg), _parse_cgroups(container_cg)
     in_job = {k: v for k, v in step.items() if re.search(r"/job_\d+/step_", v)}
     assert in_job, f"the step is in no Slurm cgroup: {step}"
     for ctrls, path in in_job.items():
@@ -322,7 +343,8 @@ def test_squashfs_mount_is_each_jobs_own(rl, job_env, tmp_path):
     jobs = {}
     for me, body in (("a", "touch /shared/a-up; exec sleep 300"),
                      ("b", "touch /shared/b-up; i=0; while [ ! -e /shared/go ]; do i=$((i+1)); "
-                           "[ $i -gt 900 ] && exit 7; sleep 0.1; done; cat /bin/busybox > /dev/null && echo b-read-ok")):
+                           "[ $i -gt 900 ] && exit 7; sleep 0.1; done; "
+                           "cat /bin/busybox > /dev/null && echo b-read-ok")):
         script = tmp_path / f"{me}.sh"
         script.write_text(f"#!/bin/sh\nexec {rlc} run --rm --network none -v {shared}:/shared {sqfs} sh -c '{body}'\n")
         out = slurm("sbatch", "--parsable", "-t", SLURM_TIME, "-o", str(tmp_path / f"{me}.out"), str(script),

@@ -18,4 +18,5 @@ from .errors import CgroupError, LimitUnavailable
 from .limits import Limits, parse_bytes, parse_cpus, parse_cpuset, shares_to_weight
 
 __all__ = ["ENV", "CgroupError", "ContainerCgroup", "Hierarchy", "LimitUnavailable", "Limits", "Setup",
-           "attach", "default_parent", "detect", "parse_bytes", "parse_cpus", "parse_cpuset", "shares_to_weight", "slurm_job"]
+           "attach", "default_parent", "detect", "parse_bytes", "parse_cpus", "parse_cpuset", "shares_to_weight",
+           "slurm_job"]

@@ -32,7 +32,7 @@ def ensure(run_dir: str) -> str | None:
     it would hold one job's FUSE daemons and monitors outside that job's cgroup (scancel would
     leave them running), or, started by a job, in it (its end would kill another job's).  The
     caller then starts them itself, in the job step's cgroup (docs/hpc.md)."""
-    from .. import cgroups
-    if cgroups.slurm_job() is not None:
+    from ..slurm import current
+    if current() is not None:
         return None
     return forkserver.ensure(run_dir, PRELOAD, ENTRIES)
