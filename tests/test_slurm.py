@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from rootless.cgroups import slurm_job
+from tests.conftest import stop_background
 
 pytestmark = pytest.mark.both_modes
 
@@ -275,11 +277,13 @@ def test_scancel_leaves_no_process_or_mount(rl, job_env, tmp_path):
     script.write_text("#!/bin/sh\n"
                       f"{rlc} run -d --name {names[0]} busybox sleep 300 || exit 3\n"
                       f"exec {rlc} run --rm --name {names[1]} busybox sleep 300\n")
-    # The job shares the session's run-time directory, where a container run outside any job has
-    # left the per-user fork server running: the job must not hand its FUSE daemons or monitors
-    # to it (they would be outside the job's cgroup, and survive scancel).
-    env = {**job_env, "XDG_RUNTIME_DIR": rl.env["XDG_RUNTIME_DIR"]}
-    rl("run", "--rm", "busybox", "true", check=True)
+    # The job shares a run-time directory where a container run outside any job has left the
+    # per-user fork server running: the job must not hand its FUSE daemons or monitors to it
+    # (they would be outside the job's cgroup, and survive scancel).  A short path: sockets
+    # below it hold 108 bytes.
+    run = Path(tempfile.mkdtemp(prefix="rl-slurm-", dir="/tmp"))
+    env = {**job_env, "XDG_RUNTIME_DIR": str(run)}
+    rl("run", "--rm", "busybox", "true", check=True, env={"XDG_RUNTIME_DIR": str(run)})
     before = _my_processes()
     out = slurm("sbatch", "--parsable", "-t", SLURM_TIME, "-o", str(tmp_path / "out.txt"), str(script),
                 env=env, cwd=tmp_path)
@@ -317,6 +321,8 @@ def test_scancel_leaves_no_process_or_mount(rl, job_env, tmp_path):
     finally:
         slurm("scancel", job, env=job_env, timeout=30)
         rl("rm", "-f", *names, timeout=60)
+        stop_background(run)
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def _wait_gone(job: str, env: dict[str, str], timeout: float = 60) -> None:
@@ -368,8 +374,9 @@ def test_squashfs_mount_is_each_jobs_own(rl, job_env, tmp_path):
             slurm("scancel", j, env=job_env, timeout=30)
 
 
+@pytest.mark.vm
 def test_memory_limit_of_the_job_applies(job_env):
-    """srun --mem: a container that needs more is stopped by the job's memory limit.  Needs a
+    """srun --mem: a container that needs more is killed by the job's memory limit.  Needs a
     cluster that confines memory (ConstrainRAMSpace, cgroup/v2): not the CI host, whose memory
     hierarchy belongs to its supervisor."""
     probe = slurm("srun", "-n1", "--mem=64M", "-t", SLURM_TIME, "sh", "-c",
@@ -381,9 +388,10 @@ def test_memory_limit_of_the_job_applies(job_env):
     if probe.returncode != 0 or not limit.isdigit():
         detail = f"memory.max of the job's cgroup v2: {limit}" if probe.returncode == 0 else probe.stderr.strip()[:200]
         pytest.skip(f"Slurm confines no memory on this cluster ({detail})")
+    # dd's one block is a buffer of that size, filled: 16 MB fit in the job's 64 MB, 400 MB do not
     ok = slurm("srun", "-n1", "--mem=64M", "-t", SLURM_TIME, *rootless_cmd().split(), "run", "--rm", "busybox",
-               "sh", "-c", "head -c 16m /dev/zero | tail -c 1 > /dev/null && echo fits", env=job_env)
-    assert ok.returncode == 0 and ok.stdout.strip() == "fits", (ok.stdout, ok.stderr)
+               "sh", "-c", "dd if=/dev/zero of=/dev/null bs=16M count=1 2>/dev/null && echo fits", env=job_env)
+    assert ok.returncode == 0 and ok.stdout.strip() == "fits", (limit, ok.stdout, ok.stderr)
     big = slurm("srun", "-n1", "--mem=64M", "-t", SLURM_TIME, *rootless_cmd().split(), "run", "--rm", "busybox",
-                "sh", "-c", "head -c 400m /dev/zero | tail -c 1 > /dev/null && echo fits", env=job_env)
-    assert big.returncode != 0 and "fits" not in big.stdout, (big.stdout, big.stderr)
+                "sh", "-c", "dd if=/dev/zero of=/dev/null bs=400M count=1 2>/dev/null && echo fits", env=job_env)
+    assert big.returncode != 0 and "fits" not in big.stdout, (limit, big.stdout, big.stderr)
