@@ -386,7 +386,8 @@ def test_memory_limit_of_the_job_applies(job_env):
                   "p=${p%/*}; done; echo none", env=job_env)
     limit = probe.stdout.strip()
     if probe.returncode != 0 or not limit.isdigit():
-        detail = f"memory.max of the job's cgroup v2: {limit}" if probe.returncode == 0 else probe.stderr.strip()[:200]
+        detail = (f"no memory.max in the job's cgroup v2: {limit}" if probe.returncode == 0
+                  else "srun --mem refused: " + (probe.stderr.strip().splitlines() or ["?"])[0][:200])
         pytest.skip(f"Slurm confines no memory on this cluster ({detail})")
     # dd's one block is a buffer of that size, filled: 16 MB fit in the job's 64 MB, 400 MB do not
     ok = slurm("srun", "-n1", "--mem=64M", "-t", SLURM_TIME, *rootless_cmd().split(), "run", "--rm", "busybox",
