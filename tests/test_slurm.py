@@ -163,6 +163,7 @@ def _parse_cgroups(text: str) -> dict[str, str]:
     return dict(line.split(":", 2)[1:] for line in text.splitlines() if line.count(":") >= 2)
 
 
+@pytest.mark.vm      # and on cgroup v2, where the step's cgroup is .../slurmstepd.scope/job_J/step_S/...
 def test_container_stays_in_the_job_step_cgroup_and_cpuset(job_env):
     """-c1 gives the step one core (task/cgroup, ConstrainCores): the container sees the same one,
     and its process is in the step's own cgroups, even with ROOTLESS_CGROUP_PARENT naming
