@@ -23,6 +23,7 @@ _CGROUP = re.compile(r"/(?:slurm[^/]*/uid_\d+|slurmstepd\.scope)/job_(\d+)(?:/st
 class Step:
     job: str       # SLURM_JOB_ID
     step: str      # 0, 1, ... or batch, extern, interactive
+    tracked: bool = True   # found from its cgroup (every process of the job carries it)
 
     @property
     def name(self) -> str:
@@ -48,5 +49,32 @@ def current(cgroup_file: str = "/proc/self/cgroup", environ: dict[str, str] | No
     env = os.environ if environ is None else environ
     job = env.get("SLURM_JOB_ID") or ""
     if job.isdigit() and env.get("SLURMD_NODENAME"):
-        return Step(job, env.get("SLURM_STEP_ID") or "batch")
+        return Step(job, env.get("SLURM_STEP_ID") or "batch", tracked=False)
     return None
+
+
+def live_jobs(proc: str = "/proc") -> set[str]:
+    """The jobs some process on this node is in, by the processes' cgroups (readable by all)."""
+    jobs = set()
+    for pid in os.listdir(proc):
+        if pid.isdigit():
+            try:
+                with open(os.path.join(proc, pid, "cgroup")) as f:
+                    jobs.update(m.group(1) for m in _CGROUP.finditer(f.read()))
+            except OSError:
+                pass            # gone meanwhile
+    return jobs
+
+
+def sweep(base: str, live: set[str]) -> None:
+    """Remove the run-time directories (``base``/slurm-JOB.STEP) of jobs no longer on this node:
+    what they hold (exit notes, pid files, an unmounted squashfs mount point) ended with them."""
+    import shutil
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(r"slurm-(\d+)\.[^/]+", name)
+        if m and m.group(1) not in live:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)

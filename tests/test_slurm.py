@@ -88,6 +88,20 @@ def test_slurm_job_detected_from_cgroup_and_environment(tmp_path):
     assert slurm_job(str(f), {"SLURM_JOB_ID": "9", "SLURMD_NODENAME": "n1"}) == "9"
 
 
+def test_sweep_keeps_only_live_jobs_directories(tmp_path):
+    from rootless import slurm
+    """A step's run-time directory goes once its job has left the node; nothing else is touched."""
+    from rootless import slurm
+    for name in ("slurm-5.0", "slurm-5.batch", "slurm-6.1", "slurm-7.0", "exits"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "slurm-6.1" / "sqfs" / "k").mkdir(parents=True)
+    (tmp_path / "forkserver.log").write_text("")
+    slurm.sweep(str(tmp_path), {"5", "7"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exits", "forkserver.log", "slurm-5.0", "slurm-5.batch",
+                                                         "slurm-7.0"]
+    assert isinstance(slurm.live_jobs(), set)        # every process's cgroup read without failing
+
+
 def test_env_host_order(rl, busybox_tar):
     """--env-host (no Slurm needed): the caller's environment over the image's ENV, under -e;
     PATH, TMPDIR and the engine's ROOTLESS_* stay out."""
