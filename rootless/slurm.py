@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 # The cgroup slurmstepd puts a step's processes in: cgroup/v1 <hierarchy>/slurm[_NODE]/uid_U/job_J/step_S,
 # cgroup/v2 .../slurmstepd.scope/job_J/step_S/user/task_T.
-_CGROUP = re.compile(r"/(?:slurm[^/]*/uid_\d+|slurmstepd\.scope)/job_(\d+)(?:/step_([^/]+))?(?:/|$)")
+_CGROUP = re.compile(r"/(?:slurm[^/\n]*/uid_\d+|slurmstepd\.scope)/job_(\d+)(?:/step_([^/\n]+))?(?:/|$)", re.M)
 
 
 @dataclass(frozen=True)

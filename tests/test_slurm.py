@@ -100,6 +100,15 @@ def test_sweep_keeps_only_live_jobs_directories(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exits", "forkserver.log", "slurm-5.0", "slurm-5.batch",
                                                          "slurm-7.0"]
     assert isinstance(slurm.live_jobs(), set)        # every process's cgroup read without failing
+    proc = tmp_path / "proc"
+    v1 = "6:freezer:/slurm_n1/uid_1001/job_4/step_batch\n3:cpuset:/slurm_n1/uid_1001/job_4\n0::/\n"
+    for pid, text in (("10", v1),
+                      ("11", "0::/system.slice/slurmstepd.scope/job_9/step_0/user/task_0\n"),
+                      ("12", "0::/user.slice/user-1001.slice/session-2.scope\n")):
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "cgroup").write_text(text)
+    (proc / "self").mkdir()
+    assert slurm.live_jobs(str(proc)) == {"4", "9"}
 
 
 def test_env_host_order(rl, busybox_tar):
