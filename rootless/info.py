@@ -56,7 +56,7 @@ def _storage_driver() -> dict[str, Any]:
 def _cgroups() -> dict[str, Any]:
     from . import cgroups
     try:
-        setup = cgroups.detect(os.environ.get(cgroups.ENV))
+        setup = cgroups.detect(cgroups.default_parent())
     except Exception as e:  # noqa: BLE001 - a report, not a start: say what failed
         return {"Error": str(e)}
     return {"Kind": setup.kind, "Parents": [h.parent for h in setup.hierarchies],

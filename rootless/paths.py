@@ -6,7 +6,9 @@
 * Run-time state: ``$XDG_RUNTIME_DIR/rootless``.  Without ``XDG_RUNTIME_DIR`` (su, cron,
   Slurm jobs, ssh without a systemd session) a private ``/tmp/rootless-run-UID`` is used,
   created mode 0700 and refused if someone else owns it or it is open to others: a
-  shared /tmp must not let another user plant or read our state.
+  shared /tmp must not let another user plant or read our state.  Inside a Slurm job step,
+  its subdirectory ``slurm-JOB.STEP`` (rootless/slurm.py; those of jobs gone from the node are
+  swept when a step makes its own).
 """
 
 from __future__ import annotations
@@ -115,8 +117,23 @@ def runtime_dir() -> str:
     if xdg and _usable_runtime_dir(xdg):
         path = os.path.join(xdg, "rootless")
         os.makedirs(path, mode=0o700, exist_ok=True)
+    else:
+        path = private_tmp_dir(f"/tmp/rootless-run-{os.getuid()}")
+    from . import slurm
+    step = slurm.current()
+    if step is None:
         return path
-    return private_tmp_dir(f"/tmp/rootless-run-{os.getuid()}")
+    # A Slurm job step's own: what it starts there (a squashfs mount, a namespace holder) ends
+    # with it, and no other job's container may come to depend on it (rootless/slurm.py).
+    # The step that makes its directory removes those of jobs that have left the node.
+    base, path = path, os.path.join(path, f"slurm-{step.name}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return path
+    if step.tracked:
+        slurm.sweep(base, slurm.live_jobs() | {step.job})
+    return path
 
 
 def private_tmp_dir(path: str) -> str:

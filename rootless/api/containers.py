@@ -372,7 +372,7 @@ def run_options(body: dict, name: str | None, store_root: str):
         sysctl=[f"{k}={v}" for k, v in _obj(hc.get("Sysctls"), "Sysctls").items()],
         group_add=_strings(hc.get("GroupAdd"), "GroupAdd"),
         log_driver=log.get("Type") or None, log_opt=[f"{k}={v}" for k, v in _obj(log.get("Config"), "Config").items()],
-        cgroup_parent=hc.get("CgroupParent") or os.environ.get("ROOTLESS_CGROUP_PARENT") or None,
+        cgroup_parent=hc.get("CgroupParent") or None,   # else cgroups.default_parent(), in run.plan
         storage_driver=os.environ.get("ROOTLESS_STORAGE_DRIVER") or "auto",
         **_healthcheck(cfg.get("Healthcheck")))
     exposed = list(_obj(cfg.get("ExposedPorts"), "ExposedPorts"))

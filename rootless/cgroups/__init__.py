@@ -13,9 +13,10 @@ naming the controller or file and how an administrator delegates it.  See docs/c
 from __future__ import annotations
 
 from .cgroup import ContainerCgroup, attach
-from .detect import ENV, Hierarchy, Setup, detect
+from .detect import ENV, Hierarchy, Setup, default_parent, detect, slurm_job
 from .errors import CgroupError, LimitUnavailable
 from .limits import Limits, parse_bytes, parse_cpus, parse_cpuset, shares_to_weight
 
 __all__ = ["ENV", "CgroupError", "ContainerCgroup", "Hierarchy", "LimitUnavailable", "Limits", "Setup",
-           "attach", "detect", "parse_bytes", "parse_cpus", "parse_cpuset", "shares_to_weight"]
+           "attach", "default_parent", "detect", "parse_bytes", "parse_cpus", "parse_cpuset", "shares_to_weight",
+           "slurm_job"]

@@ -9,6 +9,12 @@ is yours, containers go below C.  On cgroup v2 a cgroup may hand controllers to 
 internal processes" rule), so controllers are offered only when P's cgroup.procs is empty or
 they are already enabled in P; otherwise a limit is refused with that reason.  That is why
 containers are siblings of C rather than children of C: C holds rootless itself.
+
+Inside a Slurm job (``slurm_job()``) there is no walk: containers stay in the job step's own
+cgroup, where Slurm's limits apply and its process tracking (proctrack/cgroup reads the step's
+own cgroup.procs, not its children's) finds them, so ``scancel`` ends them.  Only an explicit
+``--cgroup-parent`` moves them; ``$ROOTLESS_CGROUP_PARENT`` is ignored there (Slurm copies the
+submitting shell's environment into the job: it names the login node's cgroups).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import pwd
 from dataclasses import dataclass, field
 
+from .. import slurm
 from . import files
 from .errors import SYSTEMD_FIX, CgroupError, v1_fix
 from .limits import STANDARD, Limits
@@ -43,6 +50,7 @@ class Setup:
     kind: str                                     # "v2", "v1" or "none"
     hierarchies: list[Hierarchy] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)   # controller -> why it cannot be used
+    slurm_job: str | None = None                  # containers stay in this Slurm job's cgroup
 
     @property
     def available_controllers(self) -> frozenset[str]:
@@ -52,7 +60,11 @@ class Setup:
     def why_not(self) -> str:
         """Why some of the standard controllers (or all cgroups) cannot be used; "" if none missing."""
         parts = [f"{c}: {self.reasons[c]}" for c in STANDARD if c in self.reasons]
-        if self.kind == "none":
+        if self.slurm_job:
+            parts.insert(0, f"this runs in Slurm job {self.slurm_job}, so containers stay in the job's cgroup "
+                         "(Slurm limits and tracks them there) and rootless enforces no limit of its own: ask "
+                         "Slurm for resources (srun/sbatch --mem, --cpus-per-task), or give --cgroup-parent")
+        elif self.kind == "none":
             parts.insert(0, "no cgroup is delegated to you, so containers share your cgroup and no "
                          "limit can be enforced")
         return "; ".join(parts)
@@ -132,6 +144,19 @@ def _place(mount: Mount, cur: str) -> tuple[str | None, str]:
                   f"({usable(cur, mount.version)})")
 
 
+def slurm_job(cgroup_file: str = "/proc/self/cgroup", environ: dict[str, str] | None = None) -> str | None:
+    """The id of the Slurm job this process runs in on its node (rootless.slurm.current), or None."""
+    step = slurm.current(cgroup_file, environ)
+    return step.job if step else None
+
+
+def default_parent() -> str | None:
+    """The cgroup parent when none is given on the command line: $ROOTLESS_CGROUP_PARENT, but not
+    inside a Slurm job (there it is the submitting shell's, copied in by Slurm)."""
+    value = os.environ.get(ENV) or None
+    return None if value is None or slurm_job() else value
+
+
 def detect(parent: str | None = None) -> Setup:
     """Find the hierarchies to use: ``parent`` (the engine's --cgroup-parent or $ROOTLESS_CGROUP_PARENT,
     directories separated by ':', one per hierarchy) or, without it, the placement rule above."""
@@ -156,6 +181,8 @@ def detect(parent: str | None = None) -> Setup:
         for m in mounts:
             if all(m != c[0] for c in chosen):
                 not_delegated[m] = f"no directory of the cgroup parent ({parent}) is in it"
+    elif (job := slurm_job()) is not None:
+        return _build(mounts, [], {}, job)
     else:
         for ctrls, path in own_cgroups():
             m = mount_for(mounts, ctrls)
@@ -176,8 +203,14 @@ def _first(m: Mount) -> str:
     return sorted(m.controllers)[0] if m.controllers else "unified"
 
 
-def _build(mounts: list[Mount], chosen: list[tuple[Mount, str]], not_delegated: dict[Mount, str]) -> Setup:
-    setup = Setup(kind="none")
+def _build(mounts: list[Mount], chosen: list[tuple[Mount, str]], not_delegated: dict[Mount, str],
+           slurm: str | None = None) -> Setup:
+    setup = Setup(kind="none", slurm_job=slurm)
+    if slurm is not None:
+        for c in STANDARD:
+            setup.reasons[c] = (f"containers stay in the cgroup of Slurm job {slurm} (ask Slurm for resources: "
+                                "srun/sbatch --mem, --cpus-per-task; or give --cgroup-parent)")
+        return setup
     user = _user()
     v2_root = next((m for m in mounts if m.version == 2), None)
     v2_ctrls = set((files.read(os.path.join(v2_root.mountpoint, "cgroup.controllers")) or "").split()) \

@@ -91,7 +91,7 @@ def _container_flags(command):
         click.option("-c", "--cpu-shares", metavar="N", help="CPU shares (relative weight, default 1024)."),
         click.option("--pids-limit", metavar="N", help="Maximum number of processes (-1: unlimited)."),
         click.option("--cpuset-cpus", metavar="LIST", help="CPUs the container may use (e.g. 0-1, 0,2)."),
-        click.option("--cgroup-parent", metavar="DIRS", envvar="ROOTLESS_CGROUP_PARENT",
+        click.option("--cgroup-parent", metavar="DIRS",
                      help="Delegated cgroup directories to create containers in (colon-separated, "
                            "one per hierarchy)."),
         click.option("--storage-driver", default="auto", envvar="ROOTLESS_STORAGE_DRIVER", show_default=True,
@@ -122,6 +122,9 @@ def _container_flags(command):
                           "namespaces, keep-id, the launcher's variables and session directory (docs/hpc.md)."),
         click.option("--pid", metavar="host", help="host: share the host's PID namespace (and its /proc)."),
         click.option("--ipc", metavar="host", help="host: share the host's IPC namespace and /dev/shm."),
+        click.option("--env-host", is_flag=True,
+                     help="Pass your environment (under Slurm: SLURM_*), over the image's ENV and under -e; "
+                          "not PATH, LD_*, TMPDIR, XDG_RUNTIME_DIR, ROOTLESS_* (docs/hpc.md)."),
         click.option("--init", is_flag=True,
                      help="Run a small init (catatonit or tini-static from the host) as PID 1: it reaps "
                           "zombies and forwards signals."),

@@ -509,7 +509,7 @@ def update(store: Store, key: str, changes: dict[str, str]) -> Record:
                                   cpus=merged.get("cpus"), cpu_shares=merged.get("cpu_shares"),
                                   pids=merged.get("pids_limit"), cpuset_cpus=merged.get("cpuset_cpus"))
     if running(rec) and any(k != "restart" for k in changes):
-        setup = cgroups.detect(merged.get("cgroup_parent") or os.environ.get(cgroups.ENV))
+        setup = cgroups.detect(merged.get("cgroup_parent") or cgroups.default_parent())
         setup.check(limits)
         if not rec.cgroup_paths:
             raise RootlessError(f"container {rec.name} runs without a cgroup: its limits cannot change until "

@@ -88,6 +88,7 @@ class RunOptions:
     pid: str | None = None                               # --pid host: the host's PID namespace
     ipc: str | None = None                               # --ipc host: the host's IPC namespace, /dev/shm
     host_env: list[str] = field(default_factory=list)    # KEY=VALUE passed by --as-me, below the image's
+    env_host: bool = False                               # --env-host: expanded by plan() into env
     expose: list[str] = field(default_factory=list)     # PORT[/PROTO] exposed without publishing (inspect)
     stop_timeout: int | None = None                      # seconds 'stop' waits by default (Docker's --stop-timeout)
 
@@ -272,6 +273,11 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
         _expand_as_me(opts, maps.single)
     from .runflags import namespace_mode
     opts.pid, opts.ipc = namespace_mode("--pid", opts.pid), namespace_mode("--ipc", opts.ipc)
+    if opts.env_host:
+        # as Podman: over the image's ENV, under -e (which follows); kept in the record as -e is
+        from .runflags import host_environment
+        opts.env = host_environment() + list(opts.env)
+        opts.env_host = False
     if opts.userns not in ("", "host-range", "keep-id"):
         raise UsageError(f"unknown --userns '{opts.userns}': use keep-id (or leave it out)")
     if opts.userns == "keep-id":
@@ -380,7 +386,7 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
         check_available(net.ports)
     run_base = paths.runtime_dir()  # fail early, with the fix, if the run-time directory is unusable
     from .. import cgroups
-    cg_setup = cgroups.detect(opts.cgroup_parent or os.environ.get(cgroups.ENV))
+    cg_setup = cgroups.detect(opts.cgroup_parent or cgroups.default_parent())
     limits = cgroups.Limits.parse(memory=opts.memory, memory_swap=opts.memory_swap, cpus=opts.cpus,
                                   cpu_shares=opts.cpu_shares, pids=opts.pids_limit, cpuset_cpus=opts.cpuset_cpus)
     cg_setup.check(limits)  # refuse a limit that cannot be enforced before anything exists

@@ -204,10 +204,16 @@ def as_me(single_uid: bool, environ: dict[str, str] | None = None, cwd: str | No
         volumes.append(f"{home}:{home}")
     if bind_cwd and not (home and (cwd == home or cwd.startswith(home.rstrip("/") + "/"))):
         volumes.append(f"{cwd}:{cwd}")
-    env = [f"{k}={v}" for k, v in environ.items() if k not in AS_ME_NOT_PASSED and k
-           and not k.startswith("ROOTLESS_")]
     return AsMe(volumes=volumes, workdir=cwd, userns="" if single_uid else "keep-id",
-                hostname=socket.gethostname(), env=env)
+                hostname=socket.gethostname(), env=host_environment(environ))
+
+
+def host_environment(environ: dict[str, str] | None = None) -> list[str]:
+    """The caller's environment as KEY=VALUE (--as-me, --env-host: under Slurm, its SLURM_*), but
+    for ``AS_ME_NOT_PASSED`` and the engine's own ROOTLESS_* settings."""
+    environ = os.environ if environ is None else environ
+    return [f"{k}={v}" for k, v in environ.items() if k and k not in AS_ME_NOT_PASSED
+            and not k.startswith("ROOTLESS_")]
 
 
 def namespace_mode(flag: str, value: str | None) -> str:

@@ -26,5 +26,13 @@ ENTRIES = {
 
 
 def ensure(run_dir: str) -> str | None:
-    """The fork server's socket, started with our preload list and entry points (see forkserver.ensure)."""
+    """The fork server's socket, started with our preload list and entry points (see forkserver.ensure).
+
+    None inside a Slurm job: the server is shared by every command of the user on the node, so
+    it would hold one job's FUSE daemons and monitors outside that job's cgroup (scancel would
+    leave them running), or, started by a job, in it (its end would kill another job's).  The
+    caller then starts them itself, in the job step's cgroup (docs/hpc.md)."""
+    from ..slurm import current
+    if current() is not None:
+        return None
     return forkserver.ensure(run_dir, PRELOAD, ENTRIES)
