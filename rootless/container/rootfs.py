@@ -68,6 +68,7 @@ def driver_order(driver: str, single_uid: bool, translated: bool, squashfs: bool
 
 
 READY_TIMEOUT = 30.0
+MOUNT_DATA_MAX = 4096         # mount(2) copies one page of options
 
 
 DRIVER_FILE = "driver"        # in the container's directory: the driver that mounted its root, and why
@@ -202,18 +203,23 @@ class ContainerRootfs:
 
     def _mount_overlay(self) -> None:
         lower, upper, work = self._dirs()
+        options = f"lowerdir={lower},upperdir={upper},workdir={work},userxattr"
         try:
-            libc.mount("overlay", self.target, "overlay", 0,
-                       f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+            libc.mount("overlay", self.target, "overlay", 0, options)
         except OSError as e:
             # What the kernel made in the work dir before it refused (work/work, work/index,
             # empty) goes: the next driver finds the directories as they were.
             for made in ("work", "index"):
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.join(work, made))
+            why = os.strerror(e.errno) if e.errno else str(e)
+            if len(options) >= MOUNT_DATA_MAX:
+                why += (f"; its {len(self.layer_dirs)} layers make the options longer than the "
+                        f"{MOUNT_DATA_MAX} bytes mount(2) takes")
             if self.driver == "auto":
-                raise _Refused(os.strerror(e.errno) if e.errno else str(e)) from None
-            raise
+                raise _Refused(why) from None
+            raise OSError(f"the kernel's overlay refused to mount the container's root ({why}): use "
+                          "--storage-driver auto or fuse-overlay") from None
 
     def _copy(self) -> None:
         """Layer by layer, bottom first, applying each layer's whiteouts as an overlay would.
