@@ -119,10 +119,11 @@ def _many_layers_archive(path, busybox_tar, count: int) -> None:
 
 @needs_range
 def test_a_refused_kernel_mount_falls_back_to_fuse_overlay_and_leaves_nothing(rl, tmp_path, busybox_tar):
-    """mount(2) takes one page of options: with the store's absolute layer paths, enough layers
-    do not fit, the kernel refuses, and auto serves the container with fuse-overlay instead
-    (which gets its options whole), noting why; the kernel's refusal leaves nothing in work/."""
-    per_layer = len(os.path.join(str(rl.root), "layers", "0" * 64)) + 1
+    """mount(2) takes one page of options: the layers named by their 64-digit ids (relative to
+    the store's layers/), enough of them do not fit, the kernel refuses, and auto serves the
+    container with fuse-overlay instead (which gets its options whole), noting why; the
+    kernel's refusal leaves nothing in work/."""
+    per_layer = 65
     archive = tmp_path / "many.tar"
     _many_layers_archive(archive, busybox_tar, 4096 // per_layer + 8)
     assert rl("load", "-i", str(archive)).returncode == 0

@@ -203,9 +203,20 @@ class ContainerRootfs:
 
     def _mount_overlay(self) -> None:
         lower, upper, work = self._dirs()
+        # The layers, by their names relative to the store's layers/ (C's working directory for
+        # the mount): mount(2) takes one page of options, which absolute paths fill at ~30 layers
+        # (short names: ~60), and the container's /proc/mounts shows no host path of the store.
+        here = os.path.dirname(self.layer_dirs[0])
+        relative = all(os.path.dirname(d) == here and ":" not in os.path.basename(d) for d in self.layer_dirs)
+        if relative:
+            lower = ":".join(os.path.basename(d) for d in reversed(self.layer_dirs))
         options = f"lowerdir={lower},upperdir={upper},workdir={work},userxattr"
         try:
-            libc.mount("overlay", self.target, "overlay", 0, options)
+            if relative:
+                with _working_directory(here):
+                    libc.mount("overlay", self.target, "overlay", 0, options)
+            else:
+                libc.mount("overlay", self.target, "overlay", 0, options)
         except OSError as e:
             # What the kernel made in the work dir before it refused (work/work, work/index,
             # empty) goes: the next driver finds the directories as they were.
@@ -273,6 +284,19 @@ class ContainerRootfs:
         """Where a stopped container's own files are: the overlay's upper dir, or the copy."""
         upper = os.path.join(directory, "upper")
         return upper if os.path.isdir(upper) else os.path.join(directory, "rootfs")
+
+
+@contextlib.contextmanager
+def _working_directory(path: str):
+    """``path`` as the working directory, the previous one again after (by an O_PATH fd: it
+    may be a directory this process may not read, or no longer has a name)."""
+    back = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(path)
+        yield
+    finally:
+        os.fchdir(back)
+        os.close(back)
 
 
 def _remove(path: str) -> None:
