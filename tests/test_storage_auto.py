@@ -145,3 +145,13 @@ def test_a_refused_kernel_mount_falls_back_to_fuse_overlay_and_leaves_nothing(rl
     finally:
         rl("rm", "-f", name)
         rl("rmi", "autodrv/many:1")
+
+
+def test_driver_order_per_case():
+    from rootless.container.rootfs import driver_order
+    assert driver_order("auto", False, False, False)[0] == ("overlay", "fuse-overlay", "vfs")
+    for single, translated, squashfs in ((True, False, False), (False, True, False), (False, False, True)):
+        order, why = driver_order("auto", single, translated, squashfs)
+        assert order[0] == "fuse-overlay" and why
+    assert driver_order("fuse-overlay", False, False, False)[0] == ("fuse-overlay",)
+    assert driver_order("overlay", True, False, False)[0] == ("overlay",)
