@@ -64,7 +64,8 @@ def driver_order(driver: str, single_uid: bool, translated: bool, squashfs: bool
                             "container's id map")
     if squashfs:
         return FUSE_FIRST, "a squashfs image: the kernel's overlay does not take its FUSE mount as a lower layer"
-    return KERNEL_FIRST, "the layers were unpacked through the container's id map: the kernel's overlay shows them as they are"
+    return KERNEL_FIRST, ("the layers were unpacked through the container's id map: the kernel's overlay "
+                          "shows them as they are")
 
 
 READY_TIMEOUT = 30.0
