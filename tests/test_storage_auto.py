@@ -139,6 +139,16 @@ def test_a_refused_kernel_mount_falls_back_to_fuse_overlay_and_leaves_nothing(rl
         assert "the kernel refused the overlay mount" in c["GraphDriver"]["Data"]["Why"]
         work = rl.container_dir(name) / "work"
         assert sorted(os.listdir(work)) == ["fuse-overlay.work"]
+        # detached: the fork server was not asked for a daemon (fuse-overlay was not the first
+        # choice), so the container's intermediate process serves it with one of its own
+        bg = f"{name}-d"
+        rl("run", "-d", "--name", bg, "--network", "none", "autodrv/many:1", "sleep", "60", check=True)
+        try:
+            assert rl("exec", bg, "sh", "-c", f"{ROOT_MOUNT}; cat /f1").stdout.split() == [
+                MOUNT_TYPE["fuse-overlay"], "1"]
+            assert _reported(rl, bg) == ("fuse-overlay",) * 3
+        finally:
+            rl("rm", "-f", bg)
         forced = rl("run", "--rm", "--storage-driver", "overlay", "--network", "none", "autodrv/many:1", "true")
         assert forced.returncode == 125 and "the kernel's overlay refused" in forced.stderr, forced.stderr
         assert "mount(2)" in forced.stderr and "fuse-overlay" in forced.stderr
