@@ -40,7 +40,7 @@ def _storage_driver(store_root: str, single: bool) -> dict[str, Any]:
     """Which driver ``--storage-driver auto`` takes here for an ordinary container (and why),
     which cases take fuse-overlay instead, and why drivers are passed over."""
     from .container.rootfs import driver_order
-    from .image.placement import NETWORK_FS, mount_of
+    from .image.placement import mount_of
     exe = os.path.join(os.path.dirname(sys.executable), "fuse-overlay")
     fuse_exe = exe if os.path.exists(exe) else _tool("fuse-overlay")
     reasons = {}
@@ -52,13 +52,11 @@ def _storage_driver(store_root: str, single: bool) -> dict[str, Any]:
     fstype = mount_of(store_root)[0]
     if (major, minor) < (5, 11):
         reasons["overlay"] = f"Linux {major}.{minor} has no overlayfs in user namespaces (5.11+)"
-    elif fstype in NETWORK_FS or fstype == "overlay" or fstype.startswith("fuse"):
-        reasons["overlay"] = f"the store is on {fstype}, which the kernel's overlay does not take as an upper directory"
-    order, why = driver_order("auto", single, False, False)
+    order, why = driver_order("auto", single, False, False, fstype)
     chosen = next(d for d in order if d not in reasons)
     if chosen != order[0]:
         why = f"{order[0]} cannot work here ({reasons[order[0]]})"
-    fuse_for = ["--userns keep-id", "squashfs images"] if not single else ["every container (single-uid mode)"]
+    fuse_for = ["--userns keep-id", "squashfs images"] if order[0] == "overlay" else ["every container"]
     return {"Auto": chosen, "Why": why, "StoreFilesystem": fstype,
             "FuseOverlayFor": fuse_for if "fuse-overlay" not in reasons else [],
             "Unavailable": reasons}

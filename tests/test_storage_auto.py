@@ -165,3 +165,7 @@ def test_driver_order_per_case():
         assert order[0] == "fuse-overlay" and why
     assert driver_order("fuse-overlay", False, False, False)[0] == ("fuse-overlay",)
     assert driver_order("overlay", True, False, False)[0] == ("overlay",)
+    for fstype in ("nfs4", "fuse.sshfs", "overlay", "lustre"):
+        order, why = driver_order("auto", False, False, False, fstype)
+        assert order[0] == "fuse-overlay" and "the store is on" in why
+    assert driver_order("auto", False, False, False, "ext4")[0][0] == "overlay"

@@ -21,7 +21,8 @@ Drivers (``--storage-driver``, or ``ROOTLESS_STORAGE_DRIVER``):
   ``--userns keep-id``, not a squashfs image.  fuse-overlay otherwise: in single-uid mode
   (owners other than root are kept in xattrs only fuse-overlay reads), with keep-id (it shows
   the image's owners through the container's map), for squashfs images (the kernel's overlay
-  does not take a FUSE mount as a lower layer).  The kernel's mount is the probe: when it
+  does not take a FUSE mount as a lower layer), for a store on a network filesystem, FUSE or
+an overlay.  The kernel's mount is the probe: when it
   refuses (an old kernel, a store filesystem it does not take as an upper directory, a
   lowerdir list longer than mount(2)'s page), fuse-overlay serves instead and the reason is
   noted next to the driver (``driver_reason``).
@@ -49,11 +50,25 @@ KERNEL_FIRST = ("overlay", "fuse-overlay", "vfs")
 FUSE_FIRST = ("fuse-overlay", "overlay", "vfs")
 
 
-def driver_order(driver: str, single_uid: bool, translated: bool, squashfs: bool) -> tuple[tuple[str, ...], str]:
+def store_unfit_for_kernel_overlay(fstype: str) -> str:
+    """Why the kernel's overlay is not to take an upper directory on a filesystem of type
+    ``fstype`` (mountinfo's), or "".  It refuses some outright and mounts others with warnings
+    in the kernel log only (NFS: no whiteouts by rename, xattrs as the server allows) — and
+    files then differ from what fuse-overlay shows."""
+    from ..image.placement import NETWORK_FS
+    if fstype in NETWORK_FS or fstype == "overlay" or fstype.startswith("fuse"):
+        return (f"the store is on {NETWORK_FS.get(fstype, fstype)}, which the kernel's overlay does not take "
+                "as an upper directory")
+    return ""
+
+
+def driver_order(driver: str, single_uid: bool, translated: bool, squashfs: bool,
+                 store_fs: str = "") -> tuple[tuple[str, ...], str]:
     """The drivers ``prepare`` tries for one container, in order, and why the first one:
     ``driver`` as asked (``auto`` or one driver); ``single_uid``: no subordinate id range;
     ``translated``: the container's id map is not the one the layers were unpacked through
-    (``--userns keep-id``); ``squashfs``: the lower layer is a squashfuse mount."""
+    (``--userns keep-id``); ``squashfs``: the lower layer is a squashfuse mount; ``store_fs``:
+    the type of the store's filesystem ("": not looked at)."""
     if driver != "auto":
         return (driver,), f"--storage-driver {driver}"
     if single_uid:
@@ -64,6 +79,9 @@ def driver_order(driver: str, single_uid: bool, translated: bool, squashfs: bool
                             "container's id map")
     if squashfs:
         return FUSE_FIRST, "a squashfs image: the kernel's overlay does not take its FUSE mount as a lower layer"
+    unfit = store_unfit_for_kernel_overlay(store_fs)
+    if unfit:
+        return FUSE_FIRST, unfit
     return KERNEL_FIRST, ("the layers were unpacked through the container's id map: the kernel's overlay "
                           "shows them as they are")
 
@@ -129,7 +147,12 @@ class ContainerRootfs:
 
     def prepare(self) -> None:
         _subdir(self.target, 0o755)
-        order, why = driver_order(self.driver, self.single_uid, self.id_translation is not None, self.squashfs)
+        store_fs = ""
+        if self.driver == "auto":
+            from ..image.placement import mount_of
+            store_fs = mount_of(self.directory)[0]
+        order, why = driver_order(self.driver, self.single_uid, self.id_translation is not None, self.squashfs,
+                                  store_fs)
         failed: list[str] = []
         for driver in order:
             try:
