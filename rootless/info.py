@@ -36,9 +36,11 @@ def _tool(name: str) -> str | None:
     return shutil.which(name)
 
 
-def _storage_driver() -> dict[str, Any]:
-    """Which driver ``--storage-driver auto`` takes here, and why the others are passed over."""
-    from .container.rootfs import AUTO_ORDER
+def _storage_driver(store_root: str, single: bool) -> dict[str, Any]:
+    """Which driver ``--storage-driver auto`` takes here for an ordinary container (and why),
+    which cases take fuse-overlay instead, and why drivers are passed over."""
+    from .container.rootfs import driver_order
+    from .image.placement import mount_of
     exe = os.path.join(os.path.dirname(sys.executable), "fuse-overlay")
     fuse_exe = exe if os.path.exists(exe) else _tool("fuse-overlay")
     reasons = {}
@@ -47,10 +49,17 @@ def _storage_driver() -> dict[str, Any]:
     elif not os.access("/dev/fuse", os.R_OK | os.W_OK):
         reasons["fuse-overlay"] = "/dev/fuse is missing or not usable by you"
     major, minor = (int(x) for x in platform.release().split(".")[:2])
+    fstype = mount_of(store_root)[0]
     if (major, minor) < (5, 11):
         reasons["overlay"] = f"Linux {major}.{minor} has no overlayfs in user namespaces (5.11+)"
-    chosen = next(d for d in AUTO_ORDER if d not in reasons)
-    return {"Auto": chosen, "Unavailable": reasons}
+    order, why = driver_order("auto", single, False, False, fstype)
+    chosen = next(d for d in order if d not in reasons)
+    if chosen != order[0]:
+        why = f"{order[0]} cannot work here ({reasons[order[0]]})"
+    fuse_for = ["--userns keep-id", "squashfs images"] if order[0] == "overlay" else ["every container"]
+    return {"Auto": chosen, "Why": why, "StoreFilesystem": fstype,
+            "FuseOverlayFor": fuse_for if "fuse-overlay" not in reasons else [],
+            "Unavailable": reasons}
 
 
 def _cgroups() -> dict[str, Any]:
@@ -83,16 +92,17 @@ def info(store_root: str, versions: bool = True) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         run_dir = f"unusable: {e}"
     from . import __version__
+    ids = _id_maps()
     return {
         **(version() if versions else {"Version": __version__, "Python": platform.python_version(),
                                        "Kernel": platform.release(), "Arch": platform.machine()}),
         "OperatingSystem": _os_release(),
         "User": {"Uid": os.getuid(), "Gid": os.getgid(),
                  "UserNamespaces": forbidden_by_sysctl() or "allowed"},
-        "IdMaps": _id_maps(),
+        "IdMaps": ids,
         "Store": store_root,
         "RunDir": run_dir,
-        "StorageDriver": _storage_driver(),
+        "StorageDriver": _storage_driver(store_root, ids["Mode"] == "single"),
         "Cgroups": _cgroups(),
         "Network": {"Default": network.default_mode(),
                     "Tools": {t: _tool(t) for t in ("slirp4netns", "pasta", "newuidmap", "newgidmap", "ip")}},

@@ -100,8 +100,8 @@ def host_fds(tmp_path):
 @pytest.mark.parametrize("forkserver", ["1", "0"])
 def test_run_passes_only_stdio(rl, host_fds, forkserver):
     fds, target = host_fds
-    proc = rl_with_fds(rl, fds, "run", "--rm", "busybox", "sh", "-c", LIST_FDS,
-                       env={"ROOTLESS_FORKSERVER": forkserver})
+    proc = rl_with_fds(rl, fds, "run", "--rm", "--storage-driver", "fuse-overlay", "busybox", "sh", "-c",
+                       LIST_FDS, env={"ROOTLESS_FORKSERVER": forkserver})   # fuse-overlay: its daemon too
     assert proc.returncode == 0, proc.stderr
     assert fds_seen(proc.stdout) == {0, 1, 2}, proc.stdout
     assert "WROTE" not in proc.stdout and "LISTED" not in proc.stdout
@@ -168,7 +168,8 @@ def test_fork_server_does_not_hold_the_callers_pipe(rl):
     import tempfile
     run_dir = Path(tempfile.mkdtemp(prefix="rl-run-"))      # short: unix socket paths hold 108 bytes
     env = {**rl.env, "XDG_RUNTIME_DIR": str(run_dir), "ROOTLESS_FORKSERVER_IDLE": "600"}
-    cmd = " ".join(ROOTLESS) + " run --rm --network none busybox echo hi"
+    # fuse-overlay: the root's daemon comes from the fork server (auto may take the kernel's overlay)
+    cmd = " ".join(ROOTLESS) + " run --rm --network none --storage-driver fuse-overlay busybox echo hi"
     try:
         proc = subprocess.run(["bash", "-c", f"{{ {cmd}; }} 3>&1 | cat"], capture_output=True, text=True,
                               env=env, timeout=120, stdin=subprocess.DEVNULL)
@@ -180,14 +181,14 @@ def test_fork_server_does_not_hold_the_callers_pipe(rl):
 
 
 def test_a_stuck_client_does_not_stall_the_fork_server(rl):
-    assert rl("run", "--rm", "busybox", "true").returncode == 0       # the server runs
+    assert rl("run", "--rm", "--storage-driver", "fuse-overlay", "busybox", "true").returncode == 0  # the server runs
     sockets = list((Path(rl.env["XDG_RUNTIME_DIR"]) / "rootless").glob("forkserver-*.sock"))
     assert sockets
     stuck = [socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(3)]
     try:
         for s in stuck:
             s.connect(str(sockets[0]))            # and never send a request
-        proc = rl("run", "--rm", "busybox", "echo", "served", timeout=60)
+        proc = rl("run", "--rm", "--storage-driver", "fuse-overlay", "busybox", "echo", "served", timeout=60)
         assert proc.returncode == 0 and proc.stdout.strip() == "served", proc.stderr
         proc = rl("run", "-d", "--rm", "busybox", "true", timeout=60)
         assert proc.returncode == 0, proc.stderr

@@ -128,6 +128,8 @@ def test_create_then_start_finds_the_file(rl, two_layers):
         assert proc.returncode == 0 and proc.stdout == "started bar\n", proc.stderr
         info = json.loads(rl("inspect", name, check=True).stdout)[0]
         assert info["Config"]["Image"] == str(two_layers)
+        assert info["Driver"] == "fuse-overlay"      # auto: the kernel's overlay takes no FUSE lower layer
+        assert any(w in info["GraphDriver"]["Data"]["Why"] for w in ("squashfs", "single-uid"))
     finally:
         rl("rm", "-f", name)
     assert _wait_gone(two_layers) == []

@@ -15,7 +15,17 @@ Drivers (``--storage-driver``, or ``ROOTLESS_STORAGE_DRIVER``):
   are gone.  Without the server, the intermediate process starts ``fuse-overlay -f`` itself,
   with a parent-death signal, and stays until the container ends to unmount and stop it
   (``daemon``).
-* ``auto`` (default): see ``AUTO_ORDER``.
+* ``auto`` (default): per container, the fastest driver that shows the same files
+  (``driver_order``).  The kernel's overlay when nothing needs translating: a subordinate id
+  range (the layers were unpacked through the same id map as the container's), no
+  ``--userns keep-id``, not a squashfs image.  fuse-overlay otherwise: in single-uid mode
+  (owners other than root are kept in xattrs only fuse-overlay reads), with keep-id (it shows
+  the image's owners through the container's map), for squashfs images (the kernel's overlay
+  does not take a FUSE mount as a lower layer), for a store on a network filesystem, FUSE or
+an overlay.  The kernel's mount is the probe: when it
+  refuses (an old kernel, a store filesystem it does not take as an upper directory, a
+  lowerdir list longer than mount(2)'s page), fuse-overlay serves instead and the reason is
+  noted next to the driver (``driver_reason``).
 
 ``prepare`` runs in the intermediate process (see ``sandbox.container``), in the container's
 new mount namespace; ``cleanup`` runs there too when the intermediate process stays (a daemon
@@ -33,32 +43,83 @@ from ..errors import UsageError
 from ..sandbox import libc
 
 DRIVERS = ("auto", "fuse-overlay", "overlay", "vfs")
-# fuse-overlay first: with the per-user server (rootless/container/forkserver.py) a mount costs a fork,
-# and a start takes as long as with the kernel's overlay (scripts/bench); the kernel's overlay
-# when FUSE is not usable here, the copy as the last resort.
-AUTO_ORDER = ("fuse-overlay", "overlay", "vfs")
+# The kernel's overlay first where it shows what fuse-overlay would (scripts/bench: file-system work
+# inside the container at its speed, fuse-overlay's several times slower); fuse-overlay where only it
+# shows the right owners; the copy as the last resort.
+KERNEL_FIRST = ("overlay", "fuse-overlay", "vfs")
+FUSE_FIRST = ("fuse-overlay", "overlay", "vfs")
+
+
+def store_unfit_for_kernel_overlay(fstype: str) -> str:
+    """Why the kernel's overlay is not to take an upper directory on a filesystem of type
+    ``fstype`` (mountinfo's), or "".  It refuses some outright and mounts others with warnings
+    in the kernel log only (NFS: no whiteouts by rename, xattrs as the server allows) — and
+    files then differ from what fuse-overlay shows."""
+    from ..image.placement import NETWORK_FS
+    if fstype in NETWORK_FS or fstype == "overlay" or fstype.startswith("fuse"):
+        return (f"the store is on {NETWORK_FS.get(fstype, fstype)}, which the kernel's overlay does not take "
+                "as an upper directory")
+    return ""
+
+
+def driver_order(driver: str, single_uid: bool, translated: bool, squashfs: bool,
+                 store_fs: str = "") -> tuple[tuple[str, ...], str]:
+    """The drivers ``prepare`` tries for one container, in order, and why the first one:
+    ``driver`` as asked (``auto`` or one driver); ``single_uid``: no subordinate id range;
+    ``translated``: the container's id map is not the one the layers were unpacked through
+    (``--userns keep-id``); ``squashfs``: the lower layer is a squashfuse mount; ``store_fs``:
+    the type of the store's filesystem ("": not looked at)."""
+    if driver != "auto":
+        return (driver,), f"--storage-driver {driver}"
+    if single_uid:
+        return FUSE_FIRST, ("single-uid mode: owners other than root are kept in xattrs, which only "
+                            "fuse-overlay reads")
+    if translated:
+        return FUSE_FIRST, ("--userns keep-id: fuse-overlay shows the image's owners through the "
+                            "container's id map")
+    if squashfs:
+        return FUSE_FIRST, "a squashfs image: the kernel's overlay does not take its FUSE mount as a lower layer"
+    unfit = store_unfit_for_kernel_overlay(store_fs)
+    if unfit:
+        return FUSE_FIRST, unfit
+    return KERNEL_FIRST, ("the layers were unpacked through the container's id map: the kernel's overlay "
+                          "shows them as they are")
+
+
 READY_TIMEOUT = 30.0
+MOUNT_DATA_MAX = 4096         # mount(2) copies one page of options
 
 
-DRIVER_FILE = "driver"        # in the container's directory: the driver that mounted its root
+DRIVER_FILE = "driver"        # in the container's directory: the driver that mounted its root, and why
 
 
-def record_driver(directory: str, driver: str) -> None:
+def record_driver(directory: str, driver: str, why: str = "") -> None:
     """Note which driver serves the container's root (``auto`` decides in the process that
-    mounts it), for inspect and ps."""
+    mounts it), and why (``auto``: why that one, or why the ones before it failed), for
+    inspect and ps."""
     with contextlib.suppress(OSError):       # removed while it started: nothing to note
         with open(os.path.join(directory, DRIVER_FILE), "w") as f:
-            f.write(driver)
+            f.write(f"{driver}\n{why}\n" if why else driver)
+
+
+def _driver_file(directory: str) -> list[str]:
+    try:
+        with open(os.path.join(directory, DRIVER_FILE)) as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
 
 
 def driver_of(directory: str) -> str | None:
     """The driver that mounted the container's root at its last start (None: never started,
     or started by a version that did not note it)."""
-    try:
-        with open(os.path.join(directory, DRIVER_FILE)) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+    lines = _driver_file(directory)
+    return lines[0].strip() or None if lines else None
+
+
+def driver_reason(directory: str) -> str:
+    """Why that driver served at the last start ("" when not noted)."""
+    return " ".join(ln.strip() for ln in _driver_file(directory)[1:]).strip()
 
 
 class ContainerRootfs:
@@ -66,7 +127,7 @@ class ContainerRootfs:
 
     def __init__(self, layer_dirs: list[str], directory: str, driver: str, remove_after: bool,
                  single_uid: bool = False, fuse_server: str | None = None,
-                 id_translation: tuple[str, str] | None = None):
+                 id_translation: tuple[str, str] | None = None, squashfs: bool = False):
         if driver not in DRIVERS:
             raise UsageError(f"unknown storage driver '{driver}': use one of {', '.join(DRIVERS)}")
         self.layer_dirs = layer_dirs            # bottom first
@@ -82,15 +143,24 @@ class ContainerRootfs:
         # (uidmapping, gidmapping) for fuse-overlay when the container's user namespace maps
         # ids otherwise than the one the layers were unpacked in (--userns keep-id)
         self.id_translation = id_translation
+        self.squashfs = squashfs                # the lower layer is a squashfuse mount
 
     def prepare(self) -> None:
         _subdir(self.target, 0o755)
-        order = AUTO_ORDER if self.driver == "auto" else (self.driver,)
+        store_fs = ""
+        if self.driver == "auto":
+            from ..image.placement import mount_of
+            store_fs = mount_of(self.directory)[0]
+        order, why = driver_order(self.driver, self.single_uid, self.id_translation is not None, self.squashfs,
+                                  store_fs)
+        failed: list[str] = []
         for driver in order:
             try:
                 {"fuse-overlay": self._mount_fuse, "overlay": self._mount_overlay, "vfs": self._copy}[driver]()
                 self.used = driver
-                record_driver(self.directory, driver)
+                if self.driver == "auto":
+                    why = "; ".join(failed) + f"; so {driver}" if failed else why
+                record_driver(self.directory, driver, why if self.driver == "auto" else "")
                 if self.id_translation and driver != "fuse-overlay":
                     os.write(2, f"rootless: warning: with --storage-driver {driver}, the image's files show "
                                 "owners shifted by --userns keep-id (root's as yours); fuse-overlay shows "
@@ -99,9 +169,13 @@ class ContainerRootfs:
             except _Unavailable as e:
                 if driver == order[-1]:
                     raise OSError(f"storage driver {driver} cannot work here: {e}") from None
+                failed.append(f"{driver}: {e}")
+            except _Refused as e:         # the kernel's overlay, tried first by auto
+                failed.append(f"the kernel refused the overlay mount ({e})")
             except OSError as e:
                 if driver == order[-1] or e.errno not in (errno.EINVAL, errno.EPERM, errno.ENODEV):
                     raise
+                failed.append(f"{driver}: {e.strerror or e}")
 
     def _dirs(self) -> tuple[str, str, str]:
         upper, work = os.path.join(self.directory, "upper"), os.path.join(self.directory, "work")
@@ -153,8 +227,34 @@ class ContainerRootfs:
 
     def _mount_overlay(self) -> None:
         lower, upper, work = self._dirs()
-        libc.mount("overlay", self.target, "overlay", 0,
-                   f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+        # The layers, by their names relative to the store's layers/ (C's working directory for
+        # the mount): mount(2) takes one page of options, which absolute paths fill at ~30 layers
+        # (short names: ~60), and the container's /proc/mounts shows no host path of the store.
+        here = os.path.dirname(self.layer_dirs[0])
+        relative = all(os.path.dirname(d) == here and ":" not in os.path.basename(d) for d in self.layer_dirs)
+        if relative:
+            lower = ":".join(os.path.basename(d) for d in reversed(self.layer_dirs))
+        options = f"lowerdir={lower},upperdir={upper},workdir={work},userxattr"
+        try:
+            if relative:
+                with _working_directory(here):
+                    libc.mount("overlay", self.target, "overlay", 0, options)
+            else:
+                libc.mount("overlay", self.target, "overlay", 0, options)
+        except OSError as e:
+            # What the kernel made in the work dir before it refused (work/work, work/index,
+            # empty) goes: the next driver finds the directories as they were.
+            for made in ("work", "index"):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(work, made))
+            why = os.strerror(e.errno) if e.errno else str(e)
+            if len(options) >= MOUNT_DATA_MAX:
+                why += (f"; its {len(self.layer_dirs)} layers make the options longer than the "
+                        f"{MOUNT_DATA_MAX} bytes mount(2) takes")
+            if self.driver == "auto":
+                raise _Refused(why) from None
+            raise OSError(f"the kernel's overlay refused to mount the container's root ({why}): use "
+                          "--storage-driver auto or fuse-overlay") from None
 
     def _copy(self) -> None:
         """Layer by layer, bottom first, applying each layer's whiteouts as an overlay would.
@@ -210,6 +310,19 @@ class ContainerRootfs:
         return upper if os.path.isdir(upper) else os.path.join(directory, "rootfs")
 
 
+@contextlib.contextmanager
+def _working_directory(path: str):
+    """``path`` as the working directory, the previous one again after (by an O_PATH fd: it
+    may be a directory this process may not read, or no longer has a name)."""
+    back = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(path)
+        yield
+    finally:
+        os.fchdir(back)
+        os.close(back)
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -222,6 +335,11 @@ def _remove(path: str) -> None:
 
 class _Unavailable(Exception):
     """This driver cannot work on this host; ``auto`` tries the next."""
+
+
+class _Refused(Exception):
+    """The kernel refused ``auto``'s overlay mount, whatever the reason: fuse-overlay serves
+    instead (its options reach it whole, and it takes any local filesystem)."""
 
 
 def _drain(fd: int) -> str:

@@ -657,7 +657,7 @@ class _Starter:
                 raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
                                     "import the image again")
             server = None
-            if _may_use_fuse(opts.storage_driver):
+            if _may_use_fuse(opts.storage_driver, maps, stored, bool(image.squashfs)):
                 from . import services
                 server = services.ensure(run_base)
             layer_dirs = [store.layer_dir(d) for d in image.diff_ids]
@@ -673,7 +673,8 @@ class _Starter:
                                      fuse_server=server,
                                      id_translation=None if maps is stored else (
                                          idmap.translation(stored.uids, maps.uids),
-                                         idmap.translation(stored.gids, maps.gids)))
+                                         idmap.translation(stored.gids, maps.gids)),
+                                     squashfs=bool(image.squashfs))
             spec = container.SandboxSpec(
                 process=container.ProcessSpec(
                     args=_with_init(p.init, p.args),
@@ -1024,9 +1025,11 @@ def _stop(helpers: list, run_dir: str) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _may_use_fuse(driver: str) -> bool:
-    from .rootfs import AUTO_ORDER
-    return driver == "fuse-overlay" or (driver == "auto" and AUTO_ORDER[0] == "fuse-overlay")
+def _may_use_fuse(driver: str, maps: idmap.IdMaps, stored: idmap.IdMaps, squashfs: bool) -> bool:
+    """Whether the root filesystem will most likely be fuse-overlay's (then the fork server is
+    started for it; when auto's kernel overlay is refused, C starts a daemon of its own)."""
+    from .rootfs import driver_order
+    return driver_order(driver, maps.single, maps is not stored, squashfs)[0][0] == "fuse-overlay"
 
 
 def _remove_cgroup(cg, on_warning: Callable[[str], None]) -> None:

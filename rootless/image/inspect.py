@@ -330,8 +330,10 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
         env = list(image_cfg.get("Env") or []) + [e for e in o.get("env") or [] if "=" in e]
     directory = store.container_dir(rec.id)
     upper = os.path.join(directory, "upper")
-    from ..container.rootfs import driver_of, internal_errors
-    driver = driver_of(directory) or ("overlay" if os.path.isdir(upper) else "vfs")
+    from ..container.rootfs import driver_of, driver_reason, internal_errors
+    # never started (or by a version that noted nothing): what it asked for — auto decides at start
+    driver = driver_of(directory) or o.get("storage_driver") or "auto"
+    why = driver_reason(directory)
     errors = internal_errors(directory)
     cmd, entrypoint = _cmd_and_entrypoint(o, image_cfg)
     labels = {**(image_cfg.get("Labels") or {}), **(cfg.get("labels") or {})}
@@ -372,7 +374,8 @@ def container_info(store: Store, rec: Record) -> dict[str, Any]:
         "HostConfig": _host_config(cfg),
         "GraphDriver": {"Name": driver,
                         "Data": {"UpperDir": upper if driver != "vfs" else os.path.join(directory, "rootfs"),
-                                 "MergedDir": os.path.join(directory, "rootfs")}},
+                                 "MergedDir": os.path.join(directory, "rootfs"),
+                                 **({"Why": why} if why else {})}},
         "Mounts": _mounts(store, cfg),
         "Config": {
             "Hostname": cfg.get("hostname") or o.get("hostname") or rec.id[:12],
