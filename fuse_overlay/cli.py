@@ -241,6 +241,8 @@ def run(opts: Options) -> int:
     if not opts.foreground:
         status_fd, _pid = mount.daemonize()
     try:
+        from . import loop
+        loop.import_pyfuse3()        # before fs.py imports it: without trio
         from .fs import Config, OverlayFS
         work = None
         if opts.upper is not None and opts.work is not None and not opts.read_only:

@@ -26,7 +26,6 @@ import stat as stat_mod
 from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
-import trio
 
 from . import copyup, loop, ownership
 from .idmapping import IdMapping
@@ -381,7 +380,7 @@ class OverlayFS(pyfuse3.Operations):
         if self.cfg.upper is None:
             raise _err(errno.EROFS)
         if node.copy_lock is None:
-            node.copy_lock = trio.Lock()
+            node.copy_lock = loop.Lock()
         elif node.copy_lock.locked():
             loop.about_to_block()
         async with node.copy_lock:
@@ -396,7 +395,7 @@ class OverlayFS(pyfuse3.Operations):
             tmp = self._tmpname()
             if data and stat_mod.S_ISREG(st.st_mode) and st.st_size >= _THREAD_COPY_MIN:
                 loop.about_to_block()
-                await trio.to_thread.run_sync(copyup.copy_up, src, tmp, st, keep_ino)
+                await loop.run_sync_in_thread(copyup.copy_up, src, tmp, st, keep_ino)
                 try:
                     path = node.path()      # may have moved while copying
                 except KeyError:

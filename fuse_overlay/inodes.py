@@ -56,7 +56,7 @@ class Node:
         self.lookups = 0
         self.dead = False
         self.fds: set[int] | frozenset[int] = _NO_FDS   # open backing fds, used once no path is left
-        self.copy_lock = None        # trio.Lock, created on first copy-up
+        self.copy_lock = None        # loop.Lock(), created on first copy-up
 
     def add_fd(self, fd: int) -> None:
         if not self.fds:

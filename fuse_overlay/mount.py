@@ -82,8 +82,8 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
           spin_us: int | None = None) -> int:
     """Mount ``ops`` at ``mountpoint``, call ``ready()``, serve until told to
     stop, unmount.  Returns the exit status."""
-    import pyfuse3
-    import trio
+    from . import loop
+    pyfuse3 = loop.import_pyfuse3()
 
     clear_stale_mount(mountpoint)
     try:
@@ -100,7 +100,6 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
     ready()
     _release_free_memory()
 
-    from . import loop
     loop.install(loop.SPIN_US if spin_us is None else spin_us)
 
     async def main() -> None:
@@ -109,7 +108,7 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
 
     status = 0
     try:
-        trio.run(main)
+        loop.run(main)
     except BaseException as e:  # the loop failed: still unmount
         print(f"fuse-overlay: main loop ended with an error: {e!r}", file=sys.stderr)
         status = 1
