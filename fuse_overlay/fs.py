@@ -79,6 +79,14 @@ def _handler(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _dir_entry(ino: int) -> pyfuse3.EntryAttributes:
+    """What a listing needs of "." and "..": inode number and type."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = ino
+    e.st_mode = stat_mod.S_IFDIR
+    return e
+
+
 def _err(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
@@ -869,14 +877,15 @@ class OverlayFS(pyfuse3.Operations):
                 h.entries = self.layers.list_merged(d.dirlayers, d.path())
                 h.rows, h.generation = [], self.generation
         entries = h.entries
-        # Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].  The kernel takes
-        # no reference for "." and "..", so neither do we.
+        # Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].  The kernel takes no reference
+        # for "." and "..", and ignores their attributes (fuse_direntplus_link): they get
+        # only the inode number and type the listing shows, no lstat.
         if start_id < 1:
-            if not pyfuse3.readdir_reply(token, b".", self._node_attr(d), 1):
+            if not pyfuse3.readdir_reply(token, b".", _dir_entry(d.ino), 1):
                 return
         if start_id < 2:
             parent = d if d.ino == ROOT_INODE or not d.links else d.first_link()[0]
-            if not pyfuse3.readdir_reply(token, b"..", self._node_attr(parent), 2):
+            if not pyfuse3.readdir_reply(token, b"..", _dir_entry(parent.ino), 2):
                 return
         if cached is not None and len(cached[1]) == len(entries):
             self._replay(d, cached[1], start_id, token)

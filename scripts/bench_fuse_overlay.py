@@ -28,10 +28,6 @@ from typing import Callable, Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLS = ("fuse-overlay", "fuse-overlayfs", "kernel")
-# An experiment, not an implementation: fuse-overlay with a pyfuse3 built to answer every
-# opendir with FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE (--cachedir-pyfuse3 DIR, see
-# docs/fuse-overlay.md, "Directory listings"), to measure what that flag would give.
-CACHEDIR = "fuse-overlay+cachedir"
 CHUNK = 1 << 20
 
 
@@ -46,9 +42,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--impls", default=",".join(IMPLS), help="implementations to run")
     ap.add_argument("--only", default="", help="comma-separated workloads to run")
     ap.add_argument("--dir", default=None, help="scratch directory (default: under /var/tmp)")
-    ap.add_argument("--cachedir-pyfuse3", default=None, metavar="DIR",
-                    help=f"also run {CACHEDIR!r}: fuse-overlay with the pyfuse3 package found in DIR "
-                         "(one patched to set cache_readdir in opendir replies)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                    help="also run fuse-overlay with DIR first on PYTHONPATH, shown as fuse-overlay[NAME]: "
+                         "an older fuse_overlay package (before/after), or a patched pyfuse3 (e.g. one "
+                         "answering opendir with cache_readdir; see docs/fuse-overlay.md)")
     return ap.parse_args()
 
 
@@ -83,9 +80,9 @@ def make_small(root: str, files: int, dirs: int) -> None:
 # -------------------------------------------------------------- mounts
 
 class Mounter:
-    def __init__(self, base: str, lower: str, cachedir_pyfuse3: str | None = None) -> None:
+    def __init__(self, base: str, lower: str, variants: dict[str, str] | None = None) -> None:
         self.base, self.lower, self.n = base, lower, 0
-        self.cachedir_pyfuse3 = cachedir_pyfuse3
+        self.variants = variants or {}     # implementation name -> directory put first on PYTHONPATH
         self.mount_seconds = 0.0     # of the last mount: command until it returned + a stat of the root
 
     @contextlib.contextmanager
@@ -97,8 +94,8 @@ class Mounter:
         opts = f"lowerdir={self.lower},upperdir={d}/u,workdir={d}/w"
         m = f"{d}/m"
         env = None
-        if impl == CACHEDIR:
-            env = dict(os.environ, PYTHONPATH=f"{self.cachedir_pyfuse3}:{REPO}")
+        if impl in self.variants:
+            env = dict(os.environ, PYTHONPATH=f"{self.variants[impl]}:{REPO}")
         t = time.perf_counter()
         if impl == "kernel":
             subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts + ",userxattr", m], check=True)
@@ -259,8 +256,11 @@ def main() -> int:
     impls = [i for i in a.impls.split(",") if i]
     if "fuse-overlayfs" in impls and shutil.which("fuse-overlayfs") is None:
         impls.remove("fuse-overlayfs")
-    if a.cachedir_pyfuse3:
-        impls.insert(1, CACHEDIR)
+    variants = {}
+    for v in a.variant:
+        name, _, path = v.partition("=")
+        variants[f"fuse-overlay[{name}]"] = os.path.abspath(path)
+    impls[1:1] = list(variants)
     names = [n for n in (a.only.split(",") if a.only else WORKLOADS)]
     base = tempfile.mkdtemp(prefix="bench-fo-", dir=a.dir or "/var/tmp")
     try:
@@ -271,7 +271,7 @@ def main() -> int:
         os.sync()                       # no writeback of the trees during the runs
         read_all(f"{lower}/big")        # backing files in the page cache for everyone
         stat_tree(f"{lower}/small")
-        mo = Mounter(base, lower, a.cachedir_pyfuse3 and os.path.abspath(a.cachedir_pyfuse3))
+        mo = Mounter(base, lower, variants)
         results: dict[str, dict[str, float]] = {}
         for name in names:
             times: dict[str, list[float]] = {impl: [] for impl in impls}
@@ -289,7 +289,7 @@ def main() -> int:
 
 def report(a: argparse.Namespace, results: dict[str, dict[str, float]], impls: list[str]) -> None:
     peers = [i for i in impls if i in ("fuse-overlayfs", "kernel")]
-    ours = [i for i in impls if i not in peers]       # fuse-overlay (and the cachedir experiment)
+    ours = [i for i in impls if i not in peers]       # fuse-overlay and its --variant runs
     ratios = {n: {f"{o}/{p}": r[o] / r[p] for o in ours for p in peers if r.get(p) and o in r}
               for n, r in results.items()}
     if a.format == "json":
