@@ -162,7 +162,8 @@ class OverlayFS(pyfuse3.Operations):
         self._rbuf = mmap.mmap(-1, 1 << 20)   # pages are touched only as big reads need them
         # The listing cache: pyfuse3 cannot ask the kernel to cache directory listings
         # (FOPEN_CACHE_DIR), so a directory listed again while nothing changed anywhere in
-        # the mount is answered from here: dir ino -> (generation, rows of name, layer, ino,
+        # the mount is answered from here (not with -o timeout=0, for layers changed
+        # behind the mount's back): dir ino -> (generation, rows of name, layer, ino,
         # attributes).  ``generation`` counts every handler that may change something.
         self.generation = 0
         self.listings: dict[int, tuple[int, list[tuple[bytes, int, int, pyfuse3.EntryAttributes]]]] = {}
@@ -914,7 +915,7 @@ class OverlayFS(pyfuse3.Operations):
                     rows.append((name, layer, node.ino, attr))
             else:
                 if (rows is not None and len(rows) == len(entries) <= _LISTING_MAX
-                        and h.generation == self.generation):
+                        and h.generation == self.generation and self.cfg.timeout > 0):
                     self._keep_listing(d.ino, rows)
                     h.rows = None
         finally:
