@@ -302,10 +302,10 @@ def run(async_fn: Callable[[], Coroutine]) -> None:
             try:
                 st.blocking = True
                 events = poller.poll()
+                st.blocking = False      # inside the try: a signal just before raises here
             except _Woken:
                 events = []
-            finally:
-                st.blocking = False
+            st.blocking = False
             for fd, _ev in events:
                 if fd == st.wake_r:
                     _collect_threads()
@@ -352,13 +352,14 @@ async def _wait_readable(fd: int) -> None:
                     break
         else:
             st.poller.poll()      # type: ignore[union-attr]
+        st.blocking = False      # inside the try: a signal just before raises here
         st.gap_ns = (st.gap_ns * 7 + now() - start) >> 3
     except _Woken:
         st.blocking = False
         _terminate()
         raise ClosedResourceError from None
     finally:
-        st.blocking = False
+        st.blocking = False      # (already False unless poll(2) itself failed)
 
 
 def _terminate() -> None:

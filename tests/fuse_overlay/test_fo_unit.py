@@ -154,3 +154,48 @@ async def test_handlers_close_long_path_fds(ops):
     ops.layers.held.append(os.open("/", os.O_PATH))     # as if a handler reached a long path
     await ops.getattr(pyfuse3.ROOT_INODE, CTX)
     assert not ops.layers.held
+
+
+def test_loop_scheduler_runs_tasks_locks_and_threads():
+    """loop.run (the daemon's scheduler, in place of trio): nursery tasks, a lock handed to
+    its waiters in order, a function in a worker thread while other tasks go on, and an
+    error of a task raised out of run()."""
+    import threading
+    import time as _time
+
+    from fuse_overlay import loop
+
+    seen: list[str] = []
+
+    async def locked(lock, name: str) -> None:
+        async with lock:
+            seen.append(f"{name}+")
+            await loop.run_sync_in_thread(_time.sleep, 0.01)
+            seen.append(f"{name}-")
+
+    async def threaded() -> None:
+        seen.append(f"thread={await loop.run_sync_in_thread(lambda: threading.current_thread().name)}")
+
+    async def main() -> None:
+        lock = loop.Lock()
+        assert isinstance(lock, loop._MiniLock)
+        async with loop._OpenNursery() as n:
+            for name in ("a", "b", "c"):
+                n.start_soon(locked, lock, name)
+            n.start_soon(threaded)
+        assert not lock.locked()
+
+    loop.run(main)
+    assert [s for s in seen if not s.startswith("thread")] == ["a+", "a-", "b+", "b-", "c+", "c-"]
+    assert "thread=fuse-overlay-copy" in seen
+
+    async def failing() -> None:
+        raise ValueError("boom")
+
+    async def main2() -> None:
+        async with loop._OpenNursery() as n:
+            n.start_soon(failing)
+
+    with pytest.raises(ValueError, match="boom"):
+        loop.run(main2)
+    assert not loop._state.running
