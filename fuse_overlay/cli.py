@@ -3,8 +3,8 @@
 Parses fuse-overlayfs style options, checks them, then hands over to
 :mod:`fuse_overlay.mount`.  Every problem with the command line or the
 directories is reported as one sentence on stderr with exit status 1 (no
-traceback).  Heavy imports (pyfuse3, trio) happen only after the command
-line is known to be good.
+traceback).  The heavy import (pyfuse3; trio is never imported, see loop.py)
+happens only after the command line is known to be good.
 """
 from __future__ import annotations
 

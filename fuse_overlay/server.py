@@ -1,8 +1,9 @@
 """A pre-forked fuse-overlay server: one resident process per user, a forked child per mount.
 
 Starting a fuse-overlay daemon costs an interpreter and the pyfuse3 import (~80 ms on our
-machines; it was ~150 ms while the daemon used trio) on every container start.  This server pays that once: it imports
-everything, listens on a unix socket, and for each request forks a child that
+machines; ~150 ms while the daemon used trio) on every container start.  This server pays
+that once: it imports everything, listens on a unix socket, and for each request forks a
+child that
 
 1. joins the user and mount namespaces of the requesting process (by its pid; the server
    runs as the same user, which owns those namespaces),
