@@ -199,3 +199,13 @@ def test_loop_scheduler_runs_tasks_locks_and_threads():
     with pytest.raises(ValueError, match="boom"):
         loop.run(main2)
     assert not loop._state.running
+
+
+def test_options_podman_and_buildah_pass():
+    """containers/storage's mount_program options: an empty item, volatile, and with SELinux a
+    quoted context whose value holds a comma; fuse-overlayfs's fsync and static_nlink."""
+    o = cli.parse_args(["-o", 'lowerdir=/l1:/l2,upperdir=/u,workdir=/w,,volatile,'
+                        'context="system_u:object_r:container_file_t:s0:c1,c2",fsync=0,static_nlink', "/m"])
+    assert (o.lowers, o.upper, o.work, o.mountpoint) == (["/l1", "/l2"], "/u", "/w", "/m")
+    with pytest.raises(cli.UsageError, match="squash_to_root"):
+        cli.parse_args(["-o", "lowerdir=/l,squash_to_root", "/m"])
