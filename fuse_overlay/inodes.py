@@ -20,7 +20,6 @@ subtracts; a node with no references left is dropped from the table.
 """
 from __future__ import annotations
 
-import hashlib
 import stat as stat_mod
 from typing import Iterator
 
@@ -118,6 +117,7 @@ class InodeMap:
 
     @staticmethod
     def hashed(key: bytes) -> int:
+        import hashlib      # rarely needed: not at start-up
         h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
         return _HASH_BIT | (h & (_HASH_BIT - 1)) | 2
 

@@ -14,7 +14,6 @@ import os
 import sys
 from typing import Callable
 
-from . import _sys
 
 WORK_SUBDIR = b"fuse-overlay.work"
 ERRORS_FILE = b"fuse-overlay.errors"     # in the workdir: one line per internal error
@@ -52,6 +51,7 @@ def clear_stale_mount(mountpoint: str) -> None:
         if e.errno != errno.ENOTCONN:
             return
         try:
+            from . import _sys      # ctypes: imported only when needed (start-up time)
             _sys.umount2(mountpoint, _sys.MNT_DETACH)
         except OSError as e2:
             raise MountError(f"{mountpoint} has a dead FUSE mount that cannot be detached: "
@@ -121,6 +121,7 @@ def _release_free_memory() -> None:
     """The daemon idles from here on in most containers: give back what the start freed."""
     import gc
     gc.collect()
+    from . import _sys
     _sys.malloc_trim()
 
 

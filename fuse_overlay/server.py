@@ -41,7 +41,7 @@ REQUEST_TIMEOUT = 5.0     # a connection that sends no request within this is dr
 def _preload() -> None:
     from . import loop
     loop.import_pyfuse3()      # the point of the server: imported once (trio is not needed)
-    from . import cli, copyup, fs, inodes, layers, loop, mount, ownership  # noqa: F401
+    from . import _sys, cli, copyup, fs, inodes, layers, loop, mount, ownership  # noqa: F401
 
 
 def _leave_mount(mountpoint: str) -> None:
