@@ -1,6 +1,6 @@
 """A pre-forked fuse-overlay server: one resident process per user, a forked child per mount.
 
-Starting a fuse-overlay daemon costs an interpreter and the pyfuse3 import (~80 ms on our
+Starting a fuse-overlay daemon costs an interpreter and the pyfuse3 import (~60 ms on our
 machines; ~150 ms while the daemon used trio) on every container start.  This server pays
 that once: it imports everything, listens on a unix socket, and for each request forks a
 child that
