@@ -6,7 +6,6 @@ wrapper raises ``OSError`` whose message names the call and the path.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 MNT_DETACH = 2
@@ -17,7 +16,11 @@ _libc = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        try:
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:     # not glibc: ask (ctypes.util costs ~15 ms of imports: only here)
+            from ctypes.util import find_library
+            _libc = ctypes.CDLL(find_library("c"), use_errno=True)
     return _libc
 
 

@@ -3,8 +3,8 @@
 Parses fuse-overlayfs style options, checks them, then hands over to
 :mod:`fuse_overlay.mount`.  Every problem with the command line or the
 directories is reported as one sentence on stderr with exit status 1 (no
-traceback).  Heavy imports (pyfuse3, trio) happen only after the command
-line is known to be good.
+traceback).  The heavy import (pyfuse3; trio is never imported, see loop.py)
+happens only after the command line is known to be good.
 """
 from __future__ import annotations
 
@@ -37,7 +37,10 @@ usage: fuse-overlay [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPT
 _IGNORED = {"rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime",
             "relatime", "strictatime", "allow_other", "allow_root", "default_permissions",
             "userxattr", "index", "metacopy", "redirect_dir", "volatile", "fast_ino",
-            "noacl", "threaded", "sync", "async", "xino", "max_idle_threads", "debug"}
+            "noacl", "threaded", "sync", "async", "xino", "max_idle_threads", "debug",
+            # SELinux labels (containers/storage adds context="..." when SELinux is on: the
+            # mount gets no label of its own here), fuse-overlayfs's fsync=0|1 and static_nlink
+            "context", "fscontext", "defcontext", "rootcontext", "fsync", "static_nlink"}
 
 
 class UsageError(Exception):
@@ -88,14 +91,17 @@ def _split_lowers(value: str) -> list[str]:
 
 
 def _split_opts(text: str) -> list[str]:
-    # Commas separate options; a backslash escapes a comma inside a value.
-    out, cur, i = [], "", 0
+    # Commas separate options; a backslash escapes a comma inside a value, and so do double
+    # quotes around it (context="...:s0:c1,c2", as mount(8) takes it).
+    out, cur, i, quoted = [], "", 0, False
     while i < len(text):
         if text[i] == "\\" and i + 1 < len(text) and text[i + 1] == ",":
             cur += ","
             i += 2
             continue
-        if text[i] == ",":
+        if text[i] == '"' and (quoted or cur.endswith("=")):   # only a whole quoted value
+            quoted = not quoted
+        if text[i] == "," and not quoted:
             out.append(cur)
             cur = ""
         else:
@@ -241,6 +247,8 @@ def run(opts: Options) -> int:
     if not opts.foreground:
         status_fd, _pid = mount.daemonize()
     try:
+        from . import loop
+        loop.import_pyfuse3()        # before fs.py imports it: without trio
         from .fs import Config, OverlayFS
         work = None
         if opts.upper is not None and opts.work is not None and not opts.read_only:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat as stat_mod
 
 from .layers import NOCOPY_XATTR_PREFIXES
@@ -136,6 +135,7 @@ def remove_tree(path: bytes) -> None:
         return
     try:
         if stat_mod.S_ISDIR(st.st_mode):
+            import shutil       # rarely needed: not at start-up
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.unlink(path)

@@ -26,7 +26,6 @@ import stat as stat_mod
 from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
-import trio
 
 from . import copyup, loop, ownership
 from .idmapping import IdMapping
@@ -78,6 +77,14 @@ def _handler(fn: F) -> F:
             if fs.layers.held and not fs.active:
                 fs.layers.release()     # fds behind long backing paths: no request uses them now
     return wrapper  # type: ignore[return-value]
+
+
+def _dir_entry(ino: int) -> pyfuse3.EntryAttributes:
+    """What a listing needs of "." and "..": inode number and type."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = ino
+    e.st_mode = stat_mod.S_IFDIR
+    return e
 
 
 def _err(code: int) -> pyfuse3.FUSEError:
@@ -155,7 +162,8 @@ class OverlayFS(pyfuse3.Operations):
         self._rbuf = mmap.mmap(-1, 1 << 20)   # pages are touched only as big reads need them
         # The listing cache: pyfuse3 cannot ask the kernel to cache directory listings
         # (FOPEN_CACHE_DIR), so a directory listed again while nothing changed anywhere in
-        # the mount is answered from here: dir ino -> (generation, rows of name, layer, ino,
+        # the mount is answered from here (not with -o timeout=0, for layers changed
+        # behind the mount's back): dir ino -> (generation, rows of name, layer, ino,
         # attributes).  ``generation`` counts every handler that may change something.
         self.generation = 0
         self.listings: dict[int, tuple[int, list[tuple[bytes, int, int, pyfuse3.EntryAttributes]]]] = {}
@@ -381,7 +389,7 @@ class OverlayFS(pyfuse3.Operations):
         if self.cfg.upper is None:
             raise _err(errno.EROFS)
         if node.copy_lock is None:
-            node.copy_lock = trio.Lock()
+            node.copy_lock = loop.Lock()
         elif node.copy_lock.locked():
             loop.about_to_block()
         async with node.copy_lock:
@@ -396,7 +404,7 @@ class OverlayFS(pyfuse3.Operations):
             tmp = self._tmpname()
             if data and stat_mod.S_ISREG(st.st_mode) and st.st_size >= _THREAD_COPY_MIN:
                 loop.about_to_block()
-                await trio.to_thread.run_sync(copyup.copy_up, src, tmp, st, keep_ino)
+                await loop.run_sync_in_thread(copyup.copy_up, src, tmp, st, keep_ino)
                 try:
                     path = node.path()      # may have moved while copying
                 except KeyError:
@@ -870,14 +878,15 @@ class OverlayFS(pyfuse3.Operations):
                 h.entries = self.layers.list_merged(d.dirlayers, d.path())
                 h.rows, h.generation = [], self.generation
         entries = h.entries
-        # Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].  The kernel takes
-        # no reference for "." and "..", so neither do we.
+        # Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].  The kernel takes no reference
+        # for "." and "..", and ignores their attributes (fuse_direntplus_link): they get
+        # only the inode number and type the listing shows, no lstat.
         if start_id < 1:
-            if not pyfuse3.readdir_reply(token, b".", self._node_attr(d), 1):
+            if not pyfuse3.readdir_reply(token, b".", _dir_entry(d.ino), 1):
                 return
         if start_id < 2:
             parent = d if d.ino == ROOT_INODE or not d.links else d.first_link()[0]
-            if not pyfuse3.readdir_reply(token, b"..", self._node_attr(parent), 2):
+            if not pyfuse3.readdir_reply(token, b"..", _dir_entry(parent.ino), 2):
                 return
         if cached is not None and len(cached[1]) == len(entries):
             self._replay(d, cached[1], start_id, token)
@@ -906,7 +915,7 @@ class OverlayFS(pyfuse3.Operations):
                     rows.append((name, layer, node.ino, attr))
             else:
                 if (rows is not None and len(rows) == len(entries) <= _LISTING_MAX
-                        and h.generation == self.generation):
+                        and h.generation == self.generation and self.cfg.timeout > 0):
                     self._keep_listing(d.ino, rows)
                     h.rows = None
         finally:

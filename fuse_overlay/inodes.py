@@ -20,7 +20,6 @@ subtracts; a node with no references left is dropped from the table.
 """
 from __future__ import annotations
 
-import hashlib
 import stat as stat_mod
 from typing import Iterator
 
@@ -56,7 +55,7 @@ class Node:
         self.lookups = 0
         self.dead = False
         self.fds: set[int] | frozenset[int] = _NO_FDS   # open backing fds, used once no path is left
-        self.copy_lock = None        # trio.Lock, created on first copy-up
+        self.copy_lock = None        # loop.Lock(), created on first copy-up
 
     def add_fd(self, fd: int) -> None:
         if not self.fds:
@@ -118,6 +117,7 @@ class InodeMap:
 
     @staticmethod
     def hashed(key: bytes) -> int:
+        import hashlib      # rarely needed: not at start-up
         h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
         return _HASH_BIT | (h & (_HASH_BIT - 1)) | 2
 

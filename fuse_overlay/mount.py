@@ -14,7 +14,6 @@ import os
 import sys
 from typing import Callable
 
-from . import _sys
 
 WORK_SUBDIR = b"fuse-overlay.work"
 ERRORS_FILE = b"fuse-overlay.errors"     # in the workdir: one line per internal error
@@ -52,6 +51,7 @@ def clear_stale_mount(mountpoint: str) -> None:
         if e.errno != errno.ENOTCONN:
             return
         try:
+            from . import _sys      # ctypes: imported only when needed (start-up time)
             _sys.umount2(mountpoint, _sys.MNT_DETACH)
         except OSError as e2:
             raise MountError(f"{mountpoint} has a dead FUSE mount that cannot be detached: "
@@ -82,8 +82,8 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
           spin_us: int | None = None) -> int:
     """Mount ``ops`` at ``mountpoint``, call ``ready()``, serve until told to
     stop, unmount.  Returns the exit status."""
-    import pyfuse3
-    import trio
+    from . import loop
+    pyfuse3 = loop.import_pyfuse3()
 
     clear_stale_mount(mountpoint)
     try:
@@ -100,7 +100,6 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
     ready()
     _release_free_memory()
 
-    from . import loop
     loop.install(loop.SPIN_US if spin_us is None else spin_us)
 
     async def main() -> None:
@@ -109,7 +108,7 @@ def serve(ops: object, mountpoint: str, options: set[str], ready: Callable[[], N
 
     status = 0
     try:
-        trio.run(main)
+        loop.run(main)
     except BaseException as e:  # the loop failed: still unmount
         print(f"fuse-overlay: main loop ended with an error: {e!r}", file=sys.stderr)
         status = 1
@@ -122,6 +121,7 @@ def _release_free_memory() -> None:
     """The daemon idles from here on in most containers: give back what the start freed."""
     import gc
     gc.collect()
+    from . import _sys
     _sys.malloc_trim()
 
 

@@ -1,8 +1,9 @@
 """A pre-forked fuse-overlay server: one resident process per user, a forked child per mount.
 
-Starting a fuse-overlay daemon costs an interpreter and the pyfuse3/trio imports (~150 ms
-on our machines) on every container start.  This server pays that once: it imports
-everything, listens on a unix socket, and for each request forks a child that
+Starting a fuse-overlay daemon costs an interpreter and the pyfuse3 import (~60 ms on our
+machines; ~150 ms while the daemon used trio) on every container start.  This server pays
+that once: it imports everything, listens on a unix socket, and for each request forks a
+child that
 
 1. joins the user and mount namespaces of the requesting process (by its pid; the server
    runs as the same user, which owns those namespaces),
@@ -38,9 +39,9 @@ REQUEST_TIMEOUT = 5.0     # a connection that sends no request within this is dr
 
 
 def _preload() -> None:
-    import pyfuse3  # noqa: F401  - the point of the server: imported once
-    import trio  # noqa: F401
-    from . import cli, copyup, fs, inodes, layers, loop, mount, ownership  # noqa: F401
+    from . import loop
+    loop.import_pyfuse3()      # the point of the server: imported once (trio is not needed)
+    from . import _sys, cli, copyup, fs, inodes, layers, loop, mount, ownership  # noqa: F401
 
 
 def _leave_mount(mountpoint: str) -> None:

@@ -42,6 +42,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--impls", default=",".join(IMPLS), help="implementations to run")
     ap.add_argument("--only", default="", help="comma-separated workloads to run")
     ap.add_argument("--dir", default=None, help="scratch directory (default: under /var/tmp)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                    help="also run fuse-overlay with DIR first on PYTHONPATH, shown as fuse-overlay[NAME]: "
+                         "an older fuse_overlay package (before/after), or a patched pyfuse3 (e.g. one "
+                         "answering opendir with cache_readdir; see docs/fuse-overlay.md)")
     return ap.parse_args()
 
 
@@ -76,8 +80,10 @@ def make_small(root: str, files: int, dirs: int) -> None:
 # -------------------------------------------------------------- mounts
 
 class Mounter:
-    def __init__(self, base: str, lower: str) -> None:
+    def __init__(self, base: str, lower: str, variants: dict[str, str] | None = None) -> None:
         self.base, self.lower, self.n = base, lower, 0
+        self.variants = variants or {}     # implementation name -> directory put first on PYTHONPATH
+        self.mount_seconds = 0.0     # of the last mount: command until it returned + a stat of the root
 
     @contextlib.contextmanager
     def mounted(self, impl: str) -> Iterator[str]:
@@ -87,18 +93,24 @@ class Mounter:
             os.makedirs(f"{d}/{sub}")
         opts = f"lowerdir={self.lower},upperdir={d}/u,workdir={d}/w"
         m = f"{d}/m"
+        env = None
+        if impl in self.variants:
+            env = dict(os.environ, PYTHONPATH=f"{self.variants[impl]}:{REPO}")
+        t = time.perf_counter()
         if impl == "kernel":
             subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts + ",userxattr", m], check=True)
         elif impl == "fuse-overlayfs":
-            subprocess.run(["fuse-overlayfs", "-o", opts, m], check=True)
+            subprocess.run(["fuse-overlayfs", "-o", opts, m], check=True, stderr=subprocess.DEVNULL)
         else:
             subprocess.run([sys.executable, "-m", "fuse_overlay.cli", "-o", opts + f",pidfile={d}/pid", m],
-                           check=True)
+                           check=True, env=env)
+        os.stat(f"{m}/small")
+        self.mount_seconds = time.perf_counter() - t
         try:
             yield m
         finally:
             subprocess.run(["umount", m], check=False)
-            if impl == "fuse-overlay":
+            if impl.startswith("fuse-overlay") and impl != "fuse-overlayfs":
                 with contextlib.suppress(OSError, ValueError):
                     pid = int(open(f"{d}/pid").read())
                     for _ in range(100):
@@ -176,6 +188,28 @@ def w_stat_warm(mo: Mounter, impl: str, a: argparse.Namespace) -> float:
         return timed(lambda: stat_tree(f"{m}/small"))
 
 
+def w_find_warm(mo: Mounter, impl: str, a: argparse.Namespace) -> float:
+    """A second `find` of the small tree (listings only)."""
+    with mo.mounted(impl) as m:
+        find = lambda: subprocess.run(["find", "small"], cwd=m, check=True, stdout=subprocess.DEVNULL)
+        find()
+        return timed(find)
+
+
+def w_du_warm(mo: Mounter, impl: str, a: argparse.Namespace) -> float:
+    """A second `du -s` of the small tree (listings and stat of every file)."""
+    with mo.mounted(impl) as m:
+        du = lambda: subprocess.run(["du", "-s", "small"], cwd=m, check=True, stdout=subprocess.DEVNULL)
+        du()
+        return timed(du)
+
+
+def w_mount(mo: Mounter, impl: str, a: argparse.Namespace) -> float:
+    """The mount command until it returned, and a stat through the mount (standalone, no server)."""
+    with mo.mounted(impl):
+        return mo.mount_seconds
+
+
 def w_tar_small(mo: Mounter, impl: str, a: argparse.Namespace) -> float:
     with mo.mounted(impl) as m:
         return timed(lambda: subprocess.run(f"tar cf - small | cat > /dev/null", shell=True, cwd=m,
@@ -210,6 +244,9 @@ WORKLOADS: dict[str, Callable[[Mounter, str, argparse.Namespace], float]] = {
     "tar_small_tree": w_tar_small,
     "create_delete": w_create_delete,
     "du_small_tree": w_du,
+    "find_warm": w_find_warm,
+    "du_warm": w_du_warm,
+    "mount": w_mount,
 }
 
 
@@ -219,6 +256,11 @@ def main() -> int:
     impls = [i for i in a.impls.split(",") if i]
     if "fuse-overlayfs" in impls and shutil.which("fuse-overlayfs") is None:
         impls.remove("fuse-overlayfs")
+    variants = {}
+    for v in a.variant:
+        name, _, path = v.partition("=")
+        variants[f"fuse-overlay[{name}]"] = os.path.abspath(path)
+    impls[1:1] = list(variants)
     names = [n for n in (a.only.split(",") if a.only else WORKLOADS)]
     base = tempfile.mkdtemp(prefix="bench-fo-", dir=a.dir or "/var/tmp")
     try:
@@ -229,7 +271,7 @@ def main() -> int:
         os.sync()                       # no writeback of the trees during the runs
         read_all(f"{lower}/big")        # backing files in the page cache for everyone
         stat_tree(f"{lower}/small")
-        mo = Mounter(base, lower)
+        mo = Mounter(base, lower, variants)
         results: dict[str, dict[str, float]] = {}
         for name in names:
             times: dict[str, list[float]] = {impl: [] for impl in impls}
@@ -246,24 +288,25 @@ def main() -> int:
 
 
 def report(a: argparse.Namespace, results: dict[str, dict[str, float]], impls: list[str]) -> None:
-    peers = [i for i in impls if i != "fuse-overlay"]
+    peers = [i for i in impls if i in ("fuse-overlayfs", "kernel")]
+    ours = [i for i in impls if i not in peers]       # fuse-overlay and its --variant runs
+    ratios = {n: {f"{o}/{p}": r[o] / r[p] for o in ours for p in peers if r.get(p) and o in r}
+              for n, r in results.items()}
     if a.format == "json":
         out = {"params": {"big_mib": a.big_mib, "small_files": a.small_files, "dirs": a.dirs,
                           "create_files": a.create_files, "reps": a.reps},
-               "median_seconds": results,
-               "ratios": {n: {p: r["fuse-overlay"] / r[p] for p in peers if r.get(p)}
-                          for n, r in results.items() if "fuse-overlay" in r}}
+               "median_seconds": results, "ratios": ratios}
         print(json.dumps(out, indent=2))
         return
-    head = f"{'workload':<20}" + "".join(f"{i:>16}" for i in impls) + "".join(f"{'/' + p:>17}" for p in peers)
+    cols = [f"{o}/{p}" for o in ours for p in peers]
+    w = max(16, *(len(i) + 2 for i in impls))
+    head = f"{'workload':<20}" + "".join(f"{i:>{w}}" for i in impls) + "".join(f"{c:>{len(c) + 2}}" for c in cols)
     print(f"median of {a.reps} runs, seconds; big file {a.big_mib} MiB, {a.small_files} small files")
     print(head)
     for n, r in results.items():
-        line = f"{n:<20}" + "".join(f"{r[i]:>16.3f}" for i in impls)
-        if "fuse-overlay" in r:
-            line += "".join(f"{r['fuse-overlay'] / r[p]:>17.2f}" for p in peers)
+        line = f"{n:<20}" + "".join(f"{r[i]:>{w}.3f}" for i in impls)
+        line += "".join(f"{ratios[n][c]:>{len(c) + 2}.2f}" for c in cols if c in ratios[n])
         print(line)
-
 
 if __name__ == "__main__":
     sys.exit(main())

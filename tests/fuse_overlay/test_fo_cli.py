@@ -214,3 +214,20 @@ kill $(cat $T/pid)
         "-rw------- 3 c -rw-r--r-- 0 e",
         "-rw------- 10 c -rw-r--r-- 0 e",
     ], r.stdout
+
+
+def test_timeout_zero_shows_layers_changed_behind_the_mount():
+    """With -o timeout=0,writeback=0 nothing is cached: names and sizes written straight into
+    the upper directory show at the next listing and stat (the listing cache is off too;
+    with write-back caching the kernel keeps its own file sizes)."""
+    r = run_in_ns("""
+mkdir -p $T/l/d $T/u/d $T/w $T/m; echo 1 > $T/l/d/a
+$FO -o lowerdir=$T/l,upperdir=$T/u,workdir=$T/w,pidfile=$T/pid,timeout=0,writeback=0 $T/m
+ls $T/m/d | tr '\\n' ' '; echo; ls $T/m/d | tr '\\n' ' '; echo
+echo 4444 > $T/u/d/b
+ls $T/m/d | tr '\\n' ' '; echo; stat -c %s $T/m/d/b
+echo 55555 > $T/u/d/b; stat -c %s $T/m/d/b
+kill $(cat $T/pid)
+""")
+    assert r.returncode == 0, r.stderr
+    assert [line.strip() for line in r.stdout.strip().splitlines()] == ["a", "a", "a b", "5", "6"], r.stdout

@@ -154,3 +154,58 @@ async def test_handlers_close_long_path_fds(ops):
     ops.layers.held.append(os.open("/", os.O_PATH))     # as if a handler reached a long path
     await ops.getattr(pyfuse3.ROOT_INODE, CTX)
     assert not ops.layers.held
+
+
+def test_loop_scheduler_runs_tasks_locks_and_threads():
+    """loop.run (the daemon's scheduler, in place of trio): nursery tasks, a lock handed to
+    its waiters in order, a function in a worker thread while other tasks go on, and an
+    error of a task raised out of run()."""
+    import threading
+    import time as _time
+
+    from fuse_overlay import loop
+
+    seen: list[str] = []
+
+    async def locked(lock, name: str) -> None:
+        async with lock:
+            seen.append(f"{name}+")
+            await loop.run_sync_in_thread(_time.sleep, 0.01)
+            seen.append(f"{name}-")
+
+    async def threaded() -> None:
+        seen.append(f"thread={await loop.run_sync_in_thread(lambda: threading.current_thread().name)}")
+
+    async def main() -> None:
+        lock = loop.Lock()
+        assert isinstance(lock, loop._MiniLock)
+        async with loop._OpenNursery() as n:
+            for name in ("a", "b", "c"):
+                n.start_soon(locked, lock, name)
+            n.start_soon(threaded)
+        assert not lock.locked()
+
+    loop.run(main)
+    assert [s for s in seen if not s.startswith("thread")] == ["a+", "a-", "b+", "b-", "c+", "c-"]
+    assert "thread=fuse-overlay-copy" in seen
+
+    async def failing() -> None:
+        raise ValueError("boom")
+
+    async def main2() -> None:
+        async with loop._OpenNursery() as n:
+            n.start_soon(failing)
+
+    with pytest.raises(ValueError, match="boom"):
+        loop.run(main2)
+    assert not loop._state.running
+
+
+def test_options_podman_and_buildah_pass():
+    """containers/storage's mount_program options: an empty item, volatile, and with SELinux a
+    quoted context whose value holds a comma; fuse-overlayfs's fsync and static_nlink."""
+    o = cli.parse_args(["-o", 'lowerdir=/l1:/l2,upperdir=/u,workdir=/w,,volatile,'
+                        'context="system_u:object_r:container_file_t:s0:c1,c2",fsync=0,static_nlink', "/m"])
+    assert (o.lowers, o.upper, o.work, o.mountpoint) == (["/l1", "/l2"], "/u", "/w", "/m")
+    with pytest.raises(cli.UsageError, match="squash_to_root"):
+        cli.parse_args(["-o", "lowerdir=/l,squash_to_root", "/m"])
