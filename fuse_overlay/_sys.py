@@ -6,7 +6,6 @@ wrapper raises ``OSError`` whose message names the call and the path.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 MNT_DETACH = 2
@@ -17,7 +16,9 @@ _libc = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the C library already loaded (as rootless/sandbox/libc.py): find_library("c") runs
+        # ldconfig -p, a fork and exec per mount in a daemon forked by the fork server
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 

@@ -9,8 +9,8 @@ CLI's options and starts it in this process (``run.monitor_main``).  This module
 from __future__ import annotations
 
 import os
-import resource
 
+from . import forkserver
 from .monitor import MONITOR_NAME, Detacher
 
 
@@ -24,15 +24,7 @@ def become_monitor(request: dict, fds: list[int]) -> int:
     os.dup2(err, 2)
     for fd in (null, out, err):
         os.close(fd)
-    os.environ.clear()
-    os.environ.update(request["env"])
-    os.umask(int(request["umask"]))
-    for name, soft in request.get("rlimits", {}).items():
-        try:
-            limit = getattr(resource, name)
-            resource.setrlimit(limit, (soft, resource.getrlimit(limit)[1]))
-        except (AttributeError, OSError, ValueError):
-            pass
+    forkserver.take_caller_state(request)
     from ..sandbox import libc
     libc.set_process_name(MONITOR_NAME)
     detacher = Detacher.reporting_to(report)
