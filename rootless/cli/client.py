@@ -128,7 +128,8 @@ def _follow(sock: socket.socket, pid: int) -> int | None:
     # It ended without a word: killed.  By a signal of ours, so are we; else as by SIGKILL.
     signum = forwarded[-1] if forwarded else signal.SIGKILL
     sys.stdout.flush()
-    signal.signal(signum, signal.SIG_DFL)
+    if signum != signal.SIGKILL:
+        signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (signum,))
     return 128 + signum
