@@ -33,8 +33,6 @@ import functools
 import json
 import os
 import resource
-import select
-import socket
 import sys
 import time
 
@@ -48,7 +46,8 @@ class Unavailable(Exception):
     pass
 
 
-def _connect(path: str) -> socket.socket:
+def _connect(path: str):
+    import socket      # here: the command line's thin client (cli/client.py) imports this module
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         s.connect(path)
@@ -155,6 +154,7 @@ def _request(path: str, request: dict, fds: list[int], timeout: float) -> int:
         raise Unavailable(f"the fork server at {path} does not answer: {e}") from None
     with conn:
         try:
+            import socket
             socket.send_fds(conn, [json.dumps(request).encode()], fds)
             conn.settimeout(timeout)
             reply = json.loads(conn.recv(65536) or b"{}")
@@ -173,6 +173,7 @@ def mount(path: str, argv: list[str], timeout: float) -> int:
             pid = _request(path, {"entry": "mount", "pid": os.getpid(), "argv": argv}, [w], timeout)
         finally:
             os.close(w)
+        import select
         ready, _, _ = select.select([r], [], [], timeout)
         if not ready or not os.read(r, 16).startswith(b"ready"):
             raise OSError(f"fuse-overlay did not mount the root filesystem (fork server child {pid}; "
