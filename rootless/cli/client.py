@@ -16,8 +16,9 @@ The child is this process's stand-in, and behaves as one:
 * if we die (even by SIGKILL), it sees the socket pair close and kills itself at once, as
   the engine in this process would have died with us (and the container with it);
 * a command it cannot stand in for — ``-t`` (the terminal's job control and window size are
-  ours), ``--preserve-fds``, another user or mount namespace, other groups, a cgroup it cannot
-  join — it declines before doing anything, and the command runs here as before.
+  ours), ``--preserve-fds``, other namespaces, groups or security context (capabilities,
+  no_new_privs, seccomp, LSM label), a cgroup, CPU affinity, nice value or OOM score it cannot
+  take on — it declines before doing anything, and the command runs here as before.
 
 No server answering: the command runs here, and ``run``/``create``/``exec``/``start`` start
 one in the background for the next command.  ``ROOTLESS_HANDOVER=0`` runs every command
@@ -39,6 +40,22 @@ HANDED = frozenset({"run", "create", "start", "stop", "restart", "kill", "rm", "
 STARTS_SERVER = frozenset({"run", "create", "start", "exec"})
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
+# Lines of /proc/self/status that must be the same in the child (it cannot take them on)
+SECURITY = ("NoNewPrivs:", "Seccomp:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:")
+
+
+def security_context() -> list[str]:
+    """What the kernel enforces on this process beyond its ids: no_new_privs, a seccomp
+    filter, capabilities, an LSM label.  A child of the server with another one would give
+    the container what the caller has not (or take away what it has)."""
+    with open("/proc/self/status") as f:
+        lines = [line.strip() for line in f if line.startswith(SECURITY)]
+    try:
+        with open("/proc/self/attr/current") as f:
+            lines.append(f.read().strip("\0\n "))
+    except OSError:
+        pass
+    return lines
 
 
 def handed_over(argv: list[str]) -> int | None:
@@ -99,8 +116,15 @@ def _request(argv: list[str]) -> dict:
         return [stream.encoding, stream.errors, stream.line_buffering, getattr(stream, "write_through", False)]
     with open("/proc/self/cgroup") as f:
         cgroups = f.read()
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            oom = int(f.read())
+    except (OSError, ValueError):
+        oom = None
     return {**caller_state(), "entry": "cli", "argv": argv, "groups": os.getgroups(), "cgroups": cgroups,
             "ns": {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in NAMESPACES},
+            "security": security_context(), "cpus": sorted(os.sched_getaffinity(0)),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0), "oom_score_adj": oom,
             "stdio": [stdio(sys.stdin), stdio(sys.stdout), stdio(sys.stderr)]}
 
 

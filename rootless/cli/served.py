@@ -2,8 +2,9 @@
 
 ``serve_command`` (the server's ``cli`` entry, container/services.py) runs in a child forked
 by the server, which has this module, click and the engine imported.  It first checks that
-it can stand in for the CLI (same namespaces and groups, the CLI's cgroups joined, no ``-t``
-nor ``--preserve-fds``); if not it says ``local`` and the CLI runs the command itself.  Else
+it can stand in for the CLI (same namespaces, groups and security context; the CLI's cgroups,
+CPU affinity, nice value and OOM score adjustment taken on; no ``-t`` nor ``--preserve-fds``);
+if not it says ``local`` and the CLI runs the command itself.  Else
 it takes on the CLI's stdin, stdout and stderr, environment, working directory, umask,
 rlimits and standard streams' settings, runs ``commands.main`` as the CLI would, flushes,
 runs what runs at exit, and reports the exit status.  A thread kills it (SIGKILL) if the CLI
@@ -62,6 +63,9 @@ def _why_not(request: dict) -> str:
             return f"another {kind} namespace"
     if sorted(os.getgroups()) != sorted(request["groups"]):
         return "other groups"
+    from .client import security_context
+    if security_context() != request["security"]:
+        return "another security context"
     argv = request["argv"]
     from .commands import cli
     command = cli.commands.get(argv[0])
@@ -77,7 +81,26 @@ def _why_not(request: dict) -> str:
         os.chdir(request["cwd"])
     except OSError:
         return "no working directory"
-    return _join_cgroups(request["cgroups"])
+    return _join_cgroups(request["cgroups"]) or _take_scheduling(request)
+
+
+def _take_scheduling(request: dict) -> str:
+    """The CLI's CPU affinity (a Slurm task's binding, taskset), nice value and OOM score
+    adjustment, which the container's processes inherit from us."""
+    try:
+        if set(request["cpus"]) != os.sched_getaffinity(0):
+            os.sched_setaffinity(0, request["cpus"])
+        if request["nice"] != os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, request["nice"])
+        if request["oom_score_adj"] is not None:
+            with open("/proc/self/oom_score_adj") as f:
+                mine = int(f.read())
+            if mine != request["oom_score_adj"]:
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write(str(request["oom_score_adj"]))
+    except (OSError, ValueError) as e:
+        return f"cannot take on the caller's scheduling: {e}"
+    return ""
 
 
 def _join_cgroups(theirs: str) -> str:
