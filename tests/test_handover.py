@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -94,15 +95,19 @@ def test_terminal_commands_run_in_the_cli(rl):
 
 @pytest.mark.parametrize("handover", ["1", "0"])
 def test_cpu_affinity_and_nice_value_are_the_callers(rl, handover):
-    """A Slurm task's CPU binding (taskset here) and nice value reach the container."""
+    """A Slurm task's CPU binding (taskset here), nice value and limits reach the container."""
     _served(rl)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("one CPU: no binding to tell apart")
-    script = "grep Cpus_allowed_list /proc/self/status | cut -f2; cut -d' ' -f19 /proc/self/stat"
-    proc = subprocess.run(["taskset", "-c", str(cpus[-1]), "nice", "-n", "7", *ROOTLESS, "run", "--rm",
+    script = "grep Cpus_allowed_list /proc/self/status | cut -f2; cut -d' ' -f19 /proc/self/stat; ulimit -H -c"
+    prlimit = ["prlimit", "--core=0:0"] if shutil.which("prlimit") else []
+    proc = subprocess.run(["taskset", "-c", str(cpus[-1]), "nice", "-n", "7", *prlimit, *ROOTLESS, "run", "--rm",
                            "--network", "none", "busybox", "sh", "-c", script],
                           env={**rl.env, "ROOTLESS_HANDOVER": handover}, capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(cpus[-1]), str(os.getpriority(os.PRIO_PROCESS, 0) + 7)]
+    out = proc.stdout.split()
+    assert out[:2] == [str(cpus[-1]), str(os.getpriority(os.PRIO_PROCESS, 0) + 7)]
+    if prlimit:
+        assert out[2] == "0"        # a hard limit the caller lowered

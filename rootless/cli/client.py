@@ -17,8 +17,8 @@ The child is this process's stand-in, and behaves as one:
   the engine in this process would have died with us (and the container with it);
 * a command it cannot stand in for — ``-t`` (the terminal's job control and window size are
   ours), ``--preserve-fds``, other namespaces, groups or security context (capabilities,
-  no_new_privs, seccomp, LSM label), a cgroup, CPU affinity, nice value or OOM score it cannot
-  take on — it declines before doing anything, and the command runs here as before.
+  no_new_privs, seccomp, LSM label), a cgroup, resource limit, CPU affinity, nice value or
+  OOM score it cannot take on — it declines before doing anything, and the command runs here as before.
 
 No server answering: the command runs here, and ``run``/``create``/``exec``/``start`` start
 one in the background for the next command.  ``ROOTLESS_HANDOVER=0`` runs every command
@@ -124,8 +124,21 @@ def _request(argv: list[str]) -> dict:
     return {**caller_state(), "entry": "cli", "argv": argv, "groups": os.getgroups(), "cgroups": cgroups,
             "ns": {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in NAMESPACES},
             "security": security_context(), "cpus": sorted(os.sched_getaffinity(0)),
-            "nice": os.getpriority(os.PRIO_PROCESS, 0), "oom_score_adj": oom,
+            "nice": os.getpriority(os.PRIO_PROCESS, 0), "oom_score_adj": oom, "limits": _limits(),
             "stdio": [stdio(sys.stdin), stdio(sys.stdout), stdio(sys.stderr)]}
+
+
+def _limits() -> dict[str, list[int]]:
+    """Every resource limit of ours, soft and hard (ulimit -v in a batch job, say)."""
+    import resource
+    out = {}
+    for name in dir(resource):
+        if name.startswith("RLIMIT_"):
+            try:
+                out[name] = list(resource.getrlimit(getattr(resource, name)))
+            except (OSError, ValueError):
+                pass
+    return out
 
 
 def _follow(sock, pid: int) -> int | None:

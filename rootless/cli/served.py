@@ -3,7 +3,7 @@
 ``serve_command`` (the server's ``cli`` entry, container/services.py) runs in a child forked
 by the server, which has this module, click and the engine imported.  It first checks that
 it can stand in for the CLI (same namespaces, groups and security context; the CLI's cgroups,
-CPU affinity, nice value and OOM score adjustment taken on; no ``-t`` nor ``--preserve-fds``);
+resource limits, CPU affinity, nice value and OOM score adjustment taken on; no ``-t`` nor ``--preserve-fds``);
 if not it says ``local`` and the CLI runs the command itself.  Else
 it takes on the CLI's stdin, stdout and stderr, environment, working directory, umask,
 rlimits and standard streams' settings, runs ``commands.main`` as the CLI would, flushes,
@@ -85,9 +85,14 @@ def _why_not(request: dict) -> str:
 
 
 def _take_scheduling(request: dict) -> str:
-    """The CLI's CPU affinity (a Slurm task's binding, taskset), nice value and OOM score
-    adjustment, which the container's processes inherit from us."""
+    """The CLI's resource limits (soft and hard), CPU affinity (a Slurm task's binding,
+    taskset), nice value and OOM score adjustment, which the container's processes inherit."""
+    import resource
     try:
+        for name, (soft, hard) in request["limits"].items():
+            limit = getattr(resource, name, None)
+            if limit is not None and resource.getrlimit(limit) != (soft, hard):
+                resource.setrlimit(limit, (soft, hard))
         if set(request["cpus"]) != os.sched_getaffinity(0):
             os.sched_setaffinity(0, request["cpus"])
         if request["nice"] != os.getpriority(os.PRIO_PROCESS, 0):
