@@ -21,7 +21,6 @@ import re
 import signal
 from typing import BinaryIO, Iterator
 
-_CRASH = os.environ.get("ROOTLESS_TEST_CRASH_AFTER")
 _steps = 0
 _NAME = re.compile(r"-w(\d+)-(\d+)-[0-9a-f]+")
 
@@ -29,10 +28,11 @@ _NAME = re.compile(r"-w(\d+)-(\d+)-[0-9a-f]+")
 def step(what: str = "") -> None:
     """A point between two changes of the store (the test hook above; otherwise nothing)."""
     global _steps
-    if not _CRASH:
+    crash = os.environ.get("ROOTLESS_TEST_CRASH_AFTER")   # read now: a command handed to the fork
+    if not crash:                                          # server (cli/served.py) has its caller's
         return
     _steps += 1
-    if _steps == int(_CRASH):
+    if _steps == int(crash):
         log = os.environ.get("ROOTLESS_TEST_CRASH_LOG")
         if log:
             with open(log, "a") as f:

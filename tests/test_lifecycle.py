@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -381,6 +382,38 @@ def test_what_stays_per_container_is_a_monitor_and_a_daemon_from_the_fork_server
         f"/proc/{pid1}/mountinfo").read()
     assert rl("stop", "-t", "1", "lean").returncode == 0
     _until(lambda: _gone(daemon))      # the mount ended with the container's last process
+
+
+def test_an_idle_container_is_waited_for_by_a_lean_monitor(rl, detached):
+    """No network helper, no console: the process that planned and started the container has
+    ended; PID 1's parent, the record's owner and its monitor is the fork server's child that
+    forked it (detached.LeanMonitor), which holds little of its own."""
+    detached("idle-lean", "busybox", "sleep", "60")
+    record = json.loads((rl.container_dir("idle-lean") / "config.json").read_text())
+    monitor, pid1 = record["config"]["monitor"], record["init_pid"]
+    assert record["owner_pid"] == monitor and _ppid(pid1) == monitor
+    assert "rootless.container.forkserver" in open(f"/proc/{_ppid(monitor)}/cmdline").read()
+    _until(lambda: open(f"/proc/{monitor}/task/{monitor}/children").read().split() == [str(pid1)])
+    assert rl("exec", "idle-lean", "true").returncode == 0
+    assert rl("stop", "-t", "1", "idle-lean").returncode == 0
+    assert _ps(rl)["idle-lean"]["Status"].startswith("Exited (137)")
+    _until(lambda: _gone(monitor))
+
+
+def test_a_container_with_a_network_helper_keeps_one_monitor(rl):
+    """slirp4netns ends with the process that started it: that process stays the monitor."""
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    proc = rl("run", "-d", "--network", "slirp4netns", "--name", "helped", "busybox", "sleep", "60")
+    try:
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads((rl.container_dir("helped") / "config.json").read_text())
+        monitor, pid1 = record["config"]["monitor"], record["init_pid"]
+        assert record["owner_pid"] == monitor and _ppid(pid1) == monitor
+        assert "rootless.container.forkserver" in open(f"/proc/{_ppid(monitor)}/cmdline").read()
+        assert rl("exec", "helped", "true").returncode == 0
+    finally:
+        rl("rm", "-f", "helped")
 
 
 def test_without_the_fork_server_the_cli_forks_the_monitor(rl):

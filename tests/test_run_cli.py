@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import select
@@ -64,12 +65,28 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def _container_pid1(launcher: subprocess.Popen, command: str, timeout: float = 20) -> int:
-    """The host pid of the container's PID 1 once it runs ``command``: a child of rootless once the
-    intermediate process has exited (a grandchild while that one lives)."""
+def _engine_pid(rl, launcher: subprocess.Popen, name: str, timeout: float = 20) -> int:
+    """The process that runs the engine for ``launcher`` (a ``run --name NAME``): the CLI itself,
+    or the fork server's child it handed the command to (cli/client.py): the record's owner."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for c in _children(launcher.pid):
+        try:
+            owner = json.loads((rl.container_dir(name) / "config.json").read_text()).get("owner_pid")
+        except (LookupError, OSError, ValueError):
+            owner = None
+        if owner:
+            return int(owner)
+        time.sleep(0.02)
+    raise AssertionError(f"no record of {name} names its owner (launcher {launcher.pid})")
+
+
+def _container_pid1(engine: int, command: str, timeout: float = 20) -> int:
+    """The host pid of the container's PID 1 once it runs ``command``: a child of the engine's
+    process (``_engine_pid``) once the intermediate process has exited (a grandchild while that
+    one lives)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in _children(engine):
             for kid in [c, *_children(c)]:
                 try:
                     argv0 = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")[0]
@@ -79,6 +96,31 @@ def _container_pid1(launcher: subprocess.Popen, command: str, timeout: float = 2
                     return kid
         time.sleep(0.02)
     raise AssertionError("the container's PID 1 did not appear")
+
+
+# The engine runs in the CLI's process (ROOTLESS_HANDOVER=0), or in the fork server's child the
+# CLI handed the command to: the process model and the CLI's behaviour must be the same.
+HANDOVER = pytest.mark.parametrize("handover", ["1", "0"])
+
+
+def _handover_ready(rl, handover: str, timeout: float = 30) -> None:
+    """With ``handover`` "1": a fork server answers, so that the next command is handed to it
+    (a command finding none starts one in the background and runs itself)."""
+    import socket
+    if handover == "0":
+        return
+    rl("run", "--rm", "busybox", "true", check=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in (Path(rl.env["XDG_RUNTIME_DIR"]) / "rootless").glob("forkserver-*.sock"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+                try:
+                    s.connect(str(path))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    raise AssertionError("no fork server answers")
 
 
 def _wait_for_line(stream, text: str, timeout: float = 20) -> None:
@@ -96,12 +138,18 @@ def _wait_for_line(stream, text: str, timeout: float = 20) -> None:
     raise AssertionError(f"did not see {text!r}; got {buf!r}")
 
 
-def test_killed_by_signal_is_128_plus_n(rl):
-    p = rl.popen("run", "--rm", "busybox", "sleep", "60", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@HANDOVER
+def test_killed_by_signal_is_128_plus_n(rl, handover):
+    _handover_ready(rl, handover)
+    name = f"killed-{handover}"
+    p = rl.popen("run", "--rm", "--name", name, "busybox", "sleep", "60", stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, env={"ROOTLESS_HANDOVER": handover})
     try:
-        pid1 = _container_pid1(p, "sleep")
-        # no intermediate process stays: the CLI (a child subreaper) is PID 1's parent
-        assert int(Path(f"/proc/{pid1}/stat").read_text().rsplit(")", 1)[1].split()[1]) == p.pid
+        engine = _engine_pid(rl, p, name)
+        assert (engine == p.pid) == (handover == "0")
+        pid1 = _container_pid1(engine, "sleep")
+        # no intermediate process stays: the engine (a child subreaper) is PID 1's parent
+        assert int(Path(f"/proc/{pid1}/stat").read_text().rsplit(")", 1)[1].split()[1]) == engine
         os.kill(pid1, signal.SIGKILL)
         assert p.wait(timeout=20) == 128 + signal.SIGKILL
     finally:
@@ -109,10 +157,13 @@ def test_killed_by_signal_is_128_plus_n(rl):
         p.wait()
 
 
+@HANDOVER
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_user_signals_reach_the_container(rl, sig):
+def test_user_signals_reach_the_container(rl, sig, handover):
+    _handover_ready(rl, handover)
     script = f'trap "echo got {sig.name}; exit 42" {sig.name[3:]}; echo ready; while true; do sleep 0.1; done'
-    p = rl.popen("run", "--rm", "busybox", "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = rl.popen("run", "--rm", "busybox", "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 env={"ROOTLESS_HANDOVER": handover})
     try:
         _wait_for_line(p.stdout, "ready")
         p.send_signal(sig)
@@ -123,22 +174,27 @@ def test_user_signals_reach_the_container(rl, sig):
         p.wait()
 
 
-def test_only_the_main_thread_may_take_forwarded_signals(rl):
+@HANDOVER
+def test_only_the_main_thread_may_take_forwarded_signals(rl, handover):
     """The foreground run's helper threads (log pumps) block the signals it forwards: a signal
     sent to the process while the main thread still blocks them (the container just started)
     must wait for its handler, never be taken by a thread with the default action (SIGHUP's
     ends the process: 'run' died with -1 instead of forwarding it)."""
     import signal as _signal
-    p = rl.popen("run", "--rm", "busybox", "sleep", "30", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _handover_ready(rl, handover)
+    name = f"threads-{handover}"
+    p = rl.popen("run", "--rm", "--name", name, "busybox", "sleep", "30", stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, env={"ROOTLESS_HANDOVER": handover})
     try:
-        _container_pid1(p, "sleep")
-        tasks = [t for t in os.listdir(f"/proc/{p.pid}/task") if int(t) != p.pid]
+        engine = _engine_pid(rl, p, name)
+        _container_pid1(engine, "sleep")
+        tasks = [t for t in os.listdir(f"/proc/{engine}/task") if int(t) != engine]
         assert tasks, "the foreground run has no helper thread to check"
         wanted = 0
         for sig in (_signal.SIGHUP, _signal.SIGINT, _signal.SIGTERM, _signal.SIGQUIT, _signal.SIGUSR1):
             wanted |= 1 << (sig - 1)
         for tid in tasks:
-            status = Path(f"/proc/{p.pid}/task/{tid}/status").read_text()
+            status = Path(f"/proc/{engine}/task/{tid}/status").read_text()
             blocked = int(status.split("SigBlk:")[1].split()[0], 16)
             assert blocked & wanted == wanted, f"thread {tid} takes forwarded signals (SigBlk {blocked:x})"
     finally:
@@ -146,9 +202,13 @@ def test_only_the_main_thread_may_take_forwarded_signals(rl):
         p.wait()
 
 
-def test_killing_the_cli_ends_the_container(rl):
-    p = rl.popen("run", "--rm", "busybox", "sleep", "60", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    pid1 = _container_pid1(p, "sleep")
+@HANDOVER
+def test_killing_the_cli_ends_the_container(rl, handover):
+    _handover_ready(rl, handover)
+    name = f"killed-cli-{handover}"
+    p = rl.popen("run", "--rm", "--name", name, "busybox", "sleep", "60", stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, env={"ROOTLESS_HANDOVER": handover})
+    pid1 = _container_pid1(_engine_pid(rl, p, name), "sleep")
     p.kill()
     p.wait()
     deadline = time.monotonic() + 10

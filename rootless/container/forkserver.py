@@ -33,8 +33,6 @@ import functools
 import json
 import os
 import resource
-import select
-import socket
 import sys
 import time
 
@@ -48,7 +46,8 @@ class Unavailable(Exception):
     pass
 
 
-def _connect(path: str) -> socket.socket:
+def _connect(path: str):
+    import socket      # here: the command line's thin client (cli/client.py) imports this module
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         s.connect(path)
@@ -64,7 +63,7 @@ def _code_id(services: str = "") -> str:
     and fuse_overlay, and what it preloads and runs (``services``).  A server started before
     an upgrade (or an edit) keeps its old socket and ends once idle; the next command starts
     one with the new code."""
-    import hashlib
+    import zlib        # not hashlib: its OpenSSL costs every command that asks (cli/client.py) 2 ms
     import fuse_overlay
     newest = 0
     rootless_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,36 +72,52 @@ def _code_id(services: str = "") -> str:
             for name in files:
                 if name.endswith(".py"):
                     newest = max(newest, os.stat(os.path.join(base, name)).st_mtime_ns)
-    return hashlib.sha256(f"{sys.executable}\0{newest}\0{services}".encode()).hexdigest()[:12]
+    key = f"{sys.executable}\0{newest}\0{services}".encode()
+    return f"{zlib.crc32(key):08x}{zlib.adler32(key):08x}"[:12]
 
 
-def ensure(run_dir: str, preload: tuple[str, ...] = (), entries: dict[str, str] | None = None) -> str | None:
+def socket_path(run_dir: str, preload: tuple[str, ...] = (), entries: dict[str, str] | None = None) -> str:
+    """Where the server started with ``preload`` and ``entries`` (see ``ensure``) listens."""
+    return os.path.join(run_dir, SOCKET.replace(".sock", f"-{_code_id(chr(0).join(_args(preload, entries)))}.sock"))
+
+
+def _args(preload: tuple[str, ...], entries: dict[str, str] | None) -> list[str]:
+    args = ["--preload", ",".join(preload)] if preload else []
+    for name, target in sorted((entries or {}).items()):
+        args += ["--entry", f"{name}={target}"]
+    return args
+
+
+def ensure(run_dir: str, preload: tuple[str, ...] = (), entries: dict[str, str] | None = None,
+           wait: bool = True) -> str | None:
     """The server's socket path, starting the server when none answers; None if it cannot start.
 
     ``preload``: modules the server imports once (its children share them); ``entries``:
     what a request may ask it to run, by name, as ``"module:function"`` (``function(request,
-    fds)`` in the forked child, its return value the child's exit status)."""
+    fds)`` in the forked child, its return value the child's exit status).  ``wait=False``:
+    start it if need be, but return None at once rather than wait for it to listen."""
     if os.environ.get("ROOTLESS_FORKSERVER") == "0":
         return None
-    args = ["--preload", ",".join(preload)] if preload else []
-    for name, target in sorted((entries or {}).items()):
-        args += ["--entry", f"{name}={target}"]
-    path = os.path.join(run_dir, SOCKET.replace(".sock", f"-{_code_id(chr(0).join(args))}.sock"))
+    path = socket_path(run_dir, preload, entries)
     try:
         _connect(path).close()
         return path
     except OSError:
         pass
+    if not wait and not _claim_start(path):
+        return None          # another command started it a moment ago: it is importing still
     from ..sandbox.spawn import spawn
     idle = os.environ.get("ROOTLESS_FORKSERVER_IDLE", "300")
     log = os.open(os.path.join(run_dir, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        spawn([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", idle, *args],
-              capture_stderr=False, stderr_fd=log, new_session=True)
+        spawn([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", idle,
+               *_args(preload, entries)], capture_stderr=False, stderr_fd=log, new_session=True)
     except OSError:
         return None
     finally:
         os.close(log)
+    if not wait:
+        return None
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         try:
@@ -113,6 +128,24 @@ def ensure(run_dir: str, preload: tuple[str, ...] = (), entries: dict[str, str] 
     return None
 
 
+def _claim_start(path: str) -> bool:
+    """True if no other command began starting this server in the last START_TIMEOUT
+    seconds (``PATH.starting``, its time the claim's): commands that do not wait for the
+    server must not each start one while the first still imports."""
+    marker = path + ".starting"
+    try:
+        if time.time() - os.stat(marker).st_mtime < START_TIMEOUT:
+            return False
+    except OSError:
+        pass
+    try:
+        with open(marker, "w"):
+            pass
+    except OSError:
+        return False
+    return True
+
+
 def _request(path: str, request: dict, fds: list[int], timeout: float) -> int:
     """Send ``request`` with ``fds``; the forked child's pid."""
     try:
@@ -121,6 +154,7 @@ def _request(path: str, request: dict, fds: list[int], timeout: float) -> int:
         raise Unavailable(f"the fork server at {path} does not answer: {e}") from None
     with conn:
         try:
+            import socket
             socket.send_fds(conn, [json.dumps(request).encode()], fds)
             conn.settimeout(timeout)
             reply = json.loads(conn.recv(65536) or b"{}")
@@ -139,6 +173,7 @@ def mount(path: str, argv: list[str], timeout: float) -> int:
             pid = _request(path, {"entry": "mount", "pid": os.getpid(), "argv": argv}, [w], timeout)
         finally:
             os.close(w)
+        import select
         ready, _, _ = select.select([r], [], [], timeout)
         if not ready or not os.read(r, 16).startswith(b"ready"):
             raise OSError(f"fuse-overlay did not mount the root filesystem (fork server child {pid}; "
@@ -150,15 +185,35 @@ def mount(path: str, argv: list[str], timeout: float) -> int:
 
 def spawn_monitor(path: str, request: dict, report_fd: int) -> int:
     """Have the server fork the monitor of a detached container; it reports on ``report_fd``."""
+    return _request(path, {**request, **caller_state(), "entry": "monitor"}, [report_fd, 1, 2], 10.0)
+
+
+def caller_state() -> dict:
+    """What a child of the server takes on to act for this process (``take_caller_state``):
+    its environment, working directory, umask and soft rlimits."""
     rlimits = {}
     for name in _RLIMITS:
         try:
             rlimits[name] = resource.getrlimit(getattr(resource, name))[0]
         except (AttributeError, OSError, ValueError):
             pass
-    full = {**request, "entry": "monitor", "env": dict(os.environ), "cwd": os.getcwd(),
-            "umask": _umask(), "rlimits": rlimits}
-    return _request(path, full, [report_fd, 1, 2], 10.0)
+    return {"env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask(), "rlimits": rlimits}
+
+
+def take_caller_state(request: dict) -> None:
+    """In the server's child: the environment, umask and soft rlimits of ``caller_state``
+    (the working directory is the caller's to take: its absence is worded by each)."""
+    import time as _time
+    os.environ.clear()
+    os.environ.update(request["env"])
+    _time.tzset()                      # TZ may differ from the server's
+    os.umask(int(request["umask"]))
+    for name, soft in request.get("rlimits", {}).items():
+        try:
+            limit = getattr(resource, name)
+            resource.setrlimit(limit, (soft, resource.getrlimit(limit)[1]))
+        except (AttributeError, OSError, ValueError):
+            pass
 
 
 def _umask() -> int:

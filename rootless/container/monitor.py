@@ -68,6 +68,12 @@ class Detacher:
         os.close(self.w)
         self.w = -1
 
+    def close(self) -> None:
+        """Report nothing from this process (another one reports)."""
+        if self.w >= 0:
+            os.close(self.w)
+            self.w = -1
+
     def started(self, cid: str) -> None:
         self._send({"id": cid})
 

@@ -17,6 +17,12 @@ from ..sandbox.remove import remove_tree
 from ..sandbox import idmap
 from ..image.store import Store, lock_exclusive
 
+# Trees of removed containers whose removal may finish after the command has answered: a
+# list that cli/served.py sets while it runs a command for the CLI, and empties once the CLI
+# has its exit status.  The tree is renamed into tmp/ first (the container is gone from then
+# on), under a name that tells clean_stale it may go if its remover died.  None: at once.
+deferred_removals: list[Callable[[], None]] | None = None
+
 _ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
                "nimble", "proud", "quiet", "sharp", "tender", "vivid", "witty", "zen")
 _NOUNS = ("otter", "lynx", "heron", "badger", "falcon", "panda", "beaver", "gecko", "marten", "orca",
@@ -227,7 +233,8 @@ class Containers:
         """Rename the directory away (call with the lock held, nothing of the container running),
         then remove it, the cgroup and the run-time directory."""
         directory = self.store.container_dir(rec.id)
-        doomed = os.path.join(self.store.root, "tmp", f"removing-{rec.id}-{os.urandom(4).hex()}")
+        from .. import atomic
+        doomed = os.path.join(self.store.root, "tmp", atomic.temp_name(f"removing-{rec.id[:16]}"))
         os.rename(directory, doomed)
         events.emit(self.store.root, "container", "destroy", rec.id, events.container_attributes(rec))
         warnings = []
@@ -242,6 +249,9 @@ class Containers:
         run_dir = rec.config.get("run_dir")
         if run_dir and os.path.isdir(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
+        if deferred_removals is not None:
+            deferred_removals.append(lambda: remove_tree(maps, doomed))
+            return warnings
         try:
             remove_tree(maps, doomed)
         except StoreError as e:

@@ -542,12 +542,17 @@ def saved_options(rec: Record) -> dict:
     return saved
 
 
-def monitor_main(store: Store, opts: RunOptions, existing: str | None, detacher) -> int:
+def monitor_main(store: Store, opts: RunOptions, existing: str | None, detacher, handoff=None,
+                 ended: tuple[int, int] | None = None) -> int:
     """In a monitor forked by the fork server (``detached.adopt``): plan again, then create
-    (unless ``existing``) and start, as ``run``/``start`` would have in their own fork."""
+    (unless ``existing``) and start, as ``run``/``start`` would have in their own fork.
+
+    ``handoff``: this process runs under a lean monitor (``detached.LeanMonitor``) and may hand
+    it the waiting once the container runs, then end.  ``ended``: (exit status, restarts) of the
+    round that lean monitor waited for: record its end, and restart as the policy says."""
     rec = Containers(store).find(existing) if existing else None
     p = plan(store, opts, image=_own_image(store, rec) if rec is not None else None)
-    return start_planned(store, p, rec, detacher)
+    return _Starter(store, p, detacher, _to_stderr, handoff=handoff, ended=ended).execute(rec)
 
 
 def start_planned(store: Store, p: Plan, existing: Record | None, detacher,
@@ -563,16 +568,20 @@ def start_planned(store: Store, p: Plan, existing: Record | None, detacher,
 
 class _Starter:
     def __init__(self, store: Store, p: Plan, detacher, on_warning: Callable[[str], None],
-                 stdio: tuple[int, int, int] | None = None) -> None:
+                 stdio: tuple[int, int, int] | None = None, handoff=None,
+                 ended: tuple[int, int] | None = None) -> None:
         self.store, self.p, self.detacher, self.on_warning = store, p, detacher, on_warning
         self.stdio = stdio
+        self.handoff, self.ended = handoff, ended
 
     def execute(self, existing: Record | None) -> int:
         from contextlib import nullcontext
         from .records import ContainerGone
         store, p = self.store, self.p
         records = Containers(store)
-        if existing is None:
+        if self.ended is not None:
+            rec = existing      # the lean monitor's previous round: its container has ended
+        elif existing is None:
             rec = create(store, p, started_later=False)
         else:
             def own(r: Record) -> None:      # start: this process now owns it
@@ -585,10 +594,17 @@ class _Starter:
                 rec = records.update(existing.id, own, existing.name)
         restarts, backoff = 0, 0.1
         detacher = self.detacher
-        logging = detacher is not None
+        logging = detacher is not None or self.handoff is not None
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            restarts = ended[1]
+            backoff = min(0.1 * 2 ** restarts, 10.0)
         while True:
             try:
-                code = self.once(rec, records, detacher, logging, restarts)
+                if ended is not None:
+                    code, ended = self._ended_under_lean_monitor(rec, records, ended[0]), None
+                else:
+                    code = self.once(rec, records, detacher, logging, restarts)
             except ContainerGone:
                 raise ContainerGone(f"container {rec.name} was removed ('rootless rm -f') before it had "
                                     "started", 137) from None
@@ -656,6 +672,11 @@ class _Starter:
             if missing:
                 raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
                                     "import the image again")
+            # Under a lean monitor, nothing that must live as long as the container may belong
+            # to this process (network helpers, a console, health checks, a squashfs mount's
+            # lock): then it hands the waiting to that monitor and ends (detached.py).
+            lean = (self.handoff is not None and logging and not net.needs_helper and user_net is None
+                    and console is None and p.health is None and not image.squashfs)
             server = None
             if _may_use_fuse(opts.storage_driver, maps, stored, bool(image.squashfs)):
                 from . import services
@@ -714,7 +735,8 @@ class _Starter:
                                              _hooks_before(p, rec.id, run_dir, hostname)),
                 join_cgroup=cg.add if cg.paths else None,
                 join_userns=join_userns,
-                stdio=stdio)
+                stdio=stdio,
+                subreaper=not lean)
             if shared:
                 # NAME's network namespace is owned by NAME's user namespace (a child of the one
                 # its mounts were made in): ours is that one too, made in the same way.
@@ -753,7 +775,7 @@ class _Starter:
             config = {"env": spec.process.env, "user": spec.process.user, "cwd": spec.process.cwd,
                       "caps": sorted(spec.process.caps), "hostname": hostname, "detached": opts.detach,
                       "stop_signal": opts.stop_signal or cfg.get("StopSignal") or "SIGTERM", "started": time.time(),
-                      "monitor": os.getpid() if logging else 0,
+                      "monitor": (self.handoff.monitor if lean else os.getpid()) if logging else 0,
                       "rootfs_server": started.rootfs_server}
             if restarts:
                 config["restarts"] = restarts
@@ -762,6 +784,8 @@ class _Starter:
             def now_running(r) -> None:
                 r.state, r.pid, r.init_pid, r.init_start = ("running", started.intermediate_pid,
                                                             started.init_pid, init_start)
+                if lean:        # the lean monitor owns it from now on
+                    r.owner_pid, r.owner_start = self.handoff.monitor, procs.start_time(self.handoff.monitor)
                 r.exit_code, r.finished, r.cgroup_paths = None, None, list(cg.paths)
                 r.config.pop("paused", None)     # stopped while paused: a new cgroup, not frozen
                 r.config.update(config)
@@ -771,6 +795,9 @@ class _Starter:
             checks = _start_health_checks(store, rec.id, p.health)
             if detacher is not None:
                 detacher.started(rec.id)
+            if lean and started.intermediate_pid == started.init_pid:
+                self.handoff.give(rec, started, pump, p.log, restarts)
+                os._exit(0)     # the lean monitor waits and logs from here; it forks the rest
             if pump is not None and logging:
                 pump.start()
                 if console is not None:
@@ -818,6 +845,33 @@ class _Starter:
             os.close(fd)
         if squash is not None:
             squash.release()      # the last container of that file unmounts it (squashmount.py)
+        return self._ended(rec, records, code, cg, helpers, run_dir)
+
+    def _ended_under_lean_monitor(self, rec, records, code: int) -> int | None:
+        """The end of a round the lean monitor waited for (see ``once``): the poststop hooks,
+        the cgroup (by its recorded paths), the record or --rm."""
+        from ..cgroups import CgroupError, attach
+        from .devices import HOOKS_END
+        try:
+            rec = records.find(rec.id)
+        except RootlessError:
+            return None             # removed meanwhile
+        run_dir = os.path.join(self.p.run_base, rec.id[:16])
+        _hooks_after(self.p, HOOKS_END, rec.id, run_dir, None, self.p.opts.hostname or rec.id[:12], self.on_warning)
+        cg = None
+        try:
+            present = [d for d in rec.cgroup_paths if os.path.isdir(d)]
+            cg = attach(present) if present else None
+            rec.oom_killed = cg.oom_killed() if cg is not None else False
+        except CgroupError:
+            rec.oom_killed = False
+        return self._ended(rec, records, code, cg, [], run_dir)
+
+    def _ended(self, rec, records, code: int, cg, helpers: list, run_dir: str) -> int | None:
+        """After a container's end: its helpers and cgroup go, and its record records the end
+        (or, with --rm, goes); the code, or None if it was removed meanwhile."""
+        from .records import ContainerGone
+        opts, maps, user_net = self.p.opts, self.p.maps, self.p.user_net
         _stop(helpers, run_dir)
         _remove_cgroup(cg, self.on_warning)
         if user_net:

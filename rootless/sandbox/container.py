@@ -114,6 +114,10 @@ class SandboxSpec:
     intermediate_needed: Callable[[], bool] = lambda: False
     # The container's stdin, stdout and stderr (fds of P's); None: P's own 0, 1 and 2.
     stdio: tuple[int, int, int] | None = None
+    # P a child subreaper, so that B is its child once C exits.  False: B goes to the nearest
+    # subreaper above P instead (the lean monitor of container/detached.py, which waits for it
+    # once P has ended; B's parent-death signal is then tied to that process).
+    subreaper: bool = True
 
 
 @dataclass
@@ -135,7 +139,8 @@ def start(spec: SandboxSpec) -> Started:
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
-        libc.set_child_subreaper(True)   # B comes to us when C exits
+        if spec.subreaper:
+            libc.set_child_subreaper(True)   # B comes to us when C exits
         pid, sock = fork_into_userns(spec.maps, lambda s: _intermediate(spec, s), name="rootless-intermediate",
                                      before_release=spec.join_cgroup, join=spec.join_userns)
     except BaseException:
