@@ -64,8 +64,10 @@ def handed_over(argv: list[str]) -> int | None:
                                                      os.environ.get("ROOTLESS_HANDOVER")):
         return None
     try:
-        from .. import paths
+        from .. import paths, slurm
         from ..container import forkserver, services
+        if slurm.current() is not None:
+            return None         # a job step's commands stay in it (services.ensure, docs/hpc.md)
         run_dir = paths.runtime_dir()
         path = services.socket_path(run_dir)
     except Exception:  # noqa: BLE001 - the command run here words the problem

@@ -48,8 +48,11 @@ def ensure(run_dir: str) -> str | None:
 
 
 def start_in_background(run_dir: str) -> None:
-    """Start the fork server if none answers, without waiting for it (cli/client.py)."""
-    forkserver.ensure(run_dir, PRELOAD, ENTRIES, wait=False)
+    """Start the fork server if none answers, without waiting for it (cli/client.py); never
+    inside a Slurm job (``ensure``)."""
+    from ..slurm import current
+    if current() is None:
+        forkserver.ensure(run_dir, PRELOAD, ENTRIES, wait=False)
 
 
 def socket_path(run_dir: str) -> str:
