@@ -190,3 +190,36 @@ def layer_tars(rl: Rootless, ref: str) -> list[bytes]:
         with tarfile.open(archive) as tar:
             manifest = json.load(tar.extractfile("manifest.json"))
             return [tar.extractfile(name).read() for name in manifest[0]["Layers"]]
+
+
+def wait_for_fork_server(rl: Rootless, timeout: float = 30) -> None:
+    """Run a container, then wait until a fork server answers in ``rl``'s run-time directory:
+    the commands after this are handed to it (one finding none starts one in the background and
+    runs itself)."""
+    import socket
+    import time
+    rl("run", "--rm", "busybox", "true", check=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in (Path(rl.env["XDG_RUNTIME_DIR"]) / "rootless").glob("forkserver-*.sock"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+                try:
+                    s.connect(str(path))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    raise AssertionError("no fork server answers")
+
+
+def end_podman(base: list[str], env: dict[str, str], root: Path | str, run_root: str) -> None:
+    """Remove a test's Podman store ``root`` and run root (as root of Podman's user namespace),
+    and end the pause process Podman left for that run root."""
+    pause = Path(run_root) / "libpod" / "tmp" / "pause.pid"
+    pid = int(pause.read_text()) if pause.exists() else 0
+    subprocess.run([*base, "unshare", "rm", "-rf", str(root), run_root], capture_output=True, timeout=120, env=env)
+    if pid:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass

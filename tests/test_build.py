@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RANGE_MODE, layer_tars
+from .conftest import RANGE_MODE, end_podman, layer_tars
 
 pytestmark = pytest.mark.both_modes
 
@@ -311,15 +311,7 @@ def _podman(tmp_path: Path):
         return subprocess.run([*base, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
     def cleanup() -> None:
-        pause = Path(run_root) / "libpod" / "tmp" / "pause.pid"
-        pid = int(pause.read_text()) if pause.exists() else 0
-        subprocess.run([*base, "unshare", "rm", "-rf", str(tmp_path / "p-root"), run_root], capture_output=True,
-                       timeout=120, env=env)
-        if pid:
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        end_podman(base, env, tmp_path / "p-root", run_root)
     return podman, cleanup
 
 

@@ -9,35 +9,17 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from .conftest import ROOTLESS
+from .conftest import ROOTLESS, wait_for_fork_server
 
 pytestmark = pytest.mark.both_modes
 
 
-def _served(rl) -> None:
-    """Until a fork server answers: the commands below are then handed to it."""
-    import socket
-    rl("run", "--rm", "busybox", "true", check=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for path in (Path(rl.env["XDG_RUNTIME_DIR"]) / "rootless").glob("forkserver-*.sock"):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-                try:
-                    s.connect(str(path))
-                    return
-                except OSError:
-                    pass
-        time.sleep(0.05)
-    raise AssertionError("no fork server answers")
-
-
 @pytest.mark.parametrize("handover", ["1", "0"])
 def test_caller_environment_cwd_and_umask(rl, tmp_path, handover):
-    _served(rl)
+    wait_for_fork_server(rl)
     (tmp_path / "vars").write_text("FROM_FILE=yes\n")
     env = {**rl.env, "ROOTLESS_HANDOVER": handover, "PASSED": "from-the-caller", "TZ": "UTC"}
     script = 'echo "$PASSED $FROM_FILE"; cat /w/marker'
@@ -51,7 +33,7 @@ def test_caller_environment_cwd_and_umask(rl, tmp_path, handover):
 
 @pytest.mark.parametrize("handover", ["1", "0"])
 def test_exit_status_and_output_order(rl, handover):
-    _served(rl)
+    wait_for_fork_server(rl)
     proc = rl("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 7",
               env={"ROOTLESS_HANDOVER": handover, "ROOTLESS_NO_SINGLE_UID_WARNING": "1"})
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, "out\n", "err\n")
@@ -61,7 +43,7 @@ def test_exit_status_and_output_order(rl, handover):
 
 def test_removed_container_is_gone_when_run_returns(rl):
     """``run --rm`` may finish removing the files after it has answered, never the record."""
-    _served(rl)
+    wait_for_fork_server(rl)
     for _ in range(3):
         assert rl("run", "--rm", "--name", "handed-rm", "busybox", "true").returncode == 0
         assert "handed-rm" not in rl("ps", "-a", "--format", "{{.Names}}").stdout.split()
@@ -74,7 +56,7 @@ def test_removed_container_is_gone_when_run_returns(rl):
 def test_terminal_commands_run_in_the_cli(rl):
     """-t needs the caller's terminal (job control, window size): the CLI keeps the command."""
     import pty
-    _served(rl)
+    wait_for_fork_server(rl)
     master, slave = pty.openpty()
     try:
         p = subprocess.Popen([*ROOTLESS, "run", "--rm", "-t", "--name", "handed-tty", "busybox", "sleep", "2"],
@@ -96,7 +78,7 @@ def test_terminal_commands_run_in_the_cli(rl):
 @pytest.mark.parametrize("handover", ["1", "0"])
 def test_cpu_affinity_and_nice_value_are_the_callers(rl, handover):
     """A Slurm task's CPU binding (taskset here), nice value and limits reach the container."""
-    _served(rl)
+    wait_for_fork_server(rl)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("one CPU: no binding to tell apart")

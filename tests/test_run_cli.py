@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RANGE_MODE, ROOTLESS, needs_range, subid_range
+from .conftest import RANGE_MODE, ROOTLESS, needs_range, subid_range, wait_for_fork_server
 
 pytestmark = pytest.mark.both_modes
 
@@ -103,24 +103,10 @@ def _container_pid1(engine: int, command: str, timeout: float = 20) -> int:
 HANDOVER = pytest.mark.parametrize("handover", ["1", "0"])
 
 
-def _handover_ready(rl, handover: str, timeout: float = 30) -> None:
-    """With ``handover`` "1": a fork server answers, so that the next command is handed to it
-    (a command finding none starts one in the background and runs itself)."""
-    import socket
-    if handover == "0":
-        return
-    rl("run", "--rm", "busybox", "true", check=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for path in (Path(rl.env["XDG_RUNTIME_DIR"]) / "rootless").glob("forkserver-*.sock"):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-                try:
-                    s.connect(str(path))
-                    return
-                except OSError:
-                    pass
-        time.sleep(0.05)
-    raise AssertionError("no fork server answers")
+def _handover_ready(rl, handover: str) -> None:
+    """With ``handover`` "1": a fork server answers, so that the next command is handed to it."""
+    if handover != "0":
+        wait_for_fork_server(rl)
 
 
 def _wait_for_line(stream, text: str, timeout: float = 20) -> None:

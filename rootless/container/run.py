@@ -412,13 +412,18 @@ def plan(store: Store, opts: RunOptions, image: Image | None = None) -> Plan:
                 log=log, health=health, devices=devs)
 
 
+def _add_volumes(opts: RunOptions, volumes: list[str]) -> None:
+    """Binds a flag stands for (HOST:PATH), before the user's: not where the user binds something."""
+    mine = {v.split(":")[1] if ":" in v else v for v in opts.volume}
+    opts.volume = [v for v in volumes if v.split(":")[1] not in mine] + list(opts.volume)
+
+
 def _expand_as_me(opts: RunOptions, single_uid: bool) -> None:
     """--as-me, made into the flags it stands for (once: the record keeps the result, so a later
     start binds the same directories and passes the same environment); a flag the user gave wins."""
     from .runflags import as_me
     me = as_me(single_uid, bind_cwd=not opts.workdir)
-    mine = {v.split(":")[1] if ":" in v else v for v in opts.volume}
-    opts.volume = [v for v in me.volumes if v.split(":")[1] not in mine] + list(opts.volume)
+    _add_volumes(opts, me.volumes)
     opts.workdir = opts.workdir or me.workdir
     opts.network = opts.network or me.network
     opts.userns = opts.userns or me.userns
@@ -432,8 +437,7 @@ def _expand_mpi(opts: RunOptions, single_uid: bool) -> list[str]:
     Returns its warnings."""
     from .runflags import mpi
     m = mpi(single_uid)
-    mine = {v.split(":")[1] if ":" in v else v for v in opts.volume}
-    opts.volume = [v for v in m.volumes if v.split(":")[1] not in mine] + list(opts.volume)
+    _add_volumes(opts, m.volumes)
     opts.network = opts.network or m.network
     opts.pid = opts.pid or m.pid
     opts.ipc = opts.ipc or m.ipc

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import RANGE_MODE
+from ..conftest import RANGE_MODE, end_podman
 from ..registry_server import running_registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,13 +83,5 @@ def test_podman_pulls_and_runs_with_fuse_overlay_as_mount_program(rl, tmp_path):
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
-        pause = Path(run_root) / "libpod" / "tmp" / "pause.pid"
-        pid = int(pause.read_text()) if pause.exists() else 0
-        subprocess.run([*base, "unshare", "rm", "-rf", str(root), run_root], capture_output=True,
-                       timeout=120, env=env)
-        if pid:
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        end_podman(base, env, root, run_root)
         shutil.rmtree(run_root, ignore_errors=True)
