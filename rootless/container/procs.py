@@ -31,6 +31,20 @@ def start_time(pid: int) -> int:
     return int(fields[19]) if fields else 0
 
 
+def is_ancestor(pid: int, start: int = 0) -> bool:
+    """Whether ``pid`` (started at ``start``, when given) is our parent, or its parent, ...:
+    a process waiting for us, which must not be stopped or killed by us."""
+    cur = os.getppid()
+    while cur > 1:
+        fields = _stat(cur)
+        if not fields:
+            return False
+        if cur == pid and (not start or int(fields[19]) == start):
+            return True
+        cur = int(fields[1])
+    return False
+
+
 def open_pid(pid: int, start: int = 0) -> int | None:
     """A pidfd for ``pid`` if it runs (not a zombie) and, when ``start`` is given, started then."""
     if pid <= 0:
@@ -119,6 +133,8 @@ def kill_tree(pid: int, start: int, timeout: float = 10.0) -> bool:
         while time.monotonic() < deadline:
             new = [c for c in _children_of(set(fds)) if c not in fds]
             for c in new:
+                if c == os.getpid():        # a remover forked by the owner itself: never stop us
+                    continue
                 fd = open_pid(c)
                 if fd is None:
                     continue

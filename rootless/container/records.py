@@ -261,11 +261,13 @@ class Containers:
 
 
 def _owner(rec: Record) -> tuple[int, int]:
-    """The process running (or starting) the container, if it still runs and is not us."""
+    """The process running (or starting) the container, if it still runs and is neither us nor
+    one of our ancestors (a monitor whose child records the end and removes the container: it
+    waits for us, and stopping its process tree would stop us)."""
     pid, start = rec.owner_pid, rec.owner_start
     if not pid:
         pid = int(rec.config.get("monitor") or 0)   # a record from an older rootless
-    if pid and pid != os.getpid() and procs.alive(pid, start):
+    if pid and pid != os.getpid() and procs.alive(pid, start) and not procs.is_ancestor(pid, start):
         return pid, start
     return 0, 0
 
