@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -138,6 +139,11 @@ def test_load_gzip_from_stdin_and_layer_missing_from_the_store(tmp_path, busybox
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == b"Loaded image: bb:gz\n"
         assert b("run", "--rm", "bb:gz", "cat", "/etc/passwd").stdout.startswith("root:")
+        # nothing left by load; a --rm container's files go just after run answers
+        # ("removing-*", records.deferred_removals): they must be gone soon too
+        deadline = time.monotonic() + 20
+        while os.listdir(tmp_path / "store-b" / "tmp") and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert os.listdir(tmp_path / "store-b" / "tmp") == []
     finally:
         for r in (a, b):
