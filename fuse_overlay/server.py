@@ -72,6 +72,14 @@ def _child(request: dict, notify_fd: int) -> int:
     return cli.main(argv)
 
 
+def _still_ours(path: str, inode: int) -> bool:
+    """Whether ``path`` is still the socket we bound (clients can reach us)."""
+    try:
+        return os.stat(path).st_ino == inode
+    except OSError:
+        return False
+
+
 def serve(path: str, idle: float, preload: Callable[[], None] = lambda: None,
           child: Callable[[dict, list[int]], int] = mount_child) -> int:
     """Listen at ``path``; fork ``child(request, fds)`` per request (``preload`` runs first).
@@ -111,8 +119,8 @@ def serve(path: str, idle: float, preload: Callable[[], None] = lambda: None,
             if now > deadline:
                 del pending[conn]
                 conn.close()
-        if not children and not pending and now - last > idle:
-            break
+        if not children and not pending and (now - last > idle or not _still_ours(path, bound_inode)):
+            break           # idle, or unreachable: a server started at once replaced our socket
         ready, _, _ = select.select([listener, *pending], [], [], 1.0)
         for sock in ready:
             last = time.monotonic()

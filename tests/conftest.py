@@ -57,6 +57,8 @@ class Rootless:
         self.env = {**os.environ, "ROOTLESS_ROOT": str(root), "ROOTLESS_PULL_POLICY": "never"}
         if run_dir is not None:
             self.env["XDG_RUNTIME_DIR"] = str(run_dir)
+        else:       # the default run-time directory: no fork server there that no test would stop
+            self.env["ROOTLESS_FORKSERVER"] = "0"
 
     def __call__(self, *args: str, input: str | bytes | None = None, timeout: float = 60,
                  check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

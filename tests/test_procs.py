@@ -64,3 +64,42 @@ def test_is_ancestor():
     assert procs.is_ancestor(os.getppid())
     assert not procs.is_ancestor(os.getpid())
     assert not procs.is_ancestor(os.getppid(), start=1)      # another process with that pid
+
+
+def test_a_fork_server_whose_socket_was_replaced_ends(tmp_path):
+    """Two commands starting the fork server at once: the second binds the socket path anew,
+    and the first, which no client can reach any more, ends instead of idling on (it was left
+    running for its whole idle time: a process the tests had not stopped)."""
+    import subprocess
+    import sys
+    path = str(tmp_path / "fs.sock")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", "600"],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    def bound_by(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if int(open(path + ".pid").read()) == proc.pid:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the server did not listen")
+
+    first = start()
+    second = None
+    try:
+        bound_by(first)
+        second = start()
+        bound_by(second)
+        first.wait(timeout=15)                       # ends by itself, within a second or two
+        assert second.poll() is None                 # the one clients reach serves on
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)

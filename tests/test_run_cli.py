@@ -407,7 +407,8 @@ def test_owner_outside_the_subuid_range_is_refused(rl, tmp_path):
 
 def test_runtime_dir_fallback_without_xdg(rl):
     env = {k: v for k, v in rl.env.items() if k != "XDG_RUNTIME_DIR"}
-    env["ROOTLESS_STORAGE_DRIVER"] = "overlay"  # no fuse-overlay server left behind in that directory
+    env["ROOTLESS_STORAGE_DRIVER"] = "overlay"  # no fuse-overlay server left behind in that directory,
+    env["ROOTLESS_FORKSERVER"] = "0"            # nor one started for the next command (cli/client.py)
     path = Path(f"/tmp/rootless-run-{os.getuid()}")
     proc = subprocess.run([*ROOTLESS,
                            "run", "--rm", "busybox", "true"], env=env, capture_output=True, text=True, timeout=60)
