@@ -124,12 +124,17 @@ def _wait_for_line(stream, text: str, timeout: float = 20) -> None:
     raise AssertionError(f"did not see {text!r}; got {buf!r}")
 
 
+def _sleeping(rl, name: str, handover: str) -> subprocess.Popen:
+    """``run --rm --name NAME busybox sleep 60`` in the background, handed over or not."""
+    return rl.popen("run", "--rm", "--name", name, "busybox", "sleep", "60", stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, env={"ROOTLESS_HANDOVER": handover})
+
+
 @HANDOVER
 def test_killed_by_signal_is_128_plus_n(rl, handover):
     _handover_ready(rl, handover)
     name = f"killed-{handover}"
-    p = rl.popen("run", "--rm", "--name", name, "busybox", "sleep", "60", stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE, env={"ROOTLESS_HANDOVER": handover})
+    p = _sleeping(rl, name, handover)
     try:
         engine = _engine_pid(rl, p, name)
         assert (engine == p.pid) == (handover == "0")
@@ -192,8 +197,7 @@ def test_only_the_main_thread_may_take_forwarded_signals(rl, handover):
 def test_killing_the_cli_ends_the_container(rl, handover):
     _handover_ready(rl, handover)
     name = f"killed-cli-{handover}"
-    p = rl.popen("run", "--rm", "--name", name, "busybox", "sleep", "60", stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE, env={"ROOTLESS_HANDOVER": handover})
+    p = _sleeping(rl, name, handover)
     pid1 = _container_pid1(_engine_pid(rl, p, name), "sleep")
     p.kill()
     p.wait()
