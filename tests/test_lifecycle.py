@@ -413,6 +413,22 @@ def test_an_idle_container_is_waited_for_by_a_lean_monitor(rl, detached):
     assert rl("rm", "idle-lean").returncode == 0
 
 
+def test_a_lean_monitor_records_the_end_when_the_container_cannot_be_planned_again(rl, tmp_path):
+    """The starter that records a lean monitor's round plans the container again, which fails
+    once its bind source is gone: the end is recorded all the same (it was 137, "its process
+    is gone")."""
+    source = tmp_path / "source"
+    source.mkdir()
+    lean = {"ROOTLESS_LEAN_MONITOR": "1"}
+    proc = rl("run", "-d", "--network", "none", "--name", "unplannable", "-v", f"{source}:/x", "busybox",
+              "sh", "-c", "sleep 1; exit 4", env=lean)
+    assert proc.returncode == 0, proc.stderr
+    source.rmdir()
+    assert rl("wait", "unplannable", env=lean).stdout.strip() == "4"
+    assert _ps(rl)["unplannable"]["Status"].startswith("Exited (4)")
+    assert rl("rm", "unplannable").returncode == 0
+
+
 def test_a_container_with_a_network_helper_keeps_one_monitor(rl):
     """slirp4netns ends with the process that started it: that process stays the monitor."""
     if not shutil.which("slirp4netns"):
@@ -575,3 +591,22 @@ def test_create_i_then_start_ai_and_create_rm(rl):
     assert rl("create", "--rm", "--network", "none", "--name", "brief", "busybox", "echo", "bye").returncode == 0
     assert rl("start", "-a", "brief", timeout=30).stdout == "bye\n"
     _until(lambda: "brief" not in _ps(rl))                     # --rm: gone once it ended
+
+
+def test_a_wait_that_read_the_record_before_its_monitor_recorded_the_end_gets_the_code(rl):
+    """A lean monitor ends milliseconds after its starter records the end: a waiter holding a
+    copy read before that write, which then finds the monitor gone, must read the record again
+    rather than answer 137 (a CI run saw 137 from one of 20 containers started at once)."""
+    from rootless.container.lifecycle import Waiter
+    from rootless.container.records import Containers
+    from rootless.image.store import Store
+    assert rl("run", "--name", "ended3", "busybox", "sh", "-c", "exit 3").returncode == 3
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                   # a pid that has ended: the monitor, and PID 1
+    records = Containers(Store(str(rl.root)))
+    stale = records.find("ended3")
+    stale.state, stale.pid, stale.exit_code = "running", gone.pid, None
+    stale.config["monitor"] = gone.pid
+    waiter = Waiter(Store(str(rl.root)), "ended3")
+    waiter.records.all = lambda: [stale]          # the copy read just before the end was written
+    assert waiter.poll() == 3

@@ -100,7 +100,7 @@ class LeanMonitor:
         import socket
         from ..sandbox import libc
         libc.set_child_subreaper(True)
-        detacher, existing, ended = self.detacher, self.request.get("existing"), None
+        detacher, existing, ended, waited = self.detacher, self.request.get("existing"), None, 0
         while True:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             starter = os.fork()
@@ -120,11 +120,13 @@ class LeanMonitor:
             if msg is None:               # H waited itself, or failed: its status is ours
                 code = _reap(starter)
                 self._end_orphans()
+                if ended is not None:
+                    _record_end(self.request["store"], existing, waited, ended[0])
                 return code
             _reap(starter)
             existing = msg["id"]
             code = self._wait(msg, fds)
-            ended = (code, msg["restarts"])
+            ended, waited = (code, msg["restarts"]), msg["pid"]
 
     @staticmethod
     def _handed(sock) -> tuple[dict | None, list[int]]:
@@ -210,6 +212,23 @@ class LeanMonitor:
             except ProcessLookupError:
                 pass
             _reap(kid)
+
+
+def _record_end(store_root: str, cid: str, pid: int, code: int) -> None:
+    """The starter that was to record the end of the round we waited for did not (it plans
+    the container again first, and that can fail): record it, so that ``wait`` and ``ps`` see
+    that end and its code rather than a container whose every process is gone."""
+    from ..image.store import Store
+    from ..errors import RootlessError
+    from .records import Containers
+
+    def ended(r) -> None:
+        if r.state == "running" and r.pid == pid:
+            r.state, r.exit_code, r.finished = "exited", code, time.time()
+    try:
+        Containers(Store(store_root)).update(cid, ended)
+    except (RootlessError, OSError):
+        pass                              # removed meanwhile
 
 
 def _reap(pid: int) -> int:

@@ -11,7 +11,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from . import procs
 from .procs import parse_signal
-from .records import Containers, Record, _alive, running
+from .records import Containers, Record, _alive, ended_code, running
 from ..errors import CommandError, Conflict, RootlessError, SandboxError, UsageError
 from .monitor import log_path
 from ..image.store import Store
@@ -47,15 +47,15 @@ def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | Non
         if rec.state == "created" and not _starting(rec):
             return 0                    # as Docker: a container never started is not running
         if not running(rec) and rec.state != "created":
-            monitor = int(rec.config.get("monitor") or 0)
-            if rec.state == "running" and monitor and _alive(monitor) and (
-                    deadline is None or time.monotonic() < deadline):
+            code = ended_code(records, rec)
+            if code is None and (deadline is None or time.monotonic() < deadline):
                 time.sleep(0.01)        # it ended a moment ago: its monitor is recording how
                 continue
+            monitor = int(rec.config.get("monitor") or 0)
             if monitor and _alive(monitor) and rec.config.get("stopped"):
                 from .records import _wait_gone
                 _wait_gone(monitor, 10)  # let it finish its clean-up before we return
-            return rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
+            return 137 if code is None else code
         if deadline is not None and time.monotonic() > deadline:
             return None
         time.sleep(0.01)
@@ -639,10 +639,10 @@ class Waiter:
             return 0 if self.condition == "not-running" else None
         if running(rec) or rec.state == "created" or rec.state == "removing":
             return None
-        monitor = int(rec.config.get("monitor") or 0)
-        if rec.state == "running" and monitor and _alive(monitor):
+        code = ended_code(self.records, rec)
+        if code is None:
             return None                         # it ended a moment ago: its monitor is recording how
-        self.code = rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
+        self.code = code
         if self.condition == "not-running" or (self.condition == "next-exit" and rec.finished != self.finished):
             return self.code
         return None

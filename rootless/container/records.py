@@ -330,6 +330,23 @@ def running(rec: Record) -> bool:
     return rec.state == "running" and _alive(rec.pid)
 
 
+def ended_code(records: "Containers", rec: Record) -> int | None:
+    """The exit code of container ``rec``, read when it did not run; None if its PID 1 has ended
+    but its monitor lives and has not recorded the end yet.  A monitor found gone is read again:
+    it may have recorded the end and exited since ``rec`` was read (a lean monitor ends within
+    milliseconds of its starter's writing), and that copy, not 137, has the code."""
+    monitor = int(rec.config.get("monitor") or 0)
+    if rec.state == "running" and monitor:
+        if _alive(monitor):
+            return None
+        try:
+            rec = records._read(rec.id)
+        except (OSError, ValueError, TypeError):      # removed as it ended (--rm)
+            code = noted_exit(rec.id)
+            return 137 if code is None else code
+    return rec.exit_code if rec.state == "exited" and rec.exit_code is not None else 137
+
+
 def restarting(rec: Record) -> bool:
     """Between two runs of its restart policy: it has ended, its monitor lives on to start it
     again (and was not told to stop)."""
