@@ -398,8 +398,7 @@ def test_an_idle_container_is_waited_for_by_a_lean_monitor(rl, detached):
     """No network helper, no console: the process that planned and started the container has
     ended; PID 1's parent, the record's owner and its monitor is the fork server's child that
     forked it (detached.LeanMonitor), which holds little of its own."""
-    proc = rl("run", "-d", "--network", "none", "--name", "idle-lean", "busybox", "sleep", "60",
-              env={"ROOTLESS_LEAN_MONITOR": "1"})        # opt-in for now (docs/containers.md)
+    proc = rl("run", "-d", "--network", "none", "--name", "idle-lean", "busybox", "sleep", "60")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((rl.container_dir("idle-lean") / "config.json").read_text())
     monitor, pid1 = record["config"]["monitor"], record["init_pid"]
@@ -419,12 +418,11 @@ def test_a_lean_monitor_records_the_end_when_the_container_cannot_be_planned_aga
     is gone")."""
     source = tmp_path / "source"
     source.mkdir()
-    lean = {"ROOTLESS_LEAN_MONITOR": "1"}
     proc = rl("run", "-d", "--network", "none", "--name", "unplannable", "-v", f"{source}:/x", "busybox",
-              "sh", "-c", "sleep 1; exit 4", env=lean)
+              "sh", "-c", "sleep 1; exit 4")
     assert proc.returncode == 0, proc.stderr
     source.rmdir()
-    assert rl("wait", "unplannable", env=lean).stdout.strip() == "4"
+    assert rl("wait", "unplannable").stdout.strip() == "4"
     assert _ps(rl)["unplannable"]["Status"].startswith("Exited (4)")
     assert rl("rm", "unplannable").returncode == 0
 

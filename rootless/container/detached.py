@@ -60,7 +60,7 @@ def lean_likely(opts: dict) -> bool:
     network helpers, a console or health checks gets the one monitor of before: T and H would
     both stay for its life."""
     net = opts.get("network") or ""
-    return (os.environ.get("ROOTLESS_LEAN_MONITOR") == "1" and not opts.get("tty") and not opts.get("interactive")
+    return (os.environ.get("ROOTLESS_LEAN_MONITOR") != "0" and not opts.get("tty") and not opts.get("interactive")
             and not opts.get("health_cmd") and not opts.get("publish") and not opts.get("publish_all")
             and (net in ("none", "host") or net.startswith("container:"))
             and not str(opts.get("image") or "").endswith(".sqfs"))
