@@ -12,22 +12,35 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 # The cgroup slurmstepd puts a step's processes in: cgroup/v1 <hierarchy>/slurm[_NODE]/uid_U/job_J/step_S,
 # cgroup/v2 .../slurmstepd.scope/job_J/step_S/user/task_T.
 _CGROUP = re.compile(r"/(?:slurm[^/\n]*/uid_\d+|slurmstepd\.scope)/job_(\d+)(?:/step_([^/\n]+))?(?:/|$)", re.M)
 
 
-@dataclass(frozen=True)
 class Step:
-    job: str       # SLURM_JOB_ID
-    step: str      # 0, 1, ... or batch, extern, interactive
-    tracked: bool = True   # found from its cgroup (every process of the job carries it)
+    """A job step (not a dataclass: every handed-over command asks ``current``, and importing
+    dataclasses would cost it 5 ms)."""
+    __slots__ = ("job", "step", "tracked")
+
+    def __init__(self, job: str, step: str, tracked: bool = True) -> None:
+        self.job = job            # SLURM_JOB_ID
+        self.step = step          # 0, 1, ... or batch, extern, interactive
+        self.tracked = tracked    # found from its cgroup (every process of the job carries it)
 
     @property
     def name(self) -> str:
         return f"{self.job}.{self.step}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Step) and (self.job, self.step, self.tracked) == (
+            other.job, other.step, other.tracked)
+
+    def __hash__(self) -> int:
+        return hash((self.job, self.step, self.tracked))
+
+    def __repr__(self) -> str:
+        return f"Step(job={self.job!r}, step={self.step!r}, tracked={self.tracked!r})"
 
 
 def current(cgroup_file: str = "/proc/self/cgroup", environ: dict[str, str] | None = None) -> Step | None:
