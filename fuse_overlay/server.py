@@ -26,6 +26,7 @@ in ``SOCKET.pid`` meanwhile.
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import select
 import signal
@@ -150,9 +151,15 @@ def _answer(conn: socket.socket, child: Callable[[dict, list[int]], int],
             keep_closed: list[socket.socket]) -> int:
     """Read one request from ``conn``, fork its child and reply with its pid (0: refused)."""
     fds: list[int] = []
+    compact = False
     try:
         data, fds, _, _ = socket.recv_fds(conn, 65536, 4)
-        request = json.loads(data)
+        # JSON, or marshal from a client that must not import json (rootless's command line,
+        # 5 ms less per command); only this user can reach the socket, in its 0700 directory.
+        compact = data[:1] != b"{"
+        request = marshal.loads(data) if compact else json.loads(data)
+        if not isinstance(request, dict):
+            raise ValueError("a request is a mapping")
         kid = os.fork()
         if kid == 0:
             code = 1
@@ -166,13 +173,13 @@ def _answer(conn: socket.socket, child: Callable[[dict, list[int]], int],
             finally:
                 os._exit(code)
         try:
-            conn.send(json.dumps({"pid": kid}).encode())
+            conn.send(marshal.dumps({"pid": kid}) if compact else json.dumps({"pid": kid}).encode())
         except OSError:
             pass       # the client left; the child runs on and reports through its own fds
         return kid
-    except (OSError, ValueError, KeyError, IndexError) as e:
+    except (OSError, ValueError, KeyError, IndexError, EOFError, TypeError) as e:
         try:
-            conn.send(json.dumps({"error": str(e)}).encode())
+            conn.send(marshal.dumps({"error": str(e)}) if compact else json.dumps({"error": str(e)}).encode())
         except OSError:
             pass
         return 0

@@ -11,11 +11,16 @@ holder) are never shared with another job, whose end would take them away.  See 
 from __future__ import annotations
 
 import os
-import re
 
 # The cgroup slurmstepd puts a step's processes in: cgroup/v1 <hierarchy>/slurm[_NODE]/uid_U/job_J/step_S,
 # cgroup/v2 .../slurmstepd.scope/job_J/step_S/user/task_T.
-_CGROUP = re.compile(r"/(?:slurm[^/\n]*/uid_\d+|slurmstepd\.scope)/job_(\d+)(?:/step_([^/\n]+))?(?:/|$)", re.M)
+_CGROUP = r"/(?:slurm[^/\n]*/uid_\d+|slurmstepd\.scope)/job_(\d+)(?:/step_([^/\n]+))?(?:/|$)"
+
+
+def _cgroup_re():
+    """Compiled when a cgroup path may be a job's: ``re`` costs a handed-over command 5 ms."""
+    import re
+    return re.compile(_CGROUP, re.M)
 
 
 class Step:
@@ -55,8 +60,8 @@ def current(cgroup_file: str = "/proc/self/cgroup", environ: dict[str, str] | No
             text = f.read()
     except OSError:
         text = ""
-    for line in text.splitlines():
-        m = _CGROUP.search(line.split(":", 2)[-1])
+    for line in text.splitlines() if "/job_" in text else ():
+        m = _cgroup_re().search(line.split(":", 2)[-1])
         if m:
             return Step(m.group(1), m.group(2) or "batch")
     env = os.environ if environ is None else environ
@@ -68,12 +73,12 @@ def current(cgroup_file: str = "/proc/self/cgroup", environ: dict[str, str] | No
 
 def live_jobs(proc: str = "/proc") -> set[str]:
     """The jobs some process on this node is in, by the processes' cgroups (readable by all)."""
-    jobs = set()
+    jobs, pattern = set(), _cgroup_re()
     for pid in os.listdir(proc):
         if pid.isdigit():
             try:
                 with open(os.path.join(proc, pid, "cgroup")) as f:
-                    jobs.update(m.group(1) for m in _CGROUP.finditer(f.read()))
+                    jobs.update(m.group(1) for m in pattern.finditer(f.read()))
             except OSError:
                 pass            # gone meanwhile
     return jobs
@@ -82,6 +87,7 @@ def live_jobs(proc: str = "/proc") -> set[str]:
 def sweep(base: str, live: set[str]) -> None:
     """Remove the run-time directories (``base``/slurm-JOB.STEP) of jobs no longer on this node:
     what they hold (exit notes, pid files, an unmounted squashfs mount point) ended with them."""
+    import re
     import shutil
     try:
         names = os.listdir(base)

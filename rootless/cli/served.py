@@ -14,6 +14,7 @@ goes away first: the engine dies with the CLI, as when it ran in the CLI's proce
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import signal
 import socket
@@ -195,6 +196,6 @@ def _streams(spec: list) -> None:
 
 def _send(sock: socket.socket, msg: dict) -> None:
     try:
-        sock.send(json.dumps(msg).encode())
+        sock.send(marshal.dumps(msg))     # cli/client.py reads it without json
     except OSError:
         pass

@@ -30,7 +30,6 @@ fuse-overlay daemon of its own.  ``ROOTLESS_FORKSERVER=0`` disables the server.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import resource
 import sys
@@ -155,6 +154,7 @@ def _request(path: str, request: dict, fds: list[int], timeout: float) -> int:
     with conn:
         try:
             import socket
+            import json     # here: cli/client.py imports this module, and json imports re (5 ms)
             socket.send_fds(conn, [json.dumps(request).encode()], fds)
             conn.settimeout(timeout)
             reply = json.loads(conn.recv(65536) or b"{}")
