@@ -103,3 +103,46 @@ def test_a_fork_server_whose_socket_was_replaced_ends(tmp_path):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+def test_kill_tree_kills_descendants_in_other_process_groups():
+    """Descendants are found by their parent, not their process group: a container's PID 1 and
+    any daemon it starts call setsid (the tree was searched by process group, and missed them)."""
+    r, w = os.pipe()
+    root = os.fork()
+    if root == 0:                                     # os.setpgid(0, 0): a group of its own
+        os.setpgid(0, 0)
+        os.close(r)
+        child = os.fork()
+        if child == 0:
+            os.setsid()                               # another session and group
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.setpgid(0, 0)
+                while True:
+                    time.sleep(1)
+            os.write(w, b"%d %d\n" % (os.getpid(), grandchild))
+            while True:
+                time.sleep(1)
+        while True:
+            time.sleep(1)
+    os.close(w)
+    kids: list[int] = []
+    try:
+        with os.fdopen(r, "rb") as f:
+            kids = [int(p) for p in f.readline().split()]
+        assert procs.kill_tree(root, procs.start_time(root), timeout=5)
+        os.waitpid(root, 0)
+        time.sleep(0.2)
+        alive = [p for p in kids if procs._stat(p) and procs._stat(p)[0] not in ("Z", "X")]
+        assert not alive, f"descendants in other groups survived: {alive}"
+    finally:
+        for pid in [*kids, root]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(root, os.WNOHANG)
+        except ChildProcessError:
+            pass

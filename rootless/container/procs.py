@@ -110,7 +110,7 @@ def _children_of(parents: set[int]) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _stat(int(entry))
-            if fields and int(fields[2]) in parents and fields[0] != "Z":
+            if fields and int(fields[1]) in parents and fields[0] != "Z":
                 out.append(int(entry))
     return out
 
@@ -139,7 +139,7 @@ def kill_tree(pid: int, start: int, timeout: float = 10.0) -> bool:
                 if fd is None:
                     continue
                 fields = _stat(c)
-                if not fields or int(fields[2]) not in fds:   # the pid was reused meanwhile
+                if not fields or int(fields[1]) not in fds:   # the pid was reused meanwhile
                     os.close(fd)
                     continue
                 fds[c] = fd
