@@ -608,3 +608,23 @@ def test_a_wait_that_read_the_record_before_its_monitor_recorded_the_end_gets_th
     waiter = Waiter(Store(str(rl.root)), "ended3")
     waiter.records.all = lambda: [stale]          # the copy read just before the end was written
     assert waiter.poll() == 3
+
+
+def test_a_rm_container_whose_run_was_killed_is_removed_by_the_next_run(rl):
+    """SIGKILL of 'run --rm' (or a Slurm job cancelled past its grace time) ends the container
+    with its owner, which never removes it: the next run does, as dockerd removes the
+    auto-remove containers it finds stopped.  Not a 'create --rm' waiting for its start."""
+    assert rl("create", "--rm", "--name", "waits-for-start", "busybox", "true").returncode == 0
+    proc = rl.popen("run", "--rm", "--network", "none", "--name", "orphaned", "busybox", "sleep", "60",
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _until(lambda: _ps(rl).get("orphaned", {}).get("Status", "").startswith("Up"))
+        proc.kill()
+        proc.wait()
+        _until(lambda: not _ps(rl)["orphaned"]["Status"].startswith("Up"))
+        assert rl("run", "--rm", "--network", "none", "busybox", "true").returncode == 0
+        listed = _ps(rl)
+        assert "orphaned" not in listed and "waits-for-start" in listed
+    finally:
+        proc.kill()
+        rl("rm", "-f", "orphaned", "waits-for-start")

@@ -272,6 +272,20 @@ def _owner(rec: Record) -> tuple[int, int]:
     return 0, 0
 
 
+def abandoned(rec: Record) -> bool:
+    """A ``--rm`` container whose processes have all ended without its owner removing it: the
+    owner was killed (SIGKILL of 'run --rm', a cancelled Slurm job past its grace time).  The
+    next ``run`` or ``create`` removes it, as Docker's daemon removes the auto-remove containers
+    it finds stopped when it starts."""
+    if not (rec.config.get("options") or {}).get("rm") or rec.config.get("builder"):
+        return False
+    if rec.state not in ("running", "created") or not rec.owner_pid:
+        return False        # created to be started later, exited (recorded), or being removed
+    monitor = int(rec.config.get("monitor") or 0)
+    return (not procs.alive(rec.owner_pid, rec.owner_start) and not _container_alive(rec)
+            and not (monitor and _alive(monitor)))
+
+
 def _container_alive(rec: Record) -> bool:
     if rec.init_start:
         return procs.alive(rec.init_pid, rec.init_start)

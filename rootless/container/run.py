@@ -484,7 +484,18 @@ def create(store: Store, p: Plan, started_later: bool = True, builder: bool = Fa
         if p.user_net:
             p.user_net.reserve(r, records)
     with store.lock():
-        return records.create(p.image.ref or p.image.id, p.image.id, p.args, opts.name, setup=setup)
+        rec = records.create(p.image.ref or p.image.id, p.image.id, p.args, opts.name, setup=setup)
+    _remove_abandoned(records, p.maps)
+    return rec
+
+
+def _remove_abandoned(records: Containers, maps) -> None:
+    """Remove the --rm containers whose owner was killed before it could (``records.abandoned``)."""
+    from .records import abandoned
+    for rec in records.all():
+        if abandoned(rec):
+            with contextlib.suppress(RootlessError, OSError):
+                records.remove(rec, maps)
 
 
 @dataclass

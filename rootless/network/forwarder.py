@@ -37,6 +37,7 @@ def fork_into_container_net(pid: int, name: str, bound: list[tuple[socket.socket
             libc.set_process_name(name)
             libc.setns(userns, libc.CLONE_NEWUSER)
             libc.setns(netns, libc.CLONE_NEWNET)
+            _only_sockets({s.fileno() for s, _ in bound})
             loop()
         except BaseException as e:  # noqa: BLE001 - report, never unwind into the engine's code
             os.write(2, f"rootless: {name}: {e}\n".encode())
@@ -47,3 +48,26 @@ def fork_into_container_net(pid: int, name: str, bound: list[tuple[socket.socket
     for s, _ in bound:
         s.close()
     return child
+
+
+def _only_sockets(keep: set[int]) -> None:
+    """Keep the bound sockets and stdio, nothing else of the engine's: a copy of the container's
+    log pipe held here kept the engine's log pump from seeing the output end (``run --rm -p``
+    took 10 s more).  Stdin and stdout go to /dev/null, and stderr too when it is a pipe (the
+    log's, in a monitor); on a terminal or in a file it stays, for our own error messages."""
+    import stat
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    try:
+        if stat.S_ISFIFO(os.fstat(2).st_mode):
+            os.dup2(null, 2)
+    except OSError:
+        os.dup2(null, 2)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass        # the directory's own descriptor, closed already
