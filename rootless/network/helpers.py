@@ -30,8 +30,10 @@ from . import CONTAINER_IP, GATEWAY_IP, MTU, PREFIX, NetworkSpec
 
 READY_TIMEOUT = 10.0
 # TCP ports: "stack" (slirp4netns's API, pasta's -t) or "own" (network/tcp_forward.py);
-# ROOTLESS_PORT_FORWARDER overrides.  Chosen by measurement: see docs/networks.md.
-DEFAULT_TCP_FORWARDER = "stack"
+# ROOTLESS_PORT_FORWARDER overrides.  Chosen by measurement (docs/networks.md): slirp4netns's
+# own forwarding is as fast as ours and needs no process of its own; pasta's (Debian 12's passt)
+# drops about 10 MB at the end of a fast transfer that the client half-closes.
+DEFAULT_TCP_FORWARDER = {"slirp4netns": "stack", "pasta": "own"}
 
 
 class Helper:
@@ -54,7 +56,7 @@ def start(spec: NetworkSpec, pid: int, run_dir: str) -> list[Helper]:
     from . import tcp_forward, udp_forward
     udp = [m for m in spec.ports if m.proto == "udp"]
     tcp = [m for m in spec.ports if m.proto == "tcp"]
-    own_tcp = os.environ.get("ROOTLESS_PORT_FORWARDER", DEFAULT_TCP_FORWARDER) == "own"
+    own_tcp = os.environ.get("ROOTLESS_PORT_FORWARDER", DEFAULT_TCP_FORWARDER.get(spec.mode, "stack")) == "own"
     bound = udp_forward.bind_host_sockets(udp) if udp else []
     bound_tcp = tcp_forward.bind_host_sockets(tcp) if tcp and own_tcp else []
     stack_spec = NetworkSpec(spec.mode, [] if own_tcp else tcp, spec.allow_host_loopback)
