@@ -47,17 +47,7 @@ def test_kill_tree_from_a_descendant_never_stops_the_caller():
         assert os.waitpid(owner, 0)[1] != 0                    # the owner was killed
     finally:
         os.close(r)
-        for line in got.splitlines():
-            pid = int(line.split()[1])
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.kill(owner, signal.SIGKILL)
-            os.waitpid(owner, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        _kill_all([int(line.split()[1]) for line in got.splitlines()] + [owner], reap=owner)
 
 
 def test_is_ancestor():
@@ -137,12 +127,17 @@ def test_kill_tree_kills_descendants_in_other_process_groups():
         alive = [p for p in kids if procs._stat(p) and procs._stat(p)[0] not in ("Z", "X")]
         assert not alive, f"descendants in other groups survived: {alive}"
     finally:
-        for pid in [*kids, root]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_all([*kids, root], reap=root)
+
+
+def _kill_all(pids: list[int], reap: int) -> None:
+    """SIGKILL what a test forked (by pid), and reap its own child ``reap``."""
+    for pid in pids:
         try:
-            os.waitpid(root, os.WNOHANG)
-        except ChildProcessError:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
+    try:
+        os.waitpid(reap, 0)
+    except ChildProcessError:
+        pass

@@ -32,7 +32,7 @@ from typing import BinaryIO, Callable, Iterator, NoReturn
 from .. import atomic
 from ..errors import StoreError
 from ..sandbox.remove import remove_tree
-from ..sandbox import channel, idmap
+from ..sandbox import channel, idmap, libc
 from ..sandbox.userns import fork_into_userns, kill as kill_child, wait as wait_child
 from . import compression, tarsplit, whiteouts
 from .store import Store
@@ -99,11 +99,7 @@ def _owner_error(m: tarfile.TarInfo, maps: idmap.IdMaps) -> str | None:
 def _close_others(keep: set[int]) -> None:
     """Close every descriptor but ``keep`` (a child forked while other unpacks run must not
     hold their pipes open: they would never see their end)."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    libc.close_fds_except(keep)
 
 
 def _extract(rec: tarsplit.Recorder, maps: idmap.IdMaps | None, single: bool) -> tuple[int, list[str]]:

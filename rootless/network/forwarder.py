@@ -64,10 +64,4 @@ def _only_sockets(keep: set[int]) -> None:
             os.dup2(null, 2)
     except OSError:
         os.dup2(null, 2)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass        # the directory's own descriptor, closed already
+    libc.close_fds_except(keep)

@@ -518,13 +518,7 @@ def _take_stdio(stdio: tuple[int, int, int], keep: set[int]) -> None:
     for target, fd in enumerate(stdio):
         if fd != target:
             os.dup2(fd, target)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    libc.close_fds_except(keep)
 
 
 def _attach_pty(sock: socket.socket, winsize: bytes | None) -> None:

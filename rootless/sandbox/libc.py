@@ -145,6 +145,18 @@ def close_range_cloexec(first: int) -> None:
                 pass
 
 
+def close_fds_except(keep: set[int]) -> None:
+    """In a forked child: close every descriptor from 3 on but ``keep`` (one left open would
+    hold a pipe's end, or a way out of a container, for as long as the child lives)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass        # the listing's own descriptor, closed already
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     if _libc.sethostname(raw, len(raw)) != 0:
