@@ -63,6 +63,7 @@ class Containers:
 
     def __init__(self, store: Store):
         self.store = store
+        self.abandoned: list[Record] = []   # what ``create`` saw of them (``abandoned``), for its caller
 
     def _path(self, cid: str) -> str:
         return os.path.join(self.store.container_dir(cid), "config.json")
@@ -136,7 +137,9 @@ class Containers:
         """Reserve an id and a unique name (call with the store locked).  This process is
         recorded as the container's owner: ``rm -f`` stops it if the container is removed while
         it starts."""
-        taken = {r.name: r.id for r in self.all()}
+        existing = self.all()
+        taken = {r.name: r.id for r in existing}
+        self.abandoned = [r for r in existing if abandoned(r)]     # read anyway: no second listing
         if name:
             if not _valid_name(name):
                 raise UsageError(f"invalid container name '{name}': use letters, digits, '_', '.' and '-', "

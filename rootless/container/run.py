@@ -490,12 +490,11 @@ def create(store: Store, p: Plan, started_later: bool = True, builder: bool = Fa
 
 
 def _remove_abandoned(records: Containers, maps) -> None:
-    """Remove the --rm containers whose owner was killed before it could (``records.abandoned``)."""
-    from .records import abandoned
-    for rec in records.all():
-        if abandoned(rec):
-            with contextlib.suppress(RootlessError, OSError):
-                records.remove(rec, maps)
+    """Remove the --rm containers whose owner was killed before it could (``records.abandoned``),
+    as ``create`` found them."""
+    for rec in records.abandoned:
+        with contextlib.suppress(RootlessError, OSError):
+            records.remove(rec, maps)
 
 
 @dataclass
