@@ -622,6 +622,17 @@ def test_a_rm_container_whose_run_was_killed_is_removed_by_the_next_run(rl):
         proc.kill()
         proc.wait()
         _until(lambda: not _ps(rl)["orphaned"]["Status"].startswith("Up"))
+        # As recorded by another node on a shared store (or before a reboot): its pids mean
+        # nothing here, and it may well run there: it stays.
+        config = rl.container_dir("orphaned") / "config.json"
+        record = json.loads(config.read_text())
+        ours = record["config"]["boot_id"]
+        record["config"]["boot_id"] = "another-machine"
+        config.write_text(json.dumps(record))
+        assert rl("run", "--rm", "--network", "none", "busybox", "true").returncode == 0
+        assert "orphaned" in _ps(rl)
+        record["config"]["boot_id"] = ours
+        config.write_text(json.dumps(record))
         assert rl("run", "--rm", "--network", "none", "busybox", "true").returncode == 0
         listed = _ps(rl)
         assert "orphaned" not in listed and "waits-for-start" in listed

@@ -25,6 +25,17 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def boot_id() -> str:
+    """This machine's current boot (``/proc/sys/kernel/random/boot_id``): a pid and its start
+    time name a process only on the machine, and in the boot, that recorded them (a store on
+    a shared filesystem holds records of other nodes' containers)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def start_time(pid: int) -> int:
     """When ``pid`` started (clock ticks since boot); 0 if there is no such process."""
     fields = _stat(pid) if pid > 0 else None

@@ -153,6 +153,7 @@ class Containers:
         cid = os.urandom(32).hex()
         rec = Record(cid, name, image, image_id, command, time.time(),
                      owner_pid=os.getpid(), owner_start=procs.start_time(os.getpid()))
+        rec.config["boot_id"] = procs.boot_id()     # whose pids these are (``abandoned``)
         # made whole under tmp/ (named for its writer) and renamed into place: a creator killed
         # half-way (a build stopped by its client) leaves nothing in containers/, and what it
         # left in tmp/ is swept by the next command that takes the store lock
@@ -279,11 +280,14 @@ def abandoned(rec: Record) -> bool:
     """A ``--rm`` container whose processes have all ended without its owner removing it: the
     owner was killed (SIGKILL of 'run --rm', a cancelled Slurm job past its grace time).  The
     next ``run`` or ``create`` removes it, as Docker's daemon removes the auto-remove containers
-    it finds stopped when it starts."""
+    it finds stopped when it starts.  Only one created on this machine in this boot: its pids
+    can be checked here (a store on a shared filesystem holds other nodes' running ones)."""
     if not (rec.config.get("options") or {}).get("rm") or rec.config.get("builder"):
         return False
     if rec.state not in ("running", "created") or not rec.owner_pid:
         return False        # created to be started later, exited (recorded), or being removed
+    if not rec.config.get("boot_id") or rec.config["boot_id"] != procs.boot_id():
+        return False        # another node's (a shared store), another boot's, or an older rootless's
     monitor = int(rec.config.get("monitor") or 0)
     return (not procs.alive(rec.owner_pid, rec.owner_start) and not _container_alive(rec)
             and not (monitor and _alive(monitor)))
