@@ -221,10 +221,11 @@ def _record_end(store_root: str, cid: str, pid: int, code: int) -> None:
     from ..image.store import Store
     from ..errors import RootlessError
     from .records import Containers
+    from .run import _ended
 
     def ended(r) -> None:
         if r.state == "running" and r.pid == pid:
-            r.state, r.exit_code, r.finished = "exited", code, time.time()
+            _ended(r, code)
     try:
         Containers(Store(store_root)).update(cid, ended)
     except (RootlessError, OSError):
