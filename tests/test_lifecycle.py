@@ -28,11 +28,11 @@ def _ps(rl) -> dict[str, dict]:
     return {r["Names"]: r for r in json.loads(rl("ps", "-a", "--format", "json").stdout)}
 
 
-def _until(predicate, timeout: float = 20) -> None:
+def _until(predicate, timeout: float = 20, what=None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError("condition not reached in time" + (f": {what()}" if what else ""))
         time.sleep(0.05)
 
 
@@ -348,9 +348,15 @@ def test_a_dead_root_filesystem_daemon_is_reported(rl, detached):
     assert server > 0
     # Only once sleep sleeps: a page of busybox it faults in after the daemon died is SIGBUS,
     # and the container would end (run -d returns at exec, before the program has started).
-    _until(lambda: "nanosleep" in _wchan(record["init_pid"]) or _wchan(record["init_pid"]) in ("", "0"))
+    _until(lambda: _asleep(record["init_pid"]))
     os.kill(server, signal.SIGKILL)                   # the daemon serving its files dies
-    _until(lambda: "root filesystem lost" in _ps(rl)["fragile"]["Status"])
+    seen = []
+
+    def lost() -> bool:
+        seen.append(_ps(rl)["fragile"]["Status"])
+        return "root filesystem lost" in seen[-1]
+    _until(lost, what=lambda: f"status {seen[-1]!r}; PID 1 {_state(record['init_pid'])}; record "
+                              f"{(rl.container_dir('fragile') / 'config.json').read_text()}")
     proc = rl("exec", "fragile", "true")
     assert proc.returncode == 125 and "root filesystem daemon" in proc.stderr and "restart" in proc.stderr
     assert rl("restart", "-t", "1", "fragile").returncode == 0    # and restarting brings it back
@@ -362,6 +368,20 @@ def _wchan(pid: int) -> str:
         return open(f"/proc/{pid}/wchan").read()
     except OSError:
         return ""
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def _asleep(pid: int) -> bool:
+    """Whether ``pid`` sleeps in nanosleep.  Its wchan tells, as the container's processes are
+    ours to trace (our uid, or sub-ids in a user namespace we own); "0" is a task that runs, and a
+    FUSE request (a page of busybox faulted in) waits in state S too, so only the name will do."""
+    return "nanosleep" in _wchan(pid)
 
 
 def _ppid(pid: int) -> int:
