@@ -242,3 +242,56 @@ def test_mount_points_are_never_made_above_the_root(tmp_path):
     root.mkdir(parents=True)                 # while it exists, missing parents are made below it
     mounts._ensure(str(root), str(root / "a" / "b" / "hosts"), "file")
     assert (root / "a" / "b" / "hosts").is_file()
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            break
+        chain.append(pid)
+    return chain
+
+
+def test_shared_daemons_are_no_commands_children(tmp_path_factory, busybox_tar):
+    """The fork server and the user networks' holder serve every later command: the command
+    that started them must not be their ancestor.  'rm -f' of its container while it starts
+    kills that command's process tree (they went with it), and takes an ancestor of its own
+    for a process waiting on it, not for one starting the container: a served 'rm -f' (a child
+    of the server) removed the files of a container its starter was still mounting (the raw
+    'mount bind ... No such file or directory' of a CI run)."""
+    root = tmp_path_factory.mktemp("daemons-store")
+    run_dir = tmp_path_factory.mktemp("daemons-run")
+    run_dir.chmod(0o700)
+    rl = Rootless(root, run_dir)
+    rl.env["ROOTLESS_NO_SINGLE_UID_WARNING"] = "1"
+    assert rl("import", str(busybox_tar), "busybox").returncode == 0
+    assert rl("network", "create", "daemons-net").returncode == 0
+    stop_background(run_dir)                       # what these commands may have started
+    for stale in (run_dir / "rootless").glob("*.pid"):
+        stale.unlink()                             # so that 'run' starts them
+    run = rl.popen("run", "--rm", "--network", "daemons-net", "--storage-driver", "fuse-overlay",
+                   "busybox", "sleep", "30", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, text=True)
+    try:
+        state = run_dir / "rootless"
+        deadline = time.monotonic() + 30
+        while not (list(state.glob("forkserver-*.sock.pid")) and (state / "netns-holder.pid").exists()
+                   and [r for r in _ps(rl) if r["State"] == "running"]):
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "the container did not start"
+            time.sleep(0.05)
+        server = int(next(state.glob("forkserver-*.sock.pid")).read_text())
+        holder = int((state / "netns-holder.pid").read_text())
+        for what, pid in (("fork server", server), ("networks' holder", holder)):
+            assert run.pid not in _ancestors(pid), f"the {what} ({pid}) is a descendant of 'run' ({run.pid})"
+    finally:
+        run.kill()
+        run.communicate()
+        for r in _ps(rl):
+            rl("rm", "-f", r["Names"])
+        rl("network", "rm", "daemons-net")
+        stop_background(run_dir)
+        subprocess.run([*ROOTLESS, "unshare", "rm", "-rf", str(root)], timeout=120, env=rl.env)

@@ -105,12 +105,12 @@ def ensure(run_dir: str, preload: tuple[str, ...] = (), entries: dict[str, str] 
         pass
     if not wait and not _claim_start(path):
         return None          # another command started it a moment ago: it is importing still
-    from ..sandbox.spawn import spawn
+    from ..sandbox.spawn import spawn_daemon
     idle = os.environ.get("ROOTLESS_FORKSERVER_IDLE", "300")
     log = os.open(os.path.join(run_dir, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        spawn([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", idle,
-               *_args(preload, entries)], capture_stderr=False, stderr_fd=log, new_session=True)
+        spawn_daemon([sys.executable, "-m", "rootless.container.forkserver", path, "--idle", idle,
+                      *_args(preload, entries)], stderr_fd=log)
     except OSError:
         return None
     finally:

@@ -244,25 +244,31 @@ def ensure_holder(maps: idmap.IdMaps, run_dir: str) -> int:
 
 
 def _start_holder(maps: idmap.IdMaps, pidfile: str) -> int:
-    from ..sandbox.userns import fork_into_userns
+    from ..sandbox.userns import fork_into_userns, wait as wait_child
     sleep = shutil.which("sleep") or "/bin/sleep"
 
     def child(sock: socket.socket) -> NoReturn:
         libc.set_pdeathsig(0)          # it outlives this command
+        if os.fork():
+            os._exit(0)    # the holder is nobody's child of ours (spawn.spawn_daemon says why)
         os.setsid()
         libc.unshare(libc.CLONE_NEWNET)
         from ..sandbox.net import loopback_up
         loopback_up()
-        channel.send(sock, "ready")
+        channel.send(sock, "ready", pid=os.getpid())
         sock.close()
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.execv(sleep, [sleep, "infinity"])
 
-    pid, sock = fork_into_userns(maps, child, name="rootless-netns")
-    with sock:
-        channel.expect(sock, "ready")
+    first, sock = fork_into_userns(maps, child, name="rootless-netns")
+    try:
+        with sock:
+            msg, _ = channel.expect(sock, "ready")
+    finally:
+        wait_child(first)
+    pid = int(msg["pid"])
     with open(pidfile + ".tmp", "w") as f:
         f.write(str(pid))
     os.rename(pidfile + ".tmp", pidfile)

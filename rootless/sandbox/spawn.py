@@ -99,6 +99,35 @@ def _fork_exec(args: list[str], pass_fds: tuple[int, ...], capture_stderr: bool,
     return pid, r
 
 
+def spawn_daemon(args: list[str], stderr_fd: int | None = None) -> None:
+    """Start ``args`` as a daemon shared by later commands (the per-user fork server): in a
+    session of its own and the child of none of our processes — a fork spawns it and exits.
+    A command's process tree is stopped and killed whole ('rm -f' of a container still
+    starting kills its owner's, procs.kill_tree), and whoever is a process's ancestor counts
+    as waiting for it (procs.is_ancestor): a shared daemon must be in neither.  It goes to
+    the nearest child subreaper above us, or init.  ``OSError`` if it could not be started."""
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            spawn(args, capture_stderr=False, stderr_fd=stderr_fd, new_session=True)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, never unwound here
+            os.write(w, str(e).encode(errors="replace") or b"failed")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        why = read_all(r)
+    finally:
+        os.waitpid(pid, 0)
+    if why:
+        raise OSError(f"cannot start {args[0]}: {why}")
+
+
 def _inherited(keep: tuple[int, ...]) -> list[int]:
     """Our descriptors from 3 on that an ``execve`` would pass on, except ``keep``."""
     out = []
