@@ -849,6 +849,9 @@ class _Starter:
             _remove_cgroup(cg, self.on_warning)
             if isinstance(e, ContainerGone):
                 pass        # 'rm -f' removes it
+            elif _removed(records, rec):
+                # 'rm -f' took its files while it started: that, not what failed for want of them
+                raise ContainerGone(f"container {rec.name} was removed meanwhile") from None
             elif opts.rm:
                 _remove(records, rec, maps, self.on_warning)
             else:
@@ -1008,6 +1011,14 @@ def _stopped(records: Containers, rec) -> bool:
     except RootlessError:
         return True
     return bool(cur.config.get("stopped")) or cur.state == "removing"
+
+
+def _removed(records: Containers, rec) -> bool:
+    """Whether the container was removed, or is being removed ('rm -f')."""
+    try:
+        return records.find(rec.id).state == "removing"
+    except RootlessError:
+        return True
 
 
 def _kill_child(pid: int) -> None:
