@@ -659,3 +659,35 @@ def test_a_rm_container_whose_run_was_killed_is_removed_by_the_next_run(rl):
     finally:
         proc.kill()
         rl("rm", "-f", "orphaned", "waits-for-start")
+
+
+def test_a_container_of_another_machine_sharing_the_store_is_left_alone(rl):
+    """A store on a filesystem shared by several nodes (single-uid mode on NFS 4.2) holds the
+    containers other nodes run: their pids mean nothing here.  Judged by them, such a container
+    was "Exited (unknown)" here, and 'container prune' or 'rm' removed its files while it ran.
+    The record below is as another node's 'run -d' leaves it (this machine has no second node)."""
+    assert rl("create", "--name", "far", "busybox", "sleep", "60").returncode == 0
+    path = rl.container_dir("far") / "config.json"
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                       # a pid that runs nothing here
+    rec = json.loads(path.read_text())
+    rec.update(state="running", pid=gone.pid, init_pid=gone.pid, init_start=12345, owner_pid=gone.pid,
+               owner_start=12340)
+    rec["config"].update(node="node-b.cluster", boot_id="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+                         started=time.time(), monitor=gone.pid)
+    path.write_text(json.dumps(rec))
+    try:
+        far = _ps(rl)["far"]
+        assert far["State"] == "running" and far["Status"].endswith("(on node-b.cluster)"), far
+        for args in (["rm", "far"], ["rm", "-f", "far"], ["stop", "far"], ["kill", "far"], ["start", "far"],
+                     ["exec", "far", "true"], ["restart", "far"], ["wait", "far"]):
+            proc = rl(*args, timeout=30)
+            assert proc.returncode != 0 and "runs on node-b.cluster" in proc.stderr, (args, proc.stderr)
+            assert "Traceback" not in proc.stderr
+        assert "there" in rl("rm", "-f", "far").stderr
+        assert rl("container", "prune", "-f").returncode == 0
+        assert "far" in _ps(rl) and path.exists()
+    finally:
+        rec["config"].pop("node")                     # this machine's again: removable here
+        path.write_text(json.dumps(rec))
+        assert rl("rm", "-f", "far").returncode == 0

@@ -28,7 +28,7 @@ ROOTFS_LOST = ("its root filesystem daemon (fuse-overlay) has died, so its files
 
 
 def kill(store: Store, key: str, sig: int) -> Record:
-    rec = Containers(store).find(key)
+    rec = Containers(store).find_here(key)
     if not running(rec):
         raise Conflict(f"container {rec.name} is not running")
     procs.signal_pid(rec.init_pid, rec.init_start, sig)   # through a pidfd: never a reused pid
@@ -40,7 +40,7 @@ def kill(store: Store, key: str, sig: int) -> Record:
 def wait_exit(store: Store, key: str, timeout: float | None = None) -> int | None:
     """The exit code once the container has ended (None on timeout)."""
     records = Containers(store)
-    rec = records.find(key)
+    rec = records.find_here(key)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         rec = records.find(rec.id)
@@ -71,7 +71,7 @@ def stop(store: Store, key: str, grace: float, sig: str | None = None) -> Record
 
     Marks the record first, so that a restart policy does not bring the container back."""
     records = Containers(store)
-    rec = records.find(key)
+    rec = records.find_here(key)
     monitor = int(rec.config.get("monitor") or 0)
     if not running(rec) and not (monitor and _alive(monitor)):
         return rec
@@ -301,7 +301,7 @@ def exec_start(store: Store, key: str, command: list[str], interactive: bool, tt
     from .. import security
     from .run import check_preserve_fds, parse_env, seccomp_program
     from ..sandbox import channel, container, idmap
-    rec = Containers(store).find(key)
+    rec = Containers(store).find_here(key)
     if not running(rec) or not rec.init_pid:
         raise Conflict(f"container {rec.name} is not running: start one with 'rootless run -d'")
     if rootfs_lost(rec):
@@ -361,7 +361,7 @@ def exec_wait(started) -> int:
 def resize(store: Store, key: str, height: int, width: int) -> None:
     """Set the window size of a running container's terminal (``-t``): it gets SIGWINCH."""
     import struct
-    rec = Containers(store).find(key)
+    rec = Containers(store).find_here(key)
     if not running(rec):
         raise Conflict(f"container {rec.name} is not running")
     if not (rec.config.get("options") or {}).get("tty"):
@@ -386,7 +386,7 @@ def start(store: Store, key: str, fork_here: bool = True) -> Record:
     the monitor, or, without one, a fresh ``python -m rootless.container.detached`` does."""
     from .run import start as start_container
     records = Containers(store)
-    rec = records.find(key)
+    rec = records.find_here(key)
     if running(rec):
         return rec
     if fork_here:
@@ -423,7 +423,7 @@ def start_attached(store: Store, key: str, interactive: bool, on_warning: Callab
     """``start -a``: a running container is followed (``attach``); another one runs in the
     foreground, as ``run`` would run it (``run.start_attached``).  Its exit status."""
     from .run import start_attached as run_attached
-    rec = Containers(store).find(key)
+    rec = Containers(store).find_here(key)
     if running(rec):
         return attach(store, rec.id, emit)
     options = rec.config.get("options") or {}
@@ -443,7 +443,7 @@ def _cgroup(rec: Record):
 
 def pause(store: Store, key: str, paused: bool) -> None:
     records = Containers(store)
-    rec = records.find(key)
+    rec = records.find_here(key)
     if not running(rec):
         raise Conflict(f"container {rec.name} is not running")
     if bool(rec.config.get("paused")) == paused:
@@ -455,7 +455,7 @@ def pause(store: Store, key: str, paused: bool) -> None:
 
 def top(store: Store, key: str) -> list[tuple[int, str, str]]:
     """(host pid, user, command) of every process of the container: PID 1 and its descendants."""
-    rec = Containers(store).find(key)
+    rec = Containers(store).find_here(key)
     if not running(rec):
         raise Conflict(f"container {rec.name} is not running")
     children: dict[int, list[int]] = {}
@@ -657,7 +657,7 @@ def attach(store: Store, key: str, emit: Callable[[LogLine], None], sig_proxy: b
     """
     from .. import events
     records = Containers(store)
-    rec = records.find(key)
+    rec = records.find_here(key)
     if not running(rec):
         raise RootlessError(f"container {rec.name} is not running: 'rootless start -a {rec.name}' runs it "
                             "again and follows it")

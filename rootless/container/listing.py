@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..image.store import Store
-from .records import Containers, Record, _alive, restarting
+from .records import Containers, Record, _alive, elsewhere, restarting
 
 FILTER_KEYS = ("status", "name", "id", "ancestor", "network", "label", "exited", "volume", "before", "since",
                "health")
@@ -52,6 +52,9 @@ def _status(store: Store, r: Record, running: bool) -> str:
         up = "Up " + human_duration(time.time() - float(r.config.get("started") or r.created)) + suffix(r.config)
         if r.config.get("paused"):
             up += " (Paused)"
+        other = elsewhere(r)
+        if other:
+            return f"{up} (on {other})"     # its processes and daemon are there: nothing to judge here
         status = f"{up} (root filesystem lost: restart it)" if rootfs_lost(r) else up
         errors = len(internal_errors(store.container_dir(r.id)))
         if errors:
@@ -71,7 +74,7 @@ def state_of(r: Record) -> str:
     """Docker's State of a container: created, running, paused, exited or removing."""
     if r.state == "removing":
         return "removing"
-    if r.state == "running" and _alive(r.pid):
+    if r.state == "running" and (_alive(r.pid) or elsewhere(r)):
         return "paused" if r.config.get("paused") else "running"
     if restarting(r):
         return "restarting"

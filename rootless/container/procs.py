@@ -29,11 +29,22 @@ def boot_id() -> str:
     """This machine's current boot (``/proc/sys/kernel/random/boot_id``): a pid and its start
     time name a process only on the machine, and in the boot, that recorded them (a store on
     a shared filesystem holds records of other nodes' containers)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _boot_id = f.read().strip()
+        except OSError:
+            _boot_id = ""
+    return _boot_id
+
+
+_boot_id: str | None = None
+
+
+def node() -> str:
+    """This machine's name (``uname -n``): with ``boot_id``, whose pids a record names."""
+    return os.uname().nodename
 
 
 def start_time(pid: int) -> int:

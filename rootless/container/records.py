@@ -151,9 +151,8 @@ class Containers:
             name = next((n for n in (_random_name() for _ in range(100)) if n not in taken), None)
             name = name or f"c_{os.urandom(4).hex()}"
         cid = os.urandom(32).hex()
-        rec = Record(cid, name, image, image_id, command, time.time(),
-                     owner_pid=os.getpid(), owner_start=procs.start_time(os.getpid()))
-        rec.config["boot_id"] = procs.boot_id()     # whose pids these are (``abandoned``)
+        rec = Record(cid, name, image, image_id, command, time.time())
+        claim(rec, os.getpid())
         # made whole under tmp/ (named for its writer) and renamed into place: a creator killed
         # half-way (a build stopped by its client) leaves nothing in containers/, and what it
         # left in tmp/ is swept by the next command that takes the store lock
@@ -181,6 +180,16 @@ class Containers:
             raise UsageError(f"container id prefix '{key}' is ambiguous: give more characters")
         raise NotFound(f"no such container: '{key}' ('rootless ps -a' lists them)")
 
+    def find_here(self, key: str) -> Record:
+        """``find``, for a command that acts on the container's processes: ``Conflict`` if
+        they run on another machine (``elsewhere``)."""
+        rec = self.find(key)
+        other = elsewhere(rec)
+        if other:
+            raise Conflict(f"container {rec.name} runs on {other}, another machine that uses this store: "
+                           f"run this command there")
+        return rec
+
     def remove(self, rec: Record, maps: idmap.IdMaps, force: bool = False) -> list[str]:
         """Remove the container: with ``force``, first stop whatever runs or starts it.
 
@@ -192,6 +201,11 @@ class Containers:
         the run-time directory.  Returns warnings (things left that could not be removed)."""
         me = os.getpid()
         with self.locked(rec.id, rec.name) as cur:
+            other = elsewhere(cur)
+            if other:       # its processes, there, cannot be stopped from here: its files stay
+                raise Conflict(f"container {cur.name} runs on {other}, another machine that uses this store: "
+                               f"remove it there ('rootless rm -f {cur.name}' on {other}), where it can be removed "
+                               "even if that machine has restarted since")
             if cur.state == "removing":
                 remover = cur.config.get("remover") or [0, 0]
                 if remover[0] != me and procs.alive(*remover):
@@ -291,6 +305,28 @@ def abandoned(rec: Record) -> bool:
     monitor = int(rec.config.get("monitor") or 0)
     return (not procs.alive(rec.owner_pid, rec.owner_start) and not _container_alive(rec)
             and not (monitor and _alive(monitor)))
+
+
+def claim(rec: Record, owner: int) -> None:
+    """Record ``owner`` as the process running (or starting) the container, and the machine
+    and boot whose pid it is (``elsewhere``, ``abandoned``)."""
+    rec.owner_pid, rec.owner_start = owner, procs.start_time(owner)
+    rec.config["boot_id"], rec.config["node"] = procs.boot_id(), procs.node()
+
+
+def elsewhere(rec: Record) -> str:
+    """The machine whose processes run or start the container, if not this one; else "".
+
+    A store on a filesystem shared by several nodes (single-uid mode on NFS 4.2, docs/hpc.md)
+    holds other nodes' containers: their pids mean nothing here, so they are neither judged
+    ended nor removed from here ('ps' says where they run).  A record of this machine's earlier
+    boot, or without the mark (an older rootless), is judged by its pids as before."""
+    other = rec.config.get("node")
+    if not other or other == procs.node() or rec.config.get("boot_id") == procs.boot_id():
+        return ""
+    if rec.state in ("running", "removing") or (rec.state == "created" and rec.owner_pid):
+        return str(other)
+    return ""
 
 
 def _container_alive(rec: Record) -> bool:

@@ -11,7 +11,7 @@ from typing import Callable
 
 from .. import paths
 from . import procs
-from .records import Containers, Record
+from .records import Containers, Record, claim
 from ..errors import CommandError, RootlessError, SandboxError, UsageError
 from ..network import NetworkSpec
 from .rootfs import ContainerRootfs
@@ -600,7 +600,7 @@ class _Starter:
         else:
             def own(r: Record) -> None:      # start: this process now owns it
                 r.config.pop("stopped", None)
-                r.owner_pid, r.owner_start = os.getpid(), procs.start_time(os.getpid())
+                claim(r, os.getpid())
                 r.config["run_dir"] = os.path.join(p.run_base, r.id[:16])
                 if p.user_net:
                     p.user_net.reserve(r, records)
@@ -799,7 +799,7 @@ class _Starter:
                 r.state, r.pid, r.init_pid, r.init_start = ("running", started.intermediate_pid,
                                                             started.init_pid, init_start)
                 if lean:        # the lean monitor owns it from now on
-                    r.owner_pid, r.owner_start = self.handoff.monitor, procs.start_time(self.handoff.monitor)
+                    claim(r, self.handoff.monitor)
                 r.exit_code, r.finished, r.cgroup_paths = None, None, list(cg.paths)
                 r.config.pop("paused", None)     # stopped while paused: a new cgroup, not frozen
                 r.config.update(config)
