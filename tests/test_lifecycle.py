@@ -432,6 +432,48 @@ def test_an_idle_container_is_waited_for_by_a_lean_monitor(rl, detached):
     assert rl("rm", "idle-lean").returncode == 0
 
 
+def test_a_container_with_network_helpers_is_waited_for_by_a_lean_monitor(rl):
+    """Network helpers (slirp4netns or pasta, a port forwarder) follow the death of the process
+    that started them: that process stays, but as 'sleep infinity' (~0.1 MiB, not the megabytes
+    of a Python monitor), a child of the lean monitor, which ends it — and with it the helpers —
+    once the container has ended."""
+    from .registry_server import free_port
+    port = free_port()
+    proc = rl("run", "-d", "--name", "net-lean", "-p", f"127.0.0.1:{port}:80", "busybox",
+              "httpd", "-f", "-p", "80", "-h", "/etc")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((rl.container_dir("net-lean") / "config.json").read_text())
+    monitor, pid1 = record["config"]["monitor"], record["init_pid"]
+    try:
+        assert record["owner_pid"] == monitor and _ppid(pid1) == monitor
+        kids = [int(p) for p in open(f"/proc/{monitor}/task/{monitor}/children").read().split()]
+        holder = [p for p in kids if p != pid1]
+        assert len(holder) == 1, kids
+        argv = lambda: open(f"/proc/{holder[0]}/cmdline").read().split("\0")
+        _until(lambda: argv()[0].endswith("sleep") and argv()[1] == "infinity", what=argv)   # once handed over
+        helpers = [int(p) for p in open(f"/proc/{holder[0]}/task/{holder[0]}/children").read().split()]
+        assert helpers, "no network helper under the sleeping starter"
+        _until(lambda: "root:x:0:0" in _http_get(port, "/passwd"))      # through the published port
+        assert rl("stop", "-t", "1", "net-lean").returncode == 0
+        _until(lambda: all(_gone(p) for p in [holder[0], *helpers]))
+        assert _ps(rl)["net-lean"]["Status"].startswith("Exited (137)")
+        assert rl("start", "net-lean").returncode == 0                   # and again, handed over again
+        _until(lambda: "root:x:0:0" in _http_get(port, "/passwd"))
+    finally:
+        assert rl("rm", "-f", "net-lean").returncode == 0
+    _until(lambda: _gone(monitor))
+
+
+def _http_get(port: int, path: str) -> str:
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            return b"".join(iter(lambda: s.recv(65536), b"")).decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_a_lean_monitor_records_the_end_when_the_container_cannot_be_planned_again(rl, tmp_path):
     """The starter that records a lean monitor's round plans the container again, which fails
     once its bind source is gone: the end is recorded all the same (it was 137, "its process

@@ -16,9 +16,11 @@ records T as the container's owner and monitor, and ends.  T, which has done nex
 since the fork, pumps the log and waits for PID 1; at its end T forks another H, which records
 the end (``run._Starter._ended_under_lean_monitor``: poststop hooks, cgroup, --rm) and restarts
 it if the policy says so, handing over again.  A container that needs something of its owner's
-for its whole life (network helpers, a console, health checks, a squashfs mount's lock) is
-waited for by H itself, as before; T then only waits for H.  If H dies before it has handed
-over, T kills what it left (orphans are T's children) and ends.
+for its whole life (a console, health checks, a squashfs mount's lock, user networks) is
+waited for by H itself, as before; T then only waits for H.  Network helpers (slirp4netns,
+pasta, port forwarders) follow H's death, so H hands over and then lingers as ``sleep
+infinity`` (``Handoff.linger``), which T kills once the container has ended.  If H dies before
+it has handed over, T kills what it left (orphans are T's children) and ends.
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ def lean_likely(opts: dict) -> bool:
     once planned: an image's HEALTHCHECK, say, keeps the starter waiting).  A container with
     network helpers, a console or health checks gets the one monitor of before: T and H would
     both stay for its life."""
-    net = opts.get("network") or ""
+    net = (opts.get("network") or "").partition(":")[0]
     return (os.environ.get("ROOTLESS_LEAN_MONITOR") != "0" and not opts.get("tty") and not opts.get("interactive")
-            and not opts.get("health_cmd") and not opts.get("publish") and not opts.get("publish_all")
-            and (net in ("none", "host") or net.startswith("container:"))
+            and not opts.get("health_cmd")
+            and net in ("", "none", "host", "container", "bridge", "slirp4netns", "pasta")
             and not str(opts.get("image") or "").endswith(".sqfs"))
 
 
@@ -73,9 +75,10 @@ class Handoff:
         self.sock = sock
         self.monitor = os.getppid()
 
-    def give(self, rec, started, pump, log_cfg, restarts: int) -> None:
+    def give(self, rec, started, pump, log_cfg, restarts: int, lingers: bool = False) -> None:
         """Send T the container's pid and the log pipes' read ends (closing ours); the
-        container's output goes nowhere else from now on (our fds 1 and 2: /dev/null)."""
+        container's output goes nowhere else from now on (our fds 1 and 2: /dev/null).
+        ``lingers``: H stays, as ``linger`` makes it, until T ends it."""
         import json
         import socket
         from dataclasses import asdict
@@ -85,9 +88,28 @@ class Handoff:
         os.close(null)
         fds = [r for r, _ in pump.pipes.values()]
         msg = {"id": rec.id, "pid": started.init_pid, "log": pump.path, "streams": list(pump.pipes),
-               "cfg": asdict(log_cfg), "restarts": restarts}
+               "cfg": asdict(log_cfg), "restarts": restarts, "lingers": lingers}
         socket.send_fds(self.sock, [json.dumps(msg).encode()], fds)
         pump.writer.close()
+
+    def linger(self, keep: list[int]) -> None:
+        """Become ``sleep infinity`` in place, keeping ``keep`` open: the network helpers H
+        started (slirp4netns, pasta, port forwarders) follow H's death (a parent-death signal,
+        slirp4netns's exit fd in ``keep``), and a sleeping process holds ~0.1 MiB where H
+        held megabytes.  T kills it when the container has ended; it dies with T."""
+        import shutil
+        import signal
+        from ..sandbox import libc
+        libc.set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != self.monitor:
+            os._exit(1)            # T is gone already
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        sleep = shutil.which("sleep") or "/bin/sleep"
+        try:
+            os.execv(sleep, [sleep, "infinity"])
+        finally:
+            os._exit(1)
 
 
 class LeanMonitor:
@@ -123,9 +145,15 @@ class LeanMonitor:
                 if ended is not None:
                     _record_end(self.request["store"], existing, waited, ended[0])
                 return code
-            _reap(starter)
+            if not msg.get("lingers"):
+                _reap(starter)
             existing = msg["id"]
             code = self._wait(msg, fds)
+            if msg.get("lingers"):        # H holds the network helpers: they end with it
+                import signal
+                os.kill(starter, signal.SIGKILL)
+                _reap(starter)
+                self._end_orphans()       # the helpers, ours once H is gone (a subreaper's)
             ended, waited = (code, msg["restarts"]), msg["pid"]
 
     @staticmethod

@@ -687,9 +687,10 @@ class _Starter:
                 raise RootlessError(f"layer {missing[0]} of image {opts.image} is missing from the store: "
                                     "import the image again")
             # Under a lean monitor, nothing that must live as long as the container may belong
-            # to this process (network helpers, a console, health checks, a squashfs mount's
-            # lock): then it hands the waiting to that monitor and ends (detached.py).
-            lean = (self.handoff is not None and logging and not net.needs_helper and user_net is None
+            # to this process (a console, health checks, a squashfs mount's lock, user networks):
+            # then it hands the waiting to that monitor and ends (detached.py) — or, holding
+            # network helpers, which follow its death, stays as a sleeping process.
+            lean = (self.handoff is not None and logging and user_net is None
                     and console is None and p.health is None and not image.squashfs)
             server = None
             if _may_use_fuse(opts.storage_driver, maps, stored, bool(image.squashfs)):
@@ -810,7 +811,9 @@ class _Starter:
             if detacher is not None:
                 detacher.started(rec.id)
             if lean and started.intermediate_pid == started.init_pid:
-                self.handoff.give(rec, started, pump, p.log, restarts)
+                self.handoff.give(rec, started, pump, p.log, restarts, lingers=bool(helpers))
+                if helpers:     # they die with us: we stay, as a sleeping process
+                    self.handoff.linger([h.exit_fd for h in helpers if h.exit_fd is not None])
                 os._exit(0)     # the lean monitor waits and logs from here; it forks the rest
             if pump is not None and logging:
                 pump.start()
