@@ -89,7 +89,7 @@ def test_a_container_never_started_reports_what_it_asked_for(rl):
         rl("rm", "-f", name)
 
 
-def _many_layers_archive(path, busybox_tar, count: int) -> None:
+def _many_layers_archive(path, busybox_tar, count: int, tag: str) -> None:
     """A docker-archive of busybox and ``count - 1`` one-file layers (/f1 ... /fN over it)."""
     layers = [busybox_tar.read_bytes()]
     for i in range(1, count):
@@ -113,27 +113,51 @@ def _many_layers_archive(path, busybox_tar, count: int) -> None:
             names.append(f"{digest[7:]}/layer.tar")
             add(names[-1], layer)
         add("config.json", config)
-        add("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": ["autodrv/many:1"],
+        add("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": [tag],
                                           "Layers": names}]).encode())
 
 
 @needs_range
-def test_a_refused_kernel_mount_falls_back_to_fuse_overlay_and_leaves_nothing(rl, tmp_path, busybox_tar):
-    """mount(2) takes one page of options: the layers named by their 64-digit ids (relative to
-    the store's layers/), enough of them do not fit, the kernel refuses, and auto serves the
-    container with fuse-overlay instead (which gets its options whole), noting why; the
-    kernel's refusal leaves nothing in work/."""
-    per_layer = 65
+def test_an_image_of_127_layers_is_served_by_the_kernel_overlay(rl, tmp_path, busybox_tar):
+    """mount(2) takes one page of options, which the layers' 64-digit names filled at about 60
+    layers (then fuse-overlay served instead); named by their descriptors the 127 layers of an
+    image of Docker's most fit, and no layer's host path shows in the container's mounts.
+    'cp' out of the stopped container mounts them the same way."""
     archive = tmp_path / "many.tar"
-    _many_layers_archive(archive, busybox_tar, 4096 // per_layer + 8)
+    _many_layers_archive(archive, busybox_tar, 127, "autodrv/tall:1")
     assert rl("load", "-i", str(archive)).returncode == 0
     name = f"auto-{uuid.uuid4().hex[:8]}"
     try:
+        proc = rl("run", "--name", name, "--network", "none", "autodrv/tall:1", "sh", "-c",
+                  f"{ROOT_MOUNT}; cat /f1 /f126; cat /proc/mounts")
+        assert proc.returncode == 0, proc.stderr
+        mounted, first, last = proc.stdout.split()[:3]
+        assert mounted == MOUNT_TYPE["overlay"] and (first, last) == ("1", "126")
+        assert "/layers/" not in proc.stdout          # /proc/mounts: the lower layers as descriptors
+        assert _reported(rl, name) == ("overlay",) * 3
+        assert rl("cp", f"{name}:/f126", str(tmp_path / "f126")).returncode == 0
+        assert (tmp_path / "f126").read_text() == "126\n"
+    finally:
+        rl("rm", "-f", name)
+        rl("rmi", "autodrv/tall:1")
+
+
+@needs_range
+def test_a_refused_kernel_mount_falls_back_to_fuse_overlay_and_leaves_nothing(rl, tmp_path, busybox_tar):
+    """An image of more layers than the kernel's overlay stacks (500): the kernel refuses, and
+    auto serves the container with fuse-overlay instead, noting why; the kernel's refusal
+    leaves nothing in work/."""
+    count = 510
+    archive = tmp_path / "many.tar"
+    _many_layers_archive(archive, busybox_tar, count, "autodrv/many:1")
+    assert rl("load", "-i", str(archive), timeout=300).returncode == 0
+    name = f"auto-{uuid.uuid4().hex[:8]}"
+    try:
         proc = rl("run", "--name", name, "--network", "none", "autodrv/many:1", "sh", "-c",
-                  f"{ROOT_MOUNT}; cat /f1 /f{4096 // per_layer + 7}")
+                  f"{ROOT_MOUNT}; cat /f1 /f{count - 1}")
         assert proc.returncode == 0, proc.stderr
         mounted, first, last = proc.stdout.split()
-        assert mounted == MOUNT_TYPE["fuse-overlay"] and (first, last) == ("1", str(4096 // per_layer + 7))
+        assert mounted == MOUNT_TYPE["fuse-overlay"] and (first, last) == ("1", str(count - 1))
         assert _reported(rl, name) == ("fuse-overlay",) * 3
         [c] = json.loads(rl("inspect", "--type", "container", name, check=True).stdout)
         assert "the kernel refused the overlay mount" in c["GraphDriver"]["Data"]["Why"]
@@ -151,7 +175,7 @@ def test_a_refused_kernel_mount_falls_back_to_fuse_overlay_and_leaves_nothing(rl
             rl("rm", "-f", bg)
         forced = rl("run", "--rm", "--storage-driver", "overlay", "--network", "none", "autodrv/many:1", "true")
         assert forced.returncode == 125 and "the kernel's overlay refused" in forced.stderr, forced.stderr
-        assert "mount(2)" in forced.stderr and "fuse-overlay" in forced.stderr
+        assert "fuse-overlay" in forced.stderr
     finally:
         rl("rm", "-f", name)
         rl("rmi", "autodrv/many:1")

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, NoReturn
 
 from .records import Containers, Record, running
 from ..errors import NotFound, RootlessError, UsageError
-from ..sandbox import idmap, libc
+from ..sandbox import idmap, libc, overlay
 from ..sandbox.userns import fork_into_userns, wait
 from ..image.store import Store
 
@@ -58,8 +58,7 @@ def _enter(store: Store, rec: Record) -> None:
         work = os.path.join(directory, "work")
         os.makedirs(work, exist_ok=True)
         os.makedirs(root, exist_ok=True)
-        libc.mount("overlay", root, "overlay", 0,
-                   f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work},userxattr")
+        overlay.mount(root, list(reversed(lowers)), upper, work)
     os.chroot(root)
     os.chdir("/")
 

@@ -24,7 +24,7 @@ Drivers (``--storage-driver``, or ``ROOTLESS_STORAGE_DRIVER``):
   does not take a FUSE mount as a lower layer), for a store on a network filesystem, FUSE or
 an overlay.  The kernel's mount is the probe: when it
   refuses (an old kernel, a store filesystem it does not take as an upper directory, a
-  lowerdir list longer than mount(2)'s page), fuse-overlay serves instead and the reason is
+  lowerdir list longer than mount(2)'s page, hundreds of layers), fuse-overlay serves instead and the reason is
   noted next to the driver (``driver_reason``).
 
 ``prepare`` runs in the intermediate process (see ``sandbox.container``), in the container's
@@ -40,7 +40,7 @@ import os
 import shutil
 
 from ..errors import UsageError
-from ..sandbox import libc
+from ..sandbox import libc, overlay
 
 DRIVERS = ("auto", "fuse-overlay", "overlay", "vfs")
 # The kernel's overlay first where it shows what fuse-overlay would (scripts/bench: file-system work
@@ -87,7 +87,6 @@ def driver_order(driver: str, single_uid: bool, translated: bool, squashfs: bool
 
 
 READY_TIMEOUT = 30.0
-MOUNT_DATA_MAX = 4096         # mount(2) copies one page of options
 
 
 DRIVER_FILE = "driver"        # in the container's directory: the driver that mounted its root, and why
@@ -226,31 +225,17 @@ class ContainerRootfs:
                 os.close(err)
 
     def _mount_overlay(self) -> None:
-        lower, upper, work = self._dirs()
-        # The layers, by their names relative to the store's layers/ (C's working directory for
-        # the mount): mount(2) takes one page of options, which absolute paths fill at ~30 layers
-        # (short names: ~60), and the container's /proc/mounts shows no host path of the store.
-        here = os.path.dirname(self.layer_dirs[0])
-        relative = all(os.path.dirname(d) == here and ":" not in os.path.basename(d) for d in self.layer_dirs)
-        if relative:
-            lower = ":".join(os.path.basename(d) for d in reversed(self.layer_dirs))
-        options = f"lowerdir={lower},upperdir={upper},workdir={work},userxattr"
+        _, upper, work = self._dirs()
         try:
-            if relative:
-                with _working_directory(here):
-                    libc.mount("overlay", self.target, "overlay", 0, options)
-            else:
-                libc.mount("overlay", self.target, "overlay", 0, options)
+            # the layers by their descriptors (sandbox/overlay.py): an image's 127 fit in mount(2)'s page
+            overlay.mount(self.target, list(reversed(self.layer_dirs)), upper, work)
         except OSError as e:
             # What the kernel made in the work dir before it refused (work/work, work/index,
             # empty) goes: the next driver finds the directories as they were.
             for made in ("work", "index"):
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.join(work, made))
-            why = os.strerror(e.errno) if e.errno else str(e)
-            if len(options) >= MOUNT_DATA_MAX:
-                why += (f"; its {len(self.layer_dirs)} layers make the options longer than the "
-                        f"{MOUNT_DATA_MAX} bytes mount(2) takes")
+            why = e.strerror if e.errno == errno.E2BIG else os.strerror(e.errno) if e.errno else str(e)
             if self.driver == "auto":
                 raise _Refused(why) from None
             raise OSError(f"the kernel's overlay refused to mount the container's root ({why}): use "
@@ -308,19 +293,6 @@ class ContainerRootfs:
         """Where a stopped container's own files are: the overlay's upper dir, or the copy."""
         upper = os.path.join(directory, "upper")
         return upper if os.path.isdir(upper) else os.path.join(directory, "rootfs")
-
-
-@contextlib.contextmanager
-def _working_directory(path: str):
-    """``path`` as the working directory, the previous one again after (by an O_PATH fd: it
-    may be a directory this process may not read, or no longer has a name)."""
-    back = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.chdir(path)
-        yield
-    finally:
-        os.fchdir(back)
-        os.close(back)
 
 
 def _remove(path: str) -> None:
