@@ -59,7 +59,7 @@ def become_monitor(request: dict, fds: list[int]) -> int:
 def lean_likely(opts: dict) -> bool:
     """Whether the container will most likely be handed to a lean monitor (``run`` decides,
     once planned: an image's HEALTHCHECK, say, keeps the starter waiting).  A container with
-    network helpers, a console or health checks gets the one monitor of before: T and H would
+    a console, health checks or user networks gets the one monitor of before: T and H would
     both stay for its life."""
     net = (opts.get("network") or "").partition(":")[0]
     return (os.environ.get("ROOTLESS_LEAN_MONITOR") != "0" and not opts.get("tty") and not opts.get("interactive")
