@@ -61,10 +61,11 @@ def lean_likely(opts: dict) -> bool:
     once planned: an image's HEALTHCHECK, say, keeps the starter waiting).  A container with
     a console, health checks or user networks gets the one monitor of before: T and H would
     both stay for its life."""
-    net = (opts.get("network") or "").partition(":")[0]
+    from ..network import MODES
+    net = (opts.get("network") or "").partition(":")[0]     # a user network's name is none of these
     return (os.environ.get("ROOTLESS_LEAN_MONITOR") != "0" and not opts.get("tty") and not opts.get("interactive")
             and not opts.get("health_cmd")
-            and net in ("", "none", "host", "container", "bridge", "slirp4netns", "pasta")
+            and net in ("", "bridge", "container", *MODES)
             and not str(opts.get("image") or "").endswith(".sqfs"))
 
 

@@ -184,10 +184,7 @@ class Containers:
         """``find``, for a command that acts on the container's processes: ``Conflict`` if
         they run on another machine (``elsewhere``)."""
         rec = self.find(key)
-        other = elsewhere(rec)
-        if other:
-            raise Conflict(f"container {rec.name} runs on {other}, another machine that uses this store: "
-                           f"run this command there")
+        _refuse_elsewhere(rec, "run this command there")
         return rec
 
     def remove(self, rec: Record, maps: idmap.IdMaps, force: bool = False) -> list[str]:
@@ -201,11 +198,9 @@ class Containers:
         the run-time directory.  Returns warnings (things left that could not be removed)."""
         me = os.getpid()
         with self.locked(rec.id, rec.name) as cur:
-            other = elsewhere(cur)
-            if other:       # its processes, there, cannot be stopped from here: its files stay
-                raise Conflict(f"container {cur.name} runs on {other}, another machine that uses this store: "
-                               f"remove it there ('rootless rm -f {cur.name}' on {other}), where it can be removed "
-                               "even if that machine has restarted since")
+            # its processes, there, cannot be stopped from here: its files stay
+            _refuse_elsewhere(cur, f"remove it there ('rootless rm -f {cur.name}' on {{node}}), where it can be "
+                                   "removed even if that machine has restarted since")
             if cur.state == "removing":
                 remover = cur.config.get("remover") or [0, 0]
                 if remover[0] != me and procs.alive(*remover):
@@ -327,6 +322,15 @@ def elsewhere(rec: Record) -> str:
     if rec.state in ("running", "removing") or (rec.state == "created" and rec.owner_pid):
         return str(other)
     return ""
+
+
+def _refuse_elsewhere(rec: Record, advice: str) -> None:
+    """``Conflict`` naming the machine if the container runs on another one (``elsewhere``);
+    ``advice`` may name it as ``{node}``."""
+    other = elsewhere(rec)
+    if other:
+        raise Conflict(f"container {rec.name} runs on {other}, another machine that uses this store: "
+                       + advice.format(node=other))
 
 
 def _container_alive(rec: Record) -> bool:
